@@ -1,0 +1,1 @@
+"""The commands of the `partner-sync` command line, one module each."""
