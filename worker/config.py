@@ -6,7 +6,12 @@ reads the environment.
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from worker.errors import ConfigError
 
 __all__ = [
     "BatchConfig",
@@ -14,6 +19,7 @@ __all__ = [
     "HttpConfig",
     "LeaseConfig",
     "LogConfig",
+    "load_config",
 ]
 
 
@@ -61,3 +67,66 @@ class Config:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+
+def load_config(
+    path: str | None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a `Config` from a TOML file, `PARTNER_SYNC_*` variables and flags (flags win).
+
+    `path` falls back to `PARTNER_SYNC_CONFIG`; flags whose value is None are ignored.
+    """
+    environ = environ or {}
+    values: dict[str, Any] = {}
+    path = path or environ.get("PARTNER_SYNC_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                values = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for name, raw in environ.items():
+        if not name.startswith("PARTNER_SYNC_") or name == "PARTNER_SYNC_CONFIG":
+            continue
+        keys = name.removeprefix("PARTNER_SYNC_").lower().split("__")
+        target = values
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = raw
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+    return _build(values)
+
+
+def _build(values: Mapping[str, Any]) -> Config:
+    sections = {"batch": BatchConfig, "lease": LeaseConfig, "http": HttpConfig, "log": LogConfig}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in sections:
+            kwargs[key] = sections[key](**{k: _coerce(sections[key], k, v) for k, v in value.items()})
+        elif key == "uri_file":
+            with open(value, encoding="utf-8") as handle:
+                kwargs["uri"] = handle.read().strip()
+        elif key == "transforms":
+            kwargs[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+        else:
+            kwargs[key] = _coerce(Config, key, value)
+    try:
+        return Config(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"unknown configuration key: {exc}") from exc
+
+
+def _coerce(cls: type, key: str, value: Any) -> Any:
+    default = getattr(cls(), key, None)
+    if isinstance(value, str) and isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(value, str) and isinstance(default, int | float):
+        return type(default)(value)
+    return value
