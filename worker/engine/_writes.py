@@ -1,0 +1,84 @@
+"""The one way the worker changes a target document: the smallest write from current to desired.
+
+The engine, the backfill, `verify --repair` and `dlq retry` all end here, so that a write whose
+result equals the target's current value is never issued (G3) and a path the direction does not
+own (a field the target side keeps for itself) is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+
+from transforms import Patch, apply_patch, diff_documents
+
+__all__ = ["TargetWrite", "execute_target_write", "plan_target_write"]
+
+
+@dataclass(frozen=True)
+class TargetWrite:
+    """A write to one target document: insert a whole document, patch fields, or delete it."""
+
+    kind: Literal["insert", "update", "delete"]
+    document_id: Any
+    document: Mapping[str, Any] | None = None
+    patch: Patch | None = None
+
+    def result(self, current: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The target document after this write, given what it was before."""
+        if self.kind == "delete":
+            return None
+        if self.kind == "insert":
+            return dict(self.document or {})
+        assert self.patch is not None and current is not None
+        return apply_patch(current, self.patch)
+
+
+def plan_target_write(
+    current: Mapping[str, Any] | None,
+    desired: Mapping[str, Any] | None,
+    owns: Callable[[str], bool],
+    *,
+    document_id: Any,
+) -> TargetWrite | None:
+    """The write that turns `current` into `desired` on the owned paths, or None for a no-op.
+
+    `desired` is the whole converted document (None: the logical document is deleted). Paths
+    not owned keep the target's value, except when the document is created.
+    """
+    if desired is None:
+        return None if current is None else TargetWrite("delete", document_id)
+    if current is None:
+        return TargetWrite("insert", document_id, document=dict(desired))
+    patch = diff_documents(current, desired).restricted(owns)
+    if patch.is_empty():
+        return None
+    return TargetWrite("update", document_id, patch=patch)
+
+
+async def execute_target_write(
+    collection: AsyncCollection[dict[str, Any]],
+    write: TargetWrite,
+    *,
+    session: AsyncClientSession | None,
+    tag: Mapping[str, Any] | None = None,
+) -> None:
+    """Send one planned write; `tag` ({field: token}) marks it as the worker's own."""
+    if write.kind == "delete":
+        await collection.delete_one({"_id": write.document_id}, session=session)
+        return
+    if write.kind == "insert":
+        document = {**(write.document or {}), **(tag or {})}
+        await collection.replace_one(
+            {"_id": write.document_id}, document, upsert=True, session=session
+        )
+        return
+    assert write.patch is not None
+    update = write.patch.to_update()
+    if tag:
+        update.setdefault("$set", {}).update(tag)
+    await collection.update_one({"_id": write.document_id}, update, session=session)

@@ -1,0 +1,259 @@
+"""The state database: pair records, checkpoint, merge base, lease, dead letters, held events.
+
+Everything the worker must remember across restarts lives in one MongoDB database
+(`state_db`), so that `status`, `pause` and the one-shot commands work from any machine and so
+that the applier can write patches, merge base and checkpoint in one transaction.
+
+Collections (documents sketched; `ns` is the pair's original namespace):
+
+    pairs         {_id: ns, partner, state, transform_version, versions_seen, start_at,
+                   backfill: {done, docs, direction, last_id, t0, dead_letters, ...},
+                   counters: {applied_forward, applied_backward, echoes_skipped, conflicts,
+                              dead_letters},
+                   last_client_write: {original, partner}, lag_seconds, resync_reason, updated_at}
+    checkpoints   {_id: stream key, resume_token, cluster_time, fence, updated_at}
+    merge_base    {_id: {pair: ns, id: document _id}, o: original doc | None,
+                   p: partner doc | None, at: Timestamp}
+    leases        {_id: stream key, holder, fence, expires_at, released}
+    dead_letters  {_id: ObjectId, pair, side, direction, document_id, event, error, mapping,
+                   field, at, retries}
+    held_events   {_id: ObjectId, pair, event, at}   events of a paused pair, replayed on resume
+
+The stream key names one change stream and its partition ("default" today); adding
+partitions later means more keys, not a new layout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bson import Timestamp
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from transforms import Pair, Registry
+from worker.errors import StateRefused, VersionMismatch
+
+__all__ = [
+    "ACTIVE_STATES",
+    "DEFAULT_STREAM",
+    "STATES",
+    "StateStore",
+    "id_key",
+    "merge_base_id",
+    "utcnow",
+]
+
+STATES = (
+    "NOT_STARTED",
+    "BACKFILLING",
+    "RUNNING",
+    "PAUSED",
+    "RESYNC_REQUIRED",
+    "COMPLETED",
+    "ROLLED_BACK",
+)
+# Pairs whose changes the worker applies. A BACKFILLING pair is streamed too, so that a backfill
+# beside a running worker hands over without a gap.
+ACTIVE_STATES = frozenset({"RUNNING", "BACKFILLING"})
+DEFAULT_STREAM = "default"
+
+_ZERO_COUNTERS = {
+    "applied_forward": 0,
+    "applied_backward": 0,
+    "echoes_skipped": 0,
+    "conflicts": 0,
+    "dead_letters": 0,
+}
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def merge_base_id(pair_ns: str, document_id: Any) -> dict[str, Any]:
+    """The merge base `_id` of one logical document of a pair."""
+    return {"pair": pair_ns, "id": document_id}
+
+
+class StateStore:
+    """Typed access to the state database; every method takes an optional session."""
+
+    def __init__(self, database: AsyncDatabase[dict[str, Any]], *, stream: str = DEFAULT_STREAM):
+        self.database = database
+        self.stream = stream
+        self.pairs = database["pairs"]
+        self.checkpoints = database["checkpoints"]
+        self.merge_base = database["merge_base"]
+        self.leases = database["leases"]
+        self.dead_letters = database["dead_letters"]
+        self.held_events = database["held_events"]
+
+    async def ensure_collections(self) -> None:
+        """Create the collections and indexes up front: transactions cannot create them."""
+        existing = set(await self.database.list_collection_names())
+        for name in ("pairs", "checkpoints", "merge_base", "leases", "dead_letters", "held_events"):
+            if name not in existing:
+                await self.database.create_collection(name)
+        await self.dead_letters.create_index([("pair", 1), ("at", 1)])
+        await self.held_events.create_index([("pair", 1), ("_id", 1)])
+
+    # -- pairs ---------------------------------------------------------------------------------
+
+    async def register(
+        self, registry: Registry, *, reconcile: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """Record every pair of the registry, refusing transforms that differ from the state's.
+
+        A pair seen for the first time is recorded NOT_STARTED. A pair whose recorded version
+        differs: an older version than the newest recorded one is refused outright; an unknown
+        (newer) one is refused unless `reconcile` (a backfill --restart re-converts everything).
+        """
+        docs = await self.pair_docs()
+        for pair in registry.pairs:
+            doc = docs.get(pair.original)
+            if doc is None:
+                doc = new_pair_doc(pair)
+                await self.pairs.update_one(
+                    {"_id": pair.original}, {"$setOnInsert": doc}, upsert=True
+                )
+                docs[pair.original] = doc
+                continue
+            if doc.get("partner") != pair.partner:
+                raise StateRefused(
+                    f"pair {pair.original}: the state database records partner {doc.get('partner')}"
+                    f" but the transforms name {pair.partner}; roll the old pair back first"
+                    f" (partner-sync rollback --pair {pair.original})"
+                )
+            recorded = doc.get("transform_version")
+            if recorded == pair.version:
+                continue
+            seen = list(doc.get("versions_seen", []))
+            if pair.version in seen:
+                raise VersionMismatch(
+                    f"pair {pair.original}: transforms version {pair.version} is older than the"
+                    f" version {recorded} the state was synced with; deploy the newer transforms"
+                )
+            if not reconcile:
+                raise VersionMismatch(
+                    f"pair {pair.original}: transforms version {pair.version} differs from the"
+                    f" recorded version {recorded}; run `partner-sync backfill --restart --pair"
+                    f" {pair.original}` to reconcile both collections with the new transforms"
+                )
+            await self.pairs.update_one(
+                {"_id": pair.original},
+                {"$set": {"transform_version": pair.version, "updated_at": utcnow()},
+                 "$addToSet": {"versions_seen": pair.version}},
+            )
+            doc["transform_version"] = pair.version
+        return docs
+
+    async def pair_docs(
+        self, session: AsyncClientSession | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Every recorded pair, by original namespace."""
+        return {doc["_id"]: doc async for doc in self.pairs.find({}, session=session)}
+
+    async def pair_doc(self, original: str) -> dict[str, Any] | None:
+        """One pair's record, or None when it was never registered."""
+        return await self.pairs.find_one({"_id": original})
+
+    async def set_state(
+        self,
+        original: str,
+        state: str,
+        *,
+        session: AsyncClientSession | None = None,
+        expect: Iterable[str] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move a pair to `state` (only from one of `expect` states when given)."""
+        if state not in STATES:
+            raise ValueError(f"unknown pair state {state!r}")
+        query: dict[str, Any] = {"_id": original}
+        if expect is not None:
+            query["state"] = {"$in": list(expect)}
+        update = {"$set": {"state": state, "updated_at": utcnow(), **fields}}
+        result = await self.pairs.update_one(query, update, session=session)
+        return result.matched_count == 1
+
+    # -- checkpoint ----------------------------------------------------------------------------
+
+    async def checkpoint(
+        self, session: AsyncClientSession | None = None
+    ) -> dict[str, Any] | None:
+        """The stream's last applied position, or None before the first batch."""
+        return await self.checkpoints.find_one({"_id": self.stream}, session=session)
+
+    async def save_checkpoint(
+        self,
+        resume_token: Mapping[str, Any],
+        cluster_time: Timestamp | None,
+        *,
+        session: AsyncClientSession | None = None,
+    ) -> None:
+        """Record the position after the last applied or dead-lettered event."""
+        await self.checkpoints.update_one(
+            {"_id": self.stream},
+            {"$set": {"resume_token": dict(resume_token), "cluster_time": cluster_time,
+                      "updated_at": utcnow()}},
+            upsert=True,
+            session=session,
+        )
+
+    async def clear_checkpoint(self) -> None:
+        """Forget the stream position (after history was lost and every pair resynced)."""
+        await self.checkpoints.delete_one({"_id": self.stream})
+
+    # -- merge base ----------------------------------------------------------------------------
+
+    async def load_bases(
+        self,
+        pair_ns: str,
+        document_ids: Iterable[Any],
+        *,
+        session: AsyncClientSession | None = None,
+    ) -> dict[Any, dict[str, Any]]:
+        """Merge base records of some documents of one pair, keyed by the document `_id`."""
+        ids = [merge_base_id(pair_ns, i) for i in document_ids]
+        found: dict[Any, dict[str, Any]] = {}
+        async for doc in self.merge_base.find({"_id": {"$in": ids}}, session=session):
+            found[id_key(doc["_id"]["id"])] = doc
+        return found
+
+    # -- counters and dead letters --------------------------------------------------------------
+
+    async def dead_letter_count(self, pair_ns: str | None = None) -> int:
+        """How many dead letters wait (for one pair, or all)."""
+        query = {} if pair_ns is None else {"pair": pair_ns}
+        return await self.dead_letters.count_documents(query)
+
+
+def new_pair_doc(pair: Pair) -> dict[str, Any]:
+    """The record of a pair the state database has never seen."""
+    return {
+        "_id": pair.original,
+        "partner": pair.partner,
+        "state": "NOT_STARTED",
+        "transform_version": pair.version,
+        "versions_seen": [pair.version],
+        "start_at": None,
+        "backfill": {"done": False, "docs": 0},
+        "counters": dict(_ZERO_COUNTERS),
+        "last_client_write": {"original": None, "partner": None},
+        "lag_seconds": None,
+        "resync_reason": None,
+        "updated_at": utcnow(),
+    }
+
+
+def id_key(value: Any) -> Any:
+    """A hashable stand-in for a document `_id` (ids may be sub-documents or lists)."""
+    if isinstance(value, dict):
+        return ("__doc__", tuple((k, id_key(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("__list__", tuple(id_key(v) for v in value))
+    return value
