@@ -20,6 +20,7 @@ __all__ = [
     "LeaseConfig",
     "LogConfig",
     "load_config",
+    "parse_listen",
 ]
 
 
@@ -109,7 +110,9 @@ def _build(values: Mapping[str, Any]) -> Config:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key in sections:
-            kwargs[key] = sections[key](**{k: _coerce(sections[key], k, v) for k, v in value.items()})
+            kwargs[key] = sections[key](
+                **{k: _coerce(sections[key], k, v) for k, v in value.items()}
+            )
         elif key == "uri_file":
             with open(value, encoding="utf-8") as handle:
                 kwargs["uri"] = handle.read().strip()
@@ -130,3 +133,22 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
     if isinstance(value, str) and isinstance(default, int | float):
         return type(default)(value)
     return value
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split an `http.listen` address ("host:port", "[::1]:port") into host and port.
+
+    Raises ValueError with a reason when the address is malformed; port 0 picks a free port.
+    """
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 host must be in brackets, as in [::1]:9464, got {listen!r}")
+    if not host or any(ch.isspace() or ch in "[]/@" for ch in host):
+        raise ValueError(f"invalid host in {listen!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
