@@ -1,5 +1,36 @@
-"""The API users write their transforms against."""
+"""The API users write their transforms against, and the pure translation core the worker uses.
+
+A transform module builds `Pair`s at import time; `load_registry` imports and validates them;
+`Pair.convert` / `Pair.translate_update` turn documents and update events of one side into
+documents and field-level patches for the other.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from transforms._loader import ENTRY_POINT_GROUP, load_registry
+from transforms._mappings import Direction, FieldMapping, MappingKind
+from transforms._pair import Derivation, Pair
+from transforms._patch import Patch, apply_patch, apply_update_description, diff_documents
+from transforms._paths import MISSING
+from transforms._registry import Registry, Side
+from transforms.errors import TransformError, TransformFailed, TransformLoadError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "MISSING",
+    "Derivation",
+    "Direction",
+    "FieldMapping",
+    "MappingKind",
+    "Pair",
+    "Patch",
+    "Registry",
+    "Side",
+    "TransformError",
+    "TransformFailed",
+    "TransformLoadError",
+    "apply_patch",
+    "apply_update_description",
+    "diff_documents",
+    "load_registry",
+]

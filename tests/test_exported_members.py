@@ -1,0 +1,30 @@
+"""The public names of each package, pinned so that a change to them is a deliberate one."""
+
+from __future__ import annotations
+
+import transforms
+
+
+def test_transforms_exports() -> None:
+    """`transforms` exports exactly the documented API, and every name in `__all__` exists."""
+    assert sorted(transforms.__all__) == [
+        "Derivation",
+        "Direction",
+        "ENTRY_POINT_GROUP",
+        "FieldMapping",
+        "MISSING",
+        "MappingKind",
+        "Pair",
+        "Patch",
+        "Registry",
+        "Side",
+        "TransformError",
+        "TransformFailed",
+        "TransformLoadError",
+        "apply_patch",
+        "apply_update_description",
+        "diff_documents",
+        "load_registry",
+    ]
+    for name in transforms.__all__:
+        assert getattr(transforms, name) is not None

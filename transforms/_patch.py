@@ -1,0 +1,179 @@
+"""Field-level patches: the minimal `$set` / `$unset` between two documents, and applying them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transforms._paths import MISSING, copy_value, same_value, split_path
+
+__all__ = ["Patch", "apply_patch", "apply_update_description", "diff_documents", "diff_into"]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A field-level change to one document: dotted paths to set, and dotted paths to unset."""
+
+    set: Mapping[str, Any] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+
+    def is_empty(self) -> bool:
+        """True when the patch changes nothing."""
+        return not self.set and not self.unset
+
+    def to_update(self) -> dict[str, Any]:
+        """The MongoDB update document, without empty operators (the server rejects those)."""
+        update: dict[str, Any] = {}
+        if self.set:
+            update["$set"] = dict(self.set)
+        if self.unset:
+            update["$unset"] = dict.fromkeys(self.unset, "")
+        return update
+
+    def restricted(self, keep: Callable[[str], bool]) -> Patch:
+        """The part of the patch whose paths `keep` accepts."""
+        return Patch(
+            {path: value for path, value in self.set.items() if keep(path)},
+            tuple(path for path in self.unset if keep(path)),
+        )
+
+
+def diff_into(
+    prefix: str,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    sets: dict[str, Any],
+    unsets: list[str],
+) -> None:
+    """Add to `sets` / `unsets` what turns sub-document `old` into `new`, paths under `prefix`."""
+    for key, value in new.items():
+        if key == "_id" and not prefix:
+            continue
+        before = old.get(key, MISSING)
+        if before is MISSING:
+            sets[prefix + key] = copy_value(value)
+        elif isinstance(value, Mapping) and isinstance(before, Mapping):
+            if before is not value:
+                diff_into(f"{prefix}{key}.", before, value, sets, unsets)
+        elif not same_value(before, value):
+            sets[prefix + key] = copy_value(value)
+    for key in old:
+        if key not in new and not (key == "_id" and not prefix):
+            unsets.append(prefix + key)
+
+
+def diff_documents(old: Mapping[str, Any], new: Mapping[str, Any]) -> Patch:
+    """The minimal patch turning `old` into `new`; sub-documents recurse, `_id` is never patched.
+
+    Arrays and values whose BSON type changed are set whole, removed paths are unset.
+    """
+    sets: dict[str, Any] = {}
+    unsets: list[str] = []
+    diff_into("", old, new, sets, unsets)
+    return Patch(sets, tuple(unsets))
+
+
+class _Writer:
+    """Copy-on-write edits of a document: each container on an edited path is copied once."""
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self.root: dict[str, Any] = dict(document)
+        self._owned: set[int] = {id(self.root)}
+
+    def _own(self, parent: Any, key: Any, child: Any) -> Any:
+        if id(child) in self._owned:
+            return child
+        copied: Any = dict(child) if isinstance(child, Mapping) else list(child)
+        parent[key] = copied
+        self._owned.add(id(copied))
+        return copied
+
+    def _container(self, path: Sequence[str], create: bool) -> Any:
+        """The owned container holding the last part of `path`, or None when it is absent."""
+        target: Any = self.root
+        for part in path[:-1]:
+            if isinstance(target, dict):
+                child = target.get(part, MISSING)
+                key: Any = part
+            elif part.isdigit() and int(part) < len(target):
+                key = int(part)
+                child = target[key]
+            elif part.isdigit() and create:
+                key = int(part)
+                target.extend([None] * (key + 1 - len(target)))
+                child = None
+            else:
+                return None
+            if isinstance(child, Mapping | list):
+                target = self._own(target, key, child)
+            elif create:
+                # MongoDB refuses to set below a scalar; an update event never asks for it, and
+                # replacing the scalar keeps this function total for hand-written inputs.
+                fresh: dict[str, Any] = {}
+                target[key] = fresh
+                self._owned.add(id(fresh))
+                target = fresh
+            else:
+                return None
+        return target
+
+    def set(self, path: Sequence[str], value: Any) -> None:
+        target = self._container(path, create=True)
+        last = path[-1]
+        if isinstance(target, list):
+            if not last.isdigit():
+                return
+            index = int(last)
+            if index >= len(target):
+                target.extend([None] * (index + 1 - len(target)))
+            target[index] = value
+        else:
+            target[last] = value
+
+    def unset(self, path: Sequence[str]) -> None:
+        target = self._container(path, create=False)
+        last = path[-1]
+        if isinstance(target, dict):
+            target.pop(last, None)
+        elif isinstance(target, list) and last.isdigit() and int(last) < len(target):
+            target[int(last)] = None  # $unset of an array element leaves a null, as in MongoDB
+
+    def truncate(self, path: Sequence[str], size: int) -> None:
+        target = self._container(path, create=False)
+        last = path[-1]
+        if isinstance(target, dict) and isinstance(target.get(last), list):
+            target[last] = list(target[last][:size])
+            self._owned.add(id(target[last]))
+
+
+def apply_update_description(
+    document: Mapping[str, Any],
+    updated_fields: Mapping[str, Any],
+    removed_fields: Sequence[str] = (),
+    truncated_arrays: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """What an update event's `updateDescription` did to `document`, as a new document.
+
+    Arrays are truncated first, then fields set, then removed, which is how MongoDB describes a
+    pipeline update that shortened an array and rewrote some of its elements. Inputs are not
+    mutated; the result shares unchanged sub-documents with `document`.
+    """
+    writer = _Writer(document)
+    for truncation in truncated_arrays:
+        writer.truncate(split_path(truncation["field"]), int(truncation["newSize"]))
+    for path, value in updated_fields.items():
+        writer.set(split_path(path), value)
+    for path in removed_fields:
+        writer.unset(split_path(path))
+    return writer.root
+
+
+def apply_patch(document: Mapping[str, Any], patch: Patch) -> dict[str, Any]:
+    """`document` with `patch` applied, as a new document (the input is not mutated)."""
+    writer = _Writer(document)
+    for path, value in patch.set.items():
+        writer.set(split_path(path), copy_value(value))
+    for path in patch.unset:
+        writer.unset(split_path(path))
+    return writer.root
