@@ -9,20 +9,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from worker.state import STATES
+
 __all__ = ["CONTENT_TYPE", "PAIR_STATES", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # The seven states of a pair (INTERFACE.md, "Status"); `partner_sync_state` has one series each.
-PAIR_STATES: tuple[str, ...] = (
-    "NOT_STARTED",
-    "BACKFILLING",
-    "RUNNING",
-    "PAUSED",
-    "RESYNC_REQUIRED",
-    "COMPLETED",
-    "ROLLED_BACK",
-)
+PAIR_STATES: tuple[str, ...] = STATES
 
 # Batches hold up to batch.max_docs (default 500) patches; the buckets span one to a few
 # thousand so a raised max_docs still lands in a finite bucket.
