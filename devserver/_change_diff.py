@@ -1,0 +1,312 @@
+"""`updateDescription` of an update event, computed the way MongoDB's $v:2 delta oplog does.
+
+Operator updates ($set, $inc, $push, ...) log each modified path as the update system does:
+the whole new value at the modified path, the first created ancestor when a path is new, one
+`arr.N` entry per appended element for $push/$addToSet, nothing for a no-op modifier.
+Pipeline updates and replacements-by-pipeline are diffed field by field (sub-documents
+become dotted paths, array shrink becomes `truncatedArrays`); when that diff would be larger
+than the document MongoDB logs a replacement instead, which change streams show as `replace`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+
+__all__ = ["UpdateDescription", "describe_update", "same_value"]
+
+_MISSING: Any = object()
+# Bytes MongoDB adds around a delta oplog entry when deciding between a delta and a replacement.
+_DELTA_METADATA_BYTES = 15
+_APPENDING_OPERATORS = frozenset({"$push", "$addToSet"})
+
+
+@dataclass
+class UpdateDescription:
+    """The three lists of an update event's `updateDescription`."""
+
+    updated_fields: dict[str, Any] = field(default_factory=dict)
+    removed_fields: list[str] = field(default_factory=list)
+    truncated_arrays: list[dict[str, Any]] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        """True when the update changed nothing a client could see."""
+        return not (self.updated_fields or self.removed_fields or self.truncated_arrays)
+
+    def document(self) -> dict[str, Any]:
+        """The `updateDescription` sub-document of a change event."""
+        return {
+            "updatedFields": dict(self.updated_fields),
+            "removedFields": list(self.removed_fields),
+            "truncatedArrays": [dict(t) for t in self.truncated_arrays],
+        }
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Binary equality as MongoDB's no-op detection sees it: same types, same field order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        if list(a) != list(b):
+            return False
+        return all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def describe_update(
+    before: Mapping[str, Any], after: Mapping[str, Any], update_spec: Any
+) -> UpdateDescription | None:
+    """The description of an update, or None when the oplog would record a replacement.
+
+    Returns an empty description for a no-op (callers drop the event).
+    """
+    if same_value(dict(before), dict(after)):
+        return UpdateDescription()
+    if _is_operator_update(update_spec):
+        return _describe_operators(before, after, update_spec)
+    delta = _diff_document(before, after)
+    if len(bson.encode(delta)) + _DELTA_METADATA_BYTES > len(bson.encode(dict(after))):
+        return None
+    description = UpdateDescription()
+    _describe_delta(delta, "", description)
+    return description
+
+
+def _is_operator_update(update_spec: Any) -> bool:
+    return (
+        isinstance(update_spec, Mapping)
+        and bool(update_spec)
+        and all(isinstance(k, str) and k.startswith("$") for k in update_spec)
+    )
+
+
+# ---- operator updates --------------------------------------------------------------------
+
+
+def _describe_operators(
+    before: Mapping[str, Any], after: Mapping[str, Any], spec: Mapping[str, Any]
+) -> UpdateDescription:
+    logged: list[tuple[str, list[str]]] = []
+    for operator, fields in spec.items():
+        if not isinstance(fields, Mapping) or operator == "$setOnInsert":
+            continue
+        for path, argument in fields.items():
+            paths = [path]
+            if operator == "$rename" and isinstance(argument, str):
+                paths.append(argument)
+            for one in paths:
+                for parts in _resolve(one.split("."), before, after):
+                    logged.append((operator, parts))
+    description = UpdateDescription()
+    seen: set[str] = set()
+    for operator, parts in logged:
+        _log_path(operator, parts, before, after, description, seen)
+    _drop_nested(description)
+    return description
+
+
+def _resolve(parts: list[str], before: Any, after: Any) -> Iterator[list[str]]:
+    """Expand positional components ($, $[], $[id]) to the array indexes the update changed."""
+    for k, part in enumerate(parts):
+        if part == "$" or (part.startswith("$[") and part.endswith("]")):
+            head = parts[:k]
+            array = _get(after, head)
+            if not isinstance(array, list):
+                return
+            for i in range(len(array)):
+                candidate = [*head, str(i)]
+                rest = parts[k + 1 :]
+                old = _get(before, candidate)
+                new = _get(after, candidate)
+                if old is _MISSING or not same_value(old, new):
+                    yield from _resolve(candidate + rest, before, after)
+            return
+    yield parts
+
+
+def _log_path(
+    operator: str,
+    parts: list[str],
+    before: Any,
+    after: Any,
+    description: UpdateDescription,
+    seen: set[str],
+) -> None:
+    created = _first_missing(before, parts)
+    new = _get(after, parts)
+    if new is _MISSING:
+        if created is None:
+            _add_removed(".".join(parts), description, seen)
+        return
+    if created is not None:
+        prefix = parts[: created + 1]
+        _add_updated(".".join(prefix), _get(after, prefix), description, seen)
+        return
+    old = _get(before, parts)
+    if same_value(old, new):
+        return
+    path = ".".join(parts)
+    if (
+        operator in _APPENDING_OPERATORS
+        and isinstance(old, list)
+        and isinstance(new, list)
+        and len(new) > len(old)
+        and same_value(old, new[: len(old)])
+    ):
+        for i in range(len(old), len(new)):
+            _add_updated(f"{path}.{i}", new[i], description, seen)
+        return
+    _add_updated(path, new, description, seen)
+
+
+def _add_updated(path: str, value: Any, description: UpdateDescription, seen: set[str]) -> None:
+    if path not in seen:
+        seen.add(path)
+        description.updated_fields[path] = value
+
+
+def _add_removed(path: str, description: UpdateDescription, seen: set[str]) -> None:
+    if path not in seen:
+        seen.add(path)
+        description.removed_fields.append(path)
+
+
+def _drop_nested(description: UpdateDescription) -> None:
+    """Keep only the outermost of overlapping paths (a created ancestor covers its children)."""
+    paths = list(description.updated_fields) + description.removed_fields
+    covered = {p for p in paths if any(p.startswith(q + ".") for q in paths)}
+    if covered:
+        for p in covered:
+            description.updated_fields.pop(p, None)
+        description.removed_fields = [p for p in description.removed_fields if p not in covered]
+
+
+def _get(doc: Any, parts: list[str]) -> Any:
+    current = doc
+    for part in parts:
+        if isinstance(current, Mapping):
+            if part not in current:
+                return _MISSING
+            current = current[part]
+        elif isinstance(current, list):
+            if not part.isdigit() or int(part) >= len(current):
+                return _MISSING
+            current = current[int(part)]
+        else:
+            return _MISSING
+    return current
+
+
+def _first_missing(doc: Any, parts: list[str]) -> int | None:
+    """Index of the first component of `parts` absent from `doc`, None when all exist."""
+    current = doc
+    for k, part in enumerate(parts):
+        if isinstance(current, Mapping) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return k
+    return None
+
+
+# ---- pipeline updates: the document diff of MongoDB's doc_diff -------------------------
+
+
+def _diff_document(pre: Mapping[str, Any], post: Mapping[str, Any]) -> dict[str, Any]:
+    """A $v:2 delta: {"d": deletes, "u": updates, "i": inserts, "s<field>": sub-diffs}."""
+    deletes: dict[str, Any] = {}
+    updates: dict[str, Any] = {}
+    inserts: dict[str, Any] = {}
+    subs: dict[str, Any] = {}
+    pre_names = list(pre)
+    post_names = list(post)
+    i = j = 0
+    # Fields walked in step keep their place; once the orders diverge, the remaining fields of
+    # `post` are re-inserted (appended), which is how the delta preserves field order.
+    while i < len(pre_names) and j < len(post_names):
+        name = pre_names[i]
+        if name == post_names[j]:
+            _diff_field(name, pre[name], post[name], updates, subs)
+            i += 1
+            j += 1
+        else:
+            if name not in post:
+                deletes[name] = False
+            i += 1
+    for name in pre_names[i:]:
+        if name not in post:
+            deletes[name] = False
+    for name in post_names[j:]:
+        inserts[name] = post[name]
+    delta: dict[str, Any] = {}
+    if deletes:
+        delta["d"] = deletes
+    if updates:
+        delta["u"] = updates
+    if inserts:
+        delta["i"] = inserts
+    delta.update(subs)
+    return delta
+
+
+def _diff_field(
+    name: str, old: Any, new: Any, updates: dict[str, Any], subs: dict[str, Any]
+) -> None:
+    if same_value(old, new):
+        return
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        subs["s" + name] = _diff_document(old, new)
+    elif isinstance(old, list) and isinstance(new, list):
+        subs["s" + name] = _diff_array(old, new)
+    else:
+        updates[name] = new
+
+
+def _diff_array(pre: list[Any], post: list[Any]) -> dict[str, Any]:
+    delta: dict[str, Any] = {"a": True}
+    if len(post) < len(pre):
+        delta["l"] = len(post)
+    for i, new in enumerate(post):
+        if i >= len(pre):
+            delta[f"u{i}"] = new
+            continue
+        old = pre[i]
+        if same_value(old, new):
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            delta[f"s{i}"] = _diff_document(old, new)
+        elif isinstance(old, list) and isinstance(new, list):
+            delta[f"s{i}"] = _diff_array(old, new)
+        else:
+            delta[f"u{i}"] = new
+    return delta
+
+
+def _describe_delta(delta: Mapping[str, Any], prefix: str, out: UpdateDescription) -> None:
+    if delta.get("a") is True:
+        field_path = prefix[:-1]
+        if "l" in delta:
+            out.truncated_arrays.append({"field": field_path, "newSize": delta["l"]})
+        for key, value in delta.items():
+            if key.startswith("u"):
+                out.updated_fields[prefix + key[1:]] = value
+            elif key.startswith("s"):
+                _describe_delta(value, f"{prefix}{key[1:]}.", out)
+        return
+    for name in delta.get("d", {}):
+        out.removed_fields.append(prefix + name)
+    for section in ("u", "i"):
+        for name, value in delta.get(section, {}).items():
+            out.updated_fields[prefix + name] = value
+    for key, value in delta.items():
+        if key.startswith("s"):
+            _describe_delta(value, f"{prefix}{key[1:]}.", out)

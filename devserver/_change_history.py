@@ -1,0 +1,602 @@
+"""The change history (the development server's oplog) and the change stream cursors reading it.
+
+The core appends one entry per committed write (or all the writes of a committed transaction
+at once); cursors read from a position, render entries into MongoDB-shaped change events, and
+wait on an asyncio event that every append sets. Entries are BSON-encodable dicts so the core
+can persist them; the history keeps at most `max_bytes` of them, dropping the oldest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import bson
+from bson import Int64, Timestamp
+
+from devserver._change_diff import describe_update
+from devserver._change_options import StreamOptions, parse_options
+from devserver._change_pipeline import MAX_EVENT_BYTES, EventPipeline
+from devserver._change_token import ResumeToken, entry_key, next_timestamp
+from devserver._errors import CommandError
+
+__all__ = ["ChangeHistory", "ChangeRecord", "ChangeStreamCursor", "history_lost"]
+
+DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
+_IMAGE_OPS = frozenset({"update", "replace", "delete"})
+_INTERNAL_DBS = frozenset({"admin", "config", "local"})
+_DEFAULT_AWAIT_MS = 1000
+# Keep a reply below the 16 MiB message limit with room for the envelope.
+_BATCH_BYTES = MAX_EVENT_BYTES - 64 * 1024
+_COMPACT_AT = 1024
+
+Lookup = Callable[[str, str, dict[str, Any]], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """One committed write, as the core reports it to the history."""
+
+    op: str
+    db: str
+    coll: str | None
+    document_key: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    update_spec: Any = None
+    to: tuple[str, str] | None = None
+    images_enabled: bool = False
+
+
+def history_lost() -> CommandError:
+    """ChangeStreamHistoryLost (286), worded as MongoDB words it."""
+    return CommandError(
+        286,
+        "ChangeStreamHistoryLost",
+        "Resume of change stream was not possible, as the resume point may no longer be in "
+        "the oplog.",
+    )
+
+
+class ChangeHistory:
+    """A bounded, ordered log of change entries that change stream cursors read."""
+
+    def __init__(self, *, max_bytes: int, lookup: Lookup) -> None:
+        self.max_bytes = max_bytes
+        self._lookup = lookup
+        self._entries: list[dict[str, Any] | None] = []
+        self._keys: list[int] = []
+        self._sizes: list[int] = []
+        self._offset = 0  # sequence number of _entries[0]
+        self._first_seq = 0  # oldest retained entry
+        self._next_seq = 0
+        self._bytes = 0
+        # Key of the newest dropped entry: resuming at or before it has lost history.
+        self._lost_key: int | None = None
+        self._last_ts: Timestamp | None = None
+        self._last_index = -1
+        self._appended = asyncio.Event()
+
+    # ---- writing --------------------------------------------------------------------------
+
+    def append(
+        self,
+        records: Sequence[ChangeRecord],
+        *,
+        cluster_time: Timestamp,
+        wall_time: datetime,
+        lsid: dict[str, Any] | None = None,
+        txn_number: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Record the changes of one committed operation or transaction; wake waiting cursors.
+
+        Returns the stored entries (none for no-op updates) for the core to persist.
+        """
+        index = 0
+        if self._last_ts is not None:
+            if cluster_time < self._last_ts:
+                raise ValueError(
+                    f"cluster time {cluster_time} is older than the last change {self._last_ts}"
+                )
+            if cluster_time == self._last_ts:
+                index = self._last_index + 1
+        stored: list[dict[str, Any]] = []
+        for record in records:
+            entry = _make_entry(record, cluster_time, wall_time, index, lsid, txn_number)
+            if entry is None:
+                continue
+            entry["seq"] = self._next_seq
+            self._push(entry)
+            stored.append(entry)
+            index += 1
+        if stored:
+            self._last_ts = cluster_time
+            self._last_index = index - 1
+            self._trim()
+            self._wake()
+        return stored
+
+    def restore(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Reload persisted entries (as `append` returned them) at start-up."""
+        ordered = sorted(entries, key=lambda e: int(e["seq"]))
+        for entry in ordered:
+            seq = int(entry["seq"])
+            if seq < self._next_seq:
+                continue
+            if not self._entries and seq > 0:
+                # Entries before the first persisted one are gone.
+                self._lost_key = entry_key(entry["ts"], int(entry["txnOpIndex"])) - 1
+            if self._entries and seq != self._next_seq:
+                self._lost_key = entry_key(entry["ts"], int(entry["txnOpIndex"])) - 1
+                self._drop_all()
+            if not self._entries:
+                self._offset = self._first_seq = seq
+            self._next_seq = seq
+            self._push(dict(entry))
+            self._last_ts = entry["ts"]
+            self._last_index = int(entry["txnOpIndex"])
+        self._trim()
+        self._wake()
+
+    def _push(self, entry: dict[str, Any]) -> None:
+        size = len(bson.encode(entry))
+        self._entries.append(entry)
+        self._keys.append(entry_key(entry["ts"], entry["txnOpIndex"]))
+        self._sizes.append(size)
+        self._bytes += size
+        self._next_seq += 1
+
+    def _trim(self) -> None:
+        # Keep the newest entry even when it alone exceeds the bound, like a capped oplog.
+        while self._bytes > self.max_bytes and self._next_seq - self._first_seq > 1:
+            position = self._first_seq - self._offset
+            self._bytes -= self._sizes[position]
+            self._lost_key = self._keys[position]
+            self._entries[position] = None
+            self._first_seq += 1
+        dead = self._first_seq - self._offset
+        if dead >= _COMPACT_AT and dead * 2 >= len(self._entries):
+            del self._entries[:dead], self._keys[:dead], self._sizes[:dead]
+            self._offset = self._first_seq
+
+    def _drop_all(self) -> None:
+        self._entries.clear()
+        self._keys.clear()
+        self._sizes.clear()
+        self._bytes = 0
+
+    def _wake(self) -> None:
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    # ---- reading --------------------------------------------------------------------------
+
+    @property
+    def size_bytes(self) -> int:
+        """Approximate BSON size of the retained entries."""
+        return self._bytes
+
+    @property
+    def retained(self) -> list[dict[str, Any]]:
+        """The retained entries, oldest first (what a persisted copy should hold)."""
+        start = self._first_seq - self._offset
+        return [e for e in self._entries[start:] if e is not None]
+
+    def open(
+        self,
+        *,
+        db: str,
+        coll: str | None,
+        spec: dict[str, Any],
+        pipeline: list[dict[str, Any]],
+        batch_size: int | None,
+        cluster_time: Timestamp,
+    ) -> ChangeStreamCursor:
+        """Open a change stream cursor; raises CommandError for bad options or lost history."""
+        options = parse_options(spec, db=db, coll=coll)
+        return ChangeStreamCursor(
+            self,
+            options,
+            EventPipeline(pipeline),
+            db=db,
+            coll=coll,
+            batch_size=batch_size,
+            cluster_time=cluster_time,
+        )
+
+    def _seq_at_or_after(self, key: int) -> int:
+        start = self._first_seq - self._offset
+        return self._offset + bisect.bisect_left(self._keys, key, lo=start)
+
+    def _entry(self, seq: int) -> dict[str, Any]:
+        entry = self._entries[seq - self._offset]
+        assert entry is not None
+        return entry
+
+    def _key(self, seq: int) -> int:
+        return self._keys[seq - self._offset]
+
+    def _size(self, seq: int) -> int:
+        return self._sizes[seq - self._offset]
+
+    def _check_retained(self, after_key: int) -> None:
+        """Raise 286 when an entry with a key above `after_key` has been dropped."""
+        if self._lost_key is not None and self._lost_key > after_key:
+            raise history_lost()
+
+
+def _make_entry(
+    record: ChangeRecord,
+    ts: Timestamp,
+    wall: datetime,
+    index: int,
+    lsid: dict[str, Any] | None,
+    txn_number: int | None,
+) -> dict[str, Any] | None:
+    op = record.op
+    entry: dict[str, Any] = {"ts": ts, "wall": wall, "txnOpIndex": index, "op": op, "db": record.db}
+    if record.coll is not None:
+        entry["coll"] = record.coll
+    if op in DOCUMENT_OPS:
+        entry["documentKey"] = record.document_key
+        if op == "update":
+            if record.before is None or record.after is None:
+                raise ValueError("an update record needs the documents before and after")
+            description = describe_update(record.before, record.after, record.update_spec)
+            if description is None:
+                op = entry["op"] = "replace"
+            elif description.is_empty():
+                return None
+            else:
+                entry["updateDescription"] = description.document()
+        if op in ("insert", "replace") or (op == "update" and record.images_enabled):
+            entry["fullDocument"] = record.after
+        if record.images_enabled and op in _IMAGE_OPS:
+            entry["images"] = True
+            entry["preImage"] = record.before
+    elif op == "rename":
+        if record.to is None:
+            raise ValueError("a rename record needs its target namespace")
+        entry["to"] = {"db": record.to[0], "coll": record.to[1]}
+    elif op not in ("drop", "dropDatabase"):
+        raise ValueError(f"unknown change operation {op!r}")
+    if lsid is not None:
+        entry["lsid"] = lsid
+    if txn_number is not None:
+        entry["txnNumber"] = Int64(txn_number)
+    return entry
+
+
+Shown = tuple[ResumeToken, dict[str, Any]]
+
+
+class ChangeStreamCursor:
+    """One open change stream: a position in the history plus the stream's options."""
+
+    def __init__(
+        self,
+        history: ChangeHistory,
+        options: StreamOptions,
+        pipeline: EventPipeline,
+        *,
+        db: str,
+        coll: str | None,
+        batch_size: int | None,
+        cluster_time: Timestamp,
+    ) -> None:
+        self._history = history
+        self._options = options
+        self._pipeline = pipeline
+        self._db = db
+        self._coll = coll
+        self.batch_size = batch_size
+        self.ns = f"{db}.{coll}" if coll is not None else f"{db}.$cmd.aggregate"
+        self.exhausted = False
+        self._closed = False
+        # Events rendered but not yet returned (the rest of a split event, an invalidate).
+        self._pending: deque[Shown] = deque()
+        self._invalidated = False
+        self._min_key = 0
+        self._next_seq = history._next_seq
+        self._last_token = ResumeToken.high_water_mark(cluster_time)
+        self._start()
+
+    # ---- positioning ----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        options = self._options
+        if options.start_at_operation_time is not None:
+            self._start_at(options.start_at_operation_time)
+            return
+        token = options.resume_after or options.start_after
+        if token is None:
+            return
+        if token.is_high_water_mark:
+            self._start_at(token.timestamp)
+            return
+        history = self._history
+        key = token.key
+        history._check_retained(key - 1)
+        seq = history._seq_at_or_after(key)
+        if seq >= history._next_seq or history._key(seq) != key:
+            raise CommandError(
+                280,
+                "ChangeStreamFatalError",
+                f'cannot resume stream; the resume token was not found. {{_data: "{token.hex()}"}}',
+            )
+        self._next_seq = seq + 1
+        self._last_token = token
+        if token.from_invalidate:
+            # startAfter an invalidate: a new stream that begins after the invalidating event.
+            return
+        entry = history._entry(seq)
+        shown, invalidates = self._classify(entry)
+        if shown and token.fragment:
+            self._pending.extend(f for f in self._render(entry, 0) if f[0] > token)
+        if invalidates:
+            self._queue_invalidate(entry)
+
+    def _start_at(self, start: Timestamp) -> None:
+        history = self._history
+        key = entry_key(start, 0)
+        history._check_retained(key - 1)
+        self._next_seq = history._seq_at_or_after(key)
+        self._min_key = key
+        self._last_token = ResumeToken.high_water_mark(start)
+
+    # ---- reading --------------------------------------------------------------------------
+
+    @property
+    def post_batch_resume_token(self) -> dict[str, str]:
+        """Where a client resumes to continue after the last batch returned."""
+        history = self._history
+        token = self._last_token
+        caught_up = not self._pending and self._next_seq >= history._next_seq
+        if caught_up and not self._invalidated and history._last_ts is not None:
+            # Past every entry: a high-water mark lets the client resume without re-reading.
+            mark = ResumeToken.high_water_mark(next_timestamp(history._last_ts))
+            if mark > token:
+                token = mark
+        return token.document()
+
+    async def next_batch(
+        self, max_docs: int | None, max_time_ms: int | None
+    ) -> list[dict[str, Any]]:
+        """Up to `max_docs` events; waits up to `max_time_ms` (default 1 s) for the first one."""
+        batch = self._collect(max_docs)
+        if batch or max_time_ms == 0 or self.exhausted or self._closed:
+            return batch
+        timeout = (_DEFAULT_AWAIT_MS if max_time_ms is None else max_time_ms) / 1000
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not batch and not self.exhausted and not self._closed:
+            if self._next_seq >= self._history._next_seq:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._history._appended.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._collect(max_docs)
+        return batch
+
+    def close(self) -> None:
+        """Release the cursor; later calls return nothing."""
+        self._closed = True
+        self._pending.clear()
+
+    def _collect(self, max_docs: int | None) -> list[dict[str, Any]]:
+        if self._closed or self.exhausted:
+            return []
+        history = self._history
+        limit = max_docs if max_docs is not None and max_docs > 0 else None
+        batch: list[dict[str, Any]] = []
+        self._drain(batch, limit)
+        if self._pending or self._invalidated:
+            return self._finish(batch)
+        if self._next_seq < history._first_seq:
+            raise history_lost()
+        total = 0
+        while (
+            (limit is None or len(batch) < limit)
+            and total < _BATCH_BYTES
+            and self._next_seq < history._next_seq
+        ):
+            seq = self._next_seq
+            self._next_seq += 1
+            if history._key(seq) < self._min_key:
+                continue
+            entry = history._entry(seq)
+            shown, invalidates = self._classify(entry)
+            if shown:
+                size = history._size(seq)
+                self._pending.extend(self._render(entry, size))
+                total += size
+            if invalidates:
+                self._queue_invalidate(entry)
+            self._drain(batch, limit)
+            if self._invalidated:
+                break
+        return self._finish(batch)
+
+    def _drain(self, batch: list[dict[str, Any]], limit: int | None) -> None:
+        while self._pending and (limit is None or len(batch) < limit):
+            token, event = self._pending.popleft()
+            self._last_token = token
+            batch.append(event)
+
+    def _finish(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self._invalidated and not self._pending:
+            self.exhausted = True
+        return batch
+
+    def _queue_invalidate(self, entry: dict[str, Any]) -> None:
+        self._invalidated = True
+        ts: Timestamp = entry["ts"]
+        token = ResumeToken(ts.time, ts.inc, txn_op_index=entry["txnOpIndex"], from_invalidate=True)
+        event = {
+            "_id": token.document(),
+            "operationType": "invalidate",
+            "clusterTime": ts,
+            "wallTime": entry["wall"],
+        }
+        shown = self._pipeline.apply(event)
+        if shown is None:
+            self._last_token = token
+        else:
+            self._pending.append((token, shown))
+
+    # ---- which entries a stream sees, and how ---------------------------------------------
+
+    def _classify(self, entry: dict[str, Any]) -> tuple[bool, bool]:
+        """(shown to this stream, invalidates this stream)."""
+        db = entry["db"]
+        coll = entry.get("coll")
+        op = entry["op"]
+        to = entry.get("to")
+        if self._coll is not None:
+            if op in ("drop", "rename"):
+                hit = (db == self._db and coll == self._coll) or (
+                    to is not None and to["db"] == self._db and to["coll"] == self._coll
+                )
+                return hit, hit
+            return db == self._db and coll == self._coll and op != "dropDatabase", False
+        if _is_system(coll):
+            return False, False
+        if self._options.all_changes_for_cluster:
+            return db not in _INTERNAL_DBS, False
+        in_db = db == self._db or (to is not None and to["db"] == self._db)
+        return in_db, in_db and op == "dropDatabase"
+
+    def _render(self, entry: dict[str, Any], size: int) -> list[Shown]:
+        ts: Timestamp = entry["ts"]
+        token = ResumeToken(ts.time, ts.inc, txn_op_index=entry["txnOpIndex"])
+        event = self._event(entry, token)
+        shown = self._pipeline.apply(event)
+        if shown is None:
+            return []
+        looked_up = entry["op"] == "update" and self._options.full_document == "updateLookup"
+        if self._pipeline.splits_large_events or looked_up or size > _LARGE_ENTRY:
+            return _split(token, shown, allowed=self._pipeline.splits_large_events)
+        return [(token, shown)]
+
+    def _event(self, entry: dict[str, Any], token: ResumeToken) -> dict[str, Any]:
+        op = entry["op"]
+        event: dict[str, Any] = {
+            "_id": token.document(),
+            "operationType": op,
+            "clusterTime": entry["ts"],
+            "wallTime": entry["wall"],
+        }
+        if "txnNumber" in entry:
+            event["txnNumber"] = entry["txnNumber"]
+        if "lsid" in entry:
+            event["lsid"] = entry["lsid"]
+        options = self._options
+        if op in ("insert", "replace"):
+            event["fullDocument"] = entry["fullDocument"]
+        elif op == "update" and options.full_document != "default":
+            event["fullDocument"] = self._post_image(entry)
+        ns: dict[str, Any] = {"db": entry["db"]}
+        if "coll" in entry:
+            ns["coll"] = entry["coll"]
+        event["ns"] = ns
+        if op in DOCUMENT_OPS:
+            event["documentKey"] = entry["documentKey"]
+        if op == "update":
+            event["updateDescription"] = entry["updateDescription"]
+        if op in _IMAGE_OPS and options.full_document_before_change != "off":
+            event["fullDocumentBeforeChange"] = self._pre_image(entry)
+        if op == "rename":
+            event["to"] = entry["to"]
+        return event
+
+    def _post_image(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        mode = self._options.full_document
+        if mode == "updateLookup":
+            return self._history._lookup(entry["db"], entry["coll"], entry["documentKey"])
+        image: dict[str, Any] | None = entry.get("fullDocument")
+        if image is None and mode == "required":
+            raise CommandError(
+                47,
+                "NoMatchingDocument",
+                "Change stream was configured to require a post-image for all update events, "
+                f"but the post-image was not found for event: {_describe_missing(entry)}",
+            )
+        return image
+
+    def _pre_image(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        image: dict[str, Any] | None = entry.get("preImage")
+        if image is None and self._options.full_document_before_change == "required":
+            raise CommandError(
+                47,
+                "NoMatchingDocument",
+                "Change stream was configured to require a pre-image for all update, delete and "
+                "replace events, but the pre-image was not found for event: "
+                f"{_describe_missing(entry)}",
+            )
+        return image
+
+
+# Entries this large may render into events over the reply limit; measure their events.
+_LARGE_ENTRY = 4 * 1024 * 1024
+
+
+def _describe_missing(entry: dict[str, Any]) -> str:
+    ts: Timestamp = entry["ts"]
+    return (
+        f'{{operationType: "{entry["op"]}", ns: "{entry["db"]}.{entry.get("coll")}", '
+        f"clusterTime: Timestamp({ts.time}, {ts.inc}), documentKey: {entry.get('documentKey')}}}"
+    )
+
+
+def _is_system(coll: str | None) -> bool:
+    return coll is not None and coll.startswith("system.")
+
+
+def _split(token: ResumeToken, event: dict[str, Any], *, allowed: bool) -> list[Shown]:
+    """The event, or its fragments when it exceeds 16 MiB and the pipeline allows splitting."""
+    size = len(bson.encode(event))
+    if size <= MAX_EVENT_BYTES:
+        return [(token, event)]
+    if not allowed:
+        raise CommandError(
+            10334,
+            "BSONObjectTooLarge",
+            f"BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and "
+            f"16793600(16MB) First element: _id: {event['_id']}",
+        )
+    overhead = len(bson.encode({"_id": event["_id"], "splitEvent": {"fragment": 1, "of": 1}}))
+    groups: list[list[tuple[str, Any]]] = [[]]
+    used = overhead
+    for name, value in event.items():
+        if name == "_id":
+            continue
+        field_size = len(bson.encode({name: value})) - 5
+        if overhead + field_size > MAX_EVENT_BYTES:
+            raise CommandError(
+                7182803,
+                "Location7182803",
+                f"Cannot split the event into fragments under 16MB: field '{name}' is too large",
+            )
+        if used + field_size > MAX_EVENT_BYTES and groups[-1]:
+            groups.append([])
+            used = overhead
+        groups[-1].append((name, value))
+        used += field_size
+    fragments: list[Shown] = []
+    for number, group in enumerate(groups, start=1):
+        fragment_token = replace(token, fragment=number)
+        fragment: dict[str, Any] = {
+            "_id": fragment_token.document(),
+            "splitEvent": {"fragment": number, "of": len(groups)},
+        }
+        fragment.update(group)
+        fragments.append((fragment_token, fragment))
+    return fragments

@@ -1,0 +1,182 @@
+"""The stages a change stream accepts after `$changeStream`, evaluated on one event at a time.
+
+Evaluation borrows mongomock's aggregation and query machinery, so filters and expressions
+behave like the rest of the development server.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import bson
+from mongomock import OperationFailure, aggregate, filtering, helpers
+
+from devserver._errors import CommandError
+
+__all__ = ["EventPipeline", "MAX_EVENT_BYTES", "SPLIT_STAGE"]
+
+SPLIT_STAGE = "$changeStreamSplitLargeEvent"
+# BSONObjMaxUserSize: the largest document a reply may carry.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+_ALLOWED = frozenset(
+    {
+        "$match",
+        "$project",
+        "$addFields",
+        "$set",
+        "$unset",
+        "$replaceRoot",
+        "$replaceWith",
+        "$redact",
+        SPLIT_STAGE,
+    }
+)
+_ILLEGAL_OPERATION = 20
+# mongomock is untyped; these are the entry points used here.
+_filter_applies: Callable[[Any, Any], bool] = filtering.filter_applies
+_patch_datetimes: Callable[[Any], Any] = helpers.patch_datetime_awareness_in_document
+_HANDLERS: dict[str, Any] = aggregate._PIPELINE_HANDLERS
+_MODIFIED_ID_MESSAGE = (
+    "Encountered an event whose _id field, which contains the resume token, was modified by "
+    "the pipeline. Modifying the _id field of an event makes it impossible to resume the "
+    "stream from that point. Only transformations that retain the unmodified _id field are "
+    "allowed."
+)
+
+Stage = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+class EventPipeline:
+    """The user's stages after `$changeStream`, compiled once per cursor."""
+
+    def __init__(self, stages: list[Any]) -> None:
+        self._stages: list[Stage] = []
+        self._copies = False
+        self.splits_large_events = False
+        for position, stage in enumerate(stages):
+            if not isinstance(stage, Mapping) or len(stage) != 1:
+                raise CommandError(
+                    40323,
+                    "Location40323",
+                    "A pipeline stage specification object must contain exactly one field.",
+                )
+            ((name, argument),) = stage.items()
+            self._compile(name, argument, last=position == len(stages) - 1)
+
+    def _compile(self, name: str, argument: Any, *, last: bool) -> None:
+        if name == "$changeStream":
+            raise CommandError(
+                40602,
+                "Location40602",
+                "$changeStream is only valid as the first stage in a pipeline.",
+            )
+        if name not in _ALLOWED:
+            raise CommandError(
+                _ILLEGAL_OPERATION,
+                "IllegalOperation",
+                f"{name} is not permitted in a $changeStream pipeline",
+            )
+        if name == SPLIT_STAGE:
+            if not last:
+                raise CommandError(
+                    7182802,
+                    "Location7182802",
+                    f"{SPLIT_STAGE} must be the last stage in the pipeline",
+                )
+            if argument != {}:
+                raise CommandError(
+                    7182800,
+                    "Location7182800",
+                    f"{SPLIT_STAGE} expects an empty document as its argument",
+                )
+            self.splits_large_events = True
+            return
+        if name == "$match":
+            self._stages.append(_match_stage(argument))
+            return
+        if name == "$redact":
+            raise CommandError(
+                _ILLEGAL_OPERATION,
+                "IllegalOperation",
+                "$redact in a $changeStream pipeline is not supported by the development server",
+            )
+        self._copies = True
+        self._stages.append(_transform_stage(name, argument))
+
+    def apply(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """The event after the user's stages, or None when a `$match` dropped it."""
+        token = event["_id"]
+        current: dict[str, Any] | None = copy.deepcopy(event) if self._copies else event
+        for stage in self._stages:
+            if current is None:
+                return None
+            current = stage(current)
+        if current is not None and current.get("_id") != token:
+            raise CommandError(280, "ChangeStreamFatalError", _MODIFIED_ID_MESSAGE)
+        return current
+
+
+def _match_stage(spec: Any) -> Stage:
+    if not isinstance(spec, Mapping):
+        raise CommandError(
+            15959, "Location15959", "the match filter must be an expression in an object"
+        )
+    patched = _patch_datetimes(dict(spec))
+    # Validate the filter once, so a bad operator fails the aggregate, not a later getMore.
+    _run(lambda: _filter_applies(patched, {}))
+
+    def match(event: dict[str, Any]) -> dict[str, Any] | None:
+        document = _patch_datetimes(event)
+        return event if _run(lambda: _filter_applies(patched, document)) else None
+
+    return match
+
+
+def _transform_stage(name: str, argument: Any) -> Stage:
+    if name == "$replaceWith":
+        name, argument = "$replaceRoot", {"newRoot": argument}
+    elif name == "$unset":
+        fields = [argument] if isinstance(argument, str) else argument
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise CommandError(
+                31002, "Location31002", "$unset specification must be a string or an array"
+            )
+        name, argument = "$project", {f: 0 for f in fields}
+    if not isinstance(argument, Mapping):
+        raise CommandError(
+            40272 if name == "$project" else 40228,
+            "Location40272" if name == "$project" else "Location40228",
+            f"{name} specification must be an object",
+        )
+    handler = _HANDLERS[name]
+    options = dict(argument)
+
+    def transform(event: dict[str, Any]) -> dict[str, Any] | None:
+        (result,) = _run(lambda: handler([event], None, options))
+        return dict(result)
+
+    return transform
+
+
+def _run(call: Callable[[], Any]) -> Any:
+    """Run mongomock code, turning its failures into MongoDB-shaped command errors."""
+    try:
+        return call()
+    except OperationFailure as exc:
+        raise CommandError(
+            exc.code or 2, "BadValue" if not exc.code else "Location" + str(exc.code), str(exc)
+        ) from exc
+    except NotImplementedError as exc:
+        raise CommandError(
+            _ILLEGAL_OPERATION,
+            "IllegalOperation",
+            f"not supported by the development server in a change stream: {exc}",
+        ) from exc
+
+
+def bson_size(document: Mapping[str, Any]) -> int:
+    """Encoded size of a document in bytes."""
+    return len(bson.encode(document))
