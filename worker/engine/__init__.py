@@ -2,6 +2,29 @@
 
 from __future__ import annotations
 
+from worker.engine._applier import Applier, BatchResult
+from worker.engine._lease import Lease, new_holder_id
+from worker.engine._plan import EventPlan, direction_of, other_side, plan_event, value_at
+from worker.engine._runner import Worker, cluster_time
+from worker.engine._stream import StreamPosition, StreamReader, namespace_filter
 from worker.engine._writes import TargetWrite, execute_target_write, plan_target_write
 
-__all__ = ["TargetWrite", "execute_target_write", "plan_target_write"]
+__all__ = [
+    "Applier",
+    "BatchResult",
+    "EventPlan",
+    "Lease",
+    "StreamPosition",
+    "StreamReader",
+    "TargetWrite",
+    "Worker",
+    "cluster_time",
+    "direction_of",
+    "execute_target_write",
+    "namespace_filter",
+    "new_holder_id",
+    "other_side",
+    "plan_event",
+    "plan_target_write",
+    "value_at",
+]

@@ -1,0 +1,647 @@
+"""The applier: one transaction per batch holding the patches, the merge base and the checkpoint.
+
+For each batch it loads the merge base and the current documents the batch touches, plans every
+event in stream order with the pure core (`_plan.plan_event`), writes one net change per target
+document, and stores merge base, counters, dead letters and the checkpoint in the same
+transaction, fenced by the lease. A write conflict (a client wrote a document inside the
+transaction's window) retries the batch; a write the server refuses for good (validation, size,
+duplicate key) is retried one event at a time and the refused event goes to dead letters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import (
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+)
+
+from transforms import Pair, Registry
+from worker.engine._lease import Lease
+from worker.engine._plan import EventPlan, direction_of, other_side, plan_event
+from worker.engine._writes import execute_target_write, plan_target_write
+from worker.errors import LeaseLost
+from worker.logs import get_logger
+from worker.metrics import Metrics
+from worker.state import ACTIVE_STATES, StateStore, id_key, merge_base_id, utcnow
+
+__all__ = ["Applier", "BatchResult"]
+
+log = get_logger(__name__)
+
+DOCUMENT_EVENTS = frozenset({"insert", "update", "replace", "delete"})
+LIFECYCLE_EVENTS = frozenset({"drop", "rename", "dropDatabase"})
+# How many worker session ids to remember, so echoes written before a restart are still known.
+REMEMBERED_SESSIONS = 16
+
+
+@dataclass
+class BatchResult:
+    """What one applied batch did, for logs and tests."""
+
+    events: int = 0
+    applied: int = 0
+    echoes: int = 0
+    conflicts: int = 0
+    dead_letters: int = 0
+    held: int = 0
+    writes: int = 0
+
+
+@dataclass
+class _PairTally:
+    applied_forward: int = 0
+    applied_backward: int = 0
+    echoes_skipped: int = 0
+    conflicts: int = 0
+    dead_letters: int = 0
+    last_client_write: dict[str, dt.datetime] = field(default_factory=dict)
+    lag_seconds: float | None = None
+
+
+class _Permanent(Exception):
+    """A write the server refused for good; carries the driver error."""
+
+    def __init__(self, error: OperationFailure) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Applier:
+    """Applies batches of change events for every pair of a registry."""
+
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        store: StateStore,
+        registry: Registry,
+        *,
+        lease: Lease,
+        metrics: Metrics,
+        origin_tag: str = "session",
+        tag_field: str = "_psync",
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.registry = registry
+        self.lease = lease
+        self.metrics = metrics
+        self.transactions = origin_tag == "session"
+        self.tag_field = tag_field if origin_tag == "field" else None
+        self.pair_states: dict[str, dict[str, Any]] = {}
+        self.session: AsyncClientSession | None = None
+        self.own_sessions: list[Any] = []
+        self._token_counter = 0
+        self._pairs = {pair.original: pair for pair in registry.pairs}
+
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[Applier]:
+        """Open the worker's session (its writes' origin tag) for the applier's lifetime."""
+        checkpoint = await self.store.checkpoint()
+        remembered = list((checkpoint or {}).get("sessions", []))
+        async with self.client.start_session(causal_consistency=False) as session:
+            self.session = session
+            own_id = session.session_id["id"]
+            self.own_sessions = [own_id, *[s for s in remembered if s != own_id]]
+            self.own_sessions = self.own_sessions[:REMEMBERED_SESSIONS]
+            try:
+                yield self
+            finally:
+                self.session = None
+
+    async def refresh_pairs(self) -> dict[str, dict[str, Any]]:
+        """Re-read every pair's record (state, start point) from the state database."""
+        self.pair_states = await self.store.pair_docs()
+        for original, doc in self.pair_states.items():
+            if original in self._pairs:
+                self.metrics.set_state(original, doc.get("state", "NOT_STARTED"))
+        return self.pair_states
+
+    # -- public entry points ---------------------------------------------------------------------
+
+    async def apply(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
+        """Apply a batch from the stream and advance the checkpoint past its last event."""
+        if not events:
+            return BatchResult()
+        last = events[-1]
+        return await self._apply_with_retries(
+            list(events), checkpoint=(last["_id"], last.get("clusterTime"))
+        )
+
+    async def replay_held(self, max_docs: int) -> int:
+        """Apply the held events of pairs that are active again; returns how many were replayed."""
+        replayed = 0
+        for original, doc in self.pair_states.items():
+            if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
+                continue
+            while True:
+                held = [
+                    h
+                    async for h in self.store.held_events.find({"pair": original})
+                    .sort("_id", 1)
+                    .limit(max_docs)
+                ]
+                if not held:
+                    break
+                events = [_decode_held(h["event"]) for h in held]
+                await self._apply_with_retries(
+                    events,
+                    checkpoint=None,
+                    held_ids=[h["_id"] for h in held],
+                    replay_pair=original,
+                )
+                replayed += len(held)
+        return replayed
+
+    # -- retry policy ------------------------------------------------------------------------------
+
+    async def _apply_with_retries(
+        self,
+        events: list[Mapping[str, Any]],
+        *,
+        checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
+        held_ids: list[Any] | None = None,
+        replay_pair: str | None = None,
+    ) -> BatchResult:
+        delay = 0.01
+        outage_logged = False
+        started = time.monotonic()
+        while True:
+            if not self.lease.held:
+                raise LeaseLost("the lease expired before the batch could be applied")
+            try:
+                result = await self._attempt(
+                    events, checkpoint=checkpoint, held_ids=held_ids, replay_pair=replay_pair
+                )
+            except _Permanent as exc:
+                if len(events) > 1:
+                    return await self._apply_one_by_one(events, checkpoint, held_ids, replay_pair)
+                return await self._attempt(
+                    events,
+                    checkpoint=checkpoint,
+                    held_ids=held_ids,
+                    replay_pair=replay_pair,
+                    refused=exc.error,
+                )
+            except OperationFailure as exc:
+                if not _is_transient(exc):
+                    raise
+                log.debug("batch_retry", code=exc.code, error=str(exc)[:200])
+            except (ConnectionFailure, PyMongoError) as exc:
+                if not outage_logged:
+                    log.warning(
+                        "apply_interrupted", error=type(exc).__name__, detail=str(exc)[:300]
+                    )
+                    outage_logged = True
+            else:
+                if outage_logged:
+                    log.info("apply_recovered", seconds=round(time.monotonic() - started, 3))
+                return result
+            await anyio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    async def _apply_one_by_one(
+        self,
+        events: list[Mapping[str, Any]],
+        checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
+        held_ids: list[Any] | None,
+        replay_pair: str | None,
+    ) -> BatchResult:
+        total = BatchResult()
+        for index, event in enumerate(events):
+            point = (event["_id"], event.get("clusterTime")) if checkpoint is not None else None
+            if checkpoint is not None and replay_pair is not None:
+                point = None
+            result = await self._apply_with_retries(
+                [event],
+                checkpoint=point,
+                held_ids=[held_ids[index]] if held_ids else None,
+                replay_pair=replay_pair,
+            )
+            for name in ("events", "applied", "echoes", "conflicts", "dead_letters", "writes"):
+                setattr(total, name, getattr(total, name) + getattr(result, name))
+        return total
+
+    # -- one attempt -------------------------------------------------------------------------------
+
+    async def _attempt(
+        self,
+        events: list[Mapping[str, Any]],
+        *,
+        checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
+        held_ids: list[Any] | None,
+        replay_pair: str | None,
+        refused: OperationFailure | None = None,
+    ) -> BatchResult:
+        session = self.session
+        assert session is not None, "use `async with applier.opened()`"
+        txn_session = session if self.transactions else None
+        started = time.perf_counter()
+        if self.transactions:
+            await session.start_transaction()
+        try:
+            result, tallies = await self._body(
+                events,
+                session=txn_session,
+                checkpoint=checkpoint,
+                held_ids=held_ids,
+                replay_pair=replay_pair,
+                refused=refused,
+            )
+            if self.transactions:
+                await session.commit_transaction()
+        except BaseException:
+            if self.transactions and session.in_transaction:
+                with contextlib.suppress(PyMongoError), anyio.CancelScope(shield=True):
+                    await session.abort_transaction()
+            raise
+        self._record_metrics(events, result, tallies, time.perf_counter() - started)
+        return result
+
+    async def _body(
+        self,
+        events: list[Mapping[str, Any]],
+        *,
+        session: AsyncClientSession | None,
+        checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
+        held_ids: list[Any] | None,
+        replay_pair: str | None,
+        refused: OperationFailure | None,
+    ) -> tuple[BatchResult, dict[str, _PairTally]]:
+        result = BatchResult(events=len(events))
+        tallies: dict[str, _PairTally] = {}
+        work: list[tuple[Pair, str, Mapping[str, Any]]] = []
+        held: list[dict[str, Any]] = []
+        resync: dict[str, str] = {}
+
+        for event in events:
+            for pair, side, action in self._route(event, replay_pair):
+                if action == "apply":
+                    work.append((pair, side, event))
+                elif action == "hold":
+                    held.append(
+                        {"pair": pair.original, "event": _encode_held(event), "at": utcnow()}
+                    )
+                elif action == "resync":
+                    resync[pair.original] = (
+                        f"{event['operationType']} of {side} collection at "
+                        f"{event.get('clusterTime')}"
+                    )
+
+        # Load everything the batch touches, inside the transaction's snapshot.
+        ids_by_pair: dict[str, dict[Any, Any]] = {}
+        for pair, _, event in work:
+            document_id = event["documentKey"]["_id"]
+            ids_by_pair.setdefault(pair.original, {})[id_key(document_id)] = document_id
+        bases: dict[tuple[str, Any], dict[str, Any]] = {}
+        docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
+        for original, ids in ids_by_pair.items():
+            pair = self._pairs[original]
+            loaded = await self.store.load_bases(original, ids.values(), session=session)
+            for key, base in loaded.items():
+                bases[(original, key)] = base
+            for namespace in (pair.original, pair.partner):
+                key_list = [(namespace, key) for key in ids if (namespace, key) not in docs]
+                if not key_list:
+                    continue
+                for key in ids:
+                    docs.setdefault((namespace, key), None)
+                collection = self._collection(namespace)
+                query = {"_id": {"$in": [ids[key] for _, key in key_list]}}
+                async for document in collection.find(query, session=session):
+                    docs[(namespace, id_key(document["_id"]))] = document
+        initial = dict(docs)
+        touched_bases: set[tuple[str, Any]] = set()
+        dead_letters: list[dict[str, Any]] = []
+
+        for pair, side, event in work:
+            tally = tallies.setdefault(pair.original, _PairTally())
+            document_id = event["documentKey"]["_id"]
+            key = id_key(document_id)
+            source_ns = pair.original if side == "original" else pair.partner
+            target_ns = pair.partner if side == "original" else pair.original
+            base = bases.get((pair.original, key))
+            source_field, target_field = ("o", "p") if side == "original" else ("p", "o")
+            plan = plan_event(
+                pair,
+                side,
+                event,
+                base_source=base.get(source_field) if base else None,
+                base_target=base.get(target_field) if base else None,
+                current_source=docs.get((source_ns, key)),
+                current_target=docs.get((target_ns, key)),
+                tag_field=self.tag_field,
+            )
+            ours = self._is_ours(event)
+            if plan.failure is not None or (refused is not None and plan.applied):
+                dead_letters.append(self._dead_letter(pair, side, event, plan, refused))
+                tally.dead_letters += 1
+                result.dead_letters += 1
+                plan.target_after = docs.get((target_ns, key))
+                plan.base_target = base.get(target_field) if base else None
+            elif plan.echo:
+                tally.echoes_skipped += 1
+                result.echoes += 1
+            else:
+                if plan.applied:
+                    docs[(target_ns, key)] = plan.target_after
+                    if direction_of(side).value == "forward":
+                        tally.applied_forward += 1
+                    else:
+                        tally.applied_backward += 1
+                    result.applied += 1
+                if plan.conflict_paths:
+                    tally.conflicts += 1
+                    result.conflicts += 1
+                    log.info(
+                        "conflict",
+                        pair=pair.original,
+                        document_id=document_id,
+                        side=side,
+                        paths=plan.conflict_paths,
+                        event_time=event.get("clusterTime"),
+                        reason=plan.reason,
+                        winner=other_side(side),
+                    )
+            if not ours and not plan.echo and event.get("wallTime") is not None:
+                previous = tally.last_client_write.get(side)
+                if previous is None or event["wallTime"] > previous:
+                    tally.last_client_write[side] = event["wallTime"]
+            new_base = {
+                source_field: plan.base_source,
+                target_field: plan.base_target,
+            }
+            bases[(pair.original, key)] = {
+                "_id": merge_base_id(pair.original, document_id),
+                **new_base,
+                "at": event.get("clusterTime"),
+            }
+            touched_bases.add((pair.original, key))
+            if event.get("wallTime") is not None:
+                tally.lag_seconds = max(0.0, (utcnow() - _aware(event["wallTime"])).total_seconds())
+
+        # One net write per target document.
+        tag = self._tag()
+        for (namespace, key), final in docs.items():
+            before = initial.get((namespace, key))
+            if final is before:
+                continue
+            owns = self._owns_for_write
+            write = plan_target_write(before, final, owns, document_id=_document_id(final, before))
+            if write is None:
+                continue
+            try:
+                await execute_target_write(
+                    self._collection(namespace), write, session=session, tag=tag
+                )
+            except OperationFailure as exc:
+                if refused is None and not _is_transient(exc):
+                    raise _Permanent(exc) from exc
+                raise
+            result.writes += 1
+
+        for pair_original, key in touched_bases:
+            base = bases[(pair_original, key)]
+            if base.get("o") is None and base.get("p") is None:
+                await self.store.merge_base.delete_one({"_id": base["_id"]}, session=session)
+            else:
+                await self.store.merge_base.replace_one(
+                    {"_id": base["_id"]}, base, upsert=True, session=session
+                )
+        if dead_letters:
+            await self.store.dead_letters.insert_many(dead_letters, session=session)
+        if held:
+            await self.store.held_events.insert_many(held, session=session)
+            result.held = len(held)
+        if held_ids:
+            await self.store.held_events.delete_many({"_id": {"$in": held_ids}}, session=session)
+        for original, reason in resync.items():
+            log.error("resync_required", pair=original, reason=reason)
+            await self.store.set_state(
+                original, "RESYNC_REQUIRED", session=session, resync_reason=reason
+            )
+        for original, tally in tallies.items():
+            await self.store.pairs.update_one(
+                {"_id": original}, _tally_update(tally), session=session
+            )
+        if checkpoint is not None:
+            await self._save_checkpoint(checkpoint, session)
+        return result, tallies
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _route(
+        self, event: Mapping[str, Any], replay_pair: str | None
+    ) -> list[tuple[Pair, str, str]]:
+        """(pair, side, action) for every pair the event's namespace belongs to."""
+        ns = event.get("ns") or {}
+        op = event.get("operationType")
+        routes: list[tuple[Pair, str, str]] = []
+        if op == "dropDatabase":
+            for pair in self.registry.pairs:
+                for side, namespace in (("original", pair.original), ("partner", pair.partner)):
+                    if namespace.partition(".")[0] == ns.get("db"):
+                        routes.append((pair, side, "resync"))
+                        break
+            return [r for r in routes if self._state(r[0]) in ACTIVE_STATES]
+        namespace = f"{ns.get('db')}.{ns.get('coll')}"
+        for pair, side in self.registry.by_namespace(namespace):
+            if replay_pair is not None and pair.original != replay_pair:
+                continue
+            state = self._state(pair)
+            if op in LIFECYCLE_EVENTS:
+                if state in ACTIVE_STATES or state == "PAUSED":
+                    routes.append((pair, side, "resync"))
+                continue
+            if op not in DOCUMENT_EVENTS:
+                continue
+            start_at = self.pair_states.get(pair.original, {}).get("start_at")
+            event_time = event.get("clusterTime")
+            if start_at is not None and event_time is not None and event_time <= start_at:
+                continue
+            if replay_pair is not None or state in ACTIVE_STATES:
+                routes.append((pair, side, "apply"))
+            elif state == "PAUSED":
+                routes.append((pair, side, "hold"))
+        return routes
+
+    def _state(self, pair: Pair) -> str:
+        return str(self.pair_states.get(pair.original, {}).get("state", "NOT_STARTED"))
+
+    def _collection(self, namespace: str) -> Any:
+        database, _, collection = namespace.partition(".")
+        return self.client[database][collection]
+
+    def _owns_for_write(self, path: str) -> bool:
+        if self.tag_field and (path == self.tag_field or path.startswith(self.tag_field + ".")):
+            return False
+        return path != "_id"
+
+    def _tag(self) -> dict[str, Any] | None:
+        if self.tag_field is None:
+            return None
+        self._token_counter += 1
+        return {self.tag_field: f"{self.lease.holder}#{self._token_counter}"}
+
+    def _is_ours(self, event: Mapping[str, Any]) -> bool:
+        if self.tag_field is None:
+            lsid = event.get("lsid")
+            return bool(lsid) and lsid.get("id") in self.own_sessions
+        description = event.get("updateDescription") or {}
+        if self.tag_field in (description.get("updatedFields") or {}):
+            return True
+        full = event.get("fullDocument") or {}
+        return event.get("operationType") in ("insert", "replace") and self.tag_field in full
+
+    def _dead_letter(
+        self,
+        pair: Pair,
+        side: str,
+        event: Mapping[str, Any],
+        plan: EventPlan,
+        refused: OperationFailure | None,
+    ) -> dict[str, Any]:
+        failure = plan.failure
+        error = str(failure) if failure is not None else f"target refused the write: {refused}"
+        log.warning(
+            "dead_letter",
+            pair=pair.original,
+            document_id=event["documentKey"]["_id"],
+            side=side,
+            error=error[:500],
+        )
+        return {
+            "pair": pair.original,
+            "side": side,
+            "direction": direction_of(side).value,
+            "document_id": event["documentKey"]["_id"],
+            "event": _encode_held(event),
+            "error": error,
+            "code": getattr(refused, "code", None),
+            "mapping": getattr(failure, "mapping", None),
+            "field": getattr(failure, "field", None),
+            "at": utcnow(),
+            "retries": 0,
+        }
+
+    async def _save_checkpoint(
+        self,
+        checkpoint: tuple[Mapping[str, Any], Timestamp | None],
+        session: AsyncClientSession | None,
+    ) -> None:
+        token, cluster_time = checkpoint
+        fence = self.lease.fence
+        result = await self.store.checkpoints.update_one(
+            {"_id": self.store.stream, "fence": fence},
+            {
+                "$set": {
+                    "resume_token": dict(token),
+                    "cluster_time": cluster_time,
+                    "sessions": self.own_sessions,
+                    "updated_at": utcnow(),
+                }
+            },
+            session=session,
+        )
+        if result.matched_count != 1:
+            raise LeaseLost(
+                f"the checkpoint is fenced by a newer lease holder (our fence {fence});"
+                " another worker took over"
+            )
+
+    def _record_metrics(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        result: BatchResult,
+        tallies: Mapping[str, _PairTally],
+        seconds: float,
+    ) -> None:
+        metrics = self.metrics
+        metrics.batch_size.observe(len(events))
+        metrics.apply_seconds.observe(seconds)
+        for event in events:
+            ns = event.get("ns") or {}
+            namespace = f"{ns.get('db')}.{ns.get('coll')}"
+            for pair, side in self.registry.by_namespace(namespace):
+                metrics.events.labels(
+                    pair=pair.original, side=side, op=event.get("operationType", "")
+                ).inc()
+        for original, tally in tallies.items():
+            metrics.applied.labels(pair=original, direction="forward").inc(tally.applied_forward)
+            metrics.applied.labels(pair=original, direction="backward").inc(tally.applied_backward)
+            metrics.echoes_skipped.labels(pair=original).inc(tally.echoes_skipped)
+            metrics.conflicts.labels(pair=original).inc(tally.conflicts)
+            metrics.dead_letters.labels(pair=original).inc(tally.dead_letters)
+            if tally.lag_seconds is not None:
+                metrics.lag_seconds.labels(pair=original).set(tally.lag_seconds)
+        if result.applied or result.dead_letters or result.conflicts:
+            log.debug(
+                "batch_applied",
+                events=result.events,
+                applied=result.applied,
+                echoes=result.echoes,
+                conflicts=result.conflicts,
+                dead_letters=result.dead_letters,
+                seconds=round(seconds, 4),
+            )
+
+
+def _tally_update(tally: _PairTally) -> dict[str, Any]:
+    update: dict[str, Any] = {
+        "$inc": {
+            "counters.applied_forward": tally.applied_forward,
+            "counters.applied_backward": tally.applied_backward,
+            "counters.echoes_skipped": tally.echoes_skipped,
+            "counters.conflicts": tally.conflicts,
+            "counters.dead_letters": tally.dead_letters,
+        }
+    }
+    fields: dict[str, Any] = {}
+    if tally.lag_seconds is not None:
+        fields["lag_seconds"] = tally.lag_seconds
+    if fields:
+        update["$set"] = fields
+    if tally.last_client_write:
+        update["$max"] = {
+            f"last_client_write.{side}": when for side, when in tally.last_client_write.items()
+        }
+    return update
+
+
+def _is_transient(exc: OperationFailure) -> bool:
+    return (
+        exc.has_error_label("TransientTransactionError")
+        or exc.has_error_label("UnknownTransactionCommitResult")
+        or exc.code in (112, 251, 24, 262, 189, 91, 11600, 11602, 10107, 13435, 13436)
+    )
+
+
+def _document_id(final: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> Any:
+    source = final if final is not None else before
+    assert source is not None
+    return source["_id"]
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+def _encode_held(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as stored in the state database (BSON keeps every type as it came)."""
+    return dict(event)
+
+
+def _decode_held(stored: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(stored)

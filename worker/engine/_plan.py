@@ -1,0 +1,267 @@
+"""The pure core of the engine: one change event + merge base + current target -> what to do.
+
+No I/O here. The applier loads the merge base and the current documents, calls `plan_event` for
+each event in stream order, and writes what the plans say.
+
+The merge base holds, for each logical document, the last state the worker knows of each side
+*as of its position in the change stream*. With one ordered stream over both sides, every
+target change older than the event being applied has already been folded into the base; so a
+target path whose current value differs from the base was written by a client *after* the
+event, and that newer write, still ahead in the stream, must win (G2). Those paths are left
+alone and counted as conflicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from transforms import (
+    Direction,
+    Pair,
+    Patch,
+    TransformFailed,
+    apply_patch,
+    apply_update_description,
+    diff_documents,
+)
+
+__all__ = ["EventPlan", "Side", "direction_of", "other_side", "plan_event", "value_at"]
+
+Side = str  # "original" | "partner"
+
+_MISSING = object()
+
+
+def other_side(side: Side) -> Side:
+    """The side a change on `side` is copied to."""
+    return "partner" if side == "original" else "original"
+
+
+def direction_of(side: Side) -> Direction:
+    """The direction a change made on `side` travels."""
+    return Direction.FORWARD if side == "original" else Direction.BACKWARD
+
+
+def value_at(document: Mapping[str, Any] | None, path: str) -> Any:
+    """The value at a dotted path, or a sentinel when absent (array indexes allowed)."""
+    current: Any = document
+    for part in path.split("."):
+        if isinstance(current, Mapping):
+            if part not in current:
+                return _MISSING
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit():
+            index = int(part)
+            if index >= len(current):
+                return _MISSING
+            current = current[index]
+        else:
+            return _MISSING
+    return current
+
+
+@dataclass
+class EventPlan:
+    """What one event does: the target's new state, the new merge base, and what to count."""
+
+    source_after: dict[str, Any] | None
+    target_after: dict[str, Any] | None
+    base_source: dict[str, Any] | None
+    base_target: dict[str, Any] | None
+    echo: bool = False
+    applied: bool = False
+    skipped: bool = False
+    conflict_paths: list[str] = field(default_factory=list)
+    failure: TransformFailed | None = None
+    reason: str = ""
+
+
+def _strip(document: Mapping[str, Any] | None, tag_field: str | None) -> dict[str, Any] | None:
+    if document is None:
+        return None
+    if tag_field and tag_field in document:
+        return {k: v for k, v in document.items() if k != tag_field}
+    return dict(document)
+
+
+def _source_after(
+    event: Mapping[str, Any],
+    base_source: Mapping[str, Any] | None,
+    current_source: Mapping[str, Any] | None,
+    tag_field: str | None,
+) -> tuple[bool, dict[str, Any] | None]:
+    """The source document right after the event; (False, None) when it cannot be known."""
+    op = event["operationType"]
+    if op in ("insert", "replace"):
+        return True, _strip(event.get("fullDocument"), tag_field)
+    if op == "delete":
+        return True, None
+    if op != "update":
+        raise ValueError(f"not a document event: {op}")
+    description = event.get("updateDescription") or {}
+    if base_source is not None:
+        after = apply_update_description(
+            base_source,
+            description.get("updatedFields") or {},
+            description.get("removedFields") or [],
+            description.get("truncatedArrays") or [],
+        )
+        return True, _strip(after, tag_field)
+    # No merge base yet (a document older than the sync): the event's own post-image, or the
+    # document as it is now. A newer state is safe: its own events will be no-ops on it.
+    if event.get("fullDocument") is not None:
+        return True, _strip(event["fullDocument"], tag_field)
+    if current_source is not None:
+        return True, _strip(current_source, tag_field)
+    return False, None
+
+
+def plan_event(
+    pair: Pair,
+    side: Side,
+    event: Mapping[str, Any],
+    *,
+    base_source: Mapping[str, Any] | None,
+    base_target: Mapping[str, Any] | None,
+    current_source: Mapping[str, Any] | None,
+    current_target: Mapping[str, Any] | None,
+    tag_field: str | None = None,
+) -> EventPlan:
+    """Plan one insert, update, replace or delete event of `pair` that happened on `side`."""
+    direction = direction_of(side)
+    cur_target = _strip(current_target, tag_field)
+    known_target = dict(base_target) if base_target is not None else None
+    known, source_after = _source_after(event, base_source, current_source, tag_field)
+    if not known:
+        return EventPlan(
+            source_after=None,
+            target_after=cur_target,
+            base_source=dict(base_source) if base_source is not None else None,
+            base_target=known_target,
+            skipped=True,
+            reason="source document gone and never seen; its delete follows",
+        )
+    base_src = dict(base_source) if base_source is not None else None
+    if source_after == base_src and (base_src is not None or known_target is not None):
+        # Already folded into the merge base: the worker's own write coming back.
+        return EventPlan(
+            source_after=source_after,
+            target_after=cur_target,
+            base_source=base_src,
+            base_target=known_target,
+            echo=True,
+        )
+
+    owns = _owned(pair, direction, tag_field)
+    try:
+        target_new = pair.convert(source_after, direction) if source_after is not None else None
+    except TransformFailed as exc:
+        return EventPlan(
+            source_after=source_after,
+            target_after=cur_target,
+            base_source=source_after,
+            base_target=known_target,
+            failure=exc,
+        )
+    try:
+        target_old = pair.convert(base_src, direction) if base_src is not None else None
+    except TransformFailed:
+        target_old = None
+
+    plan = EventPlan(
+        source_after=source_after,
+        target_after=cur_target,
+        base_source=source_after,
+        base_target=known_target,
+    )
+
+    if target_new is None:
+        # The source document was deleted.
+        if cur_target is None:
+            plan.base_target = None
+        elif known_target is None or not _same_owned(cur_target, known_target, owns=None):
+            plan.conflict_paths = ["<document>"]
+            plan.reason = "target changed after the delete; the later write wins"
+        else:
+            plan.target_after = None
+            plan.base_target = None
+            plan.applied = True
+        return plan
+
+    if cur_target is None:
+        if known_target is not None:
+            plan.conflict_paths = ["<document>"]
+            plan.reason = "target deleted after this change; the later delete wins"
+        else:
+            plan.target_after = target_new
+            plan.base_target = dict(target_new)
+            plan.applied = True
+        return plan
+
+    if known_target is None:
+        plan.conflict_paths = ["<document>"]
+        plan.reason = "target holds a version the worker has not seen; its own event decides"
+        return plan
+
+    reference = target_old if target_old is not None else known_target
+    patch = diff_documents(reference, target_new).restricted(owns)
+    guarded, conflicts = _guard(patch, cur_target, known_target)
+    plan.conflict_paths = conflicts
+    if conflicts:
+        plan.reason = "target field changed after this change; the later write wins"
+    if not guarded.is_empty():
+        plan.target_after = apply_patch(cur_target, guarded)
+        plan.base_target = apply_patch(known_target, guarded)
+        plan.applied = plan.target_after != cur_target
+    return plan
+
+
+def _owned(pair: Pair, direction: Direction, tag_field: str | None) -> Callable[[str], bool]:
+    def owns(path: str) -> bool:
+        if tag_field and (path == tag_field or path.startswith(tag_field + ".")):
+            return False
+        return path != "_id" and pair.owns(path, direction)
+
+    return owns
+
+
+def _same_owned(
+    current: Mapping[str, Any],
+    known: Mapping[str, Any],
+    *,
+    owns: Callable[[str], bool] | None,
+) -> bool:
+    if owns is None:
+        return dict(current) == dict(known)
+    return diff_documents(known, current).restricted(owns).is_empty()
+
+
+def _guard(
+    patch: Patch, current: Mapping[str, Any], known: Mapping[str, Any]
+) -> tuple[Patch, list[str]]:
+    """Drop the paths a client changed on the target after the merge base (they are newer)."""
+    conflicts: list[str] = []
+    kept_set: dict[str, Any] = {}
+    kept_unset: list[str] = []
+    for path, value in patch.set.items():
+        if not _equal(value_at(current, path), value_at(known, path)):
+            conflicts.append(path)
+        elif not _equal(value_at(current, path), value):
+            kept_set[path] = value
+    for path in patch.unset:
+        if not _equal(value_at(current, path), value_at(known, path)):
+            conflicts.append(path)
+        elif value_at(current, path) is not _MISSING:
+            kept_unset.append(path)
+    return Patch(set=kept_set, unset=tuple(kept_unset)), conflicts
+
+
+def _equal(left: Any, right: Any) -> bool:
+    if left is _MISSING or right is _MISSING:
+        return left is right
+    # MongoDB tells true from 1; Python's == does not.
+    if isinstance(left, bool) is not isinstance(right, bool):
+        return False
+    return bool(left == right)

@@ -1,0 +1,149 @@
+"""One change stream over every registered namespace, so both sides arrive in one order.
+
+The reader owns the stream: it opens it where the checkpoint says, filters server-side to the
+pairs' namespaces, hands events to the applier through a bounded memory stream (backpressure),
+and reopens it after a lost connection from the last event it handed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from worker.errors import HistoryLost
+from worker.logs import get_logger
+
+__all__ = ["StreamPosition", "StreamReader", "namespace_filter"]
+
+log = get_logger(__name__)
+
+# Server codes that mean the resume point is gone: ChangeStreamHistoryLost, and the older
+# CappedPositionLost / OplogQueryMinTsMissing some versions report instead.
+HISTORY_LOST_CODES = frozenset({286, 136, 326})
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where to open the stream: after a token, or at a cluster time, or now."""
+
+    resume_after: Mapping[str, Any] | None = None
+    start_at: Timestamp | None = None
+
+
+def namespace_filter(namespaces: Iterable[str]) -> dict[str, Any]:
+    """A `$match` stage keeping the events of these namespaces (and their databases' drops)."""
+    clauses: list[dict[str, Any]] = []
+    databases: set[str] = set()
+    for namespace in sorted(namespaces):
+        database, _, collection = namespace.partition(".")
+        databases.add(database)
+        clauses.append({"ns.db": database, "ns.coll": collection})
+    clauses.append({"operationType": "dropDatabase", "ns.db": {"$in": sorted(databases)}})
+    return {"$match": {"$or": clauses}}
+
+
+class StreamReader:
+    """Reads the change stream into `send` until cancelled; reconnects on lost connections."""
+
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        namespaces: Iterable[str],
+        *,
+        batch_size: int,
+        max_await_ms: int = 200,
+    ) -> None:
+        self.client = client
+        self.namespaces = frozenset(namespaces)
+        self.batch_size = batch_size
+        self.max_await_ms = max_await_ms
+        self.databases = {ns.partition(".")[0] for ns in self.namespaces}
+        self.last_token: Mapping[str, Any] | None = None
+        self.is_open = False
+        self.invalidated = False
+
+    def _watch_target(self) -> Any:
+        # One database: a database-level stream needs only that database's privileges.
+        if len(self.databases) == 1:
+            return self.client[next(iter(self.databases))]
+        return self.client
+
+    async def run(
+        self,
+        position: StreamPosition,
+        send: MemoryObjectSendStream[dict[str, Any]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Stream events into `send`; raises HistoryLost when the resume point is gone."""
+        pipeline = [namespace_filter(self.namespaces)]
+        started = False
+        outage_logged = False
+        delay = 0.1
+        async with send:
+            while True:
+                options: dict[str, Any] = {
+                    "batch_size": self.batch_size,
+                    "max_await_time_ms": self.max_await_ms,
+                }
+                if self.last_token is not None and self.invalidated:
+                    options["start_after"] = self.last_token
+                elif self.last_token is not None:
+                    options["resume_after"] = self.last_token
+                elif position.resume_after is not None:
+                    options["resume_after"] = position.resume_after
+                elif position.start_at is not None:
+                    options["start_at_operation_time"] = position.start_at
+                try:
+                    async with await self._watch_target().watch(pipeline, **options) as stream:
+                        self.is_open = True
+                        if outage_logged:
+                            log.info("stream_reconnected")
+                            outage_logged = False
+                        delay = 0.1
+                        if not started:
+                            started = True
+                            task_status.started()
+                        while True:
+                            event = await stream.try_next()
+                            if event is None:
+                                continue
+                            await send.send(event)
+                            self.last_token = event["_id"]
+                            self.invalidated = event["operationType"] == "invalidate"
+                            if self.invalidated:
+                                # The stream is over; start again after the invalidate.
+                                break
+                except OperationFailure as exc:
+                    self.is_open = False
+                    if exc.code in HISTORY_LOST_CODES or "history" in str(exc).lower():
+                        raise HistoryLost(
+                            f"the change stream cannot resume: {exc.details or exc}"
+                        ) from exc
+                    if not exc.has_error_label("ResumableChangeStreamError") and not (
+                        exc.has_error_label("TransientTransactionError")
+                    ):
+                        raise
+                    outage_logged = _log_outage(outage_logged, exc)
+                except (ConnectionFailure, PyMongoError) as exc:
+                    self.is_open = False
+                    outage_logged = _log_outage(outage_logged, exc)
+                if self.invalidated:
+                    continue
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _log_outage(already_logged: bool, exc: BaseException) -> bool:
+    """Log an outage once, not once per reconnect attempt."""
+    if not already_logged:
+        log.warning("stream_interrupted", error=type(exc).__name__, detail=str(exc)[:300])
+    return True
