@@ -121,6 +121,8 @@ class _Writer:
     def set(self, path: Sequence[str], value: Any) -> None:
         target = self._container(path, create=True)
         last = path[-1]
+        if target is None:
+            return  # a named field inside an array: MongoDB rejects such an update
         if isinstance(target, list):
             if not last.isdigit():
                 return

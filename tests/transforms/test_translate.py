@@ -1,0 +1,293 @@
+"""Update events become minimal patches for the other side, equal to diffing converted documents."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from conftest import build_reference_pair
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transforms import (
+    Direction,
+    Pair,
+    Patch,
+    apply_patch,
+    apply_update_description,
+    diff_documents,
+)
+
+FORWARD, BACKWARD = Direction.FORWARD, Direction.BACKWARD
+
+BASE: dict[str, Any] = {
+    "_id": 7,
+    "name": "Ada",
+    "zip": "12345",
+    "geo": {"city": "London", "country": "UK"},
+    "age": "36",
+    "price": 1.25,
+    "first": "Ada",
+    "last": "Lovelace",
+    "legacy_flag": True,
+    "tags": ["a", "b", "c"],
+    "address": {"street": "1 Main"},
+    "zipcodes": {"plus4": "0001"},
+}
+
+
+@pytest.mark.parametrize(
+    ("updated", "removed", "truncated", "expected"),
+    [
+        pytest.param({"name": "Grace"}, [], [], Patch({"full_name": "Grace"}, ()), id="rename"),
+        pytest.param({"zip": "9"}, [], [], Patch({"address.zip": "9"}, ()), id="move-into-sub"),
+        pytest.param({"geo.city": "Paris"}, [], [], Patch({"city": "Paris"}, ()), id="move-out"),
+        pytest.param(
+            {"geo": {"city": "Rome"}},
+            [],
+            [],
+            Patch({"city": "Rome"}, ("geo",)),  # `geo` held only the mapped path now
+            id="parent-of-mapped-replaced",
+        ),
+        pytest.param({}, ["geo"], [], Patch({}, ("city", "geo")), id="parent-of-mapped-removed"),
+        pytest.param(
+            {"geo": {"city": "Rome", "country": "IT"}},
+            [],
+            [],
+            Patch({"city": "Rome", "geo.country": "IT"}, ()),
+            id="parent-of-mapped-replaced-with-more",
+        ),
+        pytest.param(
+            {"address": {"street": "2 Side"}},
+            [],
+            [],
+            Patch({"address.street": "2 Side"}, ()),
+            id="unmapped-parent-of-target",
+        ),
+        pytest.param(
+            {}, ["address"], [], Patch({}, ("address.street",)), id="unmapped-parent-gone"
+        ),
+        pytest.param({"age": "40"}, [], [], Patch({"age": 40}, ()), id="convert"),
+        pytest.param({"price": 2.5}, [], [], Patch({"price_cents": 250}, ()), id="convert-rename"),
+        pytest.param({"tier": "gold"}, [], [], Patch({"tier": "gold"}, ()), id="require-set"),
+        pytest.param({"tier": None}, [], [], Patch({}, ()), id="require-null-is-default"),
+        pytest.param(
+            {"first": "Grace"},
+            [],
+            [],
+            Patch({"display_name": "Grace Lovelace"}, ()),
+            id="derive-reads-base",
+        ),
+        pytest.param({}, ["last"], [], Patch({"display_name": "Ada"}, ()), id="derive-remove-one"),
+        pytest.param({"legacy_flag": False}, [], [], Patch({}, ()), id="original-only"),
+        pytest.param({"loyalty": 5}, [], [], Patch({}, ()), id="partner-only-name-in-original"),
+        pytest.param(
+            {"tags.1": "x"}, [], [], Patch({"tags": ["a", "x", "c"]}, ()), id="array-elem"
+        ),
+        pytest.param(
+            {}, [], [{"field": "tags", "newSize": 1}], Patch({"tags": ["a"]}, ()), id="truncate"
+        ),
+        pytest.param({"new": {"x": 1}}, [], [], Patch({"new": {"x": 1}}, ()), id="unmapped-new"),
+        pytest.param(
+            {"zipcodes.plus4": "2"}, [], [], Patch({"zipcodes.plus4": "2"}, ()), id="sim-name"
+        ),
+        pytest.param({}, ["name"], [], Patch({}, ("full_name",)), id="rename-removed"),
+    ],
+)
+def test_forward_update_shapes(
+    reference_pair: Pair,
+    updated: dict[str, Any],
+    removed: list[str],
+    truncated: list[dict[str, Any]],
+    expected: Patch,
+) -> None:
+    """Each update shape gives exactly the expected partner patch."""
+    patch = reference_pair.translate_update(FORWARD, BASE, updated, removed, truncated)
+    assert patch.set == expected.set
+    assert sorted(patch.unset) == sorted(expected.unset)
+
+
+PARTNER_BASE: dict[str, Any] = {
+    "_id": 7,
+    "full_name": "Ada",
+    "address": {"zip": "12345", "street": "1 Main"},
+    "city": "London",
+    "age": 36,
+    "display_name": "Ada Lovelace",
+    "loyalty": 3,
+}
+
+
+@pytest.mark.parametrize(
+    ("updated", "removed", "expected"),
+    [
+        pytest.param({"address.zip": "9"}, [], Patch({"zip": "9"}, ()), id="child-of-parent"),
+        pytest.param(
+            {"address": {"zip": "1"}}, [], Patch({"zip": "1"}, ("address",)), id="parent-set"
+        ),
+        pytest.param(
+            {"address.zip.plus4": "1"},
+            [],
+            Patch({"zip": {"plus4": "1"}}, ()),
+            id="child-of-mapped-scalar",
+        ),
+        pytest.param({"city": "Oslo"}, [], Patch({"geo.city": "Oslo"}, ()), id="into-sub"),
+        pytest.param({"age": 41}, [], Patch({"age": "41"}, ()), id="convert-back"),
+        pytest.param(
+            {"display_name": "Grace Hopper"},
+            [],
+            Patch({"first": "Grace", "last": "Hopper"}, ()),
+            id="inverse",
+        ),
+        pytest.param({"loyalty": 9}, [], Patch({}, ()), id="partner-only"),
+        pytest.param({"tier": "basic"}, [], Patch({"tier": "basic"}, ()), id="require-back"),
+        pytest.param({}, ["display_name"], Patch({}, ("first", "last")), id="inverse-removed"),
+    ],
+)
+def test_backward_update_shapes(
+    reference_pair: Pair, updated: dict[str, Any], removed: list[str], expected: Patch
+) -> None:
+    """Partner updates come back to the original as the expected patch."""
+    patch = reference_pair.translate_update(BACKWARD, PARTNER_BASE, updated, removed, [])
+    assert patch.set == expected.set
+    assert sorted(patch.unset) == sorted(expected.unset)
+
+
+def test_address_zip_mapped_whole_then_child_updated() -> None:
+    """A child of a whole mapped path (`address.zip.plus4` under `address.zip`) patches below."""
+    pair = Pair(original="a.b", partner="a.c")
+    pair.rename("address.zip", "postal")
+    base = {"_id": 1, "address": {"zip": {"code": "1", "plus4": "2"}}}
+    patch = pair.translate_update(FORWARD, base, {"address.zip.plus4": "3"}, [], [])
+    assert patch == Patch({"postal.plus4": "3"}, ())
+
+
+def test_translate_does_not_mutate_inputs(reference_pair: Pair) -> None:
+    """Neither the base nor the update description is changed by translating."""
+    base = copy.deepcopy(BASE)
+    updated = {"geo": {"city": "Rome"}, "tags.1": ["x"]}
+    truncated = [{"field": "tags", "newSize": 2}]
+    reference_pair.translate_update(FORWARD, base, updated, ["zip"], truncated)
+    assert base == BASE
+    assert updated == {"geo": {"city": "Rome"}, "tags.1": ["x"]}
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+_ORIGINAL_PATHS = [
+    "name", "zip", "geo", "geo.city", "geo.country", "age", "price", "tier", "first", "last",
+    "legacy_flag", "tags", "tags.1", "tags.4", "address", "address.street", "address.zip",
+    "full_name", "loyalty", "display_name", "city", "other", "other.x",
+]  # fmt: skip
+_PARTNER_PATHS = [
+    "full_name", "address", "address.zip", "address.zip.plus4", "address.street", "city", "age",
+    "price_cents", "tier", "display_name", "loyalty", "legacy_flag", "name", "zip", "geo",
+    "geo.city", "first", "tags", "tags.0", "other",
+]  # fmt: skip
+
+_plain = st.one_of(st.none(), st.text(alphabet="ab ", max_size=3), st.booleans())
+_any_value = st.recursive(
+    _plain,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["zip", "city", "x", "plus4"]), inner, max_size=2),
+    ),
+    max_leaves=4,
+)
+
+
+def _value_for(path: str, direction: Direction) -> st.SearchStrategy[Any]:
+    """Values a path can hold without making a user function raise (those are tested apart)."""
+    leaf = path.rsplit(".", 1)[-1]
+    if direction is FORWARD and path == "age":
+        return st.one_of(st.none(), st.integers(0, 120).map(str))
+    if direction is FORWARD and path == "price":
+        return st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False))
+    if direction is BACKWARD and path in ("age", "price_cents"):
+        return st.one_of(st.none(), st.integers(-1000, 1000))
+    if path in ("first", "last", "display_name"):
+        return st.one_of(st.none(), st.text(alphabet="ab ", max_size=4))
+    del leaf
+    return _any_value
+
+
+def _documents(direction: Direction) -> st.SearchStrategy[dict[str, Any]]:
+    paths = _ORIGINAL_PATHS if direction is FORWARD else _PARTNER_PATHS
+
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        chosen = draw(st.lists(st.sampled_from(paths), unique=True, max_size=8))
+        updates = {path: draw(_value_for(path, direction)) for path in chosen}
+        return apply_update_description({"_id": 1}, updates, [], [])
+
+    return build()
+
+
+def _events(direction: Direction) -> st.SearchStrategy[tuple[dict[str, Any], list[str], list[Any]]]:
+    paths = _ORIGINAL_PATHS if direction is FORWARD else _PARTNER_PATHS
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[dict[str, Any], list[str], list[Any]]:
+        touched = draw(st.lists(st.sampled_from(paths), unique=True, min_size=1, max_size=3))
+        updated: dict[str, Any] = {}
+        removed: list[str] = []
+        for path in touched:
+            if draw(st.booleans()):
+                updated[path] = draw(_value_for(path, direction))
+            else:
+                removed.append(path)
+        truncated = (
+            [{"field": "tags", "newSize": draw(st.integers(0, 2))}] if draw(st.booleans()) else []
+        )
+        return updated, removed, truncated
+
+    return build()
+
+
+def _naive(pair: Pair, direction: Direction, base: dict[str, Any], event: Any) -> Patch:
+    updated = apply_update_description(base, *event)
+    full = diff_documents(pair.convert(base, direction), pair.convert(updated, direction))
+    return full.restricted(lambda path: pair.owns(path, direction))
+
+
+def _same_patch(left: Patch, right: Patch) -> bool:
+    return diff_documents(dict(left.set), dict(right.set)).is_empty() and sorted(
+        left.unset
+    ) == sorted(right.unset)
+
+
+@pytest.mark.parametrize("unmapped", ["keep", "drop"])
+@pytest.mark.parametrize("direction", [FORWARD, BACKWARD])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_path_equals_naive_diff(
+    direction: Direction, unmapped: str, data: st.DataObject
+) -> None:
+    """translate_update equals diff(convert(base), convert(updated)) restricted to owned paths."""
+    pair = _PAIRS[unmapped]
+    base = data.draw(_documents(direction), label="base")
+    event = data.draw(_events(direction), label="event")
+    fast = pair.translate_update(direction, base, *event)
+    assert _same_patch(fast, _naive(pair, direction, base, event))
+
+
+@pytest.mark.parametrize("direction", [FORWARD, BACKWARD])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_patches_of_successive_updates_compose(direction: Direction, data: st.DataObject) -> None:
+    """Applying the patches of two successive updates to the converted base gives the converted
+    final document."""
+    pair = _PAIRS["keep"]
+    base = data.draw(_documents(direction), label="base")
+    first = data.draw(_events(direction), label="first")
+    second = data.draw(_events(direction), label="second")
+    middle = apply_update_description(base, *first)
+    final = apply_update_description(middle, *second)
+    target = pair.convert(base, direction)
+    target = apply_patch(target, pair.translate_update(direction, base, *first))
+    target = apply_patch(target, pair.translate_update(direction, middle, *second))
+    assert diff_documents(target, pair.convert(final, direction)).is_empty()
+
+
+_PAIRS = {"keep": build_reference_pair("keep"), "drop": build_reference_pair("drop")}
