@@ -140,6 +140,9 @@ def _log_path(
     description: UpdateDescription,
     seen: set[str],
 ) -> None:
+    parts = _addressable(parts, before, after)
+    if not parts:
+        return
     created = _first_missing(before, parts)
     new = _get(after, parts)
     if new is _MISSING:
@@ -187,6 +190,26 @@ def _drop_nested(description: UpdateDescription) -> None:
         for p in covered:
             description.updated_fields.pop(p, None)
         description.removed_fields = [p for p in description.removed_fields if p not in covered]
+
+
+def _addressable(parts: list[str], before: Any, after: Any) -> list[str]:
+    """`parts` cut before the first component that names a field inside an array.
+
+    MongoDB refuses such paths; when a storage engine applied one anyway, the whole array is
+    the smallest path that describes the change.
+    """
+    for doc in (before, after):
+        current = doc
+        for k, part in enumerate(parts):
+            if isinstance(current, list) and not part.isdigit():
+                return parts[:k]
+            if isinstance(current, Mapping):
+                current = current.get(part, _MISSING)
+            elif isinstance(current, list) and int(part) < len(current):
+                current = current[int(part)]
+            else:
+                break
+    return parts
 
 
 def _get(doc: Any, parts: list[str]) -> Any:
