@@ -36,6 +36,8 @@ __all__ = [
     "BackfillProgress",
     "Settled",
     "WouldDeadLetter",
+    "after_id",
+    "bson_sort_key",
     "read_cluster_time",
     "dead_letter_record",
     "last_writer",
@@ -231,6 +233,31 @@ def type_rank(value: Any) -> int:
         if isinstance(value, types):
             return rank
     return len(_TYPE_ORDER)
+
+
+def bson_sort_key(value: Any) -> tuple[Any, ...]:
+    """A Python sort key that orders values as MongoDB sorts them (simple collation)."""
+    rank = type_rank(value)
+    inner: Any
+    if isinstance(value, Decimal128):
+        inner = value.to_decimal()
+    elif isinstance(value, dict):
+        inner = tuple((key, bson_sort_key(item)) for key, item in value.items())
+    elif isinstance(value, list):
+        inner = tuple(bson_sort_key(item) for item in value)
+    elif isinstance(value, bytes | Binary):
+        inner = (len(value), getattr(value, "subtype", 0), bytes(value))
+    elif isinstance(value, ObjectId):
+        inner = value.binary
+    elif isinstance(value, Timestamp):
+        inner = (value.time, value.inc)
+    elif isinstance(value, Regex):
+        inner = (value.pattern, str(value.flags))
+    elif isinstance(value, MinKey | MaxKey) or value is None:
+        inner = 0
+    else:
+        inner = value
+    return (rank, inner)
 
 
 def after_id(last_id: Any) -> dict[str, Any]:
