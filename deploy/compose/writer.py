@@ -1,9 +1,9 @@
 """Simulated application clients for docker-compose: old clients write the original collection
 in the old schema, new clients write the partner in the new schema, at the same time.
 
-    python writer.py seed --count 2000     # one-shot: old-schema documents, if the collection is empty
-    python writer.py original --rate 5     # old client: updates, inserts and deletes, forever
-    python writer.py partner --rate 5      # new client: the same on the partner collection
+    python writer.py seed --count 2000   # once: old-schema documents, if the collection is empty
+    python writer.py original --rate 5   # old client: updates, inserts and deletes, forever
+    python writer.py partner --rate 5    # new client: the same on the partner collection
 
 The schemas are those of `transforms.examples.customers`. The server is `MONGODB_URI`.
 Runs until SIGTERM or SIGINT; every write is logged as one line.

@@ -188,7 +188,7 @@ def _depends(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_compose_mongo_is_a_replica_set_initiated_by_its_healthcheck() -> None:
-    """MongoDB 8 runs with --replSet, and its health check initiates the set and waits for primary."""
+    """MongoDB 8 runs with --replSet; its health check initiates the set and waits for primary."""
     mongo = _compose()["services"]["mongo"]
     assert mongo["image"].startswith("mongo:8")
     assert "--replSet" in mongo["command"]
@@ -201,7 +201,7 @@ def test_compose_mongo_is_a_replica_set_initiated_by_its_healthcheck() -> None:
 def test_compose_nothing_starts_before_mongo_is_healthy() -> None:
     """Every service reaches mongo through depends_on chains whose first link waits for health."""
     services = _compose()["services"]
-    for name, service in services.items():
+    for name in services:
         if name == "mongo":
             continue
         seen, frontier = set(), [name]
@@ -243,7 +243,7 @@ def test_compose_worker_publishes_its_http_listen_port() -> None:
 
 def test_compose_environments_are_valid_configuration() -> None:
     """Every service's PARTNER_SYNC_* variables load without a configuration error."""
-    for name, service in _compose()["services"].items():
+    for service in _compose()["services"].values():
         environ = {k: str(v) for k, v in (service.get("environment") or {}).items()}
         if any(key.startswith("PARTNER_SYNC_") for key in environ):
             load_config(None, environ=environ)  # raises ConfigError naming the variable
