@@ -1,0 +1,101 @@
+"""`partner-sync devserver` and `python -m devserver`: run the development server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import click
+
+from devserver._server import DevServer, RemoteBindRefused
+
+__all__ = ["command", "main"]
+
+
+async def _run(server: DevServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with server:
+        # The URI is the first stdout line: scripts and tests read it to connect.
+        click.echo(server.uri)
+        sys.stdout.flush()
+        await stop.wait()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signum)
+
+
+@click.command(name="devserver")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=27017,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port (0 picks a free one).",
+)
+@click.option(
+    "--dbpath",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory to persist data in (default: memory only).",
+)
+@click.option("--replset", default="rs0", show_default=True, help="Replica set name.")
+@click.option(
+    "--oplog-size-mb",
+    default=64.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Size bound of the change history, in MiB.",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a non-loopback address (there is no authentication).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def command(
+    host: str,
+    port: int,
+    dbpath: str | None,
+    replset: str,
+    oplog_size_mb: float,
+    allow_remote: bool,
+    log_level: str,
+) -> None:
+    """Start the MongoDB-compatible development server (NOT for production: no authentication)."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        server = DevServer(
+            host=host,
+            port=port,
+            dbpath=dbpath,
+            replset=replset,
+            oplog_size_mb=oplog_size_mb,
+            allow_remote=allow_remote,
+        )
+    except RemoteBindRefused as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        asyncio.run(_run(server))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
+def main() -> None:
+    """Entry point of `python -m devserver`."""
+    command(prog_name="python -m devserver")

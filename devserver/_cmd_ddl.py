@@ -1,0 +1,293 @@
+"""Collections and indexes: create, drop, rename, collMod, list, and index management."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devserver._cmd_read import open_cursor
+from devserver._command import Context, command, namespace_arg
+from devserver._engine import matches
+from devserver._errors import CommandError
+from devserver._history import ChangeRecord
+from devserver._storage import IndexSpec, validate_namespace
+
+__all__: list[str] = []
+
+_CREATE_OPTIONS = {
+    "validator",
+    "validationLevel",
+    "validationAction",
+    "changeStreamPreAndPostImages",
+    "comment",
+    "writeConcern",
+    "storageEngine",
+    "indexOptionDefaults",
+}
+
+
+def _check_validator(validator: Any) -> None:
+    if validator is None:
+        return
+    if not isinstance(validator, dict):
+        raise CommandError(14, "TypeMismatch", "'validator' must be an object")
+    if "$jsonSchema" in validator:
+        raise CommandError(
+            238,
+            "NotImplemented",
+            "$jsonSchema validators are not supported by the development server",
+        )
+    matches(validator, {})  # rejects unknown operators now rather than at the first write
+
+
+def _check_images(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("enabled"), bool):
+        raise CommandError(
+            14, "TypeMismatch", "changeStreamPreAndPostImages must be {enabled: <bool>}"
+        )
+
+
+@command("create", in_transaction=True)
+async def create(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    validate_namespace(ctx.db, coll)
+    options = {}
+    for key, value in ctx.body.items():
+        if key in (
+            "create",
+            "lsid",
+            "txnNumber",
+            "autocommit",
+            "startTransaction",
+        ) or key.startswith("$"):
+            continue
+        if key in (
+            "capped",
+            "size",
+            "max",
+            "timeseries",
+            "clusteredIndex",
+            "viewOn",
+            "pipeline",
+            "collation",
+            "expireAfterSeconds",
+        ):
+            if value:
+                raise CommandError(
+                    238,
+                    "NotImplemented",
+                    f"create option '{key}' is not supported by the development server",
+                )
+            continue
+        if key not in _CREATE_OPTIONS:
+            raise CommandError(
+                40415, "Location40415", f"BSON field 'create.{key}' is an unknown field."
+            )
+        if key in ("comment", "writeConcern"):
+            continue
+        options[key] = value
+    _check_validator(options.get("validator"))
+    _check_images(options.get("changeStreamPreAndPostImages"))
+    ctx.state.storage.create_collection(ctx.db, coll, options)
+    # Creation inside a transaction takes effect at once here (it is never rolled back).
+    ctx.wrote(ctx.state.commit([]))
+    return {}
+
+
+@command("drop")
+async def drop(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    storage = ctx.state.storage
+    meta = storage.meta(ctx.db, coll)
+    if meta is None:
+        # MongoDB 7.0 reports success for a collection that does not exist.
+        return {"ns": f"{ctx.db}.{coll}"}
+    n_indexes = len(meta.indexes)
+    storage.drop_collection(ctx.db, coll)
+    ctx.wrote(ctx.state.commit([ChangeRecord(op="drop", db=ctx.db, coll=coll)]))
+    return {"ns": f"{ctx.db}.{coll}", "nIndexesWas": n_indexes}
+
+
+@command("dropDatabase")
+async def drop_database(ctx: Context) -> dict[str, Any]:
+    storage = ctx.state.storage
+    names = storage.collection_names(ctx.db)
+    if not names:
+        return {}
+    # MongoDB drops each collection (one drop event each) and then the database.
+    records = [ChangeRecord(op="drop", db=ctx.db, coll=name) for name in names]
+    for record in records:
+        storage.drop_collection(ctx.db, record.coll or "")
+        ctx.wrote(ctx.state.commit([record]))
+    storage.drop_database(ctx.db)
+    ctx.wrote(ctx.state.commit([ChangeRecord(op="dropDatabase", db=ctx.db, coll=None)]))
+    return {"dropped": ctx.db}
+
+
+def _split_ns(value: Any, field: str) -> tuple[str, str]:
+    if not isinstance(value, str) or "." not in value:
+        raise CommandError(
+            73, "InvalidNamespace", f"Invalid namespace specified '{value}' for {field}"
+        )
+    db, coll = value.split(".", 1)
+    validate_namespace(db, coll)
+    return db, coll
+
+
+@command("renameCollection", admin_only=True)
+async def rename_collection(ctx: Context) -> dict[str, Any]:
+    source = _split_ns(ctx.body["renameCollection"], "renameCollection")
+    target = _split_ns(ctx.body.get("to"), "to")
+    storage = ctx.state.storage
+    if storage.meta(*source) is None:
+        raise CommandError(
+            26, "NamespaceNotFound", f"Source collection {source[0]}.{source[1]} does not exist"
+        )
+    if source == target:
+        raise CommandError(20, "IllegalOperation", "Can't rename a collection to itself")
+    if storage.meta(*target) is not None:
+        if not ctx.body.get("dropTarget"):
+            raise CommandError(48, "NamespaceExists", "target namespace exists")
+        storage.drop_collection(*target)
+        ctx.wrote(ctx.state.commit([ChangeRecord(op="drop", db=target[0], coll=target[1])]))
+    storage.rename_collection(*source, *target)
+    record = ChangeRecord(op="rename", db=source[0], coll=source[1], to=target)
+    ctx.wrote(ctx.state.commit([record]))
+    return {}
+
+
+@command("collMod")
+async def coll_mod(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    storage = ctx.state.storage
+    meta = storage.meta(ctx.db, coll)
+    if meta is None:
+        raise CommandError(26, "NamespaceNotFound", f"ns does not exist: {ctx.db}.{coll}")
+    options = dict(meta.options)
+    for key, value in ctx.body.items():
+        if key in ("collMod", "lsid") or key.startswith("$"):
+            continue
+        if key == "validator":
+            _check_validator(value)
+        elif key == "changeStreamPreAndPostImages":
+            _check_images(value)
+        elif key in ("validationLevel", "validationAction"):
+            pass
+        elif key in ("comment", "writeConcern"):
+            continue
+        else:
+            raise CommandError(
+                238,
+                "NotImplemented",
+                f"collMod option '{key}' is not supported by the development server",
+            )
+        options[key] = value
+    storage.set_options(ctx.db, coll, options)
+    ctx.wrote(ctx.state.commit([]))
+    return {}
+
+
+@command("listCollections", in_transaction=True)
+async def list_collections(ctx: Context) -> dict[str, Any]:
+    storage = ctx.state.storage
+    filter_doc = ctx.body.get("filter") or {}
+    name_only = bool(ctx.body.get("nameOnly"))
+    entries = []
+    for name in sorted(storage.collection_names(ctx.db)):
+        meta = storage.meta(ctx.db, name)
+        assert meta is not None
+        entry: dict[str, Any] = {
+            "name": name,
+            "type": "collection",
+            "options": dict(meta.options),
+            "info": {"readOnly": False, "uuid": meta.uuid},
+            "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+        }
+        if filter_doc and not matches(filter_doc, entry):
+            continue
+        entries.append({"name": name, "type": "collection"} if name_only else entry)
+    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    return open_cursor(ctx, f"{ctx.db}.$cmd.listCollections", entries, batch_size)
+
+
+@command("createIndexes", in_transaction=True)
+async def create_indexes(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    validate_namespace(ctx.db, coll)
+    indexes = ctx.body.get("indexes")
+    if not isinstance(indexes, list) or not indexes:
+        raise CommandError(2, "BadValue", "Must specify at least one index to create")
+    storage = ctx.state.storage
+    created_collection = storage.meta(ctx.db, coll) is None
+    before = 0 if created_collection else len(storage.meta(ctx.db, coll).indexes)  # type: ignore[union-attr]
+    specs = [IndexSpec.from_doc(doc) for doc in indexes]
+    for spec in specs:
+        for _, direction in spec.key:
+            if direction not in (1, -1) and not isinstance(direction, str):
+                raise CommandError(
+                    67,
+                    "CannotCreateIndex",
+                    f"Values in the index key pattern must be 1, -1 or a string, got {direction!r}",
+                )
+    created = 0
+    for spec in specs:
+        if storage.create_index(ctx.db, coll, spec):
+            created += 1
+    ctx.wrote(ctx.state.commit([]))
+    meta = storage.meta(ctx.db, coll)
+    assert meta is not None
+    reply: dict[str, Any] = {
+        "numIndexesBefore": before if not created_collection else 1,
+        "numIndexesAfter": len(meta.indexes),
+        "createdCollectionAutomatically": created_collection,
+    }
+    if not created:
+        reply["note"] = "all indexes already exist"
+    return reply
+
+
+@command("listIndexes", in_transaction=True)
+async def list_indexes(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    meta = ctx.state.storage.meta(ctx.db, coll)
+    if meta is None:
+        raise CommandError(26, "NamespaceNotFound", f"ns does not exist: {ctx.db}.{coll}")
+    docs = [spec.to_doc() for spec in meta.indexes.values()]
+    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    return open_cursor(ctx, f"{ctx.db}.{coll}", docs, batch_size)
+
+
+@command("dropIndexes", "deleteIndexes")
+async def drop_indexes(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    storage = ctx.state.storage
+    meta = storage.meta(ctx.db, coll)
+    if meta is None:
+        raise CommandError(26, "NamespaceNotFound", f"ns not found {ctx.db}.{coll}")
+    target = ctx.body.get("index")
+    n_before = len(meta.indexes)
+    names: list[str]
+    if target == "*":
+        names = [n for n in meta.indexes if n != "_id_"]
+    elif isinstance(target, str):
+        names = [target]
+    elif isinstance(target, list):
+        names = list(target)
+    elif isinstance(target, dict):
+        names = [n for n, spec in meta.indexes.items() if dict(spec.key) == target]
+        if not names:
+            raise CommandError(27, "IndexNotFound", f"can't find index with key: {target}")
+    else:
+        raise CommandError(
+            14, "TypeMismatch", "'index' must be a name, a list of names, a key pattern or '*'"
+        )
+    for name in names:
+        if name == "_id_":
+            raise CommandError(72, "InvalidOptions", "cannot drop _id index")
+        if name not in meta.indexes:
+            raise CommandError(27, "IndexNotFound", f"index not found with name [{name}]")
+    for name in names:
+        storage.drop_index(ctx.db, coll, name)
+    ctx.wrote(ctx.state.commit([]))
+    return {"nIndexesWas": n_before}

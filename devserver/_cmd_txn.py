@@ -1,0 +1,42 @@
+"""commitTransaction and abortTransaction (the session layer has already found the transaction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devserver._command import Context, command
+from devserver._errors import CommandError
+
+__all__ = ["commit_transaction"]
+
+
+def commit_transaction(ctx: Context) -> None:
+    """Apply a transaction's staged writes at once: one cluster time, one change-history append."""
+    txn = ctx.txn
+    if txn is None:
+        raise CommandError(251, "NoSuchTransaction", "no transaction in progress")
+    state = ctx.state
+    for record in txn.records:
+        if record.op == "delete":
+            state.storage.remove(record.db, record.coll, record.document_key["_id"])
+        else:
+            state.storage.put(record.db, record.coll, record.after)
+    cluster_time = state.commit(list(txn.records), lsid=txn.session.lsid, txn_number=txn.txn_number)
+    for ref in txn.held:
+        state.sessions.committed(ref, cluster_time)
+    txn.commit_time = cluster_time
+    state.sessions.end(txn, "committed")
+    ctx.wrote(cluster_time)
+
+
+@command("commitTransaction", admin_only=True, in_transaction=True)
+async def commit(ctx: Context) -> dict[str, Any]:
+    commit_transaction(ctx)
+    return {}
+
+
+@command("abortTransaction", admin_only=True, in_transaction=True)
+async def abort(ctx: Context) -> dict[str, Any]:
+    if ctx.txn is not None:
+        ctx.state.abort(ctx.txn, "aborted by the client")
+    return {}

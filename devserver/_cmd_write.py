@@ -1,0 +1,241 @@
+"""insert, update, delete and findAndModify: batches of statements and their replies."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from devserver._command import Context, command, namespace_arg
+from devserver._errors import CommandError
+from devserver._storage import validate_namespace
+from devserver._writes import (
+    TOP_LEVEL_CODES,
+    Deadline,
+    delete_matching,
+    insert_one,
+    prepare_insert,
+    update_matching,
+)
+
+__all__: list[str] = []
+
+
+def _statements(ctx: Context, key: str) -> list[Any]:
+    statements = ctx.body.get(key)
+    if not isinstance(statements, list):
+        raise CommandError(
+            40414, "Location40414", f"BSON field '{ctx.name}.{key}' is missing but a required field"
+        )
+    if len(statements) > 100_000:
+        raise CommandError(
+            10334,
+            "InvalidLength",
+            f"Write batch sizes must be between 1 and 100000. Got {len(statements)} operations.",
+        )
+    return statements
+
+
+def _write_error(index: int, error: CommandError) -> dict[str, Any]:
+    entry: dict[str, Any] = {"index": index, "code": error.code, "errmsg": error.message}
+    entry.update(error.extra)
+    return entry
+
+
+async def _run_batch(
+    ctx: Context,
+    statements: list[Any],
+    run_one: Callable[[int, Any], Awaitable[None]],
+) -> list[dict[str, Any]]:
+    """Run statements in order; a statement's error becomes a writeError, ordered stops at it."""
+    ordered = ctx.body.get("ordered", True) is not False
+    errors = []
+    for index, statement in enumerate(statements):
+        try:
+            await run_one(index, statement)
+        except CommandError as error:
+            if error.code in TOP_LEVEL_CODES or ctx.txn is not None and error.code == 112:
+                raise
+            errors.append(_write_error(index, error))
+            if ordered or ctx.txn is not None:
+                break
+    return errors
+
+
+def _sort_arg(value: Any) -> list[tuple[str, int]] | None:
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise CommandError(14, "TypeMismatch", "sort must be an object")
+    sort = []
+    for key, direction in value.items():
+        if direction in (1, -1) and not isinstance(direction, bool):
+            sort.append((key, int(direction)))
+        else:
+            raise CommandError(
+                2,
+                "BadValue",
+                "$sort key ordering must be 1 (for ascending) or -1 (for descending), "
+                f"got {direction!r}",
+            )
+    return sort
+
+
+def _reject_collation(statement: dict[str, Any]) -> None:
+    collation = statement.get("collation")
+    if collation and collation.get("locale", "simple") != "simple":
+        raise CommandError(
+            238, "NotImplemented", "collations are not supported by the development server"
+        )
+
+
+@command("insert", write=True, in_transaction=True)
+async def insert(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    validate_namespace(ctx.db, coll)
+    documents = _statements(ctx, "documents")
+    deadline = Deadline(ctx.body.get("maxTimeMS"))
+    inserted = 0
+
+    async def run_one(index: int, doc: Any) -> None:
+        nonlocal inserted
+        await insert_one(ctx, ctx.db, coll, prepare_insert(doc), deadline)
+        inserted += 1
+
+    errors = await _run_batch(ctx, documents, run_one)
+    reply: dict[str, Any] = {"n": inserted}
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+@command("update", write=True, in_transaction=True)
+async def update(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    validate_namespace(ctx.db, coll)
+    statements = _statements(ctx, "updates")
+    deadline = Deadline(ctx.body.get("maxTimeMS"))
+    matched = modified = 0
+    upserted: list[dict[str, Any]] = []
+
+    async def run_one(index: int, statement: Any) -> None:
+        nonlocal matched, modified
+        if not isinstance(statement, dict) or "q" not in statement or "u" not in statement:
+            raise CommandError(9, "FailedToParse", "each update statement needs 'q' and 'u'")
+        _reject_collation(statement)
+        result = await update_matching(
+            ctx,
+            ctx.db,
+            coll,
+            statement["q"],
+            statement["u"],
+            multi=bool(statement.get("multi", False)),
+            upsert=bool(statement.get("upsert", False)),
+            array_filters=statement.get("arrayFilters"),
+            sort=_sort_arg(statement.get("sort")),
+            deadline=deadline,
+        )
+        matched += result.matched
+        modified += result.modified
+        if result.upserted:
+            matched += 1
+            upserted.append({"index": index, "_id": result.upserted_id})
+
+    errors = await _run_batch(ctx, statements, run_one)
+    reply: dict[str, Any] = {"n": matched, "nModified": modified}
+    if upserted:
+        reply["upserted"] = upserted
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+@command("delete", write=True, in_transaction=True)
+async def delete(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    validate_namespace(ctx.db, coll)
+    statements = _statements(ctx, "deletes")
+    deadline = Deadline(ctx.body.get("maxTimeMS"))
+    deleted = 0
+
+    async def run_one(index: int, statement: Any) -> None:
+        nonlocal deleted
+        if not isinstance(statement, dict) or "q" not in statement or "limit" not in statement:
+            raise CommandError(9, "FailedToParse", "each delete statement needs 'q' and 'limit'")
+        if statement["limit"] not in (0, 1):
+            raise CommandError(
+                9, "FailedToParse", "The limit field in delete objects must be 0 or 1"
+            )
+        _reject_collation(statement)
+        removed = await delete_matching(
+            ctx,
+            ctx.db,
+            coll,
+            statement["q"],
+            limit_one=statement["limit"] == 1,
+            sort=None,
+            deadline=deadline,
+        )
+        deleted += len(removed)
+
+    errors = await _run_batch(ctx, statements, run_one)
+    reply: dict[str, Any] = {"n": deleted}
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+@command("findAndModify", "findandmodify", write=True, in_transaction=True)
+async def find_and_modify(ctx: Context) -> dict[str, Any]:
+    coll = namespace_arg(ctx)
+    validate_namespace(ctx.db, coll)
+    body = ctx.body
+    query = body.get("query") or {}
+    sort = _sort_arg(body.get("sort"))
+    remove = bool(body.get("remove", False))
+    update_spec = body.get("update")
+    _reject_collation(body)
+    if remove == (update_spec is not None):
+        raise CommandError(9, "FailedToParse", "Either an update or remove=true must be specified")
+    if remove and (body.get("new") or body.get("upsert")):
+        raise CommandError(
+            9,
+            "FailedToParse",
+            "Cannot specify both new=true and remove=true; 'remove' always returns the deleted "
+            "document",
+        )
+    deadline = Deadline(body.get("maxTimeMS"))
+    last_error: dict[str, Any]
+    value: dict[str, Any] | None
+    if remove:
+        removed = await delete_matching(
+            ctx, ctx.db, coll, query, limit_one=True, sort=sort, deadline=deadline
+        )
+        value = removed[0] if removed else None
+        last_error = {"n": len(removed)}
+    else:
+        result = await update_matching(
+            ctx,
+            ctx.db,
+            coll,
+            query,
+            update_spec,
+            multi=False,
+            upsert=bool(body.get("upsert", False)),
+            array_filters=body.get("arrayFilters"),
+            sort=sort,
+            deadline=deadline,
+        )
+        if result.upserted:
+            last_error = {"n": 1, "updatedExisting": False, "upserted": result.upserted_id}
+            value = result.after[0] if body.get("new") else None
+        elif result.matched:
+            last_error = {"n": 1, "updatedExisting": True}
+            value = result.after[0] if body.get("new") else result.before[0]
+        else:
+            last_error = {"n": 0, "updatedExisting": False}
+            value = None
+    fields = body.get("fields")
+    if value is not None and fields:
+        projected = ctx.state.engine.find([value], {}, projection=fields)
+        value = projected[0] if projected else None
+    return {"lastErrorObject": last_error, "value": value}

@@ -1,0 +1,271 @@
+"""Query and update semantics borrowed from mongomock, applied to documents we hand it.
+
+A private scratch collection runs finds, aggregations and updates over an explicit list of
+documents, so the same code serves committed data and a transaction's own view of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import mongomock
+from bson import ObjectId
+from mongomock import aggregate as mm_aggregate
+from mongomock.filtering import filter_applies
+from pymongo.errors import OperationFailure
+
+from devserver._errors import CommandError
+from devserver._keys import store_key
+
+__all__ = ["Engine", "engine_errors", "matches", "is_operator_update"]
+
+T = TypeVar("T")
+
+_ALL_POSITIONAL = re.compile(r"^\$\[(\w*)\]$")
+
+
+def engine_errors(call: Callable[[], T]) -> T:
+    """Run a mongomock call, turning its exceptions into MongoDB-shaped command errors."""
+    try:
+        return call()
+    except CommandError:
+        raise
+    except OperationFailure as exc:
+        code = exc.code or 2
+        details = exc.details if isinstance(exc.details, dict) else {}
+        raise CommandError(code, _code_name(code), str(details.get("errmsg", exc))) from exc
+    except NotImplementedError as exc:
+        raise CommandError(
+            238, "NotImplemented", f"not supported by the development server: {exc}"
+        ) from exc
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise CommandError(2, "BadValue", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _code_name(code: int) -> str:
+    return {
+        2: "BadValue",
+        9: "FailedToParse",
+        14: "TypeMismatch",
+        40: "ConflictingUpdateOperators",
+        66: "ImmutableField",
+        11000: "DuplicateKey",
+    }.get(code, "OperationFailed")
+
+
+def matches(filter_doc: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Whether `doc` matches a query filter."""
+    return engine_errors(lambda: bool(filter_applies(filter_doc, doc)))
+
+
+def is_operator_update(update: Any) -> bool:
+    return isinstance(update, dict) and bool(update) and next(iter(update)).startswith("$")
+
+
+class Engine:
+    """Runs mongomock's query, aggregation and update code over documents we choose."""
+
+    def __init__(self) -> None:
+        self._client: mongomock.MongoClient = mongomock.MongoClient()
+        self._coll = self._client["scratch"]["docs"]
+        self._coll._store.create()
+
+    def _load(self, docs: Iterable[dict[str, Any]]) -> None:
+        self._coll._store._documents = OrderedDict((store_key(d["_id"]), d) for d in docs)
+
+    def find(
+        self,
+        docs: Iterable[dict[str, Any]],
+        filter_doc: dict[str, Any],
+        *,
+        projection: Any = None,
+        sort: list[tuple[str, int]] | None = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Matching copies of `docs`, sorted, sliced and projected."""
+        self._load(docs)
+        try:
+            return engine_errors(
+                lambda: list(
+                    self._coll.find(
+                        filter_doc, projection or None, skip=skip, limit=limit, sort=sort or None
+                    )
+                )
+            )
+        finally:
+            self._load(())
+
+    def distinct(
+        self, docs: Iterable[dict[str, Any]], key: str, filter_doc: dict[str, Any]
+    ) -> list[Any]:
+        """Distinct values of `key` (arrays unwound) among matching `docs`."""
+        self._load(docs)
+        try:
+            return engine_errors(lambda: list(self._coll.distinct(key, filter_doc)))
+        finally:
+            self._load(())
+
+    def aggregate(
+        self, docs: Iterable[dict[str, Any]], pipeline: list[dict[str, Any]], database: Any
+    ) -> list[dict[str, Any]]:
+        """Run an aggregation pipeline over `docs`; `$lookup` reads from `database`."""
+        materialised = [copy.deepcopy(d) for d in docs]
+        return engine_errors(
+            lambda: list(mm_aggregate.process_pipeline(materialised, database, pipeline, None))
+        )
+
+    def apply_update(
+        self,
+        doc: dict[str, Any],
+        query: dict[str, Any],
+        update: Any,
+        array_filters: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        """The document after applying an update (operators, pipeline or replacement)."""
+        if isinstance(update, list):
+            result = self.aggregate([doc], update, self._client["scratch"])
+            if len(result) != 1:
+                raise CommandError(2, "BadValue", "update pipeline must produce one document")
+            new = result[0]
+        elif is_operator_update(update):
+            working = copy.deepcopy(doc)
+            spec = expand_array_filters(update, working, array_filters or [])
+            self._load([working])
+            try:
+                engine_errors(lambda: self._coll.update_one(query, spec))
+                new = next(iter(self._coll._store._documents.values()))
+            finally:
+                self._load(())
+        else:
+            new = replacement(doc.get("_id"), update)
+        if "_id" not in new or new["_id"] != doc["_id"]:
+            raise CommandError(
+                66,
+                "ImmutableField",
+                "Performing an update on the path '_id' would modify the immutable field '_id'",
+            )
+        return new
+
+    def upsert_document(
+        self,
+        query: dict[str, Any],
+        update: Any,
+        array_filters: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        """The document an upsert inserts when nothing matched `query`."""
+        if isinstance(update, list) or is_operator_update(update):
+            self._load(())
+            try:
+                spec = update
+                if not isinstance(update, list):
+                    spec = expand_array_filters(update, {}, array_filters or [])
+                engine_errors(lambda: self._coll.update_one(query, spec, upsert=True))
+                return dict(next(iter(self._coll._store._documents.values())))
+            finally:
+                self._load(())
+        doc_id = query.get("_id") if _is_plain_value(query.get("_id")) else None
+        if doc_id is None:
+            doc_id = update.get("_id", ObjectId())
+        return replacement(doc_id, update)
+
+
+def _is_plain_value(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, dict):
+        return not any(k.startswith("$") for k in value)
+    return True
+
+
+def replacement(doc_id: Any, update: dict[str, Any]) -> dict[str, Any]:
+    """A replacement document keeping `doc_id` first, as MongoDB stores it."""
+    for key in update:
+        if key.startswith("$"):
+            raise CommandError(
+                2, "BadValue", f"Unknown modifier: {key}. Expected a valid update modifier"
+            )
+    if "_id" in update and update["_id"] != doc_id:
+        raise CommandError(
+            66,
+            "ImmutableField",
+            "After applying the update, the (immutable) field '_id' was found to have been altered",
+        )
+    new: dict[str, Any] = {"_id": doc_id}
+    new.update((k, v) for k, v in update.items() if k != "_id")
+    return new
+
+
+def expand_array_filters(
+    update: dict[str, Any], doc: dict[str, Any], array_filters: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Rewrite `$[]` and `$[name]` paths into the concrete array indexes they select in `doc`."""
+    filters: dict[str, dict[str, Any]] = {}
+    for array_filter in array_filters:
+        names = {key.split(".", 1)[0] for key in array_filter}
+        if len(names) != 1:
+            raise CommandError(
+                9, "FailedToParse", "Each array filter must use a single top-level field name"
+            )
+        filters[names.pop()] = array_filter
+    used: set[str] = set()
+    expanded: dict[str, Any] = {}
+    for operator, fields in update.items():
+        if not isinstance(fields, dict):
+            expanded[operator] = fields
+            continue
+        new_fields: dict[str, Any] = {}
+        for path, value in fields.items():
+            if "$[" not in path:
+                new_fields[path] = value
+                continue
+            for concrete in _expand_path(path.split("."), doc, filters, used):
+                new_fields[concrete] = value
+        expanded[operator] = new_fields
+    unused = set(filters) - used
+    if unused:
+        raise CommandError(
+            9,
+            "FailedToParse",
+            f"The array filter for identifier '{sorted(unused)[0]}' was not used in the update",
+        )
+    return expanded
+
+
+def _expand_path(
+    parts: list[str], current: Any, filters: dict[str, dict[str, Any]], used: set[str]
+) -> list[str]:
+    for position, part in enumerate(parts):
+        found = _ALL_POSITIONAL.match(part)
+        if found is None:
+            if isinstance(current, dict):
+                current = current.get(part)
+            elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+                current = current[int(part)]
+            else:
+                current = None
+            continue
+        name = found.group(1)
+        if name:
+            if name not in filters:
+                raise CommandError(
+                    2,
+                    "BadValue",
+                    f"No array filter found for identifier '{name}' in path '{'.'.join(parts)}'",
+                )
+            used.add(name)
+        if not isinstance(current, list):
+            return []
+        prefix = parts[:position]
+        results: list[str] = []
+        for index, element in enumerate(current):
+            if name and not matches(filters[name], {name: element}):
+                continue
+            for rest in _expand_path(parts[position + 1 :], element, filters, used):
+                results.append(".".join([*prefix, str(index), *([rest] if rest else [])]))
+        return results
+    return [".".join(parts)]

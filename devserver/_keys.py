@@ -1,0 +1,87 @@
+"""Canonical keys for ids and index keys: equal BSON values (1, 1.0, Int64(1)) collide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bson
+from bson.int64 import Int64
+from mongomock import helpers
+
+__all__ = ["MISSING", "canonical", "dotted_get", "id_key", "store_key", "format_key_value"]
+
+
+class _Missing:
+    """A field that is absent (distinct from null); unique indexes treat it as null."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def canonical(value: Any) -> Any:
+    """A value normalised so that MongoDB-equal numbers encode to identical BSON bytes."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 2**63:
+            return int(value)
+        return value
+    if isinstance(value, Int64):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
+def id_key(doc_id: Any) -> bytes:
+    """A hashable key for an `_id` value, equal for MongoDB-equal ids."""
+    return bson.encode({"k": canonical(doc_id)})
+
+
+def store_key(doc_id: Any) -> Any:
+    """The key mongomock uses for a document in its collection store."""
+    if isinstance(doc_id, dict):
+        return helpers.hashdict(doc_id)
+    return doc_id
+
+
+def dotted_get(doc: Any, path: str) -> Any:
+    """The value at a dotted path, or MISSING; arrays along the path are not traversed."""
+    current = doc
+    for part in path.split("."):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return MISSING
+    return current
+
+
+def _format_value(value: Any) -> str:
+    if value is MISSING or value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, bson.ObjectId):
+        return f"ObjectId('{value}')"
+    if isinstance(value, dict):
+        return format_key_value(value)
+    if isinstance(value, list):
+        return "[ " + ", ".join(_format_value(v) for v in value) + " ]" if value else "[]"
+    return str(value)
+
+
+def format_key_value(key_value: dict[str, Any]) -> str:
+    """A key value in mongod's log style, as in `dup key: { name: "x" }`."""
+    if not key_value:
+        return "{}"
+    return "{ " + ", ".join(f"{k}: {_format_value(v)}" for k, v in key_value.items()) + " }"

@@ -1,0 +1,115 @@
+"""Everything one running server shares between connections, and the commit of a write unit."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from bson import ObjectId, Timestamp
+
+from devserver._clock import ClusterClock
+from devserver._cursors import CursorTable
+from devserver._engine import Engine
+from devserver._failpoints import FailCommand
+from devserver._history import ChangeHistory, ChangeRecord
+from devserver._sessions import SessionTable, Transaction
+from devserver._storage import Storage
+
+__all__ = ["ServerConfig", "ServerState", "Journal"]
+
+log = logging.getLogger("devserver")
+
+
+class Journal(Protocol):
+    """Where committed write units go before the reply (the persistence layer)."""
+
+    def write_unit(
+        self, cluster_time: Timestamp, ops: list[dict[str, Any]], entries: list[dict[str, Any]]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server was started."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    dbpath: str | None = None
+    replset: str = "rs0"
+    oplog_size_mb: float = 64
+    allow_remote: bool = False
+
+
+@dataclass
+class ServerState:
+    """Storage, clock, sessions, cursors, fail points and change history of one server."""
+
+    config: ServerConfig
+    storage: Storage = field(default_factory=Storage)
+    engine: Engine = field(default_factory=Engine)
+    clock: ClusterClock = field(default_factory=ClusterClock)
+    cursors: CursorTable = field(default_factory=CursorTable)
+    sessions: SessionTable = field(default_factory=SessionTable)
+    fail_command: FailCommand = field(default_factory=FailCommand)
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {"transactionLifetimeLimitSeconds": 60}
+    )
+    process_id: ObjectId = field(default_factory=ObjectId)
+    address: str = ""
+    journal: Journal | None = None
+    history: Any = None
+    connection_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    stopping: asyncio.Event | None = None
+
+    def __post_init__(self) -> None:
+        if ChangeHistory is not None:
+            self.history = ChangeHistory(
+                max_bytes=int(self.config.oplog_size_mb * 1024 * 1024), lookup=self._lookup
+            )
+
+    def _lookup(self, db: str, coll: str, document_key: dict[str, Any]) -> dict[str, Any] | None:
+        doc = self.storage.get(db, coll, document_key.get("_id"))
+        return None if doc is None else dict(doc)
+
+    def commit(
+        self,
+        records: Sequence[ChangeRecord],
+        *,
+        lsid: dict[str, Any] | None = None,
+        txn_number: int | None = None,
+    ) -> Timestamp:
+        """Finish one write unit: a fresh cluster time, change events, journal record."""
+        cluster_time = self.clock.tick()
+        entries: list[dict[str, Any]] = []
+        if records and self.history is not None:
+            entries = list(
+                self.history.append(
+                    records,
+                    cluster_time=cluster_time,
+                    wall_time=datetime.now(UTC),
+                    lsid=lsid,
+                    txn_number=txn_number,
+                )
+            )
+        ops = self.storage.take_ops()
+        if self.journal is not None and (ops or entries):
+            self.journal.write_unit(cluster_time, ops, entries)
+        return cluster_time
+
+    def abort(self, txn: Transaction, reason: str = "") -> None:
+        """Abort a transaction, discarding its writes."""
+        if txn.is_open:
+            self.sessions.end(txn, "aborted", reason)
+
+    def reap_transactions(self) -> None:
+        """Abort transactions older than transactionLifetimeLimitSeconds (as mongod does)."""
+        limit = float(self.parameters["transactionLifetimeLimitSeconds"])
+        for txn in self.sessions.expired(limit):
+            log.info("aborting transaction %s: lifetime limit %ss", txn.txn_number, limit)
+            self.abort(txn, "transaction lifetime limit exceeded")

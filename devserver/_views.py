@@ -1,0 +1,180 @@
+"""What a command sees: committed data, or a transaction's own writes layered over it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devserver._engine import Engine, matches
+from devserver._keys import id_key
+from devserver._sessions import Transaction
+from devserver._storage import IndexSpec, Storage
+
+__all__ = ["View", "TransactionView", "id_equality"]
+
+
+def id_equality(filter_doc: dict[str, Any]) -> list[Any] | None:
+    """The `_id` values a filter pins exactly (`{_id: v}`, `{_id: {$in: [...]}}`), or None."""
+    if "_id" not in filter_doc:
+        return None
+    value = filter_doc["_id"]
+    if isinstance(value, dict):
+        if any(k.startswith("$") for k in value):
+            if set(value) == {"$eq"}:
+                return [value["$eq"]]
+            if set(value) == {"$in"} and isinstance(value["$in"], list):
+                if any(isinstance(v, dict | list) or hasattr(v, "pattern") for v in value["$in"]):
+                    return None
+                return list(value["$in"])
+            return None
+        return [value]
+    if isinstance(value, list) or hasattr(value, "pattern"):
+        return None
+    return [value]
+
+
+class View:
+    """Reads and writes against committed storage (no transaction)."""
+
+    def __init__(self, storage: Storage, engine: Engine) -> None:
+        self.storage = storage
+        self.engine = engine
+
+    def exists(self, db: str, coll: str) -> bool:
+        return self.storage.meta(db, coll) is not None
+
+    def get(self, db: str, coll: str, doc_id: Any) -> dict[str, Any] | None:
+        return self.storage.get(db, coll, doc_id)
+
+    def _candidates(self, db: str, coll: str, filter_doc: dict[str, Any]) -> list[dict[str, Any]]:
+        ids = id_equality(filter_doc)
+        if ids is not None:
+            found = []
+            seen: set[bytes] = set()
+            for doc_id in ids:
+                doc = self.get(db, coll, doc_id)
+                key = id_key(doc_id)
+                if doc is not None and key not in seen:
+                    seen.add(key)
+                    found.append(doc)
+            return found
+        return list(self.all_documents(db, coll))
+
+    def all_documents(self, db: str, coll: str) -> list[dict[str, Any]]:
+        return list(self.storage.documents(db, coll))
+
+    def match(
+        self,
+        db: str,
+        coll: str,
+        filter_doc: dict[str, Any],
+        *,
+        sort: list[tuple[str, int]] | None = None,
+        limit: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Documents matching `filter_doc` (treat them as read-only), optionally sorted/limited."""
+        candidates = self._candidates(db, coll, filter_doc)
+        if sort:
+            return self.engine.find(candidates, filter_doc, sort=sort, limit=limit)
+        found = []
+        for doc in candidates:
+            if matches(filter_doc, doc):
+                found.append(doc)
+                if limit and len(found) >= limit:
+                    break
+        if not candidates:
+            matches(filter_doc, {})  # still reject an invalid filter
+        return found
+
+    def find(
+        self,
+        db: str,
+        coll: str,
+        filter_doc: dict[str, Any],
+        *,
+        projection: Any = None,
+        sort: list[tuple[str, int]] | None = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Copies of matching documents, sorted, sliced and projected."""
+        return self.engine.find(
+            self._candidates(db, coll, filter_doc),
+            filter_doc,
+            projection=projection,
+            sort=sort,
+            skip=skip,
+            limit=limit,
+        )
+
+    def aggregate(self, db: str, coll: str, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.engine.aggregate(
+            self.all_documents(db, coll), pipeline, self.storage.client[db]
+        )
+
+    def unique_conflict(
+        self, db: str, coll: str, doc: dict[str, Any]
+    ) -> tuple[IndexSpec, dict[str, Any]] | None:
+        found = self.storage.unique_conflict(db, coll, doc)
+        return None if found is None else (found[0], found[1])
+
+
+class TransactionView(View):
+    """A transaction's view: its own writes over committed data."""
+
+    def __init__(self, storage: Storage, engine: Engine, txn: Transaction) -> None:
+        super().__init__(storage, engine)
+        self.txn = txn
+
+    def _overlay(self, db: str, coll: str) -> dict[bytes, dict[str, Any] | None] | None:
+        return self.txn.overlay.get((db, coll))
+
+    def exists(self, db: str, coll: str) -> bool:
+        overlay = self._overlay(db, coll)
+        return super().exists(db, coll) or bool(overlay)
+
+    def get(self, db: str, coll: str, doc_id: Any) -> dict[str, Any] | None:
+        overlay = self._overlay(db, coll)
+        if overlay is not None:
+            key = id_key(doc_id)
+            if key in overlay:
+                return overlay[key]
+        return super().get(db, coll, doc_id)
+
+    def all_documents(self, db: str, coll: str) -> list[dict[str, Any]]:
+        overlay = self._overlay(db, coll)
+        committed = super().all_documents(db, coll)
+        if not overlay:
+            return committed
+        merged = [doc for doc in committed if id_key(doc["_id"]) not in overlay]
+        merged.extend(doc for doc in overlay.values() if doc is not None)
+        return merged
+
+    def unique_conflict(
+        self, db: str, coll: str, doc: dict[str, Any]
+    ) -> tuple[IndexSpec, dict[str, Any]] | None:
+        overlay = self._overlay(db, coll) or {}
+        meta = self.storage.meta(db, coll)
+        if meta is None:
+            specs = [IndexSpec(name="_id_", key=[("_id", 1)], unique=True)]
+        else:
+            specs = [spec for spec in meta.indexes.values() if spec.unique]
+        own = id_key(doc["_id"])
+        for spec in specs:
+            entry = spec.entry(doc)
+            if entry is None:
+                continue
+            if meta is not None:
+                holder = meta.unique_maps.get(spec.name, {}).get(entry[0])
+                if holder is not None and holder != own and holder not in overlay:
+                    return spec, entry[1]
+            for key, other in overlay.items():
+                if other is None or key == own:
+                    continue
+                other_entry = spec.entry(other)
+                if other_entry is not None and other_entry[0] == entry[0]:
+                    return spec, entry[1]
+        return None
+
+    def stage(self, db: str, coll: str, doc_id: Any, doc: dict[str, Any] | None) -> None:
+        """Record a write (None: delete) in the transaction's overlay."""
+        self.txn.overlay.setdefault((db, coll), {})[id_key(doc_id)] = doc

@@ -1,0 +1,313 @@
+"""Single-statement writes (insert one, update matching, delete matching) with every check.
+
+Outside a transaction each document write is its own unit: applied, given a fresh cluster time,
+announced to change streams and journaled before the next. Inside a transaction it is staged in
+the overlay, and the document is held until the transaction ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson import ObjectId
+
+from devserver._command import Context
+from devserver._engine import is_operator_update, matches
+from devserver._errors import CommandError
+from devserver._history import ChangeRecord
+from devserver._keys import id_key
+from devserver._storage import ID_INDEX, duplicate_key_error
+from devserver._views import TransactionView, View
+
+__all__ = [
+    "MAX_BSON_SIZE",
+    "UpdateResult",
+    "Deadline",
+    "insert_one",
+    "update_matching",
+    "delete_matching",
+    "TOP_LEVEL_CODES",
+]
+
+MAX_BSON_SIZE = 16 * 1024 * 1024
+
+# Errors that fail the whole command rather than one statement.
+TOP_LEVEL_CODES = frozenset({50, 112, 251, 225, 263})
+
+
+class Deadline:
+    """A command's maxTimeMS as an absolute event-loop time (None: no limit)."""
+
+    def __init__(self, max_time_ms: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._at = None
+        if isinstance(max_time_ms, int | float) and not isinstance(max_time_ms, bool):
+            if max_time_ms > 0:
+                self._at = loop.time() + max_time_ms / 1000
+
+    def remaining(self) -> float | None:
+        if self._at is None:
+            return None
+        return self._at - asyncio.get_running_loop().time()
+
+
+def _expired() -> CommandError:
+    return CommandError(50, "MaxTimeMSExpired", "operation exceeded time limit")
+
+
+async def _wait_unheld(
+    ctx: Context, db: str, coll: str, ids: list[Any], deadline: Deadline
+) -> bool:
+    """Outside a transaction: wait while an open transaction holds one of these documents.
+
+    Returns True when it waited (the caller must look at the data again).
+    """
+    if ctx.txn is not None or not ctx.state.sessions.open:
+        return False
+    for doc_id in ids:
+        holder = ctx.state.sessions.holder((db, coll, id_key(doc_id)))
+        if holder is None or not holder.is_open:
+            continue
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            raise _expired()
+        try:
+            await asyncio.wait_for(holder.ended.wait(), remaining)
+        except TimeoutError:
+            raise _expired() from None
+        return True
+    return False
+
+
+def _check_document(ctx: Context, view: View, db: str, coll: str, doc: dict[str, Any]) -> None:
+    """Size, validator and unique-index checks for a document about to be written."""
+    size = len(bson.encode(doc))
+    if size > MAX_BSON_SIZE:
+        raise CommandError(
+            10334,
+            "BSONObjectTooLarge",
+            f"BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and "
+            f"16793600(16MB) First element: _id: {doc.get('_id')!r}",
+        )
+    meta = ctx.state.storage.meta(db, coll)
+    if (
+        meta is not None
+        and meta.validator is not None
+        and not ctx.body.get("bypassDocumentValidation")
+    ):
+        if not matches(meta.validator, doc):
+            raise CommandError(
+                121,
+                "DocumentValidationFailure",
+                "Document failed validation",
+                extra={"errInfo": {"failingDocumentId": doc.get("_id"), "details": {}}},
+            )
+    conflict = view.unique_conflict(db, coll, doc)
+    if conflict is not None:
+        raise duplicate_key_error(db, coll, conflict[0], conflict[1])
+
+
+def _apply(
+    ctx: Context,
+    view: View,
+    db: str,
+    coll: str,
+    record: ChangeRecord,
+    doc_id: Any,
+    new_doc: dict[str, Any] | None,
+) -> None:
+    """Write one document (None: delete) and publish its change record."""
+    state = ctx.state
+    if isinstance(view, TransactionView):
+        view.stage(db, coll, doc_id, new_doc)
+        view.txn.records.append(record)
+        return
+    if new_doc is None:
+        state.storage.remove(db, coll, doc_id)
+    else:
+        state.storage.put(db, coll, new_doc)
+    cluster_time = state.commit([record])
+    state.sessions.committed((db, coll, id_key(doc_id)), cluster_time)
+    ctx.wrote(cluster_time)
+
+
+def _hold(ctx: Context, db: str, coll: str, doc_id: Any) -> None:
+    if ctx.txn is not None:
+        ctx.state.sessions.hold(ctx.txn, (db, coll, id_key(doc_id)))
+
+
+def _images(ctx: Context, db: str, coll: str) -> bool:
+    meta = ctx.state.storage.meta(db, coll)
+    return meta is not None and meta.images_enabled
+
+
+def prepare_insert(doc: Any) -> dict[str, Any]:
+    """The document as MongoDB stores it: `_id` first, generated when absent."""
+    if not isinstance(doc, dict):
+        raise CommandError(14, "TypeMismatch", "documents to insert must be objects")
+    doc_id = doc.get("_id", ObjectId()) if "_id" in doc else ObjectId()
+    if isinstance(doc_id, list) or hasattr(doc_id, "pattern"):
+        raise CommandError(2, "BadValue", f"can't use a {type(doc_id).__name__} for _id")
+    if isinstance(doc_id, dict) and any(k.startswith("$") for k in doc_id):
+        raise CommandError(
+            52, "DollarPrefixedFieldName", "_id fields may not contain '$'-prefixed fields"
+        )
+    stored = {"_id": doc_id}
+    stored.update((k, v) for k, v in doc.items() if k != "_id")
+    return stored
+
+
+async def insert_one(
+    ctx: Context, db: str, coll: str, doc: dict[str, Any], deadline: Deadline
+) -> None:
+    """Insert one prepared document."""
+    view = ctx.view()
+    while await _wait_unheld(ctx, db, coll, [doc["_id"]], deadline):
+        pass
+    if view.get(db, coll, doc["_id"]) is not None:
+        raise duplicate_key_error(db, coll, ID_INDEX, {"_id": doc["_id"]})
+    _check_document(ctx, view, db, coll, doc)
+    _hold(ctx, db, coll, doc["_id"])
+    record = ChangeRecord(
+        op="insert",
+        db=db,
+        coll=coll,
+        document_key={"_id": doc["_id"]},
+        after=doc,
+        images_enabled=_images(ctx, db, coll),
+    )
+    _apply(ctx, view, db, coll, record, doc["_id"], doc)
+
+
+@dataclass
+class UpdateResult:
+    """What one update statement did."""
+
+    matched: int = 0
+    modified: int = 0
+    upserted_id: Any = None
+    upserted: bool = False
+    before: list[dict[str, Any]] = field(default_factory=list)
+    after: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def update_matching(
+    ctx: Context,
+    db: str,
+    coll: str,
+    query: dict[str, Any],
+    update: Any,
+    *,
+    multi: bool,
+    upsert: bool,
+    array_filters: list[dict[str, Any]] | None,
+    sort: list[tuple[str, int]] | None,
+    deadline: Deadline,
+) -> UpdateResult:
+    """Apply one update statement (operators, pipeline or replacement; upsert; multi)."""
+    if not isinstance(query, dict):
+        raise CommandError(14, "TypeMismatch", "update 'q' must be an object")
+    if not isinstance(update, dict | list):
+        raise CommandError(14, "TypeMismatch", "update 'u' must be an object or an array")
+    replacing = isinstance(update, dict) and not is_operator_update(update)
+    if replacing and multi:
+        raise CommandError(
+            9, "FailedToParse", "multi update is not supported for replacement-style update"
+        )
+    view = ctx.view()
+    engine = ctx.state.engine
+    while True:
+        found = view.match(db, coll, query, sort=sort, limit=0 if multi else 1)
+        if not await _wait_unheld(ctx, db, coll, [d["_id"] for d in found], deadline):
+            break
+    result = UpdateResult()
+    if not found:
+        if not upsert:
+            return result
+        new_doc = prepare_insert(engine.upsert_document(query, update, array_filters))
+        while await _wait_unheld(ctx, db, coll, [new_doc["_id"]], deadline):
+            pass
+        if view.get(db, coll, new_doc["_id"]) is not None:
+            raise duplicate_key_error(db, coll, ID_INDEX, {"_id": new_doc["_id"]})
+        _check_document(ctx, view, db, coll, new_doc)
+        _hold(ctx, db, coll, new_doc["_id"])
+        record = ChangeRecord(
+            op="insert",
+            db=db,
+            coll=coll,
+            document_key={"_id": new_doc["_id"]},
+            after=new_doc,
+            images_enabled=_images(ctx, db, coll),
+        )
+        _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
+        result.matched = 0
+        result.upserted = True
+        result.upserted_id = new_doc["_id"]
+        result.after.append(new_doc)
+        return result
+    for before in found:
+        # Another statement may have changed the document since it matched (multi updates).
+        current = view.get(db, coll, before["_id"])
+        if current is None or not matches(query, current):
+            continue
+        result.matched += 1
+        new_doc = engine.apply_update(current, query, update, array_filters)
+        result.before.append(current)
+        result.after.append(new_doc)
+        if bson.encode(new_doc) == bson.encode(current):
+            continue  # a no-op update writes nothing and produces no event
+        _check_document(ctx, view, db, coll, new_doc)
+        _hold(ctx, db, coll, new_doc["_id"])
+        record = ChangeRecord(
+            op="replace" if replacing else "update",
+            db=db,
+            coll=coll,
+            document_key={"_id": new_doc["_id"]},
+            before=current,
+            after=new_doc,
+            update_spec=update,
+            images_enabled=_images(ctx, db, coll),
+        )
+        _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
+        result.modified += 1
+    return result
+
+
+async def delete_matching(
+    ctx: Context,
+    db: str,
+    coll: str,
+    query: dict[str, Any],
+    *,
+    limit_one: bool,
+    sort: list[tuple[str, int]] | None,
+    deadline: Deadline,
+) -> list[dict[str, Any]]:
+    """Delete the documents a statement matches; returns them."""
+    if not isinstance(query, dict):
+        raise CommandError(14, "TypeMismatch", "delete 'q' must be an object")
+    view = ctx.view()
+    while True:
+        found = view.match(db, coll, query, sort=sort, limit=1 if limit_one else 0)
+        if not await _wait_unheld(ctx, db, coll, [d["_id"] for d in found], deadline):
+            break
+    deleted = []
+    for doc in found:
+        current = view.get(db, coll, doc["_id"])
+        if current is None:
+            continue
+        _hold(ctx, db, coll, doc["_id"])
+        record = ChangeRecord(
+            op="delete",
+            db=db,
+            coll=coll,
+            document_key={"_id": current["_id"]},
+            before=current,
+            images_enabled=_images(ctx, db, coll),
+        )
+        _apply(ctx, view, db, coll, record, current["_id"], None)
+        deleted.append(current)
+    return deleted

@@ -1,0 +1,78 @@
+"""Shared fixtures: a MongoDB to talk to (development server or MONGODB_URI), clients, names."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# The project root first, so the `tests/devserver` directory never shadows the `devserver`
+# package when tests run through the plain `pytest` entry point.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import pytest  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+from devserver import DevServer, ServerThread  # noqa: E402
+
+ServerFactory = Callable[..., ServerThread]
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    """MONGODB_URI when set (a real MongoDB replica set), else an in-process development server."""
+    external = os.environ.get("MONGODB_URI")
+    if external:
+        yield external
+        return
+    handle = DevServer(host="127.0.0.1", port=0).start_in_thread()
+    try:
+        yield handle.uri
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def devserver_factory() -> Iterator[ServerFactory]:
+    """Start extra development servers with given options; all are stopped at teardown.
+
+    Handles have `.uri`, `.port`, `.stop()` and `.restart()` (same port and dbpath). Tests that
+    need their own server cannot run against an external MongoDB, so they skip when
+    MONGODB_URI is set.
+    """
+    if os.environ.get("MONGODB_URI"):
+        pytest.skip("needs its own development server (MONGODB_URI is set)")
+    started: list[ServerThread] = []
+
+    def start(**options: Any) -> ServerThread:
+        options.setdefault("host", "127.0.0.1")
+        handle = DevServer(**options).start_in_thread()
+        started.append(handle)
+        return handle
+
+    try:
+        yield start
+    finally:
+        for handle in started:
+            handle.stop()
+
+
+@pytest.fixture
+def client(mongo_uri: str) -> Iterator[MongoClient[dict[str, Any]]]:
+    """A synchronous PyMongo client on `mongo_uri`, closed at teardown."""
+    mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
+    try:
+        yield mongo
+    finally:
+        mongo.close()
+
+
+@pytest.fixture
+def db_name() -> str:
+    """A database name no other test uses."""
+    return f"t_{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,159 @@
+"""Handshake, CRUD and cursors through real PyMongo over a socket."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from bson import Decimal128, Int64, ObjectId, Timestamp
+from bson.binary import Binary
+from pymongo import MongoClient, ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.topology_description import TOPOLOGY_TYPE
+
+Client = MongoClient[dict[str, Any]]
+
+
+def test_driver_sees_a_replica_set_primary(client: Client) -> None:
+    """The driver discovers a replica set with a writable primary."""
+    client.admin.command("ping")
+    description = client.topology_description
+    assert description.topology_type == TOPOLOGY_TYPE.ReplicaSetWithPrimary
+    hello = client.admin.command("hello")
+    assert hello["isWritablePrimary"] is True
+    assert hello["setName"]
+    assert hello["maxWireVersion"] >= 21
+    assert hello["logicalSessionTimeoutMinutes"] == 30
+    assert hello["me"] in hello["hosts"]
+
+
+def test_insert_and_find_round_trip_bson_types(client: Client, db_name: str) -> None:
+    """Documents come back with the BSON types they were written with."""
+    doc = {
+        "_id": 1,
+        "i64": Int64(2**40),
+        "dec": Decimal128("1.10"),
+        "when": datetime.datetime(2024, 1, 2, 3, 4, 5, 6000, tzinfo=datetime.UTC),
+        "bin": Binary(b"\x00\x01", 0x80),
+        "oid": ObjectId("0123456789ab0123456789ab"),
+        "nested": {"list": [1, "two", None]},
+    }
+    coll = client[db_name].get_collection("c")
+    coll.insert_one(doc)
+    found = coll.with_options(
+        codec_options=coll.codec_options.with_options(tz_aware=True)
+    ).find_one({"_id": 1})
+    assert found == doc
+    assert type(found["i64"]) is Int64
+
+
+def test_find_cursor_batches_and_sort(client: Client, db_name: str) -> None:
+    """find returns every document across getMore batches, sorted, skipped and limited."""
+    coll = client[db_name].c
+    coll.insert_many([{"_id": i, "k": i % 7} for i in range(250)])
+    assert len(list(coll.find(batch_size=10))) == 250
+    keys = [d["_id"] for d in coll.find({"k": 3}).sort("_id", -1).skip(2).limit(5)]
+    assert keys == sorted((i for i in range(250) if i % 7 == 3), reverse=True)[2:7]
+    assert coll.find_one({"_id": 5}, {"k": 1, "_id": 0}) == {"k": 5}
+
+
+@pytest.mark.parametrize(
+    ("update", "expected"),
+    [
+        pytest.param({"$set": {"a.b": 2}}, {"_id": 1, "a": {"b": 2}, "n": 1}, id="set-dotted"),
+        pytest.param({"$inc": {"n": 5}}, {"_id": 1, "n": 6}, id="inc"),
+        pytest.param({"$unset": {"n": ""}}, {"_id": 1}, id="unset"),
+        pytest.param({"$push": {"l": 1}}, {"_id": 1, "n": 1, "l": [1]}, id="push"),
+        pytest.param({"x": 1}, {"_id": 1, "x": 1}, id="replacement"),
+        pytest.param(
+            [{"$set": {"m": {"$add": ["$n", 1]}}}], {"_id": 1, "n": 1, "m": 2}, id="pipeline"
+        ),
+    ],
+)
+def test_update_shapes(client: Client, db_name: str, update: Any, expected: dict[str, Any]) -> None:
+    """Operator, replacement and pipeline updates give MongoDB's result."""
+    coll = client[db_name].c
+    coll.insert_one({"_id": 1, "n": 1})
+    if isinstance(update, dict) and not next(iter(update)).startswith("$"):
+        coll.replace_one({"_id": 1}, update)
+    else:
+        coll.update_one({"_id": 1}, update)
+    assert coll.find_one({"_id": 1}) == expected
+
+
+def test_upsert_multi_and_array_filters(client: Client, db_name: str) -> None:
+    """Upsert reports the new _id, multi updates every match, arrayFilters pick elements."""
+    coll = client[db_name].c
+    result = coll.update_one({"name": "a"}, {"$set": {"v": 1}}, upsert=True)
+    assert result.upserted_id is not None and result.matched_count == 0
+    coll.insert_many([{"name": "b", "v": 1}, {"name": "c", "v": 1}])
+    assert coll.update_many({"v": 1}, {"$set": {"v": 2}}).modified_count == 3
+    coll.insert_one({"_id": "arr", "grades": [80, 95, 100]})
+    coll.update_one(
+        {"_id": "arr"}, {"$set": {"grades.$[g]": 0}}, array_filters=[{"g": {"$gte": 95}}]
+    )
+    assert coll.find_one({"_id": "arr"})["grades"] == [80, 0, 0]
+
+
+def test_delete_and_find_and_modify(client: Client, db_name: str) -> None:
+    """delete_one/many remove what matches; findAndModify returns before or after images."""
+    coll = client[db_name].c
+    coll.insert_many([{"_id": i, "v": i} for i in range(5)])
+    assert coll.delete_one({"v": {"$gte": 3}}).deleted_count == 1
+    assert coll.delete_many({"v": {"$lt": 2}}).deleted_count == 2
+    after = coll.find_one_and_update(
+        {"_id": 2}, {"$inc": {"v": 10}}, return_document=ReturnDocument.AFTER
+    )
+    assert after == {"_id": 2, "v": 12}
+    before = coll.find_one_and_delete({"_id": 2})
+    assert before == {"_id": 2, "v": 12}
+    assert coll.count_documents({}) == 1
+
+
+def test_unique_index_error_shape(client: Client, db_name: str) -> None:
+    """A unique index violation is E11000 with MongoDB's message, keyPattern and keyValue."""
+    coll = client[db_name].people
+    coll.create_index("name", unique=True)
+    coll.insert_one({"name": "x"})
+    with pytest.raises(DuplicateKeyError) as caught:
+        coll.insert_one({"name": "x"})
+    details = caught.value.details
+    assert details is not None
+    assert details["code"] == 11000
+    assert details["errmsg"] == (
+        f"E11000 duplicate key error collection: {db_name}.people index: name_1 "
+        'dup key: { name: "x" }'
+    )
+    assert details["keyPattern"] == {"name": 1}
+    assert details["keyValue"] == {"name": "x"}
+
+
+def test_unordered_bulk_reports_each_error(client: Client, db_name: str) -> None:
+    """An unordered insert goes on past errors and reports each with its index."""
+    coll = client[db_name].c
+    with pytest.raises(BulkWriteError) as caught:
+        coll.insert_many([{"_id": 1}, {"_id": 1}, {"_id": 2}, {"_id": 2}], ordered=False)
+    errors = caught.value.details["writeErrors"]
+    assert [e["index"] for e in errors] == [1, 3]
+    assert caught.value.details["nInserted"] == 2
+
+
+def test_unknown_command_is_command_not_found(client: Client) -> None:
+    """An unknown command is error 59 CommandNotFound and the server goes on."""
+    with pytest.raises(OperationFailure) as caught:
+        client.admin.command("noSuchCommandAtAll")
+    assert caught.value.code == 59
+    client.admin.command("ping")
+
+
+def test_cluster_time_strictly_increases_with_writes(client: Client, db_name: str) -> None:
+    """Every acknowledged write gets a later operationTime than the one before."""
+    coll = client[db_name].c
+    times: list[Timestamp] = []
+    with client.start_session() as session:
+        for i in range(20):
+            coll.insert_one({"i": i}, session=session)
+            assert session.operation_time is not None
+            times.append(session.operation_time)
+    assert all(a < b for a, b in zip(times, times[1:], strict=False))
