@@ -1,0 +1,343 @@
+"""Change streams over the wire with plain PyMongo (the development server, or MONGODB_URI)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from bson import Int64, Timestamp
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.change_stream import ChangeStream
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import OperationFailure
+
+Doc = dict[str, Any]
+
+
+def next_event(stream: ChangeStream[Doc], timeout: float = 10) -> Doc:
+    """The next event, waiting at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = stream.try_next()
+        if event is not None:
+            return event
+    raise AssertionError(f"no change event within {timeout} s")
+
+
+def events(stream: ChangeStream[Doc], count: int, timeout: float = 10) -> list[Doc]:
+    return [next_event(stream, timeout) for _ in range(count)]
+
+
+@pytest.fixture
+def db(client: MongoClient[Doc], db_name: str) -> Iterator[Database[Doc]]:
+    database = client[db_name]
+    try:
+        yield database
+    finally:
+        client.drop_database(db_name)
+
+
+@pytest.fixture
+def coll(db: Database[Doc]) -> Collection[Doc]:
+    db.create_collection("items")
+    return db["items"]
+
+
+def test_collection_stream_document_events(coll: Collection[Doc]) -> None:
+    """insert, update, replace and delete arrive in order with MongoDB's fields."""
+    with coll.watch(max_await_time_ms=100) as stream:
+        coll.insert_one({"_id": 1, "a": 1, "tags": ["x"]})
+        coll.update_one({"_id": 1}, {"$set": {"a": 2}, "$push": {"tags": "y"}})
+        coll.replace_one({"_id": 1}, {"b": 1})
+        coll.delete_one({"_id": 1})
+        insert, update, replace, delete = events(stream, 4)
+    assert [e["operationType"] for e in (insert, update, replace, delete)] == [
+        "insert",
+        "update",
+        "replace",
+        "delete",
+    ]
+    assert insert["fullDocument"] == {"_id": 1, "a": 1, "tags": ["x"]}
+    assert insert["ns"] == {"db": coll.database.name, "coll": coll.name}
+    assert insert["documentKey"] == {"_id": 1}
+    assert isinstance(insert["clusterTime"], Timestamp)
+    assert "wallTime" in insert and "lsid" not in insert
+    assert update["updateDescription"] == {
+        "updatedFields": {"a": 2, "tags.1": "y"},
+        "removedFields": [],
+        "truncatedArrays": [],
+    }
+    assert "fullDocument" not in update
+    assert replace["fullDocument"] == {"_id": 1, "b": 1}
+    assert delete["documentKey"] == {"_id": 1}
+
+
+def test_update_descriptions_over_the_wire(coll: Collection[Doc]) -> None:
+    """$unset, $inc, $rename and nested $set produce MongoDB's updateDescription."""
+    coll.insert_one({"_id": 1, "a": {"b": 1}, "n": 1, "old": 1, "gone": 1})
+    with coll.watch(max_await_time_ms=100) as stream:
+        coll.update_one({"_id": 1}, {"$set": {"a.b": 2}, "$inc": {"n": 1}, "$unset": {"gone": ""}})
+        coll.update_one({"_id": 1}, {"$rename": {"old": "new"}})
+        first, second = events(stream, 2)
+    assert first["updateDescription"]["updatedFields"] == {"a.b": 2, "n": 2}
+    assert first["updateDescription"]["removedFields"] == ["gone"]
+    assert second["updateDescription"]["updatedFields"] == {"new": 1}
+    assert second["updateDescription"]["removedFields"] == ["old"]
+
+
+def test_pipeline_update_truncates_array(coll: Collection[Doc]) -> None:
+    """A pipeline update that shortens an array reports truncatedArrays."""
+    coll.insert_one({"_id": 1, "arr": [1, 2, 3, 4], "pad": "p" * 500})
+    with coll.watch(max_await_time_ms=100) as stream:
+        coll.update_one({"_id": 1}, [{"$set": {"arr": {"$slice": ["$arr", 2]}}}])
+        event = next_event(stream)
+    assert event["operationType"] == "update"
+    assert event["updateDescription"]["truncatedArrays"] == [{"field": "arr", "newSize": 2}]
+    assert event["updateDescription"]["updatedFields"] == {}
+
+
+def test_no_op_update_has_no_event(coll: Collection[Doc]) -> None:
+    """An update that changes nothing produces no change event."""
+    coll.insert_one({"_id": 1, "a": 1})
+    with coll.watch(max_await_time_ms=100) as stream:
+        coll.update_one({"_id": 1}, {"$set": {"a": 1}})
+        coll.insert_one({"_id": 2})
+        event = next_event(stream)
+    assert event["operationType"] == "insert" and event["documentKey"] == {"_id": 2}
+
+
+def test_database_and_cluster_streams(client: MongoClient[Doc], db: Database[Doc]) -> None:
+    """db.watch() sees every collection of the database; client.watch() sees all databases."""
+    with (
+        db.watch(max_await_time_ms=100) as db_stream,
+        client.watch([{"$match": {"ns.db": db.name}}], max_await_time_ms=100) as cluster_stream,
+    ):
+        db["one"].insert_one({"_id": 1})
+        db["two"].insert_one({"_id": 2})
+        seen = [e["ns"]["coll"] for e in events(db_stream, 2)]
+        everywhere = [e["ns"]["coll"] for e in events(cluster_stream, 2)]
+    assert seen == ["one", "two"]
+    assert everywhere == ["one", "two"]
+
+
+def test_match_on_namespace(db: Database[Doc]) -> None:
+    """A $match on ns.coll with $in keeps only the named collections."""
+    pipeline = [{"$match": {"ns.coll": {"$in": ["keep", "also"]}}}]
+    with db.watch(pipeline, max_await_time_ms=100) as stream:
+        for name in ("skip", "keep", "other", "also"):
+            db[name].insert_one({"_id": name})
+        names = [e["ns"]["coll"] for e in events(stream, 2)]
+    assert names == ["keep", "also"]
+
+
+def test_resume_after_and_post_batch_token(coll: Collection[Doc]) -> None:
+    """resume_after an event continues after it; the stream's resume token moves on."""
+    with coll.watch(max_await_time_ms=100) as stream:
+        for i in range(3):
+            coll.insert_one({"_id": i})
+        first = next_event(stream)
+    with coll.watch(resume_after=first["_id"], max_await_time_ms=100) as resumed:
+        rest = [e["documentKey"]["_id"] for e in events(resumed, 2)]
+        assert resumed.try_next() is None
+        token = resumed.resume_token
+    assert rest == [1, 2]
+    coll.insert_one({"_id": 3})
+    with coll.watch(resume_after=token, max_await_time_ms=100) as later:
+        assert next_event(later)["documentKey"] == {"_id": 3}
+
+
+def test_start_at_operation_time(client: MongoClient[Doc], coll: Collection[Doc]) -> None:
+    """start_at_operation_time includes the write made at that time."""
+    coll.insert_one({"_id": 0})
+    with client.start_session() as session:
+        coll.insert_one({"_id": 1}, session=session)
+        start = session.operation_time
+    coll.insert_one({"_id": 2})
+    assert start is not None
+    with coll.watch(start_at_operation_time=start, max_await_time_ms=100) as stream:
+        assert [e["documentKey"]["_id"] for e in events(stream, 2)] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "rename", [pytest.param(False, id="drop"), pytest.param(True, id="rename")]
+)
+def test_invalidate_and_start_after(db: Database[Doc], rename: bool) -> None:
+    """Drop/rename invalidates a collection stream; startAfter works, resumeAfter gets 260."""
+    db.create_collection("victim")
+    victim = db["victim"]
+    with victim.watch(max_await_time_ms=100) as stream:
+        victim.insert_one({"_id": 1})
+        if rename:
+            victim.rename("renamed")
+        else:
+            victim.drop()
+        kinds = events(stream, 3)
+        assert [e["operationType"] for e in kinds] == [
+            "insert",
+            "rename" if rename else "drop",
+            "invalidate",
+        ]
+        assert not stream.alive
+    invalidate = kinds[-1]
+    if rename:
+        assert kinds[1]["to"] == {"db": db.name, "coll": "renamed"}
+    with pytest.raises(OperationFailure) as caught:
+        victim.watch(resume_after=invalidate["_id"])
+    assert caught.value.code == 260
+    with victim.watch(start_after=invalidate["_id"], max_await_time_ms=100) as after:
+        victim.insert_one({"_id": 2})
+        assert next_event(after)["documentKey"] == {"_id": 2}
+
+
+def test_drop_database_invalidates_database_stream(client: MongoClient[Doc], db_name: str) -> None:
+    """A database stream sees drop events, then dropDatabase and invalidate."""
+    db = client[db_name]
+    db["a"].insert_one({"_id": 1})
+    with db.watch(max_await_time_ms=100) as stream:
+        client.drop_database(db_name)
+        kinds = [e["operationType"] for e in events(stream, 3)]
+    assert kinds == ["drop", "dropDatabase", "invalidate"]
+
+
+def test_full_document_update_lookup(coll: Collection[Doc]) -> None:
+    """fullDocument=updateLookup carries the current document on update events."""
+    coll.insert_one({"_id": 1, "a": 1})
+    with coll.watch(full_document="updateLookup", max_await_time_ms=100) as stream:
+        coll.update_one({"_id": 1}, {"$set": {"a": 2}})
+        assert next_event(stream)["fullDocument"] == {"_id": 1, "a": 2}
+
+
+def test_pre_and_post_images(db: Database[Doc]) -> None:
+    """With collMod changeStreamPreAndPostImages, required images are present."""
+    db.create_collection("imaged")
+    db.command("collMod", "imaged", changeStreamPreAndPostImages={"enabled": True})
+    imaged = db["imaged"]
+    imaged.insert_one({"_id": 1, "a": 1})
+    with imaged.watch(
+        full_document="required", full_document_before_change="required", max_await_time_ms=100
+    ) as stream:
+        imaged.update_one({"_id": 1}, {"$set": {"a": 2}})
+        imaged.delete_one({"_id": 1})
+        update, delete = events(stream, 2)
+    assert update["fullDocument"] == {"_id": 1, "a": 2}
+    assert update["fullDocumentBeforeChange"] == {"_id": 1, "a": 1}
+    assert delete["fullDocumentBeforeChange"] == {"_id": 1, "a": 2}
+
+
+def test_images_required_without_collmod_fails(coll: Collection[Doc]) -> None:
+    """fullDocumentBeforeChange=required without pre-images fails the read (47)."""
+    coll.insert_one({"_id": 1, "a": 1})
+    with coll.watch(full_document_before_change="required", max_await_time_ms=100) as stream:
+        coll.update_one({"_id": 1}, {"$set": {"a": 2}})
+        with pytest.raises(OperationFailure) as caught:
+            next_event(stream)
+    assert caught.value.code == 47
+
+
+def test_transaction_events_only_at_commit(client: MongoClient[Doc], coll: Collection[Doc]) -> None:
+    """Writes in a transaction appear at commit, all at once, with lsid and txnNumber."""
+    with coll.watch(max_await_time_ms=100) as stream:
+        with client.start_session() as session:
+            with session.start_transaction():
+                coll.insert_one({"_id": 1}, session=session)
+                coll.insert_one({"_id": 2}, session=session)
+                assert stream.try_next() is None
+            lsid = session.session_id
+            with session.start_transaction():
+                coll.insert_one({"_id": 3}, session=session)
+                session.abort_transaction()
+        coll.insert_one({"_id": 4})
+        first, second, plain = events(stream, 3)
+    assert [first["documentKey"], second["documentKey"]] == [{"_id": 1}, {"_id": 2}]
+    assert first["clusterTime"] == second["clusterTime"]
+    assert first["lsid"]["id"] == lsid["id"]
+    assert isinstance(first["txnNumber"], Int64)
+    assert first["txnNumber"] == second["txnNumber"]
+    assert plain["documentKey"] == {"_id": 4} and "lsid" not in plain
+
+
+def test_pipeline_modifying_id_fails(coll: Collection[Doc]) -> None:
+    """A stage that changes the resume token fails with ChangeStreamFatalError (280)."""
+    with coll.watch([{"$project": {"_id": 0}}], max_await_time_ms=100) as stream:
+        coll.insert_one({"_id": 1})
+        with pytest.raises(OperationFailure) as caught:
+            next_event(stream)
+    assert caught.value.code == 280
+
+
+def test_get_more_waits_and_does_not_block_others(mongo_uri: str, coll: Collection[Doc]) -> None:
+    """A getMore waiting 5 s neither blocks another client's write nor misses it."""
+    received: list[Doc] = []
+    waiting = threading.Event()
+
+    def watch() -> None:
+        with (
+            MongoClient(mongo_uri) as own,
+            own[coll.database.name][coll.name].watch(max_await_time_ms=5_000) as stream,
+        ):
+            waiting.set()
+            received.append(stream.next())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert waiting.wait(10)
+        started = time.monotonic()
+        coll.insert_one({"_id": "while-waiting"})
+        # A server that blocked behind the waiting getMore would take its full 5 s.
+        assert time.monotonic() - started < 4
+    finally:
+        watcher.join(20)
+    assert not watcher.is_alive()
+    assert received[0]["documentKey"] == {"_id": "while-waiting"}
+
+
+def test_empty_get_more_honours_max_await(coll: Collection[Doc]) -> None:
+    """With nothing to report, a getMore returns after about maxAwaitTimeMS, empty."""
+    with coll.watch(max_await_time_ms=300) as stream:
+        started = time.monotonic()
+        assert stream.try_next() is None
+        assert time.monotonic() - started >= 0.25
+
+
+async def test_async_client_watch(mongo_uri: str, db_name: str) -> None:
+    """AsyncMongoClient's watch() delivers the same events."""
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(mongo_uri)
+    try:
+        coll = client[db_name]["async_items"]
+        await coll.insert_one({"_id": 0})
+        async with await coll.watch(max_await_time_ms=100) as stream:
+            await coll.insert_one({"_id": 1})
+            deadline = time.monotonic() + 10
+            event = None
+            while event is None and time.monotonic() < deadline:
+                event = await stream.try_next()
+        assert event is not None and event["documentKey"] == {"_id": 1}
+    finally:
+        await client.drop_database(db_name)
+        await client.close()
+
+
+def test_history_lost(devserver_factory: Any) -> None:
+    """Resuming from a point that fell off a small history fails with 286."""
+    server = devserver_factory(oplog_size_mb=0.02)
+    with MongoClient(server.uri) as client:
+        coll = client["lost"]["items"]
+        with coll.watch(max_await_time_ms=100) as stream:
+            coll.insert_one({"_id": 0})
+            first = next_event(stream)
+            idle = coll.watch(max_await_time_ms=100)
+            coll.insert_many([{"_id": i, "pad": "x" * 1000} for i in range(1, 60)])
+        with pytest.raises(OperationFailure) as caught:
+            coll.watch(resume_after=first["_id"])
+        assert caught.value.code == 286
+        assert caught.value.details is not None
+        assert caught.value.details["codeName"] == "ChangeStreamHistoryLost"
+        with pytest.raises(OperationFailure) as later:
+            idle.try_next()
+        assert later.value.code == 286
+        idle.close()
