@@ -71,7 +71,7 @@ class FieldMapping:
             extra = f" (default {self.default!r})"
         if self.lossy:
             extra += " (lossy)"
-        return f"{self.kind} {self.name}: {left} {arrow} {right}{extra}"
+        return f"{self.name}: {left} {arrow} {right}{extra}"
 
     def compile(self, direction: Direction, pair: str) -> CompiledMapping:
         """The mapping ready to run in `direction`, with its paths pre-split."""
