@@ -160,17 +160,14 @@ def check_mapping(
     candidates = [("example", values) for values in _examples(pair, mapping)]
     candidates += [("sample", values) for values in _sampled(mapping, samples)]
     failures: list[tuple[tuple[Any, ...], str]] = []
+    raising: list[tuple[tuple[Any, ...], str]] = []
     for _origin, values in candidates:
         try:
             problem = trip.problem(values)
         except TransformFailed as exc:
-            return MappingReport(
-                mapping,
-                CheckStatus.FAILED,
-                tried=len(candidates),
-                counter_example=values,
-                detail=f"raised: {exc}",
-            )
+            # A value a real document holds (or the module offers) must convert: never lossy.
+            raising.append((values, f"raised: {exc}"))
+            continue
         if problem:
             failures.append((values, problem))
     tried = len(candidates)
@@ -205,6 +202,11 @@ def check_mapping(
     if not candidates:
         status = CheckStatus.ONE_WAY if mapping.one_way else CheckStatus.UNTESTED
         return MappingReport(mapping, status, detail="no example or sample values to try")
+    if raising:
+        values, problem = min(raising, key=lambda failure: _size(failure[0]))
+        return MappingReport(
+            mapping, CheckStatus.FAILED, tried=tried, counter_example=values, detail=problem
+        )
     if mapping.one_way:
         return MappingReport(mapping, CheckStatus.ONE_WAY, tried=tried)
     if not failures:
