@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from worker.engine._applier import Applier, BatchResult
 from worker.engine._lease import Lease, new_holder_id
-from worker.engine._plan import EventPlan, direction_of, other_side, plan_event, value_at
+from worker.engine._plan import (
+    EventPlan,
+    changed_paths,
+    direction_of,
+    other_side,
+    plan_event,
+    value_at,
+)
 from worker.engine._runner import Worker, cluster_time
 from worker.engine._stream import StreamPosition, StreamReader, namespace_filter
 from worker.engine._writes import TargetWrite, execute_target_write, plan_target_write
@@ -18,6 +25,7 @@ __all__ = [
     "StreamReader",
     "TargetWrite",
     "Worker",
+    "changed_paths",
     "cluster_time",
     "direction_of",
     "execute_target_write",

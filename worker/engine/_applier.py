@@ -30,7 +30,13 @@ from pymongo.errors import (
 
 from transforms import Pair, Registry
 from worker.engine._lease import Lease
-from worker.engine._plan import EventPlan, direction_of, other_side, plan_event
+from worker.engine._plan import (
+    EventPlan,
+    changed_paths,
+    direction_of,
+    other_side,
+    plan_event,
+)
 from worker.engine._writes import execute_target_write, plan_target_write
 from worker.errors import LeaseLost
 from worker.logs import get_logger
@@ -45,6 +51,10 @@ DOCUMENT_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 LIFECYCLE_EVENTS = frozenset({"drop", "rename", "dropDatabase"})
 # How many worker session ids to remember, so echoes written before a restart are still known.
 REMEMBERED_SESSIONS = 16
+# Bound on remembered outstanding echoes (document keys), so lost events cannot grow memory.
+MAX_PENDING_ECHOES = 200_000
+# How many not-yet-read change events a batch looks at before assuming every target changed.
+PEEK_LIMIT = 10_000
 
 
 @dataclass
@@ -104,6 +114,12 @@ class Applier:
         self.session: AsyncClientSession | None = None
         self.own_sessions: list[Any] = []
         self._token_counter = 0
+        # Worker writes whose change events have not come back yet, per (namespace, document
+        # key), oldest first, naming the pair that wrote them: an echo belongs to that pair only.
+        self.pending_echoes: dict[tuple[str, Any], list[str]] = {}
+        self._echoes_after_commit: tuple[
+            dict[tuple[str, Any], list[str]], list[tuple[tuple[str, Any], str]]
+        ] = ({}, [])
         self._pairs = {pair.original: pair for pair in registry.pairs}
 
     @contextlib.asynccontextmanager
@@ -262,6 +278,7 @@ class Applier:
             )
             if self.transactions:
                 await session.commit_transaction()
+            self._remember_echoes()
         except BaseException:
             if self.transactions and session.in_transaction:
                 with contextlib.suppress(PyMongoError), anyio.CancelScope(shield=True):
@@ -282,14 +299,37 @@ class Applier:
     ) -> tuple[BatchResult, dict[str, _PairTally]]:
         result = BatchResult(events=len(events))
         tallies: dict[str, _PairTally] = {}
-        work: list[tuple[Pair, str, Mapping[str, Any]]] = []
+        work: list[tuple[Pair, str, Mapping[str, Any], int]] = []
+        # (pair, target namespace, document key, before, after) per applied event, in order
+        event_writes: list[tuple[str, str, Any, Any, Any]] = []
         held: list[dict[str, Any]] = []
         resync: dict[str, str] = {}
 
+        pending = {key: list(queue) for key, queue in self.pending_echoes.items()}
+        # Per event: the paths it changed, and which pair (if any) it is the echo of; a later
+        # event on a pair's target is a newer write that wins over an earlier source change.
+        later: list[tuple[str, Any, frozenset[str], str | None]] = []
         for event in events:
+            echo_of = self._echo_owner(event, pending)
+            if event.get("operationType") in DOCUMENT_EVENTS:
+                ns = event.get("ns") or {}
+                later.append(
+                    (
+                        f"{ns.get('db')}.{ns.get('coll')}",
+                        id_key(event["documentKey"]["_id"]),
+                        changed_paths(event),
+                        echo_of,
+                    )
+                )
+            else:
+                later.append(("", None, frozenset(), None))
             for pair, side, action in self._route(event, replay_pair):
-                if action == "apply":
-                    work.append((pair, side, event))
+                if action == "apply" and pair.original == echo_of:
+                    tally = tallies.setdefault(pair.original, _PairTally())
+                    tally.echoes_skipped += 1
+                    result.echoes += 1
+                elif action == "apply":
+                    work.append((pair, side, event, len(later) - 1))
                 elif action == "hold":
                     held.append(
                         {"pair": pair.original, "event": _encode_held(event), "at": utcnow()}
@@ -302,7 +342,7 @@ class Applier:
 
         # Load everything the batch touches, inside the transaction's snapshot.
         ids_by_pair: dict[str, dict[Any, Any]] = {}
-        for pair, _, event in work:
+        for pair, _, event, _ in work:
             document_id = event["documentKey"]["_id"]
             ids_by_pair.setdefault(pair.original, {})[id_key(document_id)] = document_id
         bases: dict[tuple[str, Any], dict[str, Any]] = {}
@@ -323,10 +363,11 @@ class Applier:
                 async for document in collection.find(query, session=session):
                     docs[(namespace, id_key(document["_id"]))] = document
         initial = dict(docs)
+        peeked = await self._peek_ahead(work, checkpoint)
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 
-        for pair, side, event in work:
+        for pair, side, event, position in work:
             tally = tallies.setdefault(pair.original, _PairTally())
             document_id = event["documentKey"]["_id"]
             key = id_key(document_id)
@@ -343,6 +384,7 @@ class Applier:
                 current_source=docs.get((source_ns, key)),
                 current_target=docs.get((target_ns, key)),
                 tag_field=self.tag_field,
+                ahead=_ahead(pair.original, target_ns, key, later[position + 1 :], peeked),
             )
             ours = self._is_ours(event)
             if plan.failure is not None or (refused is not None and plan.applied):
@@ -356,6 +398,15 @@ class Applier:
                 result.echoes += 1
             else:
                 if plan.applied:
+                    event_writes.append(
+                        (
+                            pair.original,
+                            target_ns,
+                            key,
+                            docs.get((target_ns, key)),
+                            plan.target_after,
+                        )
+                    )
                     docs[(target_ns, key)] = plan.target_after
                     if direction_of(side).value == "forward":
                         tally.applied_forward += 1
@@ -392,25 +443,38 @@ class Applier:
             if event.get("wallTime") is not None:
                 tally.lag_seconds = max(0.0, (utcnow() - _aware(event["wallTime"])).total_seconds())
 
-        # One net write per target document.
-        tag = self._tag()
-        for (namespace, key), final in docs.items():
-            before = initial.get((namespace, key))
-            if final is before:
-                continue
-            owns = self._owns_for_write
-            write = plan_target_write(before, final, owns, document_id=_document_id(final, before))
+        # One net write per target document when one pair wrote it in this batch; in order, one
+        # per event, when several pairs did (a chain), so each echo is attributed to its pair.
+        writers: dict[tuple[str, Any], set[str]] = {}
+        for pair_original, namespace, key, _, _ in event_writes:
+            writers.setdefault((namespace, key), set()).add(pair_original)
+        planned: list[tuple[str, str, Any, Any, Any]] = []
+        netted: set[tuple[str, Any]] = set()
+        for pair_original, namespace, key, before, after in event_writes:
+            if len(writers[(namespace, key)]) == 1:
+                if (namespace, key) in netted:
+                    continue
+                netted.add((namespace, key))
+                before, after = initial.get((namespace, key)), docs.get((namespace, key))
+            planned.append((pair_original, namespace, key, before, after))
+        echoes_expected: list[tuple[tuple[str, Any], str]] = []
+        for pair_original, namespace, key, before, after in planned:
+            write = plan_target_write(
+                before, after, self._owns_for_write, document_id=_document_id(after, before)
+            )
             if write is None:
                 continue
             try:
                 await execute_target_write(
-                    self._collection(namespace), write, session=session, tag=tag
+                    self._collection(namespace), write, session=session, tag=self._tag()
                 )
             except OperationFailure as exc:
                 if refused is None and not _is_transient(exc):
                     raise _Permanent(exc) from exc
                 raise
+            echoes_expected.append(((namespace, key), pair_original))
             result.writes += 1
+        self._echoes_after_commit = (pending, echoes_expected)
 
         for pair_original, key in touched_bases:
             base = bases[(pair_original, key)]
@@ -441,6 +505,99 @@ class Applier:
         return result, tallies
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    async def _peek_ahead(
+        self,
+        work: Sequence[tuple[Pair, str, Mapping[str, Any], int]],
+        checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
+    ) -> dict[tuple[str, Any], frozenset[str]]:
+        """Target paths that client writes not yet read from the stream have changed.
+
+        Called after the transaction's first read, so together with the write conflicts of the
+        snapshot it covers every write newer than the batch: such a write wins (G2).
+        """
+        if not work:
+            return {}
+        if checkpoint is not None:
+            after: Mapping[str, Any] | None = checkpoint[0]
+        else:
+            stored = await self.store.checkpoint()
+            after = (stored or {}).get("resume_token")
+        if not after:
+            return {}
+        targets: dict[str, dict[Any, Any]] = {}
+        for pair, side, event, _ in work:
+            target_ns = pair.partner if side == "original" else pair.original
+            document_id = event["documentKey"]["_id"]
+            targets.setdefault(target_ns, {})[id_key(document_id)] = document_id
+        clauses = [
+            {
+                "ns.db": ns.partition(".")[0],
+                "ns.coll": ns.partition(".")[2],
+                "documentKey._id": {"$in": list(ids.values())},
+            }
+            for ns, ids in targets.items()
+        ]
+        found: dict[tuple[str, Any], set[str]] = {}
+        databases = {ns.partition(".")[0] for ns in targets}
+        watched: Any = self.client[next(iter(databases))] if len(databases) == 1 else self.client
+        async with await watched.watch(
+            [{"$match": {"$or": clauses}}],
+            resume_after=after,
+            max_await_time_ms=1,
+            batch_size=PEEK_LIMIT,
+        ) as stream:
+            for _ in range(PEEK_LIMIT):
+                event = await stream.try_next()
+                if event is None:
+                    break
+                if self._is_ours(event):
+                    continue
+                ns = event["ns"]
+                key = (f"{ns['db']}.{ns['coll']}", id_key(event["documentKey"]["_id"]))
+                found.setdefault(key, set()).update(changed_paths(event))
+            else:
+                # More newer writes than we looked at: treat every target as written ahead.
+                return {(ns, key): frozenset({""}) for ns, ids in targets.items() for key in ids}
+        return {key: frozenset(paths) for key, paths in found.items()}
+
+    def _remember_echoes(self) -> None:
+        """After a commit: the echoes consumed by the batch are gone, its own writes expected."""
+        pending, expected = self._echoes_after_commit
+        for key, owner in expected:
+            pending.setdefault(key, []).append(owner)
+        if len(pending) > MAX_PENDING_ECHOES:
+            # Echoes that never came back (lost history): forget them; the merge base decides.
+            log.warning("pending_echoes_dropped", count=len(pending))
+            pending = {}
+        self.pending_echoes = pending
+        self._echoes_after_commit = ({}, [])
+
+    def _echo_owner(
+        self, event: Mapping[str, Any], pending: dict[tuple[str, Any], list[str]]
+    ) -> str | None:
+        """The pair whose own write this event reports, or None for a change to propagate."""
+        op = event.get("operationType")
+        if op not in DOCUMENT_EVENTS:
+            return None
+        ns = event.get("ns") or {}
+        namespace = f"{ns.get('db')}.{ns.get('coll')}"
+        key = (namespace, id_key(event["documentKey"]["_id"]))
+        queue = pending.get(key)
+        ours = self._is_ours(event)
+        if self.tag_field is not None and op == "delete" and queue:
+            ours = True  # deletes carry no tag field; an expected one is ours
+        if not ours:
+            return None
+        if queue:
+            owner = queue.pop(0)
+            if not queue:
+                del pending[key]
+            return owner
+        routes = self.registry.by_namespace(namespace)
+        if len(routes) == 1:
+            return routes[0][0].original
+        return None  # a chain namespace whose write was made before a restart: the base decides
 
     def _route(
         self, event: Mapping[str, Any], replay_pair: str | None
@@ -596,6 +753,21 @@ class Applier:
                 dead_letters=result.dead_letters,
                 seconds=round(seconds, 4),
             )
+
+
+def _ahead(
+    pair_original: str,
+    target_ns: str,
+    key: Any,
+    later: Sequence[tuple[str, Any, frozenset[str], str | None]],
+    peeked: Mapping[tuple[str, Any], frozenset[str]],
+) -> frozenset[str]:
+    """Paths of the target document that newer writes (later in the batch, or peeked) change."""
+    paths: set[str] = set(peeked.get((target_ns, key), frozenset()))
+    for namespace, other_key, changed, echo_of in later:
+        if namespace == target_ns and other_key == key and echo_of != pair_original:
+            paths.update(changed)
+    return frozenset(paths)
 
 
 def _tally_update(tally: _PairTally) -> dict[str, Any]:

@@ -27,7 +27,15 @@ from transforms import (
     diff_documents,
 )
 
-__all__ = ["EventPlan", "Side", "direction_of", "other_side", "plan_event", "value_at"]
+__all__ = [
+    "EventPlan",
+    "Side",
+    "changed_paths",
+    "direction_of",
+    "other_side",
+    "plan_event",
+    "value_at",
+]
 
 Side = str  # "original" | "partner"
 
@@ -128,8 +136,13 @@ def plan_event(
     current_source: Mapping[str, Any] | None,
     current_target: Mapping[str, Any] | None,
     tag_field: str | None = None,
+    ahead: frozenset[str] = frozenset(),
 ) -> EventPlan:
-    """Plan one insert, update, replace or delete event of `pair` that happened on `side`."""
+    """Plan one insert, update, replace or delete event of `pair` that happened on `side`.
+
+    `ahead` names the target paths that client writes still ahead in the stream have changed
+    ("" for the whole document): they are newer than this event and win over it.
+    """
     direction = direction_of(side)
     cur_target = _strip(current_target, tag_field)
     known_target = dict(base_target) if base_target is not None else None
@@ -180,8 +193,8 @@ def plan_event(
     if target_new is None:
         # The source document was deleted.
         if cur_target is None:
-            plan.base_target = None
-        elif known_target is None or not _same_owned(cur_target, known_target, owns=None):
+            plan.base_target = None if not ahead else known_target
+        elif ahead or known_target is None or not _same_owned(cur_target, known_target, owns=None):
             plan.conflict_paths = ["<document>"]
             plan.reason = "target changed after the delete; the later write wins"
         else:
@@ -191,7 +204,7 @@ def plan_event(
         return plan
 
     if cur_target is None:
-        if known_target is not None:
+        if known_target is not None or ahead:
             plan.conflict_paths = ["<document>"]
             plan.reason = "target deleted after this change; the later delete wins"
         else:
@@ -207,7 +220,11 @@ def plan_event(
 
     reference = target_old if target_old is not None else known_target
     patch = diff_documents(reference, target_new).restricted(owns)
-    guarded, conflicts = _guard(patch, cur_target, known_target)
+    if "" in ahead:
+        plan.conflict_paths = ["<document>"]
+        plan.reason = "target replaced or re-created after this change; the later write wins"
+        return plan
+    guarded, conflicts = _guard(patch, cur_target, known_target, ahead)
     plan.conflict_paths = conflicts
     if conflicts:
         plan.reason = "target field changed after this change; the later write wins"
@@ -238,20 +255,31 @@ def _same_owned(
     return diff_documents(known, current).restricted(owns).is_empty()
 
 
+def _overlaps(path: str, others: frozenset[str]) -> bool:
+    """True when `path` is, contains, or lies inside one of `others` (dotted paths)."""
+    for other in others:
+        if path == other or path.startswith(other + ".") or other.startswith(path + "."):
+            return True
+    return False
+
+
 def _guard(
-    patch: Patch, current: Mapping[str, Any], known: Mapping[str, Any]
+    patch: Patch,
+    current: Mapping[str, Any],
+    known: Mapping[str, Any],
+    ahead: frozenset[str] = frozenset(),
 ) -> tuple[Patch, list[str]]:
-    """Drop the paths a client changed on the target after the merge base (they are newer)."""
+    """Drop the paths a client changed on the target after the event (they are newer)."""
     conflicts: list[str] = []
     kept_set: dict[str, Any] = {}
     kept_unset: list[str] = []
     for path, value in patch.set.items():
-        if not _equal(value_at(current, path), value_at(known, path)):
+        if _overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
             conflicts.append(path)
         elif not _equal(value_at(current, path), value):
             kept_set[path] = value
     for path in patch.unset:
-        if not _equal(value_at(current, path), value_at(known, path)):
+        if _overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
             conflicts.append(path)
         elif value_at(current, path) is not _MISSING:
             kept_unset.append(path)
@@ -265,3 +293,14 @@ def _equal(left: Any, right: Any) -> bool:
     if isinstance(left, bool) is not isinstance(right, bool):
         return False
     return bool(left == right)
+
+
+def changed_paths(event: Mapping[str, Any]) -> frozenset[str]:
+    """The paths a change event wrote ("" for a whole-document insert, replace or delete)."""
+    if event.get("operationType") != "update":
+        return frozenset({""})
+    description = event.get("updateDescription") or {}
+    paths = set(description.get("updatedFields") or {})
+    paths.update(description.get("removedFields") or [])
+    paths.update(entry["field"] for entry in description.get("truncatedArrays") or [])
+    return frozenset(paths)

@@ -1,0 +1,425 @@
+"""The engine's pure core: one event + merge base + current target -> plan (no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transforms import Direction, Pair, apply_patch
+from worker.engine import changed_paths, plan_event, plan_target_write
+
+
+def make_pair() -> Pair:
+    pair = Pair(original="plan.people", partner="plan.people_v2", unmapped="keep")
+    pair.rename("name", "full_name")
+    pair.convert("age", forward=int, backward=str)
+    pair.partner_only("loyalty", default=0)
+    pair.original_only("legacy")
+    return pair
+
+
+PAIR = make_pair()
+
+
+def update(fields: dict[str, Any], removed: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "operationType": "update",
+        "documentKey": {"_id": 1},
+        "updateDescription": {
+            "updatedFields": fields,
+            "removedFields": removed or [],
+            "truncatedArrays": [],
+        },
+    }
+
+
+def insert(document: dict[str, Any]) -> dict[str, Any]:
+    return {"operationType": "insert", "documentKey": {"_id": 1}, "fullDocument": document}
+
+
+DELETE = {"operationType": "delete", "documentKey": {"_id": 1}}
+
+ORIGINAL = {"_id": 1, "name": "Ann", "age": "41", "legacy": True, "city": "Oslo"}
+PARTNER = {"_id": 1, "full_name": "Ann", "age": 41, "loyalty": 5, "city": "Oslo"}
+
+
+def test_insert_creates_the_converted_target() -> None:
+    """An insert on the original with no target and no merge base creates the partner document."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        insert(ORIGINAL),
+        base_source=None,
+        base_target=None,
+        current_source=ORIGINAL,
+        current_target=None,
+    )
+    assert plan.applied
+    assert plan.target_after == {
+        "_id": 1,
+        "full_name": "Ann",
+        "age": 41,
+        "loyalty": 0,
+        "city": "Oslo",
+    }
+    assert plan.base_source == ORIGINAL
+    assert plan.base_target == plan.target_after
+
+
+def test_update_patches_only_the_changed_field() -> None:
+    """A field update becomes a patch of the mapped target field; other target fields stay."""
+    target_now = {**PARTNER, "loyalty": 9}  # a partner-only field the client changed: not ours
+    base_target = {**PARTNER, "loyalty": 9}
+    plan = plan_event(
+        PAIR,
+        "original",
+        update({"name": "Bo"}),
+        base_source=ORIGINAL,
+        base_target=base_target,
+        current_source=None,
+        current_target=target_now,
+    )
+    assert plan.applied and not plan.conflict_paths
+    assert plan.target_after == {**target_now, "full_name": "Bo"}
+    assert plan.base_source == {**ORIGINAL, "name": "Bo"}
+
+
+def test_newer_target_write_to_the_same_field_wins() -> None:
+    """A target field changed after the merge base is left alone and counted as a conflict."""
+    target_now = {**PARTNER, "full_name": "Newer", "city": "Oslo"}
+    plan = plan_event(
+        PAIR,
+        "original",
+        update({"name": "Bo", "city": "Rome"}),
+        base_source=ORIGINAL,
+        base_target=PARTNER,
+        current_source=None,
+        current_target=target_now,
+    )
+    assert plan.conflict_paths == ["full_name"]
+    assert plan.target_after == {**target_now, "city": "Rome"}
+    # The base keeps the old value of the conflicting field, so the newer write is seen later.
+    assert plan.base_target == {**PARTNER, "city": "Rome"}
+
+
+def test_own_write_coming_back_is_an_echo() -> None:
+    """An event whose effect is already in the merge base is an echo: nothing to write."""
+    plan = plan_event(
+        PAIR,
+        "partner",
+        update({"full_name": "Ann"}),
+        base_source=PARTNER,
+        base_target=ORIGINAL,
+        current_source=PARTNER,
+        current_target=ORIGINAL,
+    )
+    assert plan.echo and not plan.applied
+
+
+@pytest.mark.parametrize(
+    ("target_now", "deleted"),
+    [
+        pytest.param(PARTNER, True, id="target-unchanged-is-deleted"),
+        pytest.param({**PARTNER, "city": "Rome"}, False, id="target-changed-later-survives"),
+    ],
+)
+def test_delete_follows_last_writer(target_now: dict[str, Any], deleted: bool) -> None:
+    """A delete removes the target unless the target was written after it (that write wins)."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        DELETE,
+        base_source=ORIGINAL,
+        base_target=PARTNER,
+        current_source=None,
+        current_target=target_now,
+    )
+    assert (plan.target_after is None) is deleted
+    assert bool(plan.conflict_paths) is not deleted
+
+
+def test_update_after_target_was_deleted_later_is_a_conflict() -> None:
+    """An update whose target was deleted after it does not re-create the target."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        update({"name": "Bo"}),
+        base_source=ORIGINAL,
+        base_target=PARTNER,
+        current_source=None,
+        current_target=None,
+    )
+    assert plan.target_after is None and plan.conflict_paths
+
+
+def test_target_never_seen_is_not_overwritten() -> None:
+    """A target document the worker has no merge base for is left to its own event."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        insert(ORIGINAL),
+        base_source=None,
+        base_target=None,
+        current_source=ORIGINAL,
+        current_target={"_id": 1, "full_name": "Other"},
+    )
+    assert not plan.applied and plan.conflict_paths == ["<document>"]
+
+
+def test_transform_failure_is_reported_not_raised() -> None:
+    """A transform that raises gives a plan carrying the failure, for the dead-letter queue."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        update({"age": "forty"}),
+        base_source=ORIGINAL,
+        base_target=PARTNER,
+        current_source=None,
+        current_target=PARTNER,
+    )
+    assert plan.failure is not None
+    assert plan.base_source == {**ORIGINAL, "age": "forty"}
+    assert plan.target_after == PARTNER
+
+
+def test_update_without_base_uses_current_source() -> None:
+    """An update of a document older than the sync converts the source as it is now."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        update({"city": "Rome"}),
+        base_source=None,
+        base_target=None,
+        current_source={**ORIGINAL, "city": "Rome"},
+        current_target=None,
+    )
+    assert plan.applied and plan.target_after is not None
+    assert plan.target_after["city"] == "Rome"
+
+
+def test_tag_field_is_never_copied() -> None:
+    """With field origin tags, the tag field is stripped before conversion."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        insert({**ORIGINAL, "_psync": "w#1"}),
+        base_source=None,
+        base_target=None,
+        current_source=None,
+        current_target=None,
+        tag_field="_psync",
+    )
+    assert plan.target_after is not None and "_psync" not in plan.target_after
+
+
+def test_target_write_is_never_a_noop() -> None:
+    """Planning a write from a document to an equal document plans nothing."""
+    assert plan_target_write(PARTNER, dict(PARTNER), lambda _: True, document_id=1) is None
+    write = plan_target_write(PARTNER, {**PARTNER, "age": 42}, lambda _: True, document_id=1)
+    assert write is not None and write.kind == "update"
+    assert write.patch is not None and dict(write.patch.set) == {"age": 42}
+
+
+# -- a model of the whole loop: clients on both sides, one ordered stream, the worker ------------
+
+
+class World:
+    """Both collections (one logical document), the change stream, and a simulated worker."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.docs: dict[str, dict[str, Any] | None] = {"original": None, "partner": None}
+        # (side, event, written by the worker: its session's lsid is on the event)
+        self.stream: list[tuple[str, dict[str, Any], bool]] = []
+        self.read = 0
+        self.base: dict[str, dict[str, Any] | None] = {"original": None, "partner": None}
+        self.worker_writes = 0
+        self.client_writes = 0
+
+    def client_set(self, side: str, field: str, value: str) -> None:
+        doc = self.docs[side]
+        if doc is None:
+            doc = {"_id": 1}
+            self.docs[side] = {**doc, field: value}
+            self.stream.append((side, insert(self.docs[side] or {}), False))
+        else:
+            if doc.get(field) == value:
+                return  # MongoDB logs no event for a no-op update
+            self.docs[side] = {**doc, field: value}
+            self.stream.append((side, update({field: value}), False))
+        self.client_writes += 1
+
+    def client_delete(self, side: str) -> None:
+        if self.docs[side] is None:
+            return
+        self.docs[side] = None
+        self.stream.append((side, dict(DELETE), False))
+        self.client_writes += 1
+
+    def worker_step(self, count: int) -> None:
+        """Apply the next `count` events as one batch (atomic: a transaction)."""
+        batch = self.stream[self.read : self.read + count]
+        self.read += len(batch)
+        initial = dict(self.docs)
+        current = dict(self.docs)
+        for index, (side, event, ours) in enumerate(batch):
+            unread = batch[index + 1 :] + self.stream[self.read :]
+            if ours:
+                continue  # the worker's own write coming back: an echo
+            target = "partner" if side == "original" else "original"
+            # Client writes to the target still ahead in the stream (the applier peeks at them).
+            ahead = frozenset().union(
+                *[changed_paths(e) for s, e, o in unread if s == target and not o]
+            )
+            plan = plan_event(
+                self.pair,
+                side,
+                event,
+                base_source=self.base[side],
+                base_target=self.base[target],
+                current_source=current[side],
+                current_target=current[target],
+                ahead=ahead,
+            )
+            assert plan.failure is None
+            if plan.applied:
+                current[target] = plan.target_after
+            self.base[side] = plan.base_source
+            self.base[target] = plan.base_target
+        for side in ("original", "partner"):
+            write = plan_target_write(
+                initial[side], current[side], lambda p: p != "_id", document_id=1
+            )
+            if write is None:
+                continue
+            self.worker_writes += 1
+            before = self.docs[side]
+            after = write.result(before)
+            self.docs[side] = after
+            if write.kind == "insert":
+                self.stream.append((side, insert(dict(after or {})), True))
+            elif write.kind == "delete":
+                self.stream.append((side, dict(DELETE), True))
+            else:
+                assert write.patch is not None
+                self.stream.append(
+                    (side, update(dict(write.patch.set), list(write.patch.unset)), True)
+                )
+
+    def drain(self) -> None:
+        for _ in range(1000):
+            if self.read >= len(self.stream):
+                return
+            self.worker_step(3)
+        raise AssertionError("the stream never went quiet: the worker is looping")
+
+
+FIELDS = {"original": ("name", "city"), "partner": ("full_name", "city")}
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("set"),
+            st.sampled_from(["original", "partner"]),
+            st.integers(0, 1),
+            st.sampled_from(["a", "b", "c"]),
+        ),
+        st.tuples(st.just("delete"), st.sampled_from(["original", "partner"])),
+        st.tuples(st.just("worker"), st.integers(1, 4)),
+    ),
+    max_size=25,
+)
+
+
+def simple_pair() -> Pair:
+    pair = Pair(original="sim.a", partner="sim.b", unmapped="keep")
+    pair.rename("name", "full_name")
+    return pair
+
+
+SIMPLE = simple_pair()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions)
+def test_random_interleavings_converge_without_loops(steps: list[tuple[Any, ...]]) -> None:
+    """Any interleaving of client writes, deletes and worker batches ends with both sides
+    agreeing through the transforms (G1), and the worker writes at most once per client
+    write (G3)."""
+    world = World(SIMPLE)
+    for step in steps:
+        if step[0] == "set":
+            _, side, index, value = step
+            world.client_set(side, FIELDS[side][index], value)
+        elif step[0] == "delete":
+            world.client_delete(step[1])
+        else:
+            world.worker_step(step[1])
+    world.drain()
+    original, partner = world.docs["original"], world.docs["partner"]
+    if original is None or partner is None:
+        assert original is None and partner is None, world.docs
+    else:
+        assert SIMPLE.convert(original, Direction.FORWARD) == partner
+    assert world.worker_writes <= world.client_writes
+
+
+updates_only = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("set"),
+            st.sampled_from(["original", "partner"]),
+            st.integers(0, 1),
+            st.sampled_from(["a", "b", "c", "d"]),
+        ),
+        st.tuples(st.just("worker"), st.integers(1, 4)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(updates_only)
+def test_last_writer_wins_per_field(steps: list[tuple[Any, ...]]) -> None:
+    """With both sides existing, every logical field ends with the value of the last client
+    write to it, whichever side it came from (G2)."""
+    world = World(SIMPLE)
+    world.docs = {
+        "original": {"_id": 1, "name": "x", "city": "x"},
+        "partner": {"_id": 1, "full_name": "x", "city": "x"},
+    }
+    world.base = {key: dict(value or {}) for key, value in world.docs.items()}
+    last: dict[int, str] = {0: "x", 1: "x"}
+    for step in steps:
+        if step[0] == "set":
+            _, side, index, value = step
+            before = len(world.stream)
+            world.client_set(side, FIELDS[side][index], value)
+            if len(world.stream) > before:
+                last[index] = value
+        else:
+            world.worker_step(step[1])
+    world.drain()
+    original, partner = world.docs["original"], world.docs["partner"]
+    assert original is not None and partner is not None
+    assert original["name"] == partner["full_name"] == last[0]
+    assert original["city"] == partner["city"] == last[1]
+
+
+def test_patch_application_matches_target_after() -> None:
+    """The planned write, applied to the target, gives the plan's target document."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        update({"name": "Bo"}, removed=["city"]),
+        base_source=ORIGINAL,
+        base_target=PARTNER,
+        current_source=None,
+        current_target=PARTNER,
+    )
+    write = plan_target_write(PARTNER, plan.target_after, lambda p: p != "_id", document_id=1)
+    assert write is not None and write.patch is not None
+    assert apply_patch(PARTNER, write.patch) == plan.target_after
