@@ -145,8 +145,10 @@ class StateStore:
                 )
             await self.pairs.update_one(
                 {"_id": pair.original},
-                {"$set": {"transform_version": pair.version, "updated_at": utcnow()},
-                 "$addToSet": {"versions_seen": pair.version}},
+                {
+                    "$set": {"transform_version": pair.version, "updated_at": utcnow()},
+                    "$addToSet": {"versions_seen": pair.version},
+                },
             )
             doc["transform_version"] = pair.version
         return docs
@@ -182,9 +184,7 @@ class StateStore:
 
     # -- checkpoint ----------------------------------------------------------------------------
 
-    async def checkpoint(
-        self, session: AsyncClientSession | None = None
-    ) -> dict[str, Any] | None:
+    async def checkpoint(self, session: AsyncClientSession | None = None) -> dict[str, Any] | None:
         """The stream's last applied position, or None before the first batch."""
         return await self.checkpoints.find_one({"_id": self.stream}, session=session)
 
@@ -198,8 +198,13 @@ class StateStore:
         """Record the position after the last applied or dead-lettered event."""
         await self.checkpoints.update_one(
             {"_id": self.stream},
-            {"$set": {"resume_token": dict(resume_token), "cluster_time": cluster_time,
-                      "updated_at": utcnow()}},
+            {
+                "$set": {
+                    "resume_token": dict(resume_token),
+                    "cluster_time": cluster_time,
+                    "updated_at": utcnow(),
+                }
+            },
             upsert=True,
             session=session,
         )
@@ -243,7 +248,8 @@ def new_pair_doc(pair: Pair) -> dict[str, Any]:
         "start_at": None,
         "backfill": {"done": False, "docs": 0},
         "counters": dict(_ZERO_COUNTERS),
-        "last_client_write": {"original": None, "partner": None},
+        # absent until the first client write: $max then sets it
+        "last_client_write": {},
         "lag_seconds": None,
         "resync_reason": None,
         "updated_at": utcnow(),

@@ -64,6 +64,7 @@ class Worker:
         self.store = StateStore(client[config.state_db])
         self.lease = Lease(self.store, holder or new_holder_id(), config.lease.ttl_s)
         self.stopping = anyio.Event()
+        self.applier: Applier | None = None
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`), then release the lease and return."""
@@ -178,6 +179,7 @@ class Worker:
             origin_tag=self.config.origin_tag,
             tag_field=self.config.tag_field,
         )
+        self.applier = applier
         async with applier.opened():
             while not self.stopping.is_set():
                 position = await self._start_position(applier)

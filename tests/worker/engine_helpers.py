@@ -1,0 +1,97 @@
+"""Helpers for the engine's end-to-end tests: transform modules, a worker in process, waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pymongo import AsyncMongoClient
+
+from transforms import Registry, load_registry
+from worker.config import BatchConfig, Config, HttpConfig, LeaseConfig
+from worker.engine import Worker
+
+PEOPLE_MODULE = """
+from transforms import Pair
+
+people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep")
+people.rename("name", "full_name")
+people.rename("zip", "address.zip")
+people.convert("age", forward=int, backward=str)
+people.require("tier", default="basic")
+people.original_only("legacy")
+people.partner_only("loyalty", default=0)
+
+
+@people.derive(original=("first", "last"), partner=("display_name",))
+def to_display(first, last):
+    return {{"display_name": f"{{first}} {{last}}".strip()}}
+
+
+@to_display.inverse
+def from_display(display_name):
+    first, _, last = (display_name or "").partition(" ")
+    return {{"first": first, "last": last}}
+"""
+
+
+def write_module(tmp_path: Path, name: str, source: str, **values: str) -> str:
+    """Write a transform module into tmp_path and return its file path."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source.format(**values)))
+    return str(path)
+
+
+def make_config(uri: str, db_name: str, module: str, **overrides: Any) -> Config:
+    """A configuration for one test: its own state database, fast batches, no HTTP."""
+    options: dict[str, Any] = {
+        "uri": uri,
+        "transforms": (module,),
+        "state_db": f"{db_name}_state",
+        "batch": BatchConfig(max_docs=200, max_delay_ms=10),
+        "lease": LeaseConfig(ttl_s=3.0),
+        "http": HttpConfig(listen=""),
+    }
+    options.update(overrides)
+    return Config(**options)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    config: Config, registry: Registry | None = None, *, holder: str | None = None
+) -> AsyncIterator[Worker]:
+    """A worker running in this event loop until the block ends (then stopped cleanly)."""
+    registry = registry or load_registry(list(config.transforms), entry_points=False)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(config.uri, tz_aware=True)
+    worker = Worker(config, registry, client=client, holder=holder)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: worker.run(handle_signals=False))
+            await eventually(lambda: _ready(worker), timeout=15, what="worker ready")
+            yield worker
+            worker.stop()
+    finally:
+        await client.close()
+
+
+async def _ready(worker: Worker) -> bool:
+    return worker.health.ready and worker.lease.held
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Await `check()` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await anyio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")

@@ -1,0 +1,166 @@
+"""The sync engine end to end through the wire: a worker in process, clients on both sides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from tests.worker.engine_helpers import (
+    PEOPLE_MODULE,
+    eventually,
+    make_config,
+    running_worker,
+    write_module,
+)
+
+
+@pytest.fixture
+async def aclient(mongo_uri: str) -> Any:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield mongo
+    await mongo.close()
+
+
+async def _find(collection: Any, document_id: Any) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = await collection.find_one({"_id": document_id})
+    return found
+
+
+@pytest.mark.parametrize("origin_tag", ["session", "field"])
+async def test_every_event_kind_both_ways(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
+) -> None:
+    """Inserts, updates, replaces and deletes on either side reach the other side converted."""
+    module = write_module(tmp_path, f"people_{origin_tag}", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module, origin_tag=origin_tag)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config) as worker:
+        await original.insert_one(
+            {
+                "_id": 1,
+                "name": "Ann",
+                "zip": "0150",
+                "age": "41",
+                "first": "Ann",
+                "last": "Lee",
+                "legacy": True,
+                "city": "Oslo",
+            }
+        )
+        expected = {
+            "_id": 1,
+            "full_name": "Ann",
+            "address": {"zip": "0150"},
+            "age": 41,
+            "tier": "basic",
+            "loyalty": 0,
+            "display_name": "Ann Lee",
+            "city": "Oslo",
+        }
+
+        async def partner_is(doc: dict[str, Any]) -> bool:
+            current = await _find(partner, 1)
+            return (
+                current is not None
+                and {k: v for k, v in current.items() if k != config.tag_field} == doc
+            )
+
+        await eventually(lambda: partner_is(expected), what="insert copied forward")
+
+        await original.update_one({"_id": 1}, {"$set": {"age": "42", "last": "Ray"}})
+        expected.update(age=42, display_name="Ann Ray")
+        await eventually(lambda: partner_is(expected), what="update copied forward")
+
+        await partner.update_one({"_id": 1}, {"$set": {"full_name": "Anna", "loyalty": 7}})
+
+        async def original_has(**fields: Any) -> bool:
+            current = await _find(original, 1)
+            return current is not None and all(current.get(k) == v for k, v in fields.items())
+
+        await eventually(lambda: original_has(name="Anna", legacy=True), what="update backward")
+        current = await _find(original, 1)
+        assert current is not None and "loyalty" not in current
+
+        await partner.update_one({"_id": 1}, {"$set": {"display_name": "Bo Berg"}})
+        await eventually(lambda: original_has(first="Bo", last="Berg"), what="derive backward")
+
+        await original.replace_one(
+            {"_id": 1}, {"name": "Cy", "age": "7", "first": "Cy", "last": "Do", "legacy": False}
+        )
+        await eventually(
+            lambda: partner_is(
+                {
+                    "_id": 1,
+                    "full_name": "Cy",
+                    "age": 7,
+                    "tier": "basic",
+                    "loyalty": 7,
+                    "display_name": "Cy Do",
+                }
+            ),
+            what="replace copied as field patches, partner-only field kept",
+        )
+
+        await partner.delete_one({"_id": 1})
+
+        async def original_gone() -> bool:
+            return await _find(original, 1) is None
+
+        await eventually(original_gone, what="delete copied backward")
+        status = await worker.store.pair_doc(f"{db_name}.people")
+        assert status is not None
+        counters = status["counters"]
+        assert counters["applied_forward"] >= 3 and counters["applied_backward"] >= 3
+
+
+async def test_each_client_write_causes_one_worker_write(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """N client writes produce exactly N worker writes, and every echo is recognised."""
+    module = write_module(tmp_path, "people_echo", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with await aclient[db_name].watch() as stream, running_worker(config) as worker:
+        for i in range(10):
+            await original.insert_one({"_id": i, "name": f"n{i}", "age": "1"})
+
+        async def copied() -> bool:
+            return bool(await partner.count_documents({}) == 10)
+
+        await eventually(copied, what="10 inserts copied")
+        for i in range(10):
+            result = await partner.update_one({"_id": i}, {"$set": {"full_name": f"m{i}"}})
+            assert result.modified_count == 1
+
+        last: dict[str, Any] = {}
+
+        async def settled() -> bool:
+            doc = await worker.store.pair_doc(f"{db_name}.people")
+            counters = (doc or {}).get("counters", {})
+            last["counters"] = counters
+            return bool(
+                counters.get("applied_forward") == 10
+                and counters.get("applied_backward") == 10
+                and counters.get("echoes_skipped") == 20
+            )
+
+        await eventually(settled, timeout=20, what=f"20 applied, 20 echoes: {last}")
+        worker_writes = 0
+        client_writes = 0
+        for _ in range(400):
+            event = await stream.try_next()
+            if event is None:
+                break
+            if event["ns"]["coll"] not in ("people", "people_v2"):
+                continue
+            assert worker.applier is not None
+            if event.get("lsid") and event["lsid"]["id"] in worker.applier.own_sessions:
+                worker_writes += 1
+            else:
+                client_writes += 1
+        assert (client_writes, worker_writes) == (20, 20)
