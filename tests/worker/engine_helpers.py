@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -87,11 +86,15 @@ async def eventually(
     check: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition"
 ) -> Any:
     """Await `check()` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await anyio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    last: list[Any] = [None]
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                last[0] = await check()
+                if last[0]:
+                    return last[0]
+                await anyio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; last value: {last[0]!r}"
+        ) from None
