@@ -45,6 +45,9 @@ _CODE_NAMES = {
 }
 
 
+_STATE_CHANGE_CODES = frozenset({91, 189, 10107, 11600, 11602, 13435, 13436})
+
+
 class CloseConnection(Exception):
     """Close the client's connection without replying (fail point closeConnection)."""
 
@@ -59,7 +62,7 @@ def _with_cluster_time(
 
 
 def _failpoint_reply(
-    action: FailAction, name: str, body: dict[str, Any], spec: CommandSpec
+    state: ServerState, action: FailAction, name: str, body: dict[str, Any], spec: CommandSpec
 ) -> dict[str, Any]:
     code = int(action.error_code or 0)
     reply: dict[str, Any] = {
@@ -78,6 +81,13 @@ def _failpoint_reply(
         )
     if labels:
         reply["errorLabels"] = labels
+    if code in _STATE_CHANGE_CODES:
+        # mongod stamps "not primary" / shutdown errors with its topologyVersion; a driver
+        # compares it with what it knows and ignores the error as stale when it is not newer.
+        reply["topologyVersion"] = {
+            "processId": state.process_id,
+            "counter": Int64(_cmd_admin.TOPOLOGY_COUNTER),
+        }
     return reply
 
 
@@ -174,7 +184,9 @@ async def run_command(
         if action.close_connection:
             raise CloseConnection()
         if action.error_code is not None:
-            return _with_cluster_time(state, _failpoint_reply(action, name, body, spec), None)
+            return _with_cluster_time(
+                state, _failpoint_reply(state, action, name, body, spec), None
+            )
     ctx = Context(state=state, conn=conn, name=name, body=body, db=db)
     reply = await _run(ctx, spec)
     if action is not None and action.write_concern_error is not None:

@@ -216,6 +216,17 @@ class DevServer:
     async def _answer(
         self, state: ServerState, conn: Connection, request: Request
     ) -> dict[str, Any]:
+        try:
+            return await self._route(state, conn, request)
+        except CloseConnection:
+            raise
+        except Exception as exc:  # a bug outside a handler must not kill the connection
+            log.exception("request %s failed", request.request_id)
+            return CommandError(1, "InternalError", f"{type(exc).__name__}: {exc}").to_reply()
+
+    async def _route(
+        self, state: ServerState, conn: Connection, request: Request
+    ) -> dict[str, Any]:
         if request.op_code == OP_MSG:
             db = request.body.pop("$db", None)
             if not isinstance(db, str):
