@@ -71,7 +71,7 @@ async def running_worker(
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(lambda: worker.run(handle_signals=False))
-            await eventually(lambda: _ready(worker), timeout=15, what="worker ready")
+            await eventually(lambda: _ready(worker), within=15, what="worker ready")
             yield worker
             worker.stop()
     finally:
@@ -83,12 +83,12 @@ async def _ready(worker: Worker) -> bool:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[Any]], *, timeout: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[Any]], *, within: float = 10.0, what: str = "condition"
 ) -> Any:
-    """Await `check()` until it returns something truthy, or fail after `timeout` seconds."""
+    """Await `check()` until it returns something truthy, or fail after `within` seconds."""
     last: list[Any] = [None]
     try:
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             while True:
                 last[0] = await check()
                 if last[0]:
@@ -96,5 +96,5 @@ async def eventually(
                 await anyio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(
-            f"timed out after {timeout}s waiting for {what}; last value: {last[0]!r}"
+            f"timed out after {within}s waiting for {what}; last value: {last[0]!r}"
         ) from None

@@ -149,7 +149,7 @@ async def test_each_client_write_causes_one_worker_write(
                 and counters.get("echoes_skipped") == 20
             )
 
-        await eventually(settled, timeout=20, what=f"20 applied, 20 echoes: {last}")
+        await eventually(settled, within=20, what=f"20 applied, 20 echoes: {last}")
         worker_writes = 0
         client_writes = 0
         for _ in range(400):
