@@ -48,32 +48,35 @@ class UpdateDescription:
 
 def same_value(a: Any, b: Any) -> bool:
     """Binary equality as MongoDB's no-op detection sees it: same types, same field order."""
-    if type(a) is not type(b):
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
         return False
-    if isinstance(a, dict):
+    if kind is dict:
         if list(a) != list(b):
             return False
         return all(same_value(a[k], b[k]) for k in a)
-    if isinstance(a, list):
+    if kind is list:
         return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
+    if kind is float and math.isnan(a) and math.isnan(b):
         return True
     return bool(a == b)
 
 
 def describe_update(
-    before: Mapping[str, Any], after: Mapping[str, Any], update_spec: Any
+    before: dict[str, Any], after: dict[str, Any], update_spec: Any
 ) -> UpdateDescription | None:
     """The description of an update, or None when the oplog would record a replacement.
 
     Returns an empty description for a no-op (callers drop the event).
     """
-    if same_value(dict(before), dict(after)):
+    if same_value(before, after):
         return UpdateDescription()
     if _is_operator_update(update_spec):
         return _describe_operators(before, after, update_spec)
     delta = _diff_document(before, after)
-    if len(bson.encode(delta)) + _DELTA_METADATA_BYTES > len(bson.encode(dict(after))):
+    if len(bson.encode(delta)) + _DELTA_METADATA_BYTES >= _size(after):
         return None
     description = UpdateDescription()
     _describe_delta(delta, "", description)
@@ -203,7 +206,7 @@ def _addressable(parts: list[str], before: Any, after: Any) -> list[str]:
         for k, part in enumerate(parts):
             if isinstance(current, list) and not part.isdigit():
                 return parts[:k]
-            if isinstance(current, Mapping):
+            if isinstance(current, dict):
                 current = current.get(part, _MISSING)
             elif isinstance(current, list) and int(part) < len(current):
                 current = current[int(part)]
@@ -215,7 +218,7 @@ def _addressable(parts: list[str], before: Any, after: Any) -> list[str]:
 def _get(doc: Any, parts: list[str]) -> Any:
     current = doc
     for part in parts:
-        if isinstance(current, Mapping):
+        if isinstance(current, dict):
             if part not in current:
                 return _MISSING
             current = current[part]
@@ -232,7 +235,7 @@ def _first_missing(doc: Any, parts: list[str]) -> int | None:
     """Index of the first component of `parts` absent from `doc`, None when all exist."""
     current = doc
     for k, part in enumerate(parts):
-        if isinstance(current, Mapping) and part in current:
+        if isinstance(current, dict) and part in current:
             current = current[part]
         elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
             current = current[int(part)]
@@ -286,12 +289,11 @@ def _diff_field(
 ) -> None:
     if same_value(old, new):
         return
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        subs["s" + name] = _diff_document(old, new)
-    elif isinstance(old, list) and isinstance(new, list):
-        subs["s" + name] = _diff_array(old, new)
-    else:
+    sub = _sub_diff(old, new)
+    if sub is None:
         updates[name] = new
+    else:
+        subs["s" + name] = sub
 
 
 def _diff_array(pre: list[Any], post: list[Any]) -> dict[str, Any]:
@@ -305,13 +307,30 @@ def _diff_array(pre: list[Any], post: list[Any]) -> dict[str, Any]:
         old = pre[i]
         if same_value(old, new):
             continue
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            delta[f"s{i}"] = _diff_document(old, new)
-        elif isinstance(old, list) and isinstance(new, list):
-            delta[f"s{i}"] = _diff_array(old, new)
-        else:
+        sub = _sub_diff(old, new)
+        if sub is None:
             delta[f"u{i}"] = new
+        else:
+            delta[f"s{i}"] = sub
     return delta
+
+
+def _sub_diff(old: Any, new: Any) -> dict[str, Any] | None:
+    """The diff of two objects or two arrays, None when writing `new` whole is as small."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        sub = _diff_document(old, new)
+    elif isinstance(old, list) and isinstance(new, list):
+        sub = _diff_array(old, new)
+    else:
+        return None
+    # doc_diff keeps a sub-diff only when it is smaller than the value it describes.
+    return sub if len(bson.encode(sub)) < _size(new) else None
+
+
+def _size(value: dict[str, Any] | list[Any]) -> int:
+    if isinstance(value, list):
+        return len(bson.encode({str(i): v for i, v in enumerate(value)}))
+    return len(bson.encode(value))
 
 
 def _describe_delta(delta: Mapping[str, Any], prefix: str, out: UpdateDescription) -> None:

@@ -12,8 +12,8 @@ import asyncio
 import bisect
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import bson
@@ -98,6 +98,9 @@ class ChangeHistory:
         Returns the stored entries (none for no-op updates) for the core to persist.
         """
         index = 0
+        if wall_time.tzinfo is not None:
+            # BSON dates carry no zone: keep naive UTC, as documents decoded off the wire are.
+            wall_time = wall_time.astimezone(UTC).replace(tzinfo=None)
         if self._last_ts is not None:
             if cluster_time < self._last_ts:
                 raise ValueError(
@@ -592,7 +595,7 @@ def _split(token: ResumeToken, event: dict[str, Any], *, allowed: bool) -> list[
         used += field_size
     fragments: list[Shown] = []
     for number, group in enumerate(groups, start=1):
-        fragment_token = replace(token, fragment=number)
+        fragment_token = token._replace(fragment=number)
         fragment: dict[str, Any] = {
             "_id": fragment_token.document(),
             "splitEvent": {"fragment": number, "of": len(groups)},

@@ -103,7 +103,9 @@ class EventPipeline:
                 "IllegalOperation",
                 "$redact in a $changeStream pipeline is not supported by the development server",
             )
-        self._copies = True
+        if name in ("$addFields", "$set") and isinstance(argument, Mapping):
+            # mongomock writes dotted fields into the nested documents it was given.
+            self._copies = self._copies or any("." in str(k) for k in argument)
         self._stages.append(_transform_stage(name, argument))
 
     def apply(self, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -129,8 +131,8 @@ def _match_stage(spec: Any) -> Stage:
     _run(lambda: _filter_applies(patched, {}))
 
     def match(event: dict[str, Any]) -> dict[str, Any] | None:
-        document = _patch_datetimes(event)
-        return event if _run(lambda: _filter_applies(patched, document)) else None
+        # Events hold naive UTC datetimes already, so only the filter needed patching.
+        return event if _run(lambda: _filter_applies(patched, event)) else None
 
     return match
 

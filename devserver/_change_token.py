@@ -9,7 +9,7 @@ module) can compare tokens and resuming is a binary search over the history.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bson import Timestamp
 
@@ -21,14 +21,13 @@ __all__ = ["ResumeToken", "decode_token", "entry_key", "next_timestamp"]
 HIGH_WATER_MARK = 0x00
 EVENT = 0x80
 
-_PREFIX = "82"
+_FORMAT = "82%08X%08X%02X%08X%02X%04X"
 _TOKEN_RE = re.compile(r"^82[0-9A-F]{32}$")
 _MAX_INC = 0xFFFFFFFF
 INVALID_RESUME_TOKEN = 260
 
 
-@dataclass(frozen=True, order=True)
-class ResumeToken:
+class ResumeToken(NamedTuple):
     """A position in the change history; orders like its hex encoding."""
 
     time: int
@@ -60,9 +59,13 @@ class ResumeToken:
 
     def hex(self) -> str:
         """The `_data` string."""
-        return (
-            f"{_PREFIX}{self.time:08X}{self.inc:08X}{self.kind:02X}{self.txn_op_index:08X}"
-            f"{int(self.from_invalidate):02X}{self.fragment:04X}"
+        return _FORMAT % (
+            self.time,
+            self.inc,
+            self.kind,
+            self.txn_op_index,
+            int(self.from_invalidate),
+            self.fragment,
         )
 
     def document(self) -> dict[str, str]:

@@ -259,7 +259,7 @@ def test_no_op_update_has_empty_description() -> None:
 BIG = {
     "_id": 1,
     "title": "t" * 200,
-    "arr": [1, 2, 3, 4],
+    "arr": list(range(20)),
     "sub": {"x": 1, "y": "y" * 100},
     "keep": "k" * 100,
 }
@@ -269,16 +269,27 @@ BIG = {
     ("after", "updated", "removed", "truncated"),
     [
         pytest.param(
-            {**BIG, "arr": [1, 2]}, {}, [], [{"field": "arr", "newSize": 2}], id="slice-truncates"
+            {**BIG, "arr": list(range(10))},
+            {},
+            [],
+            [{"field": "arr", "newSize": 10}],
+            id="slice-truncates",
         ),
         pytest.param(
-            {**BIG, "arr": [1, 9]},
-            {"arr.1": 9},
+            {**BIG, "arr": [*range(9), 99]},
+            {"arr.9": 99},
             [],
-            [{"field": "arr", "newSize": 2}],
+            [{"field": "arr", "newSize": 10}],
             id="truncate-and-change",
         ),
-        pytest.param({**BIG, "arr": [1, 2, 3, 4, 5]}, {"arr.4": 5}, [], [], id="append"),
+        pytest.param({**BIG, "arr": [*range(20), 20]}, {"arr.20": 20}, [], [], id="append"),
+        pytest.param(
+            {**BIG, "arr": [0, 1]},
+            {"arr": [0, 1]},
+            [],
+            [],
+            id="short-array-logged-whole-when-smaller",
+        ),
         pytest.param(
             {**BIG, "sub": {"x": 2, "y": "y" * 100}},
             {"sub.x": 2},
@@ -309,6 +320,15 @@ def test_pipeline_update_descriptions(
         "removedFields": removed,
         "truncatedArrays": truncated,
     }
+
+
+def test_small_subdocument_change_is_logged_whole() -> None:
+    """A sub-diff no smaller than the sub-document is replaced by the whole value (doc_diff)."""
+    before = {**BIG, "tiny": {"b": 1}}
+    after = {**BIG, "tiny": {"b": 2}}
+    description = describe_update(before, after, [{"$set": {"tiny.b": 2}}])
+    assert description is not None
+    assert description.updated_fields == {"tiny": {"b": 2}}
 
 
 def test_pipeline_update_of_small_document_is_a_replacement() -> None:
@@ -421,7 +441,7 @@ def test_document_events_have_mongodb_fields() -> None:
     assert insert["ns"] == {"db": "d", "coll": "c"}
     assert insert["documentKey"] == {"_id": 1}
     assert isinstance(insert["clusterTime"], Timestamp)
-    assert insert["wallTime"] == WALL
+    assert insert["wallTime"] == WALL.replace(tzinfo=None)
     assert "fullDocument" not in update
     assert update["updateDescription"] == {
         "updatedFields": {"a": 2},
