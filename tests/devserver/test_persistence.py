@@ -109,7 +109,7 @@ def test_kill_9_at_random_instants_loses_no_acknowledged_write(
             # Kill after a random number of acknowledged writes (bounded), mid-stream.
             kill_after = rng.randrange(5, 120)
 
-            def writer(start: int) -> None:
+            def writer(start: int, coll: Any, stop: threading.Event) -> None:
                 doc_id = start
                 while not stop.is_set() and doc_id < start + 10_000:
                     attempted.add(doc_id)
@@ -120,7 +120,7 @@ def test_kill_9_at_random_instants_loses_no_acknowledged_write(
                     acknowledged.add(doc_id)
                     doc_id += 1
 
-            thread = threading.Thread(target=writer, args=(next_id,))
+            thread = threading.Thread(target=writer, args=(next_id, coll, stop))
             thread.start()
             deadline_counter = 0
             while len(acknowledged) < next_id + kill_after and thread.is_alive():
