@@ -81,28 +81,38 @@ class FieldMapping:
 class CompiledMapping:
     """A mapping bound to one direction: reads source values, returns target values."""
 
-    __slots__ = ("_function", "_run", "mapping", "pair", "sources", "targets")
+    __slots__ = (
+        "_function",
+        "_target_names",
+        "_target_set",
+        "mapping",
+        "pair",
+        "run",
+        "sources",
+        "targets",
+    )
 
     def __init__(self, mapping: FieldMapping, direction: Direction, pair: str) -> None:
         self.mapping = mapping
         self.pair = pair
         self.sources = tuple(split_path(p) for p in mapping.sources(direction))
         self.targets = tuple(split_path(p) for p in mapping.targets(direction))
+        self._target_names = list(mapping.targets(direction))
+        self._target_set = frozenset(self._target_names)
         function = mapping.forward if direction is Direction.FORWARD else mapping.backward
         self._function = function
+        # `run(values, document_id)`: target values (MISSING: leave absent) from source values
+        # (MISSING: absent). A bound method chosen once, as it runs for every event.
+        self.run: Callable[[Sequence[Any], Any], Sequence[Any]]
         kind = mapping.kind
         if kind is MappingKind.RENAME:
-            self._run = self._copy
+            self.run = self._copy
         elif kind is MappingKind.REQUIRE:
-            self._run = self._require if direction is Direction.FORWARD else self._copy
+            self.run = self._require if direction is Direction.FORWARD else self._copy
         elif kind is MappingKind.CONVERT:
-            self._run = self._convert
+            self.run = self._convert
         else:
-            self._run = self._derive
-
-    def run(self, values: Sequence[Any], document_id: Any) -> Sequence[Any]:
-        """Target values (MISSING for "leave absent") from source values (MISSING if absent)."""
-        return self._run(values, document_id)
+            self.run = self._derive
 
     def _copy(self, values: Sequence[Any], document_id: Any) -> Sequence[Any]:
         return values
@@ -129,8 +139,8 @@ class CompiledMapping:
             return (MISSING,) * len(self.targets)
         arguments = tuple(None if value is MISSING else value for value in values)
         result = self._call(arguments, document_id)
-        names = [".".join(target) for target in self.targets]
-        if not isinstance(result, dict) or set(result) != set(names):
+        names = self._target_names
+        if not isinstance(result, dict) or result.keys() != self._target_set:
             got = sorted(result) if isinstance(result, dict) else type(result).__name__
             raise self._failed(f"returned {got}, expected a dict with keys {names}", document_id)
         outputs = tuple(result[name] for name in names)

@@ -53,7 +53,9 @@ def diff_into(
         before = old.get(key, MISSING)
         if before is MISSING:
             sets[prefix + key] = copy_value(value)
-        elif isinstance(value, Mapping) and isinstance(before, Mapping):
+        elif (type(value) is dict or isinstance(value, Mapping)) and (
+            type(before) is dict or isinstance(before, Mapping)
+        ):
             if before is not value:
                 diff_into(f"{prefix}{key}.", before, value, sets, unsets)
         elif not same_value(before, value):

@@ -49,9 +49,11 @@ def related(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
 
 def get_path(document: Any, path: tuple[str, ...]) -> Any:
     """The value at `path`, or `MISSING`; digits index arrays, as MongoDB's dotted notation does."""
+    if len(path) == 1 and type(document) is dict:
+        return document.get(path[0], MISSING)
     value = document
     for part in path:
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             value = value.get(part, MISSING)
             if value is MISSING:
                 return MISSING
@@ -89,7 +91,7 @@ def copy_value(value: Any) -> Any:
     kind = type(value)
     if kind in _SCALARS:
         return value
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         return {key: copy_value(item) for key, item in value.items()}
     if kind is list or kind is tuple:
         return [copy_value(item) for item in value]
@@ -108,7 +110,7 @@ def same_value(a: Any, b: Any) -> bool:
             return False
     if kind in _SCALARS:
         return bool(a == b)
-    if isinstance(a, Mapping):
+    if kind is dict or isinstance(a, Mapping):
         if len(a) != len(b):
             return False
         for key, item in a.items():

@@ -64,6 +64,21 @@ def _prune(value: Any, trie: Trie) -> Any:
     return out
 
 
+def _place_copied(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    set_path(out, path, copy_value(value))
+
+
+def _place_shared(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    target = out
+    for part in path[:-1]:
+        child = target.get(part)
+        # `out` may hold a sub-document of the input: copy it before writing into it.
+        child = dict(child) if isinstance(child, dict) else {}
+        target[part] = child
+        target = child
+    target[path[-1]] = value
+
+
 @dataclass(frozen=True)
 class _Group:
     """Target top-level fields that must be rebuilt together, and what builds them."""
@@ -97,6 +112,8 @@ class DirectionPlan:
         self._written = tuple(t for m in self.mappings for t in m.targets)
         self._not_owned = tuple(split_path(p) for p in kept_by_target)
         self._owns_cache: dict[str, bool] = {}
+        self._split_cache: dict[str, tuple[str, ...]] = {}
+        self._top_groups: dict[str, tuple[_Group, ...]] = {}
         self._by_source_top: dict[str, list[tuple[CompiledMapping, tuple[str, ...]]]] = {}
         for compiled in self.mappings:
             for source in compiled.sources:
@@ -140,10 +157,10 @@ class DirectionPlan:
             group = self._groups[key] = _Group((key,), (), ())
         return group
 
-    def _copy_unmapped(self, key: str, value: Any, out: dict[str, Any]) -> None:
+    def _copy_unmapped(self, key: str, value: Any, out: dict[str, Any], share: bool) -> None:
         below = self._excluded.get(key)
         if below is None:
-            out[key] = copy_value(value)
+            out[key] = value if share else copy_value(value)
         elif below is not True:
             pruned = _prune(value, below)
             if pruned is not MISSING:
@@ -155,17 +172,28 @@ class DirectionPlan:
         mappings: Iterable[CompiledMapping],
         defaults: Iterable[tuple[tuple[str, ...], Any]],
         out: dict[str, Any],
+        share: bool,
     ) -> None:
+        """Write mapping outputs and defaults into `out`.
+
+        With `share`, values are not copied (the result is only diffed, never returned), and
+        sub-documents on the way to a nested target are copied before being written into.
+        """
         document_id = document.get("_id")
+        place = _place_shared if share else _place_copied
         for compiled in mappings:
-            values = [get_path(document, source) for source in compiled.sources]
-            for target, value in zip(
-                compiled.targets, compiled.run(values, document_id), strict=True
-            ):
+            sources = compiled.sources
+            if len(sources) == 1:
+                values: Sequence[Any] = (get_path(document, sources[0]),)
+            else:
+                values = [get_path(document, source) for source in sources]
+            outputs = compiled.run(values, document_id)
+            for index, target in enumerate(compiled.targets):
+                value = outputs[index]
                 if value is not MISSING:
-                    set_path(out, target, copy_value(value))
+                    place(out, target, value)
         for path, value in defaults:
-            set_path(out, path, copy_value(value))
+            place(out, path, value)
 
     def convert(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """The whole document converted: `_id`, unmapped fields, mapped fields, defaults."""
@@ -175,20 +203,42 @@ class DirectionPlan:
         if self.keep_unmapped:
             for key, value in document.items():
                 if key != "_id":
-                    self._copy_unmapped(key, value, out)
-        self._write_mapped(document, self.mappings, self._defaults, out)
+                    self._copy_unmapped(key, value, out, share=False)
+        self._write_mapped(document, self.mappings, self._defaults, out, share=False)
         return out
 
     def _build_part(self, document: Mapping[str, Any], groups: Iterable[_Group]) -> dict[str, Any]:
+        """The converted document's top-level fields of `groups` only, sharing values."""
         out: dict[str, Any] = {}
         for group in groups:
             if self.keep_unmapped:
                 for key in group.keys:
                     value = document.get(key, MISSING)
                     if value is not MISSING:
-                        self._copy_unmapped(key, value, out)
-            self._write_mapped(document, group.mappings, group.defaults, out)
+                        self._copy_unmapped(key, value, out, share=True)
+            self._write_mapped(document, group.mappings, group.defaults, out, share=True)
         return out
+
+    def _groups_touched(self, path: tuple[str, ...]) -> tuple[_Group, ...]:
+        """The groups a change at `path` can reach (cached for top-level paths, the usual)."""
+        if len(path) == 1:
+            cached = self._top_groups.get(path[0])
+            if cached is not None:
+                return cached
+        found: dict[int, _Group] = {}
+        top = path[0]
+        if top != "_id":
+            for compiled, source in self._by_source_top.get(top, ()):
+                if related(path, source):
+                    group = self._groups[compiled.targets[0][0]]
+                    found[id(group)] = group
+            if self.keep_unmapped and self._excluded.get(top) is not True:
+                group = self._group(top)
+                found[id(group)] = group
+        result = tuple(found.values())
+        if len(path) == 1 and len(self._top_groups) < 4096:
+            self._top_groups[top] = result
+        return result
 
     def translate_update(
         self,
@@ -198,24 +248,27 @@ class DirectionPlan:
         truncated_arrays: Sequence[Mapping[str, Any]],
     ) -> Patch:
         """The target patch for one update event, rebuilding only the target fields it reaches."""
-        touched = [split_path(path) for path in updated_fields]
-        touched += [split_path(path) for path in removed_fields]
-        touched += [split_path(item["field"]) for item in truncated_arrays]
+        split = self._split
+        touched = [split(path) for path in updated_fields]
+        if removed_fields:
+            touched += [split(path) for path in removed_fields]
+        if truncated_arrays:
+            touched += [split(item["field"]) for item in truncated_arrays]
         groups: dict[int, _Group] = {}
         for path in touched:
-            top = path[0]
-            if top == "_id":
-                continue
-            for compiled, source in self._by_source_top.get(top, ()):
-                if related(path, source):
-                    group = self._groups[compiled.targets[0][0]]
-                    groups[id(group)] = group
-            if self.keep_unmapped and self._excluded.get(top) is not True:
-                group = self._group(top)
+            for group in self._groups_touched(path):
                 groups[id(group)] = group
         if not groups:
             return _EMPTY
-        updated = apply_update_description(base, updated_fields, removed_fields, truncated_arrays)
+        if truncated_arrays or any(len(path) > 1 for path in touched):
+            updated = apply_update_description(
+                base, updated_fields, removed_fields, truncated_arrays
+            )
+        else:  # top-level fields only, the usual event: no paths to walk
+            updated = dict(base)
+            updated.update(updated_fields)
+            for name in removed_fields:
+                updated.pop(name, None)
         chosen = groups.values()
         sets: dict[str, Any] = {}
         unsets: list[str] = []
@@ -223,6 +276,14 @@ class DirectionPlan:
             "", self._build_part(base, chosen), self._build_part(updated, chosen), sets, unsets
         )
         return Patch(sets, tuple(unsets)) if sets or unsets else _EMPTY
+
+    def _split(self, path: str) -> tuple[str, ...]:
+        parts = self._split_cache.get(path)
+        if parts is None:
+            if len(self._split_cache) > 4096:  # array indexes make paths unbounded
+                self._split_cache.clear()
+            parts = self._split_cache[path] = split_path(path)
+        return parts
 
     def owns(self, path: str) -> bool:
         """True when this direction may write the target's `path` (see `Pair.owns`)."""
