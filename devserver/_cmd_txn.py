@@ -22,8 +22,9 @@ def commit_transaction(ctx: Context) -> None:
         else:
             state.storage.put(record.db, record.coll, record.after)
     cluster_time = state.commit(list(txn.records), lsid=txn.session.lsid, txn_number=txn.txn_number)
-    for ref in txn.held:
-        state.sessions.committed(ref, cluster_time)
+    if len(state.sessions.open) > 1:  # only other open transactions care
+        for ref in txn.held:
+            state.sessions.committed(ref, cluster_time)
     txn.commit_time = cluster_time
     state.sessions.end(txn, "committed")
     ctx.wrote(cluster_time)

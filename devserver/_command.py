@@ -46,6 +46,8 @@ class Context:
     session: Session | None = None
     txn: Transaction | None = None
     operation_time: Timestamp | None = None
+    # Size of the request message (0: unknown); no document in a smaller one can exceed 16 MiB.
+    message_bytes: int = 0
     extra_reply: dict[str, Any] = field(default_factory=dict)
 
     def view(self) -> View:

@@ -161,7 +161,12 @@ def _find_transaction(ctx: Context, spec: CommandSpec) -> dict[str, Any] | None:
 
 
 async def run_command(
-    state: ServerState, conn: Connection, body: dict[str, Any], db: str
+    state: ServerState,
+    conn: Connection,
+    body: dict[str, Any],
+    db: str,
+    *,
+    message_bytes: int = 0,
 ) -> dict[str, Any]:
     """The full reply to one command document (raises CloseConnection to drop the connection)."""
     if not body:
@@ -187,7 +192,7 @@ async def run_command(
             return _with_cluster_time(
                 state, _failpoint_reply(state, action, name, body, spec), None
             )
-    ctx = Context(state=state, conn=conn, name=name, body=body, db=db)
+    ctx = Context(state=state, conn=conn, name=name, body=body, db=db, message_bytes=message_bytes)
     reply = await _run(ctx, spec)
     if action is not None and action.write_concern_error is not None:
         wce = dict(action.write_concern_error)

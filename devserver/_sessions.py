@@ -127,8 +127,7 @@ class SessionTable:
         return self.holders.get(ref)
 
     def committed(self, ref: DocRef, ts: Timestamp) -> None:
-        if self.open:
-            self.last_commit[ref] = ts
+        self.last_commit[ref] = ts
 
     def end(self, txn: Transaction, state: str, reason: str = "") -> None:
         """Mark a transaction committed or aborted, release its documents, wake waiters."""

@@ -96,7 +96,8 @@ class CollectionMeta:
     options: dict[str, Any]
     uuid: Binary
     indexes: dict[str, IndexSpec]
-    # index name -> index key bytes -> id key of the one document holding it (unique indexes only)
+    # Secondary unique index name -> index key bytes -> id key of the document holding it.
+    # (`_id` uniqueness is the document store itself.)
     unique_maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
 
     @property
@@ -170,7 +171,6 @@ class Storage:
             options=dict(options or {}),
             uuid=collection_uuid or Binary.from_uuid(uuid.uuid4(), UuidRepresentation.STANDARD),
             indexes={"_id_": ID_INDEX},
-            unique_maps={"_id_": {}},
         )
         self._meta[(db, coll)] = meta
         self._store(db, coll).create()
@@ -235,7 +235,7 @@ class Storage:
                     "IndexOptionsConflict",
                     f"Index already exists with a different name: {other.name}",
                 )
-        if spec.unique:
+        if spec.unique and spec.name != "_id_":
             entries: dict[bytes, bytes] = {}
             for doc in self._store(db, coll)._documents.values():
                 entry = spec.entry(doc)
@@ -288,16 +288,15 @@ class Storage:
     ) -> tuple[IndexSpec, dict[str, Any], bytes] | None:
         """The first unique index another committed document already holds `doc`'s key in."""
         meta = self._meta.get((db, coll))
-        if meta is None:
+        if meta is None or not meta.unique_maps:
             return None
         own = id_key(doc["_id"])
-        for name, spec in meta.indexes.items():
-            if not spec.unique:
-                continue
+        for name, entries in meta.unique_maps.items():
+            spec = meta.indexes[name]
             entry = spec.entry(doc)
             if entry is None:
                 continue
-            holder = meta.unique_maps[name].get(entry[0])
+            holder = entries.get(entry[0])
             if holder is not None and holder != own:
                 return spec, entry[1], holder
         return None
@@ -307,7 +306,14 @@ class Storage:
         meta = self.ensure_collection(db, coll)
         store = self._store(db, coll)
         key = store_key(doc["_id"])
-        old = store._documents.get(key)
+        if meta.unique_maps:
+            self._reindex(meta, store._documents.get(key), doc)
+        store._documents[key] = doc
+        self._log({"o": "put", "d": db, "c": coll, "doc": doc})
+
+    def _reindex(
+        self, meta: CollectionMeta, old: dict[str, Any] | None, doc: dict[str, Any]
+    ) -> None:
         own = id_key(doc["_id"])
         for name, entries in meta.unique_maps.items():
             spec = meta.indexes[name]
@@ -318,8 +324,6 @@ class Storage:
             new_entry = spec.entry(doc)
             if new_entry is not None:
                 entries[new_entry[0]] = own
-        store._documents[key] = doc
-        self._log({"o": "put", "d": db, "c": coll, "doc": doc})
 
     def remove(self, db: str, coll: str, doc_id: Any) -> dict[str, Any] | None:
         """Delete a document by `_id`; returns what was stored."""
@@ -330,7 +334,7 @@ class Storage:
         old: dict[str, Any] | None = store._documents.pop(store_key(doc_id), None)
         if old is None:
             return None
-        own = id_key(doc_id)
+        own = id_key(doc_id) if meta.unique_maps else b""
         for name, entries in meta.unique_maps.items():
             entry = meta.indexes[name].entry(old)
             if entry is not None and entries.get(entry[0]) == own:

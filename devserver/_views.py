@@ -154,19 +154,20 @@ class TransactionView(View):
     ) -> tuple[IndexSpec, dict[str, Any]] | None:
         overlay = self._overlay(db, coll) or {}
         meta = self.storage.meta(db, coll)
+        # `_id` uniqueness is checked by the caller through `get`.
         if meta is None:
-            specs = [IndexSpec(name="_id_", key=[("_id", 1)], unique=True)]
-        else:
-            specs = [spec for spec in meta.indexes.values() if spec.unique]
+            return None
+        specs = [spec for spec in meta.indexes.values() if spec.unique and spec.name != "_id_"]
+        if not specs:
+            return None
         own = id_key(doc["_id"])
         for spec in specs:
             entry = spec.entry(doc)
             if entry is None:
                 continue
-            if meta is not None:
-                holder = meta.unique_maps.get(spec.name, {}).get(entry[0])
-                if holder is not None and holder != own and holder not in overlay:
-                    return spec, entry[1]
+            holder = meta.unique_maps.get(spec.name, {}).get(entry[0])
+            if holder is not None and holder != own and holder not in overlay:
+                return spec, entry[1]
             for key, other in overlay.items():
                 if other is None or key == own:
                     continue

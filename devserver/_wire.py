@@ -60,6 +60,7 @@ class Request:
     # OP_QUERY only: the namespace the query was addressed to.
     namespace: str = ""
     sequences: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    size: int = 0
 
     @property
     def more_to_come(self) -> bool:
@@ -115,10 +116,13 @@ def _bson_at(data: bytes, offset: int, limit: int) -> tuple[dict[str, Any], int]
 def decode_message(request_id: int, op_code: int, payload: bytes, whole: bytes) -> Request:
     """Parse the bytes after the 16-byte header; `whole` includes the header (for checksums)."""
     if op_code == OP_MSG:
-        return _decode_op_msg(request_id, payload, whole)
-    if op_code == OP_QUERY:
-        return _decode_op_query(request_id, payload)
-    raise ProtocolError(f"unsupported opCode {op_code}")
+        request = _decode_op_msg(request_id, payload, whole)
+    elif op_code == OP_QUERY:
+        request = _decode_op_query(request_id, payload)
+    else:
+        raise ProtocolError(f"unsupported opCode {op_code}")
+    request.size = len(whole)
+    return request
 
 
 def _decode_op_msg(request_id: int, payload: bytes, whole: bytes) -> Request:
