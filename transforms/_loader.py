@@ -76,8 +76,8 @@ def _load_one(spec: str) -> list[Pair]:
             module=spec,
         ) from exc
     created = created_pairs()[before:]
-    if not created:  # imported earlier in this process: its pairs are in its globals
-        created = [value for value in vars(module).values() if isinstance(value, Pair)]
+    if not created:  # imported earlier in this process: find the pairs it created then
+        created = [pair for pair in created_pairs() if pair.module == module.__name__]
     for pair in created:
         try:
             pair.validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 from typing import Any, Literal, TypeVar, overload
 
 from transforms._mappings import Direction, FieldMapping, MappingKind
@@ -34,13 +35,19 @@ def created_pairs() -> list[Pair]:
     return _CREATED
 
 
-def _caller_location() -> str:
-    """`file:line` of the user code that called into this package."""
+def _caller_frame() -> FrameType:
+    """The frame of the user code that called into this package."""
     frame = sys._getframe(1)
     while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
         "transforms._"
     ):
         frame = frame.f_back
+    return frame
+
+
+def _caller_location() -> str:
+    """`file:line` of the user code that called into this package."""
+    frame = _caller_frame()
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
@@ -78,7 +85,10 @@ class Pair:
         unmapped: Literal["keep", "drop"] = "keep",
         version: str | None = None,
     ) -> None:
-        location = _caller_location()
+        frame = _caller_frame()
+        location = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        # The module that created the pair, so the loader finds it again after a first import.
+        self.module: str = frame.f_globals.get("__name__", "")
         check_namespace(original, "original", location)
         check_namespace(partner, "partner", location)
         self.original = original
