@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -149,10 +151,11 @@ class Worker:
 
     async def _hold(self) -> None:
         """Hold the lease: renew it and sync until stopping; LeaseLost ends it at once."""
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._renew)
-            await self._sync_until_stopped()
-            group.cancel_scope.cancel()
+        with _unwrapped(LeaseLost):
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._renew)
+                await self._sync_until_stopped()
+                group.cancel_scope.cancel()
 
     async def _renew(self) -> None:
         interval = max(self.config.lease.ttl_s / 3, 0.1)
@@ -216,18 +219,19 @@ class Worker:
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](
             max_buffer_size=max(self.config.batch.max_docs * 2, 2)
         )
-        async with anyio.create_task_group() as group:
-            await group.start(reader.run, position, send)
-            group.start_soon(self._drain_watchdog, group.cancel_scope)
-            self.health.ready = True
-            self.health.reason = "holding the lease, stream open"
-            log.info("stream_open", position=_describe(position))
-            try:
-                await self._apply_loop(applier, receive)
-            finally:
-                self.health.ready = False
-                self.health.reason = "stopping"
-                group.cancel_scope.cancel()
+        with _unwrapped(HistoryLost, LeaseLost):
+            async with anyio.create_task_group() as group:
+                await group.start(reader.run, position, send)
+                group.start_soon(self._drain_watchdog, group.cancel_scope)
+                self.health.ready = True
+                self.health.reason = "holding the lease, stream open"
+                log.info("stream_open", position=_describe(position))
+                try:
+                    await self._apply_loop(applier, receive)
+                finally:
+                    self.health.ready = False
+                    self.health.reason = "stopping"
+                    group.cancel_scope.cancel()
 
     async def _drain_watchdog(self, scope: anyio.CancelScope) -> None:
         """Once stopping, give the batch in flight DRAIN_TIMEOUT_S to finish, then abandon it."""
@@ -305,6 +309,25 @@ async def _collect(
         if scope.cancelled_caught:
             break
     return batch
+
+
+@contextlib.contextmanager
+def _unwrapped(*kinds: type[Exception]) -> Iterator[None]:
+    """Re-raise a task group's lone LeaseLost or HistoryLost as itself, so callers catch it.
+
+    A task group wraps what its tasks raise in an exception group; `except LeaseLost` around it
+    would never match and the daemon would die instead of standing by.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(kinds)
+        if matched is None or rest is not None:
+            raise
+        leaf: BaseException = matched
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
 
 
 def _describe(position: StreamPosition) -> str:
