@@ -459,6 +459,8 @@ class Applier:
             planned.append((pair_original, namespace, key, before, after))
         echoes_expected: list[tuple[tuple[str, Any], str]] = []
         for pair_original, namespace, key, before, after in planned:
+            if before is None and after is None:
+                continue  # created and deleted again within the batch: nothing to write
             write = plan_target_write(
                 before, after, self._owns_for_write, document_id=_document_id(after, before)
             )
