@@ -124,7 +124,10 @@ async def server_status(ctx: Context) -> dict[str, Any]:
         "uptime": (now - state.started).total_seconds(),
         "uptimeMillis": Int64(int((now - state.started).total_seconds() * 1000)),
         "localTime": now,
-        "connections": {"totalCreated": next(state.connection_ids) - 1},
+        "connections": {
+            "current": state.connections_current,
+            "totalCreated": state.connections_created,
+        },
         "metrics": {"cursor": {"open": {"total": Int64(len(state.cursors))}}},
         "transactions": {"currentOpen": Int64(len(state.sessions.open))},
         "storageEngine": {"name": "devserver", "persistent": state.config.dbpath is not None},

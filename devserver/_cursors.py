@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ class DocumentCursor:
     batch_size: int | None = None
     # set for change-stream cursors: the ChangeStreamCursor from the change history
     stream: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
 
 
 def take_batch(remaining: deque[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
@@ -64,6 +65,7 @@ class CursorTable:
         cursor = self._cursors.get(cursor_id)
         if cursor is None:
             raise CommandError(43, "CursorNotFound", f"cursor id {cursor_id} not found")
+        cursor.last_used = time.monotonic()
         if cursor.ns != ns:
             raise CommandError(
                 13,
@@ -84,6 +86,13 @@ class CursorTable:
     def close_for_sessions(self, lsids: set[bytes]) -> None:
         for cursor_id, cursor in list(self._cursors.items()):
             if cursor.lsid is not None and cursor.lsid in lsids:
+                self.close(cursor_id)
+
+    def close_idle(self, idle_seconds: float) -> None:
+        """Close cursors no getMore touched for `idle_seconds` (mongod's cursor timeout)."""
+        deadline = time.monotonic() - idle_seconds
+        for cursor_id, cursor in list(self._cursors.items()):
+            if cursor.last_used < deadline:
                 self.close(cursor_id)
 
     def close_all(self) -> None:

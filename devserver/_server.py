@@ -153,10 +153,15 @@ class DevServer:
         return ServerThread(self, timeout=timeout)
 
     async def _reap_transactions(self) -> None:
+        """Abort transactions past their lifetime; drop idle cursors and sessions."""
         assert self.state is not None
+        ticks = 0
         while True:
             await asyncio.sleep(0.2)
             self.state.reap_transactions()
+            ticks += 1
+            if ticks % 50 == 0:  # every ten seconds
+                self.state.reap_idle()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -164,7 +169,9 @@ class DevServer:
         self._connections.add(task)
         state = self.state
         peer = writer.get_extra_info("peername")
-        conn = Connection(id=next(state.connection_ids), peer=_format_peer(peer))
+        state.connections_created += 1
+        state.connections_current += 1
+        conn = Connection(id=state.connections_created, peer=_format_peer(peer))
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -182,6 +189,7 @@ class DevServer:
             # would otherwise log the cancellation as an error).
             pass
         finally:
+            state.connections_current -= 1
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):

@@ -151,6 +151,12 @@ class SessionTable:
         deadline = time.monotonic() - limit_seconds
         return [txn for txn in self.open if txn.started <= deadline]
 
+    def forget_idle(self, idle_seconds: float) -> list[Transaction]:
+        """Forget sessions unused for `idle_seconds`; returns their open transactions."""
+        deadline = time.monotonic() - idle_seconds
+        idle = {key for key, s in self.sessions.items() if s.last_used < deadline}
+        return self.forget(idle)
+
     def forget(self, keys: set[bytes]) -> list[Transaction]:
         """Drop sessions (endSessions/killSessions); returns their open transactions."""
         ended = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,7 +62,8 @@ class ServerState:
     address: str = ""
     journal: Journal | None = None
     history: Any = None
-    connection_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    connections_created: int = 0
+    connections_current: int = 0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     stopping: asyncio.Event | None = None
 
@@ -106,6 +106,12 @@ class ServerState:
         """Abort a transaction, discarding its writes."""
         if txn.is_open:
             self.sessions.end(txn, "aborted", reason)
+
+    def reap_idle(self) -> None:
+        """Close cursors idle for 10 minutes and forget sessions idle for 30, as mongod does."""
+        self.cursors.close_idle(600)
+        for txn in self.sessions.forget_idle(30 * 60):
+            self.abort(txn, "session expired")
 
     def reap_transactions(self) -> None:
         """Abort transactions older than transactionLifetimeLimitSeconds (as mongod does)."""
