@@ -1,0 +1,312 @@
+"""Randomised convergence: concurrent writers on both sides, the worker SIGKILLed and restarted.
+
+The worker runs the way users run it (`python -m worker run --config F`) and is killed with
+SIGKILL after a seeded random number of client writes, then started again, a bounded number of
+times. Writers on both sides make inserts, field updates, replaces and deletes on a small shared
+pool of ids and record each effective write with its operationTime (see convergence_model).
+When they stop and the worker has caught up with the change stream, G1-G3 are checked against
+that record; G4 (nothing applied twice with a different result) shows as a G1/G2/G3 failure.
+The interleaving depends on wall-clock timing, so a seed fixes the writes and crash points, not
+the schedule: a failing seed is kept below as a regression case.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+
+from tests.worker.convergence_model import (
+    ITEMS_MODULE,
+    Writer,
+    check_convergence,
+    check_last_writer_wins,
+    check_no_extra_writes,
+)
+from tests.worker.engine_helpers import eventually, write_module
+from transforms import load_registry
+
+ROOT = Path(__file__).resolve().parents[2]
+# A transaction abandoned by a killed worker holds its documents until the server reaps it.
+TRANSACTION_LIFETIME_S = 2
+LEASE_TTL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How much happens in one run."""
+
+    writers_per_side: int = 2
+    writes_per_writer: int = 150
+    ids: int = 12
+    crashes: int = 3
+
+
+@dataclass
+class WorkerProcess:
+    """`python -m worker run` as a subprocess that can be killed and started again."""
+
+    config_path: Path
+    log_dir: Path
+    process: Process | None = None
+    incarnations: int = 0
+    _log: IO[bytes] | None = None
+    exit_codes: list[int | None] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.incarnations += 1
+        self._log = self._open_log()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARTNER_SYNC_")}
+        self.process = await anyio.open_process(
+            [sys.executable, "-m", "worker", "run", "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=self._log,
+            cwd=ROOT,
+            env=env,
+        )
+
+    async def kill(self) -> None:
+        """SIGKILL: no drain, no lease release, the open transaction left behind."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.exit_codes.append(await self.process.wait())
+        self._close_log()
+
+    async def stop(self) -> None:
+        """SIGTERM, and SIGKILL if the worker has not exited within 15 s."""
+        if self.process is None or self.process.returncode is not None:
+            self._close_log()
+            return
+        self.process.terminate()
+        with anyio.move_on_after(15):
+            self.exit_codes.append(await self.process.wait())
+            self._close_log()
+            return
+        await self.kill()
+
+    def _open_log(self) -> IO[bytes]:
+        # Kept open while the process runs; closed once it has exited.
+        return open(self.log_dir / f"worker-{self.incarnations}.log", "wb")  # noqa: SIM115
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def tail(self, lines: int = 40) -> str:
+        """The last log lines of every incarnation, for a failure message."""
+        parts = []
+        for n in range(1, self.incarnations + 1):
+            text = (self.log_dir / f"worker-{n}.log").read_text(errors="replace").splitlines()
+            parts.append(f"--- worker-{n} ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts)
+
+
+@dataclass
+class Progress:
+    """Counts client writes so crashes can be placed after a given number of them."""
+
+    count: int = 0
+    target: int = -1
+    reached: anyio.Event = field(default_factory=anyio.Event)
+
+    def note(self) -> None:
+        self.count += 1
+        if 0 <= self.target <= self.count:
+            self.reached.set()
+
+    async def wait_for(self, target: int) -> None:
+        self.reached = anyio.Event()
+        self.target = target
+        if self.count >= target:
+            return
+        await self.reached.wait()
+
+
+@pytest.fixture
+async def aclient(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield mongo
+    await mongo.close()
+
+
+@pytest.fixture
+async def short_transactions(aclient: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[None]:
+    """Reap a killed worker's open transaction within seconds instead of a minute."""
+    admin = aclient.admin
+    previous = await admin.command({"getParameter": 1, "transactionLifetimeLimitSeconds": 1})
+    await admin.command(
+        {"setParameter": 1, "transactionLifetimeLimitSeconds": TRANSACTION_LIFETIME_S}
+    )
+    yield
+    await admin.command(
+        {
+            "setParameter": 1,
+            "transactionLifetimeLimitSeconds": previous["transactionLifetimeLimitSeconds"],
+        }
+    )
+
+
+def _config(tmp_path: Path, uri: str, db_name: str, module: str) -> Path:
+    path = tmp_path / "worker.toml"
+    path.write_text(
+        f'uri = "{uri}"\n'
+        f'transforms = ["{module}"]\n'
+        f'state_db = "{db_name}_state"\n'
+        "[batch]\nmax_docs = 200\nmax_delay_ms = 10\n"
+        f"[lease]\nttl_s = {LEASE_TTL_S}\n"
+        '[http]\nlisten = ""\n'
+        '[log]\nlevel = "info"\nformat = "text"\n'
+    )
+    return path
+
+
+SEEDS = [pytest.param(seed, id=f"seed-{seed}") for seed in (1, 2)]
+
+
+@pytest.mark.usefixtures("short_transactions")
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_concurrent_writers_and_crashes_converge(
+    aclient: AsyncMongoClient[dict[str, Any]],
+    mongo_uri: str,
+    db_name: str,
+    tmp_path: Path,
+    seed: int,
+) -> None:
+    """After concurrent writes on both sides and SIGKILLed workers, G1, G2 and G3 hold."""
+    await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, Scenario())
+
+
+async def _run_scenario(
+    aclient: AsyncMongoClient[dict[str, Any]],
+    uri: str,
+    db_name: str,
+    tmp_path: Path,
+    seed: int,
+    scenario: Scenario,
+) -> None:
+    rng = random.Random(seed)
+    module = write_module(tmp_path, "items_sync", ITEMS_MODULE, db=db_name)
+    pair = load_registry([module], entry_points=False).pairs[0]
+    worker = WorkerProcess(_config(tmp_path, uri, db_name, module), tmp_path)
+    database = aclient[db_name]
+    state = aclient[f"{db_name}_state"]
+    ids = list(range(scenario.ids))
+    total_writes = 2 * scenario.writers_per_side * scenario.writes_per_writer
+    crash_points = sorted(rng.sample(range(1, total_writes), scenario.crashes))
+    progress = Progress()
+    sessions = []
+    writers: list[Writer] = []
+    async with await database.watch(max_await_time_ms=200) as stream:
+        try:
+            await worker.start()
+            await eventually(
+                lambda: _pair_running(state, pair.original), within=30, what="pair RUNNING"
+            )
+            for side, collection in (("original", "items"), ("partner", "items_v2")):
+                for n in range(scenario.writers_per_side):
+                    session = aclient.start_session(causal_consistency=True)
+                    sessions.append(session)
+                    writers.append(
+                        Writer(
+                            name=f"{side[0]}-{len(writers) + 1}",
+                            side=side,
+                            collection=database[collection],
+                            session=session,
+                            rng=random.Random(f"{seed}:{side}:{n}"),
+                            ids=ids,
+                        )
+                    )
+            async with anyio.create_task_group() as group:
+                for writer in writers:
+                    group.start_soon(_write, writer, scenario.writes_per_writer, progress)
+                group.start_soon(_crash, worker, progress, crash_points)
+            if not worker.alive():
+                await worker.start()
+            counts = await _settle(stream, state, worker)
+            originals = {d["_id"]: d async for d in database["items"].find()}
+            partners = {d["_id"]: d async for d in database["items_v2"].find()}
+        finally:
+            for session in sessions:
+                await session.end_session()
+            await worker.stop()
+    writes = [w for writer in writers for w in writer.writes]
+    client_events, worker_events = counts
+    context = (
+        f"seed {seed}: {len(writes)} effective writes of {progress.count},"
+        f" {sum(worker_events.values())} worker writes, crashes after {crash_points},"
+        f" worker exits {worker.exit_codes}"
+    )
+    assert sum(client_events.values()) == len(writes), (
+        f"the model missed client writes: {sum(client_events.values())} events; {context}"
+    )
+    assert sum(client_events.values()) > total_writes // 4, f"too few effective writes; {context}"
+    problems = [
+        *check_convergence(pair, originals, partners),
+        *check_last_writer_wins(writes, originals, partners),
+        *check_no_extra_writes(client_events, worker_events),
+    ]
+    assert not problems, f"{context}\n" + "\n".join(problems[:30]) + "\n" + worker.tail()
+
+
+async def _pair_running(state: Any, original: str) -> bool:
+    doc = await state["pairs"].find_one({"_id": original})
+    return bool(doc and doc.get("state") == "RUNNING")
+
+
+async def _write(writer: Writer, count: int, progress: Progress) -> None:
+    for _ in range(count):
+        await writer.step()
+        progress.note()
+
+
+async def _crash(worker: WorkerProcess, progress: Progress, points: Sequence[int]) -> None:
+    for point in points:
+        await progress.wait_for(point)
+        await worker.kill()
+        await worker.start()
+
+
+async def _settle(
+    stream: Any, state: Any, worker: WorkerProcess, within: float = 60.0
+) -> tuple[Counter[tuple[str, Any]], Counter[tuple[str, Any]]]:
+    """Wait until the worker's checkpoint covers every event and no new event comes.
+
+    Returns client and worker change events per (collection, document id). The stream is read
+    after the checkpoint each round, so a worker write committed with that checkpoint is seen.
+    """
+    clients: Counter[tuple[str, Any]] = Counter()
+    workers: Counter[tuple[str, Any]] = Counter()
+    latest: list[Timestamp | None] = [None]
+
+    async def caught_up() -> bool:
+        assert worker.alive(), "the worker exited:\n" + worker.tail()
+        checkpoint = await state["checkpoints"].find_one({"_id": "default"}) or {}
+        reached = checkpoint.get("cluster_time")
+        new = 0
+        while (event := await stream.try_next()) is not None:
+            new += 1
+            latest[0] = event["clusterTime"]
+            if event["operationType"] not in ("insert", "update", "replace", "delete"):
+                continue
+            key = (event["ns"]["coll"], event["documentKey"]["_id"])
+            (workers if event.get("lsid") else clients)[key] += 1
+        return new == 0 and latest[0] is not None and reached is not None and reached >= latest[0]
+
+    await eventually(caught_up, within=within, what="the worker to catch up")
+    return clients, workers
