@@ -59,7 +59,7 @@ def _code_name(code: int) -> str:
 
 def matches(filter_doc: dict[str, Any], doc: dict[str, Any]) -> bool:
     """Whether `doc` matches a query filter."""
-    return engine_errors(lambda: bool(filter_applies(filter_doc, doc)))
+    return engine_errors(lambda: bool(filter_applies(filter_doc, doc)))  # type: ignore[no-untyped-call]
 
 
 def is_operator_update(update: Any) -> bool:
@@ -70,8 +70,8 @@ class Engine:
     """Runs mongomock's query, aggregation and update code over documents we choose."""
 
     def __init__(self) -> None:
-        self._client: mongomock.MongoClient = mongomock.MongoClient()
-        self._coll = self._client["scratch"]["docs"]
+        self._client: Any = mongomock.MongoClient()
+        self._coll: Any = self._client["scratch"]["docs"]
         self._coll._store.create()
 
     def _load(self, docs: Iterable[dict[str, Any]]) -> None:
@@ -116,7 +116,11 @@ class Engine:
         """Run an aggregation pipeline over `docs`; `$lookup` reads from `database`."""
         materialised = [copy.deepcopy(d) for d in docs]
         return engine_errors(
-            lambda: list(mm_aggregate.process_pipeline(materialised, database, pipeline, None))
+            lambda: list(
+                mm_aggregate.process_pipeline(  # type: ignore[no-untyped-call]
+                    materialised, database, pipeline, None
+                )
+            )
         )
 
     def apply_update(

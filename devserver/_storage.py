@@ -77,7 +77,9 @@ class IndexSpec:
 
     def entry(self, doc: dict[str, Any]) -> tuple[bytes, dict[str, Any]] | None:
         """The index key bytes and key value of `doc`, or None when the index skips it."""
-        if self.partial is not None and not filter_applies(self.partial, doc):
+        if self.partial is not None and not filter_applies(  # type: ignore[no-untyped-call]
+            self.partial, doc
+        ):
             return None
         values = {path: dotted_get(doc, path) for path, _ in self.key}
         if self.sparse and all(v is MISSING for v in values.values()):
@@ -123,7 +125,7 @@ class Storage:
     """All committed collections of one server, plus the journal operations not yet persisted."""
 
     def __init__(self) -> None:
-        self.client: mongomock.MongoClient = mongomock.MongoClient()
+        self.client: Any = mongomock.MongoClient()
         self._server_store = self.client._store
         self._meta: dict[tuple[str, str], CollectionMeta] = {}
         self.pending_ops: list[dict[str, Any]] = []
@@ -202,7 +204,7 @@ class Storage:
         """Move a collection (documents, options, indexes) to a new namespace that is free."""
         validate_namespace(to_db, to_coll)
         meta = self._meta.pop((db, coll))
-        source = self._server_store[db]._collections.pop(coll)
+        source: Any = self._server_store[db]._collections.pop(coll)
         source.name = to_coll
         self._server_store[to_db]._collections[to_coll] = source
         self._meta[(to_db, to_coll)] = meta
@@ -346,7 +348,9 @@ class Storage:
 
     def apply_op(self, op: dict[str, Any]) -> None:
         """Re-apply one journal operation (at start-up, with journaling off)."""
-        kind, db, coll = op["o"], op["d"], op.get("c")
+        kind: str = op["o"]
+        db: str = op["d"]
+        coll: str = op.get("c", "")
         if kind == "put":
             self.put(db, coll, op["doc"])
         elif kind == "del":

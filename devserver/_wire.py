@@ -42,7 +42,7 @@ EXHAUST_ALLOWED = 1 << 16
 _KNOWN_REQUIRED = CHECKSUM_PRESENT | MORE_TO_COME
 
 # Decoding keeps int64 as Int64 and datetimes naive UTC, so documents re-encode byte-faithfully.
-CODEC = CodecOptions(tz_aware=False)
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=False)
 
 
 class ProtocolError(Exception):
