@@ -32,6 +32,18 @@ def build_reference_pair(unmapped: str = "keep") -> Pair:
         first, _, last = (display_name or "").partition(" ")
         return {"first": first, "last": last}
 
+    # A derive writing two top-level fields, and a nested partner-only default, so that the
+    # fields rebuilt together span several top-level keys.
+    @pair.derive(original=("p", "q"), partner=("pq.pair", "meta.count"))
+    def to_pq(p: Any, q: Any) -> dict[str, Any]:
+        return {"pq.pair": [p, q], "meta.count": sum(v is not None for v in (p, q))}
+
+    @to_pq.inverse
+    def from_pq(pair: Any, count: Any) -> dict[str, Any]:
+        p, q = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
+        return {"p": p, "q": q}
+
+    pair.partner_only("meta.loyalty", default=0)
     return pair
 
 

@@ -178,12 +178,14 @@ def test_translate_does_not_mutate_inputs(reference_pair: Pair) -> None:
 _ORIGINAL_PATHS = [
     "name", "zip", "geo", "geo.city", "geo.country", "age", "price", "tier", "first", "last",
     "legacy_flag", "tags", "tags.1", "tags.4", "address", "address.street", "address.zip",
-    "full_name", "loyalty", "display_name", "city", "other", "other.x",
+    "full_name", "loyalty", "display_name", "city", "other", "other.x", "p", "q", "pq",
+    "pq.pair", "meta", "meta.x",
 ]  # fmt: skip
 _PARTNER_PATHS = [
     "full_name", "address", "address.zip", "address.zip.plus4", "address.street", "city", "age",
     "price_cents", "tier", "display_name", "loyalty", "legacy_flag", "name", "zip", "geo",
-    "geo.city", "first", "tags", "tags.0", "other",
+    "geo.city", "first", "tags", "tags.0", "other", "pq", "pq.pair", "pq.x", "meta.count", "meta",
+    "meta.loyalty", "meta.x", "p",
 ]  # fmt: skip
 
 _plain = st.one_of(st.none(), st.text(alphabet="ab ", max_size=3), st.booleans())
