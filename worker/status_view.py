@@ -144,6 +144,13 @@ def render_status(
             _show_backfill(pair.get("backfill")),
         )
     console.print(table)
+    for pair in pairs:
+        if pair.get("resync_reason") and pair.get("state") == "RESYNC_REQUIRED":
+            console.print(
+                f"{pair.get('original')}: resync required: {pair['resync_reason']}; "
+                "run `partner-sync backfill --restart --pair "
+                f"{pair.get('original')}`, then keep the worker running."
+            )
 
 
 def status_is_healthy(
@@ -162,8 +169,9 @@ def status_is_healthy(
         if state not in STATES:
             reasons.append(f"{name}: unknown state {state!r}")
         if state == "RESYNC_REQUIRED":
+            why = pair.get("resync_reason") or "change history lost"
             reasons.append(
-                f"{name}: RESYNC_REQUIRED (change history lost); "
+                f"{name}: RESYNC_REQUIRED ({why}); "
                 "run `partner-sync backfill --restart` for this pair"
             )
         dead = pair.get("dead_letters") or 0

@@ -99,6 +99,11 @@ def test_table_shows_every_interface_field() -> None:
         pytest.param(_status(lag_seconds=12.34), "12.3 s", id="lag-seconds"),
         pytest.param(_status(lag_seconds=None, last_client_write={}), "-", id="unknowns-dash"),
         pytest.param({"worker": {}, "pairs": []}, "No pairs registered yet.", id="no-pairs"),
+        pytest.param(
+            _status(state="RESYNC_REQUIRED", resync_reason="change history lost: 286"),
+            "resync required: change history lost: 286; run `partner-sync backfill --restart",
+            id="resync-reason",
+        ),
     ],
 )
 def test_table_variants(status: dict[str, Any], expected: str) -> None:
@@ -243,7 +248,7 @@ def test_command_unreachable_server_exits_2() -> None:
         port = probe.getsockname()[1]
     env = {
         "PARTNER_SYNC_URI": f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        "PARTNER_SYNC_CONNECT_TIMEOUT_S": "0.3",
+        "PARTNER_SYNC_CONNECT_TIMEOUT_S": "1",
     }
     result = CliRunner().invoke(main, ["status", "--check"], env=env)
     assert result.exit_code == 2
