@@ -32,6 +32,7 @@ from typing import Any
 from bson import Timestamp
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import CollectionInvalid, OperationFailure
 
 from transforms import Pair, Registry
 from worker.errors import StateRefused, VersionMismatch
@@ -59,6 +60,8 @@ STATES = (
 # beside a running worker hands over without a gap.
 ACTIVE_STATES = frozenset({"RUNNING", "BACKFILLING"})
 DEFAULT_STREAM = "default"
+# The server's code for "collection already exists".
+NAMESPACE_EXISTS = 48
 
 _ZERO_COUNTERS = {
     "applied_forward": 0,
@@ -97,7 +100,13 @@ class StateStore:
         existing = set(await self.database.list_collection_names())
         for name in ("pairs", "checkpoints", "merge_base", "leases", "dead_letters", "held_events"):
             if name not in existing:
-                await self.database.create_collection(name)
+                try:
+                    await self.database.create_collection(name)
+                except CollectionInvalid:
+                    pass  # another worker starting at the same moment created it first
+                except OperationFailure as exc:
+                    if exc.code != NAMESPACE_EXISTS:
+                        raise
         await self.dead_letters.create_index([("pair", 1), ("at", 1)])
         await self.held_events.create_index([("pair", 1), ("_id", 1)])
 
