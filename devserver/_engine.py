@@ -10,18 +10,20 @@ import copy
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import mongomock
 from bson import ObjectId
 from mongomock import aggregate as mm_aggregate
-from mongomock.filtering import filter_applies
+from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import OperationFailure
 
 from devserver._errors import CommandError
 from devserver._keys import store_key
 
-__all__ = ["Engine", "engine_errors", "matches", "is_operator_update"]
+__all__ = ["Engine", "engine_errors", "matches", "is_operator_update", "sort_documents"]
 
 T = TypeVar("T")
 
@@ -62,6 +64,49 @@ def matches(filter_doc: dict[str, Any], doc: dict[str, Any]) -> bool:
     return engine_errors(lambda: bool(filter_applies(filter_doc, doc)))  # type: ignore[no-untyped-call]
 
 
+_MISSING = object()
+
+
+def _plain_sort_values(docs: list[dict[str, Any]], key: str) -> list[Any] | None:
+    """The values of a top-level field when they all compare natively (one BSON type), else None.
+
+    Python orders such values exactly as MongoDB does, without mongomock's per-value wrapper.
+    """
+    if "." in key:
+        return None
+    values = [doc.get(key, _MISSING) for doc in docs]
+    kinds = {type(v) for v in values}
+    if kinds <= {int, float} or (len(kinds) == 1 and kinds <= {str, ObjectId, datetime}):
+        return values
+    return None
+
+
+def sort_documents(docs: list[dict[str, Any]], sort: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """`docs` in MongoDB sort order (stable, one key at a time from the last)."""
+    for key, direction in reversed(sort):
+        if key == "$natural":
+            if direction < 0:
+                docs = docs[::-1]
+            continue
+        if key.startswith("$"):
+            raise CommandError(238, "NotImplemented", f"sorting by {key} is not supported")
+        values = _plain_sort_values(docs, key)
+        if values is not None:
+            order = sorted(range(len(docs)), key=values.__getitem__, reverse=direction < 0)
+            docs = [docs[i] for i in order]
+        else:
+            docs = engine_errors(partial(_sorted_by, docs, key, direction < 0))
+    return docs
+
+
+def _sorted_by(docs: list[dict[str, Any]], key: str, reverse: bool) -> list[dict[str, Any]]:
+    return sorted(
+        docs,
+        key=lambda d: resolve_sort_key(key, d),  # type: ignore[no-untyped-call]
+        reverse=reverse,
+    )
+
+
 def is_operator_update(update: Any) -> bool:
     return isinstance(update, dict) and bool(update) and next(iter(update)).startswith("$")
 
@@ -99,6 +144,18 @@ class Engine:
             )
         finally:
             self._load(())
+
+    def project(
+        self, docs: list[dict[str, Any]], projection: Any, filter_doc: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Projected copies of `docs`; without a projection, the documents themselves.
+
+        Replies are encoded straight away and stored documents are never changed in place
+        (writes replace them), so unprojected results need no copy.
+        """
+        if not projection:
+            return list(docs)
+        return self.find(docs, filter_doc, projection=projection)
 
     def distinct(
         self, docs: Iterable[dict[str, Any]], key: str, filter_doc: dict[str, Any]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from devserver._engine import Engine, matches
+from devserver._engine import Engine, matches, sort_documents
+from devserver._fastfilter import compile_filter
 from devserver._keys import id_key
 from devserver._sessions import Transaction
 from devserver._storage import IndexSpec, Storage
@@ -73,17 +74,26 @@ class View:
     ) -> list[dict[str, Any]]:
         """Documents matching `filter_doc` (treat them as read-only), optionally sorted/limited."""
         candidates = self._candidates(db, coll, filter_doc)
-        if sort:
-            return self.engine.find(candidates, filter_doc, sort=sort, limit=limit)
-        found = []
-        for doc in candidates:
-            if matches(filter_doc, doc):
-                found.append(doc)
-                if limit and len(found) >= limit:
-                    break
         if not candidates:
             matches(filter_doc, {})  # still reject an invalid filter
-        return found
+            return []
+        if not filter_doc:
+            found = candidates
+        else:
+            found = []
+            stop_at = 0 if sort else limit
+            fast = compile_filter(filter_doc) if len(candidates) > 8 else None
+            for doc in candidates:
+                verdict = fast(doc) if fast is not None else None
+                if verdict is None:
+                    verdict = matches(filter_doc, doc)
+                if verdict:
+                    found.append(doc)
+                    if stop_at and len(found) >= stop_at:
+                        break
+        if sort:
+            found = sort_documents(found, sort)
+        return found[:limit] if limit else found
 
     def find(
         self,
@@ -96,20 +106,21 @@ class View:
         skip: int = 0,
         limit: int = 0,
     ) -> list[dict[str, Any]]:
-        """Copies of matching documents, sorted, sliced and projected."""
-        return self.engine.find(
-            self._candidates(db, coll, filter_doc),
-            filter_doc,
-            projection=projection,
-            sort=sort,
-            skip=skip,
-            limit=limit,
-        )
+        """Matching documents, sorted, sliced and projected (treat them as read-only)."""
+        found = self.match(db, coll, filter_doc, sort=sort, limit=skip + limit if limit else 0)
+        if skip:
+            found = found[skip:]
+        return self.engine.project(found, projection, filter_doc)
 
     def aggregate(self, db: str, coll: str, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self.engine.aggregate(
-            self.all_documents(db, coll), pipeline, self.storage.client[db]
-        )
+        # A leading $match runs here without copying, so only matching documents are copied
+        # into mongomock's pipeline.
+        if pipeline and "$match" in pipeline[0] and isinstance(pipeline[0]["$match"], dict):
+            docs = self.match(db, coll, pipeline[0]["$match"])
+            pipeline = pipeline[1:]
+        else:
+            docs = self.all_documents(db, coll)
+        return self.engine.aggregate(docs, pipeline, self.storage.client[db])
 
     def unique_conflict(
         self, db: str, coll: str, doc: dict[str, Any]

@@ -1,0 +1,79 @@
+"""The compiled filter fast path agrees with mongomock's matcher on every document."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from bson import Int64, ObjectId
+from mongomock.filtering import filter_applies
+
+from devserver._fastfilter import compile_filter
+
+OID_A = ObjectId("0123456789ab0123456789ab")
+OID_B = ObjectId("0123456789ab0123456789ac")
+DAY = datetime.datetime(2024, 5, 1)
+
+DOCUMENTS: list[dict[str, Any]] = [
+    {},
+    {"v": 1},
+    {"v": 1.0},
+    {"v": Int64(2)},
+    {"v": 2.5},
+    {"v": -3},
+    {"v": "1"},
+    {"v": "b"},
+    {"v": "é"},
+    {"v": None},
+    {"v": True},
+    {"v": [1, 2]},
+    {"v": {"x": 1}},
+    {"v": OID_A},
+    {"v": OID_B},
+    {"v": DAY},
+    {"v": DAY + datetime.timedelta(days=1)},
+    {"v": 1, "w": "a"},
+    {"v": 2, "w": "b"},
+]
+
+
+@pytest.mark.parametrize(
+    "filter_doc",
+    [
+        pytest.param({"v": 1}, id="eq-number"),
+        pytest.param({"v": "b"}, id="eq-string"),
+        pytest.param({"v": {"$gt": 1}}, id="gt-number"),
+        pytest.param({"v": {"$gte": 1, "$lt": 2.5}}, id="range"),
+        pytest.param({"v": {"$lte": "b"}}, id="lte-string"),
+        pytest.param({"v": {"$ne": 1}}, id="ne"),
+        pytest.param({"v": {"$in": [1, 2]}}, id="in-numbers"),
+        pytest.param({"v": {"$gt": OID_A}}, id="gt-objectid"),
+        pytest.param({"v": {"$lt": DAY + datetime.timedelta(hours=1)}}, id="lt-date"),
+        pytest.param({"v": {"$eq": 2}, "w": "b"}, id="two-fields"),
+    ],
+)
+def test_fast_path_agrees_with_mongomock(filter_doc: dict[str, Any]) -> None:
+    """For every document, the fast verdict (when it gives one) equals mongomock's."""
+    fast = compile_filter(filter_doc)
+    assert fast is not None
+    for doc in DOCUMENTS:
+        verdict = fast(doc)
+        if verdict is not None:
+            assert verdict == filter_applies(filter_doc, doc), doc
+
+
+@pytest.mark.parametrize(
+    "filter_doc",
+    [
+        pytest.param({"a.b": 1}, id="dotted"),
+        pytest.param({"$or": [{"v": 1}]}, id="top-level-operator"),
+        pytest.param({"v": {"$exists": True}}, id="exists"),
+        pytest.param({"v": None}, id="null"),
+        pytest.param({"v": {"$in": [1, "a"]}}, id="mixed-in"),
+        pytest.param({"v": float("nan")}, id="nan"),
+    ],
+)
+def test_unsupported_filters_are_not_compiled(filter_doc: dict[str, Any]) -> None:
+    """Filters outside the fast subset are left to mongomock."""
+    assert compile_filter(filter_doc) is None
