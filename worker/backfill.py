@@ -208,21 +208,18 @@ _TYPE_ORDER: tuple[tuple[type, ...], ...] = (
     (Regex,),
     (MaxKey,),
 )
-_TYPE_ALIASES: tuple[tuple[str, ...], ...] = (
-    ("minKey",),
-    ("null",),
-    ("number",),
-    ("string", "symbol"),
-    ("object",),
-    ("array",),
-    ("binData",),
-    ("objectId",),
-    ("bool",),
-    ("date",),
-    ("timestamp",),
-    ("regex",),
-    ("maxKey",),
-)
+# `$type` aliases of each rank, for the types a document `_id` takes in practice (an `_id` cannot
+# be an array or a regex; MinKey, MaxKey, null and Timestamp ids are left out, some servers do not
+# implement those aliases).
+_ID_TYPE_ALIASES: dict[int, str] = {
+    2: "number",
+    3: "string",
+    4: "object",
+    6: "binData",
+    7: "objectId",
+    8: "bool",
+    9: "date",
+}
 
 
 def type_rank(value: Any) -> int:
@@ -266,10 +263,12 @@ def after_id(last_id: Any) -> dict[str, Any]:
     `$gt` alone only matches values of the same type bracket, so ids of the types sorting
     later are added by `$type`.
     """
-    later = [alias for group in _TYPE_ALIASES[type_rank(last_id) + 1 :] for alias in group]
+    rank = type_rank(last_id)
+    later = [alias for later_rank, alias in _ID_TYPE_ALIASES.items() if later_rank > rank]
     if not later:
         return {"_id": {"$gt": last_id}}
-    return {"$or": [{"_id": {"$gt": last_id}}, {"_id": {"$type": later}}]}
+    # One clause per type: some servers (the development server) refuse a `$type` list.
+    return {"$or": [{"_id": {"$gt": last_id}}, *({"_id": {"$type": t}} for t in later)]}
 
 
 @dataclass(frozen=True)
@@ -694,8 +693,49 @@ async def run_backfill(
             for name in ("written", "adopted", "kept", "synced", "reconciled", "dead_letters"):
                 setattr(progress, name, int(record.get(name, 0)))
             progress.scanned = progress.resumed_from = int(record.get("docs", 0))
+    async with workspace.client.start_session() as session:
+        if not options.dry_run:
+            await _claim_session(workspace, pair, record, session)
+        await _scan(workspace, pair, options, after, progress, session, on_progress, on_failure)
+    if not options.dry_run:
+        await _finish(workspace, pair)
+    progress.done = True
+    on_progress(progress)
+    return progress
+
+
+async def _claim_session(
+    workspace: Workspace, pair: Pair, record: Mapping[str, Any], session: AsyncClientSession
+) -> None:
+    """Record this run's session, first killing the one a killed run left behind.
+
+    A process killed inside a batch leaves its transaction open on the server until the
+    transaction lifetime runs out (a minute by default), and its locks make every write to
+    those documents conflict meanwhile; killing its session aborts it at once.
+    """
+    previous = record.get("session")
+    if previous:
+        try:
+            await workspace.client.admin.command("killSessions", [previous])
+        except PyMongoError:
+            pass  # gone already, or not ours to kill: the transaction lifetime ends it anyway
+    await workspace.store.pairs.update_one(
+        {"_id": pair.original}, {"$set": {"backfill.session": session.session_id}}
+    )
+
+
+async def _scan(
+    workspace: Workspace,
+    pair: Pair,
+    options: BackfillOptions,
+    after: tuple[bool, Any],
+    progress: BackfillProgress,
+    session: AsyncClientSession,
+    on_progress: Callable[[BackfillProgress], None],
+    on_failure: Callable[[WouldDeadLetter], None],
+) -> None:
     throttle = _Throttle(options.batch_size, options.max_rate)
-    started = anyio.current_time()
+    started = anyio.current_time() - progress.elapsed_s
     while True:
         progress.batch_size = throttle.size
         batch_started = anyio.current_time()
@@ -703,6 +743,7 @@ async def run_backfill(
             workspace,
             partial(_run_batch, workspace, pair, options, after, throttle.size),
             on_retry=throttle.transient,
+            session=session,
         )
         if throttle.pressured:
             progress.retries += 1
@@ -721,9 +762,4 @@ async def run_backfill(
         progress.elapsed_s = anyio.current_time() - started
         on_progress(progress)
         await throttle.after_batch(batch.count, anyio.current_time() - batch_started)
-    if not options.dry_run:
-        await _finish(workspace, pair)
     progress.elapsed_s = anyio.current_time() - started
-    progress.done = True
-    on_progress(progress)
-    return progress

@@ -133,7 +133,7 @@ async def open_workspace(
 
 @asynccontextmanager
 async def translate_errors(config: Config) -> AsyncIterator[None]:
-    """Turn a lost server into one `ServerUnavailable` line (exit 2); let worker errors through."""
+    """One line for a lost server (exit 2) or a refused operation (exit 1), no traceback."""
     try:
         yield
     except PartnerSyncError:
@@ -142,6 +142,8 @@ async def translate_errors(config: Config) -> AsyncIterator[None]:
         raise ServerUnavailable(
             f"lost the MongoDB server at {redact_uri(config.uri)}: {_one_line(exc)}"
         ) from exc
+    except PyMongoError as exc:
+        raise PartnerSyncError(f"the MongoDB server refused: {_one_line(exc)}") from exc
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -154,39 +156,43 @@ async def run_transaction(
     work: Callable[[AsyncClientSession | None], Awaitable[T]],
     *,
     on_retry: Callable[[PyMongoError], None] | None = None,
+    session: AsyncClientSession | None = None,
 ) -> T:
     """Run `work` in one transaction, retried with backoff on transient errors and conflicts.
 
     A WriteConflict with a client write is expected beside live traffic; the whole unit is
-    re-read and re-done. Without transactions (field-tagged deployments) `work` runs once,
-    without a session, and its writes must be idempotent.
+    re-read and re-done. `session` (one is started when not given) lets a caller record its id.
+    Without transactions (field-tagged deployments) `work` runs once, without a session, and
+    its writes must be idempotent.
     """
     if not workspace.transactional:
         return await work(None)
+    if session is None:
+        async with workspace.client.start_session() as own:
+            return await run_transaction(workspace, work, on_retry=on_retry, session=own)
     deadline = anyio.current_time() + _TRANSACTION_BUDGET_S
     attempt = 0
-    async with workspace.client.start_session() as session:
-        while True:
-            attempt += 1
-            try:
-                await session.start_transaction()
-                result = await work(session)
-                await _commit(session)
-                return result
-            except PyMongoError as exc:
-                if session.in_transaction:
-                    await session.abort_transaction()
-                transient = exc.has_error_label("TransientTransactionError")
-                if not transient or anyio.current_time() > deadline:
-                    raise
-                if on_retry is not None:
-                    on_retry(exc)
-                await anyio.sleep(min(2.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.0))
-            except BaseException:
-                if session.in_transaction:
-                    with anyio.CancelScope(shield=True):
-                        await session.abort_transaction()
+    while True:
+        attempt += 1
+        try:
+            await session.start_transaction()
+            result = await work(session)
+            await _commit(session)
+            return result
+        except PyMongoError as exc:
+            if session.in_transaction:
+                await session.abort_transaction()
+            transient = exc.has_error_label("TransientTransactionError")
+            if not transient or anyio.current_time() > deadline:
                 raise
+            if on_retry is not None:
+                on_retry(exc)
+            await anyio.sleep(min(2.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.0))
+        except BaseException:
+            if session.in_transaction:
+                with anyio.CancelScope(shield=True):
+                    await session.abort_transaction()
+            raise
 
 
 async def _commit(session: AsyncClientSession) -> None:
