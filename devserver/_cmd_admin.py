@@ -318,3 +318,12 @@ async def host_info(ctx: Context) -> dict[str, Any]:
         "system": {"currentTime": datetime.now(UTC), "hostname": platform.node()},
         "os": {"type": platform.system()},
     }
+
+
+@command("saslStart", "saslContinue", "authenticate", "logout")
+async def authenticate(ctx: Context) -> dict[str, Any]:
+    raise CommandError(
+        18,
+        "AuthenticationFailed",
+        "the development server has no authentication: connect without credentials",
+    )

@@ -82,7 +82,14 @@ async def _wait_unheld(
     return False
 
 
-def _check_document(ctx: Context, view: View, db: str, coll: str, doc: dict[str, Any]) -> None:
+def _check_document(
+    ctx: Context,
+    view: View,
+    db: str,
+    coll: str,
+    doc: dict[str, Any],
+    before: dict[str, Any] | None = None,
+) -> None:
     """Size, validator and unique-index checks for a document about to be written."""
     # A document from a request smaller than the limit cannot exceed it (inserts are checked
     # that way; updates may grow a document, so they always measure).
@@ -96,12 +103,14 @@ def _check_document(ctx: Context, view: View, db: str, coll: str, doc: dict[str,
             f"16793600(16MB) First element: _id: {doc.get('_id')!r}",
         )
     meta = ctx.state.storage.meta(db, coll)
-    if (
-        meta is not None
-        and meta.validator is not None
-        and not ctx.body.get("bypassDocumentValidation")
-    ):
-        if not matches(meta.validator, doc):
+    validator = meta.validator if meta is not None else None
+    if validator is not None and not ctx.body.get("bypassDocumentValidation"):
+        options = meta.options if meta is not None else {}
+        level = options.get("validationLevel", "strict")
+        enforced = options.get("validationAction", "error") == "error" and level != "off"
+        if level == "moderate" and before is not None and not matches(validator, before):
+            enforced = False  # moderate: documents that were already invalid may be updated
+        if enforced and not matches(validator, doc):
             raise CommandError(
                 121,
                 "DocumentValidationFailure",
@@ -263,7 +272,7 @@ async def update_matching(
         result.after.append(new_doc)
         if bson.encode(new_doc) == bson.encode(current):
             continue  # a no-op update writes nothing and produces no event
-        _check_document(ctx, view, db, coll, new_doc)
+        _check_document(ctx, view, db, coll, new_doc, current)
         _hold(ctx, db, coll, new_doc["_id"])
         record = ChangeRecord(
             op="replace" if replacing else "update",

@@ -123,3 +123,25 @@ def test_server_information_commands(client: Client) -> None:
     assert status["connections"]["current"] >= 1
     params = client.admin.command("getParameter", 1, transactionLifetimeLimitSeconds=1)
     assert params["transactionLifetimeLimitSeconds"] == 60
+
+
+def test_validation_action_warn_and_level_off_allow_writes(client: Client, db_name: str) -> None:
+    """validationAction "warn" and validationLevel "off" do not reject invalid documents."""
+    db = client[db_name]
+    db.create_collection("warned", validator={"n": {"$gte": 0}}, validationAction="warn")
+    db.warned.insert_one({"n": -1})
+    db.create_collection("off", validator={"n": {"$gte": 0}}, validationLevel="off")
+    db.off.insert_one({"n": -1})
+    assert db.warned.count_documents({}) == 1 and db.off.count_documents({}) == 1
+
+
+def test_credentials_are_refused_with_a_clear_message(mongo_uri: str) -> None:
+    """Authentication attempts fail with 18 and say the server has no authentication."""
+    if "@" in mongo_uri:
+        pytest.skip("MONGODB_URI carries credentials")
+    with MongoClient(
+        mongo_uri.replace("mongodb://", "mongodb://user:secret@"), serverSelectionTimeoutMS=5000
+    ) as mongo:
+        with pytest.raises(OperationFailure) as caught:
+            mongo.admin.command("ping")
+    assert caught.value.code == 18
