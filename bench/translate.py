@@ -1,7 +1,8 @@
 """Events/s through the translation core: `Pair.translate_update` against the naive full diff.
 
-Reference pair: 12-field documents with a rename, a type convert, a move into a sub-document,
-a require with default, and a derive (two fields into one). Each event touches 1-3 fields.
+Reference pair: INTERFACE.md's module (transforms/examples/customers.py) on 12-field documents:
+renames, a move into a sub-document, type converts, a require with default, only-fields and a
+derive (two fields into one). Each event touches 1-3 fields.
 
     .venv/bin/python bench/translate.py [--events N] [--seed S]
 """
@@ -14,44 +15,32 @@ import random
 import time
 from typing import Any
 
-from transforms import Direction, Pair, apply_update_description, diff_documents
+from transforms import Direction, Pair, apply_update_description, diff_documents, load_registry
 
-FIELDS_TOUCHED = ["name", "age", "zip", "tier", "first", "last", "email", "notes", "score"]
+FIELDS_TOUCHED = ["name", "age", "zip", "price", "tier", "first", "last", "email", "notes", "score"]
 
 
 def reference_pair() -> Pair:
-    pair = Pair(original="bench.people", partner="bench.people_v2")
-    pair.rename("name", "full_name")
-    pair.convert("age", forward=int, backward=str)
-    pair.rename("zip", "address.zip")
-    pair.require("tier", default="basic")
-
-    @pair.derive(original=("first", "last"), partner=("display_name",))
-    def to_display(first: Any, last: Any) -> dict[str, Any]:
-        return {"display_name": f"{first or ''} {last or ''}".strip()}
-
-    @to_display.inverse
-    def from_display(display_name: Any) -> dict[str, Any]:
-        first, _, last = (display_name or "").partition(" ")
-        return {"first": first, "last": last}
-
-    return pair
+    """INTERFACE.md's module: rename, move, convert (two), require, only-fields, derive."""
+    registry = load_registry(["transforms.examples.customers"], entry_points=False)
+    return registry.pairs[0]
 
 
 def document(rng: random.Random, number: int) -> dict[str, Any]:
+    """A 12-field original document (with `_id`)."""
     return {
         "_id": number,
         "name": f"name {number}",
-        "age": str(rng.randint(18, 90)),
         "zip": f"{rng.randint(10000, 99999)}",
+        "age": str(rng.randint(18, 90)),
+        "price": rng.randint(100, 10000) / 100,
         "tier": rng.choice(["gold", None, "basic"]),
         "first": "Ada",
         "last": "Lovelace",
+        "legacy_flag": rng.random() < 0.5,
         "email": f"u{number}@example.com",
         "notes": {"text": "x" * 20, "tags": ["a", "b"]},
         "score": rng.random(),
-        "created": "2024-01-01",
-        "city": "London",
     }
 
 
@@ -68,6 +57,8 @@ def event(rng: random.Random) -> tuple[dict[str, Any], list[str]]:
             updated["notes.text"] = "y" * rng.randint(1, 30)
         elif field == "score":
             updated[field] = rng.random()
+        elif field == "price":
+            updated[field] = rng.randint(100, 10000) / 100
         else:
             updated[field] = f"v{rng.randint(0, 999)}"
     return updated, removed
