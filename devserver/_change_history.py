@@ -404,7 +404,11 @@ class ChangeStreamCursor:
         if self._pending or self._invalidated:
             return self._finish(batch)
         if self._next_seq < history._first_seq:
-            raise history_lost()
+            lost = history._lost_key
+            if lost is not None and lost >= self._min_key:
+                raise history_lost()
+            # Only entries before the stream's start time were dropped: nothing it needed.
+            self._next_seq = history._first_seq
         total = 0
         while (
             (limit is None or len(batch) < limit)

@@ -99,9 +99,18 @@ class Server:
         )
 
 
+_SCRATCH = mongomock.MongoClient().db.scratch
+
+
+def _scratch() -> Any:
+    """An empty mongomock collection (one shared instance: creating clients is slow)."""
+    _SCRATCH.delete_many({})
+    return _SCRATCH
+
+
 def apply_update(before: dict[str, Any], spec: Any) -> dict[str, Any]:
     """The document after `spec`, as mongomock computes it."""
-    coll = mongomock.MongoClient().db.c
+    coll = _scratch()
     coll.insert_one(copy.deepcopy(before))
     coll.update_one({"_id": before["_id"]}, spec)
     after = coll.find_one({"_id": before["_id"]})
@@ -119,7 +128,7 @@ def apply_description(before: dict[str, Any], description: dict[str, Any]) -> di
             target = target[int(part)] if isinstance(target, list) else target[part]
         key: Any = int(last) if isinstance(target, list) else last
         del target[key][truncation["newSize"] :]
-    coll = mongomock.MongoClient().db.c
+    coll = _scratch()
     coll.insert_one(doc)
     update: dict[str, Any] = {}
     if description["updatedFields"]:
@@ -284,8 +293,8 @@ BIG = {
         ),
         pytest.param({**BIG, "arr": [*range(20), 20]}, {"arr.20": 20}, [], [], id="append"),
         pytest.param(
-            {**BIG, "arr": [0, 1]},
-            {"arr": [0, 1]},
+            {**BIG, "arr": [5, 6]},
+            {"arr": [5, 6]},
             [],
             [],
             id="short-array-logged-whole-when-smaller",
@@ -339,12 +348,12 @@ def test_pipeline_update_of_small_document_is_a_replacement() -> None:
 
 _names = st.sampled_from(["a", "b", "c"])
 _scalars = st.one_of(st.integers(-5, 5), st.text("xy", max_size=2), st.booleans(), st.none())
-_values = st.recursive(
-    _scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(_names, inner, max_size=3)
-    ),
-    max_leaves=8,
+_flat = st.one_of(_scalars, st.lists(_scalars, max_size=4))
+# Two levels of nesting, built directly: st.recursive is slow to draw from.
+_values = st.one_of(
+    _flat,
+    st.dictionaries(_names, _flat, max_size=3),
+    st.lists(st.dictionaries(_names, _scalars, max_size=2), max_size=3),
 )
 _documents = st.dictionaries(_names, _values, max_size=3).map(lambda d: {"_id": 1, **d})
 # Padding keeps pipeline diffs smaller than the document, so they stay updates.
@@ -379,7 +388,7 @@ def _operator_updates(draw: st.DrawFn) -> dict[str, Any]:
     return {operator: fields}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before=_documents, spec=_operator_updates())
 def test_operator_description_replays_to_after(
     before: dict[str, Any], spec: dict[str, Any]
@@ -395,12 +404,48 @@ def test_operator_description_replays_to_after(
     assert apply_description(before, description.document()) == after
 
 
-@settings(max_examples=300, deadline=None)
-@given(before=_padded, after=_padded)
+def _edit(draw: st.DrawFn, value: Any) -> Any:
+    """`value` with a random edit: kept, replaced, cut or extended, or edited inside."""
+    choice = draw(st.sampled_from(["keep", "replace", "cut", "extend", "inside"]))
+    if choice == "replace":
+        return draw(_values)
+    if isinstance(value, list):
+        if choice == "cut":
+            return value[: draw(st.integers(0, len(value)))]
+        if choice == "extend":
+            return value + draw(st.lists(_scalars, min_size=1, max_size=2))
+        if choice == "inside":
+            return [_edit(draw, v) for v in value]
+    if isinstance(value, dict) and choice != "keep":
+        edited = {k: _edit(draw, v) for k, v in value.items() if draw(st.booleans())}
+        return {**edited, **draw(st.dictionaries(_names, _scalars, max_size=1))}
+    return value
+
+
+@st.composite
+def _edited_pairs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    # Arrays at several depths, so cuts and appends (truncatedArrays, arr.N) come up often.
+    arrays = {
+        "arr": draw(st.lists(_scalars, min_size=1, max_size=5)),
+        "sub": {"inner": draw(st.lists(_scalars, min_size=1, max_size=5)), "k": 1},
+        "docs": draw(st.lists(st.dictionaries(_names, _flat, max_size=2), min_size=1, max_size=3)),
+    }
+    before = {**draw(_padded), **arrays}
+    kept = {
+        k: v if k in ("_id", "pad") else _edit(draw, v)
+        for k, v in before.items()
+        if k in ("_id", "pad") or draw(st.booleans())
+    }
+    return before, {**kept, **draw(st.dictionaries(_names, _values, max_size=1))}
+
+
+@settings(max_examples=200, deadline=None)
+@given(pair=st.one_of(_edited_pairs(), st.tuples(_padded, _padded)))
 def test_pipeline_description_replays_to_after(
-    before: dict[str, Any], after: dict[str, Any]
+    pair: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
     """Applying a pipeline update's description to `before` gives `after` (up to field order)."""
+    before, after = pair
     description = describe_update(before, after, [{"$replaceWith": "$$ROOT"}])
     assume(description is not None)
     assert description is not None
@@ -829,6 +874,19 @@ def test_idle_cursor_that_fell_behind_gets_history_lost() -> None:
     with pytest.raises(CommandError) as caught:
         drain(cursor)
     assert caught.value.code == 286
+
+
+def test_future_start_survives_dropping_older_entries() -> None:
+    """Dropping entries older than a stream's future start time does not lose its history."""
+    server = Server(max_bytes=2_000)
+    future = Timestamp(server.time.time + 1, 0)
+    cursor = server.open(startAtOperationTime=future)
+    for i in range(40):
+        server.insert("c", {"_id": i, "pad": "x" * 100})
+    assert drain(cursor) == []
+    server.time = future
+    server.insert("c", {"_id": "late"})
+    assert [e["documentKey"] for e in drain(cursor)] == [{"_id": "late"}]
 
 
 def test_restore_reloads_entries_and_trims() -> None:
