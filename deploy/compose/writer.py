@@ -22,30 +22,13 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
+# Old-schema customers exactly as the demo makes them (the image has the worker installed).
+from worker.demo import old_customer as old_document
+
 log = logging.getLogger("writer")
 
 FIRST = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken")
 LAST = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")
-TIERS = ("basic", "silver", "gold", None)
-
-
-def old_document(number: int, rng: random.Random) -> dict[str, Any]:
-    """A customer as old clients write it (shop.customers)."""
-    first, last = rng.choice(FIRST), rng.choice(LAST)
-    document: dict[str, Any] = {
-        "_id": number,
-        "name": f"{first} {last}",
-        "first": first,
-        "last": last,
-        "zip": f"{rng.randrange(10000, 99999)}",
-        "age": str(rng.randrange(18, 90)),
-        "price": round(rng.uniform(1, 500), 2),
-        "legacy_flag": rng.random() < 0.1,
-    }
-    tier = rng.choice(TIERS)
-    if tier is not None:
-        document["tier"] = tier
-    return document
 
 
 def new_document(number: int, rng: random.Random) -> dict[str, Any]:
@@ -135,6 +118,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="documents to seed")
     parser.add_argument("--rate", type=float, default=5.0, help="writes per second")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("--db", default="shop", help="database of the pair (transforms use shop)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -145,7 +129,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     client: MongoClient[dict[str, Any]] = MongoClient(os.environ["MONGODB_URI"])
     try:
-        database = client["shop"]
+        database = client[args.db]
         if args.role == "seed":
             seed(database["customers"], args.count, rng)
             return

@@ -8,14 +8,19 @@ import io
 import socket
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
+from pymongo import AsyncMongoClient
 from rich.console import Console
+
+from transforms import load_registry
 
 from worker.cli import main
 from worker.commands import status as status_command
 from worker.config import Config
+from worker.state import StateStore
 from worker.status_view import render_status, status_is_healthy
 
 NOW = dt.datetime(2026, 11, 22, 2, 0, 0, tzinfo=dt.UTC)
@@ -253,3 +258,34 @@ def test_command_unreachable_server_exits_2() -> None:
     result = CliRunner().invoke(main, ["status", "--check"], env=env)
     assert result.exit_code == 2
     assert "cannot reach MongoDB" in result.stderr
+
+
+async def _register_example_pair(mongo_uri: str, state_db: str) -> None:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+    try:
+        store = StateStore(mongo[state_db])
+        await store.ensure_collections()
+        await store.register(load_registry(["transforms.examples.customers"], entry_points=False))
+    finally:
+        await mongo.close()
+
+
+def test_command_reads_the_state_database(mongo_uri: str, db_name: str) -> None:
+    """Against a real server, status shows the registered pair as NOT_STARTED and healthy,
+    with no worker running anywhere."""
+    env = {"PARTNER_SYNC_URI": mongo_uri, "PARTNER_SYNC_STATE_DB": db_name}
+    empty = CliRunner().invoke(main, ["status", "--json"], env=env)
+    assert empty.exit_code == 0, empty.output
+    assert orjson.loads(empty.stdout)["pairs"] == []
+
+    anyio.run(_register_example_pair, mongo_uri, db_name)
+    result = CliRunner().invoke(main, ["status", "--json", "--check"], env=env)
+    assert result.exit_code == 0, result.output
+    (pair,) = orjson.loads(result.stdout)["pairs"]
+    assert (pair["original"], pair["partner"], pair["state"]) == (
+        "shop.customers",
+        "shop.customers_v2",
+        "NOT_STARTED",
+    )
+    table = CliRunner().invoke(main, ["status"], env=env)
+    assert table.exit_code == 0 and "NOT_STARTED" in table.stdout
