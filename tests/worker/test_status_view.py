@@ -16,7 +16,6 @@ from pymongo import AsyncMongoClient
 from rich.console import Console
 
 from transforms import load_registry
-
 from worker.cli import main
 from worker.commands import status as status_command
 from worker.config import Config
