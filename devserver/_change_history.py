@@ -495,16 +495,16 @@ class ChangeStreamCursor:
 
     def _event(self, entry: dict[str, Any], token: ResumeToken) -> dict[str, Any]:
         op = entry["op"]
-        event: dict[str, Any] = {
-            "_id": token.document(),
-            "operationType": op,
-            "clusterTime": entry["ts"],
-            "wallTime": entry["wall"],
-        }
+        event: dict[str, Any] = {}
+        # mongod puts the transaction's identity first, ahead of the resume token.
         if "txnNumber" in entry:
             event["txnNumber"] = entry["txnNumber"]
         if "lsid" in entry:
             event["lsid"] = entry["lsid"]
+        event["_id"] = token.document()
+        event["operationType"] = op
+        event["clusterTime"] = entry["ts"]
+        event["wallTime"] = entry["wall"]
         options = self._options
         if op in ("insert", "replace"):
             event["fullDocument"] = entry["fullDocument"]
