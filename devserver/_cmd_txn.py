@@ -6,6 +6,8 @@ from typing import Any
 
 from devserver._command import Context, command
 from devserver._errors import CommandError
+from devserver._keys import id_key
+from devserver._sessions import DocRef
 
 __all__ = ["commit_transaction"]
 
@@ -16,15 +18,20 @@ def commit_transaction(ctx: Context) -> None:
     if txn is None:
         raise CommandError(251, "NoSuchTransaction", "no transaction in progress")
     state = ctx.state
+    others_open = len(state.sessions.open) > 1
+    replaced: dict[DocRef, dict[str, Any] | None] = {}
     for record in txn.records:
+        if others_open and record.document_key is not None:
+            ref = (record.db, record.coll or "", id_key(record.document_key["_id"]))
+            if ref not in replaced:
+                replaced[ref] = state.storage.get(ref[0], ref[1], record.document_key["_id"])
         if record.op == "delete":
             state.storage.remove(record.db, record.coll, record.document_key["_id"])
         else:
             state.storage.put(record.db, record.coll, record.after)
     cluster_time = state.commit(list(txn.records), lsid=txn.session.lsid, txn_number=txn.txn_number)
-    if len(state.sessions.open) > 1:  # only other open transactions care
-        for ref in txn.held:
-            state.sessions.committed(ref, cluster_time)
+    for ref, before in replaced.items():
+        state.sessions.committed(ref, cluster_time, before)
     txn.commit_time = cluster_time
     state.sessions.end(txn, "committed")
     ctx.wrote(cluster_time)

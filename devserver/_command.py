@@ -52,7 +52,9 @@ class Context:
 
     def view(self) -> View:
         if self.txn is not None:
-            return TransactionView(self.state.storage, self.state.engine, self.txn)
+            return TransactionView(
+                self.state.storage, self.state.engine, self.txn, self.state.sessions
+            )
         return View(self.state.storage, self.state.engine)
 
     def wrote(self, cluster_time: Timestamp) -> None:

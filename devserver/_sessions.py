@@ -27,6 +27,8 @@ __all__ = [
 
 # (db, collection, id key)
 DocRef = tuple[str, str, bytes]
+# (commit time, the committed document it replaced, None when there was none)
+Version = tuple[Timestamp, dict[str, Any] | None]
 
 
 def write_conflict() -> CommandError:
@@ -88,9 +90,11 @@ class SessionTable:
         self.sessions: dict[bytes, Session] = {}
         self.holders: dict[DocRef, Transaction] = {}
         self.open: set[Transaction] = set()
-        # While any transaction is open: when each document was last committed, so a
-        # transaction writing a document changed after its snapshot gets WriteConflict.
-        self.last_commit: dict[DocRef, Timestamp] = {}
+        # While any transaction is open: per namespace and document, the committed versions
+        # replaced since then, as (commit time, document before it or None). Transactions
+        # read the version current at their snapshot from it, and a transaction writing a
+        # document committed after its snapshot gets WriteConflict.
+        self.versions: dict[tuple[str, str], dict[bytes, list[Version]]] = {}
 
     def session(self, lsid: dict[str, Any]) -> Session:
         lsid_id = lsid.get("id") if isinstance(lsid, dict) else None
@@ -117,8 +121,8 @@ class SessionTable:
         holder = self.holders.get(ref)
         if holder is not None and holder is not txn:
             raise write_conflict()
-        committed = self.last_commit.get(ref)
-        if committed is not None and committed > txn.snapshot:
+        versions = self.versions.get((ref[0], ref[1]), {}).get(ref[2])
+        if versions and versions[-1][0] > txn.snapshot:
             raise write_conflict()
         self.holders[ref] = txn
         txn.held.add(ref)
@@ -126,8 +130,18 @@ class SessionTable:
     def holder(self, ref: DocRef) -> Transaction | None:
         return self.holders.get(ref)
 
-    def committed(self, ref: DocRef, ts: Timestamp) -> None:
-        self.last_commit[ref] = ts
+    def committed(self, ref: DocRef, ts: Timestamp, before: dict[str, Any] | None) -> None:
+        """Remember a committed write (and what it replaced) for the open transactions."""
+        self.versions.setdefault((ref[0], ref[1]), {}).setdefault(ref[2], []).append((ts, before))
+
+    def as_of(
+        self, txn: Transaction, db: str, coll: str, key: bytes
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """(True, document) when the document changed after `txn`'s snapshot: its version then."""
+        for ts, before in self.versions.get((db, coll), {}).get(key, ()):
+            if ts > txn.snapshot:
+                return True, before
+        return False, None
 
     def end(self, txn: Transaction, state: str, reason: str = "") -> None:
         """Mark a transaction committed or aborted, release its documents, wake waiters."""
@@ -144,7 +158,7 @@ class SessionTable:
             txn.records.clear()
         self.open.discard(txn)
         if not self.open:
-            self.last_commit.clear()
+            self.versions.clear()
         txn.ended.set()
 
     def expired(self, limit_seconds: float) -> list[Transaction]:

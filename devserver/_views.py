@@ -7,7 +7,7 @@ from typing import Any
 from devserver._engine import Engine, matches, sort_documents
 from devserver._fastfilter import compile_filter
 from devserver._keys import id_key
-from devserver._sessions import Transaction
+from devserver._sessions import SessionTable, Transaction
 from devserver._storage import IndexSpec, Storage
 
 __all__ = ["View", "TransactionView", "id_equality"]
@@ -23,7 +23,9 @@ def id_equality(filter_doc: dict[str, Any]) -> list[Any] | None:
             if set(value) == {"$eq"}:
                 return [value["$eq"]]
             if set(value) == {"$in"} and isinstance(value["$in"], list):
-                if any(isinstance(v, dict | list) or hasattr(v, "pattern") for v in value["$in"]):
+                # Sub-document ids compare by their canonical BSON (order-sensitive, as in
+                # MongoDB); arrays and regexes in $in match by other rules.
+                if any(isinstance(v, list) or hasattr(v, "pattern") for v in value["$in"]):
                     return None
                 return list(value["$in"])
             return None
@@ -130,11 +132,14 @@ class View:
 
 
 class TransactionView(View):
-    """A transaction's view: its own writes over committed data."""
+    """A transaction's view: its own writes over the data committed as of its snapshot."""
 
-    def __init__(self, storage: Storage, engine: Engine, txn: Transaction) -> None:
+    def __init__(
+        self, storage: Storage, engine: Engine, txn: Transaction, sessions: SessionTable
+    ) -> None:
         super().__init__(storage, engine)
         self.txn = txn
+        self.sessions = sessions
 
     def _overlay(self, db: str, coll: str) -> dict[bytes, dict[str, Any] | None] | None:
         return self.txn.overlay.get((db, coll))
@@ -145,15 +150,36 @@ class TransactionView(View):
 
     def get(self, db: str, coll: str, doc_id: Any) -> dict[str, Any] | None:
         overlay = self._overlay(db, coll)
-        if overlay is not None:
+        if overlay:
             key = id_key(doc_id)
             if key in overlay:
                 return overlay[key]
+        if (db, coll) in self.sessions.versions:
+            changed, version = self.sessions.as_of(self.txn, db, coll, id_key(doc_id))
+            if changed:
+                return version
         return super().get(db, coll, doc_id)
+
+    def _snapshot_documents(self, db: str, coll: str) -> list[dict[str, Any]]:
+        """Committed documents as they were at the transaction's snapshot."""
+        committed = super().all_documents(db, coll)
+        versions = self.sessions.versions.get((db, coll))
+        if not versions:
+            return committed
+        changed: dict[bytes, dict[str, Any] | None] = {}
+        for key in versions:
+            hit, version = self.sessions.as_of(self.txn, db, coll, key)
+            if hit:
+                changed[key] = version
+        if not changed:
+            return committed
+        documents = [doc for doc in committed if id_key(doc["_id"]) not in changed]
+        documents.extend(doc for doc in changed.values() if doc is not None)
+        return documents
 
     def all_documents(self, db: str, coll: str) -> list[dict[str, Any]]:
         overlay = self._overlay(db, coll)
-        committed = super().all_documents(db, coll)
+        committed = self._snapshot_documents(db, coll)
         if not overlay:
             return committed
         merged = [doc for doc in committed if id_key(doc["_id"]) not in overlay]

@@ -137,13 +137,15 @@ def _apply(
         view.stage(db, coll, doc_id, new_doc)
         view.txn.records.append(record)
         return
+    # Open transactions keep reading the version current at their snapshot.
+    replaced = state.storage.get(db, coll, doc_id) if state.sessions.open else None
     if new_doc is None:
         state.storage.remove(db, coll, doc_id)
     else:
         state.storage.put(db, coll, new_doc)
     cluster_time = state.commit([record])
-    if state.sessions.open:  # only open transactions care when a document last changed
-        state.sessions.committed((db, coll, id_key(doc_id)), cluster_time)
+    if state.sessions.open:
+        state.sessions.committed((db, coll, id_key(doc_id)), cluster_time, replaced)
     ctx.wrote(cluster_time)
 
 

@@ -276,3 +276,21 @@ def test_unique_index_is_enforced_inside_a_transaction(client: Client, db_name: 
         with pytest.raises(OperationFailure):
             session.commit_transaction()
     _wait_until(lambda: coll.count_documents({}) == 1)
+
+
+def test_transaction_reads_its_snapshot(client: Client, db_name: str) -> None:
+    """Commits by others after the transaction started are invisible to its reads."""
+    coll = client[db_name].c
+    coll.insert_many([{"_id": 1, "v": "old"}, {"_id": 2, "v": "old"}])
+    with client.start_session() as session:
+        session.start_transaction(read_concern=ReadConcern("snapshot"))
+        assert coll.count_documents({}, session=session) == 2
+        coll.update_one({"_id": 1}, {"$set": {"v": "new"}})
+        coll.delete_one({"_id": 2})
+        coll.insert_one({"_id": 3, "v": "new"})
+        assert coll.find_one({"_id": 1}, session=session) == {"_id": 1, "v": "old"}
+        assert coll.find_one({"_id": 2}, session=session) == {"_id": 2, "v": "old"}
+        assert sorted(d["_id"] for d in coll.find({}, session=session)) == [1, 2]
+        assert coll.count_documents({"v": "new"}, session=session) == 0
+        session.abort_transaction()
+    assert sorted(d["_id"] for d in coll.find()) == [1, 3]
