@@ -40,7 +40,10 @@ Lookup = Callable[[str, str, dict[str, Any]], "dict[str, Any] | None"]
 
 @dataclass(frozen=True)
 class ChangeRecord:
-    """One committed write, as the core reports it to the history."""
+    """One committed write, as the core reports it to the history.
+
+    The history keeps the documents by reference: they must not be mutated afterwards.
+    """
 
     op: str
     db: str
@@ -327,6 +330,10 @@ class ChangeStreamCursor:
         history._check_retained(key - 1)
         seq = history._seq_at_or_after(key)
         if seq >= history._next_seq or history._key(seq) != key:
+            if seq == history._first_seq:
+                # Older than everything retained (e.g. a server restarted without --dbpath):
+                # the event was in a history this server no longer has.
+                raise history_lost()
             raise CommandError(
                 280,
                 "ChangeStreamFatalError",

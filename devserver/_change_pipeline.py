@@ -10,7 +10,6 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import bson
 from mongomock import OperationFailure, aggregate, filtering, helpers
 
 from devserver._errors import CommandError
@@ -177,8 +176,3 @@ def _run(call: Callable[[], Any]) -> Any:
             "IllegalOperation",
             f"not supported by the development server in a change stream: {exc}",
         ) from exc
-
-
-def bson_size(document: Mapping[str, Any]) -> int:
-    """Encoded size of a document in bytes."""
-    return len(bson.encode(document))

@@ -804,6 +804,20 @@ def test_unknown_resume_token_is_fatal() -> None:
     assert caught.value.code == 280
 
 
+def test_token_older_than_history_is_history_lost() -> None:
+    """A token from before everything retained (a previous server's) gets 286, not 280."""
+    server = Server()
+    server.insert("c", {"_id": 1})
+    stale = ResumeToken(server.time.time - 100, 1).document()
+    with pytest.raises(CommandError) as caught:
+        server.open(resumeAfter=stale)
+    assert caught.value.code == 286
+    empty = Server()
+    with pytest.raises(CommandError) as caught:
+        empty.open(resumeAfter=stale)
+    assert caught.value.code == 286
+
+
 @pytest.mark.parametrize(
     "token",
     [
