@@ -112,13 +112,20 @@ def write_forever(
             log.info("%s delete _id=%s deleted=%d", side, target, result.deleted_count)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: a role, then options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("role", choices=("seed", "original", "partner"))
     parser.add_argument("--count", type=int, default=2000, help="documents to seed")
     parser.add_argument("--rate", type=float, default=5.0, help="writes per second")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument("--db", default="shop", help="database of the pair (transforms use shop)")
+    return parser
+
+
+def main() -> None:
+    """Run one role until it is done (seed) or told to stop (writers)."""
+    parser = build_parser()
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
