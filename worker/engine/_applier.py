@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 from bson import Timestamp
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, DeleteOne, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import (
     ConnectionFailure,
@@ -37,7 +37,7 @@ from worker.engine._plan import (
     other_side,
     plan_event,
 )
-from worker.engine._writes import execute_target_write, plan_target_write
+from worker.engine._writes import plan_target_write, write_operation
 from worker.errors import LeaseLost
 from worker.logs import get_logger
 from worker.metrics import Metrics
@@ -430,18 +430,20 @@ class Applier:
                 previous = tally.last_client_write.get(side)
                 if previous is None or event["wallTime"] > previous:
                     tally.last_client_write[side] = event["wallTime"]
+            if event.get("wallTime") is not None:
+                tally.lag_seconds = max(0.0, (utcnow() - _aware(event["wallTime"])).total_seconds())
             new_base = {
                 source_field: plan.base_source,
                 target_field: plan.base_target,
             }
+            if base is not None and all(base.get(k) == v for k, v in new_base.items()):
+                continue  # nothing new learnt about this document (an echo, mostly)
             bases[(pair.original, key)] = {
                 "_id": merge_base_id(pair.original, document_id),
                 **new_base,
                 "at": event.get("clusterTime"),
             }
             touched_bases.add((pair.original, key))
-            if event.get("wallTime") is not None:
-                tally.lag_seconds = max(0.0, (utcnow() - _aware(event["wallTime"])).total_seconds())
 
         # One net write per target document when one pair wrote it in this batch; in order, one
         # per event, when several pairs did (a chain), so each echo is attributed to its pair.
@@ -458,6 +460,7 @@ class Applier:
                 before, after = initial.get((namespace, key)), docs.get((namespace, key))
             planned.append((pair_original, namespace, key, before, after))
         echoes_expected: list[tuple[tuple[str, Any], str]] = []
+        operations: dict[str, list[Any]] = {}
         for pair_original, namespace, key, before, after in planned:
             if before is None and after is None:
                 continue  # created and deleted again within the batch: nothing to write
@@ -466,26 +469,27 @@ class Applier:
             )
             if write is None:
                 continue
+            operations.setdefault(namespace, []).append(write_operation(write, tag=self._tag()))
+            echoes_expected.append(((namespace, key), pair_original))
+            result.writes += 1
+        for namespace, ops in operations.items():
             try:
-                await execute_target_write(
-                    self._collection(namespace), write, session=session, tag=self._tag()
-                )
+                await self._collection(namespace).bulk_write(ops, ordered=True, session=session)
             except OperationFailure as exc:
                 if refused is None and not _is_transient(exc):
                     raise _Permanent(exc) from exc
                 raise
-            echoes_expected.append(((namespace, key), pair_original))
-            result.writes += 1
         self._echoes_after_commit = (pending, echoes_expected)
 
+        base_ops: list[Any] = []
         for pair_original, key in touched_bases:
             base = bases[(pair_original, key)]
             if base.get("o") is None and base.get("p") is None:
-                await self.store.merge_base.delete_one({"_id": base["_id"]}, session=session)
+                base_ops.append(DeleteOne({"_id": base["_id"]}))
             else:
-                await self.store.merge_base.replace_one(
-                    {"_id": base["_id"]}, base, upsert=True, session=session
-                )
+                base_ops.append(ReplaceOne({"_id": base["_id"]}, base, upsert=True))
+        if base_ops:
+            await self.store.merge_base.bulk_write(base_ops, ordered=False, session=session)
         if dead_letters:
             await self.store.dead_letters.insert_many(dead_letters, session=session)
         if held:

@@ -11,12 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pymongo import DeleteOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from transforms import Patch, apply_patch, diff_documents
 
-__all__ = ["TargetWrite", "execute_target_write", "plan_target_write"]
+__all__ = ["TargetWrite", "execute_target_write", "plan_target_write", "write_operation"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,19 @@ async def execute_target_write(
     if tag:
         update.setdefault("$set", {}).update(tag)
     await collection.update_one({"_id": write.document_id}, update, session=session)
+
+
+def write_operation(
+    write: TargetWrite, *, tag: Mapping[str, Any] | None = None
+) -> DeleteOne | ReplaceOne[dict[str, Any]] | UpdateOne:
+    """The planned write as a bulk-write operation, for sending many in one round trip."""
+    if write.kind == "delete":
+        return DeleteOne({"_id": write.document_id})
+    if write.kind == "insert":
+        document = {**(write.document or {}), **(tag or {})}
+        return ReplaceOne({"_id": write.document_id}, document, upsert=True)
+    assert write.patch is not None
+    update = write.patch.to_update()
+    if tag:
+        update.setdefault("$set", {}).update(tag)
+    return UpdateOne({"_id": write.document_id}, update)
