@@ -13,6 +13,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
 from rich.console import Console
 
 from transforms import load_registry
@@ -288,3 +289,20 @@ def test_command_reads_the_state_database(mongo_uri: str, db_name: str) -> None:
     )
     table = CliRunner().invoke(main, ["status"], env=env)
     assert table.exit_code == 0 and "NOT_STARTED" in table.stdout
+
+
+def test_command_read_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver error while reading the state database is one line on stderr and exit 2."""
+
+    async def collect(config: Config) -> dict[str, Any]:
+        raise OperationFailure("not authorized on partner_sync to execute command", code=13)
+
+    async def reachable(uri: str, timeout_s: float) -> None:
+        return None
+
+    monkeypatch.setattr(status_command, "_collector", lambda: collect)
+    monkeypatch.setattr(status_command, "check_reachable", reachable)
+    result = _run("--check")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("partner-sync: reading partner_sync: not authorized")
+    assert result.stderr.count("\n") == 1

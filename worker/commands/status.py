@@ -14,11 +14,13 @@ from typing import Any
 import anyio
 import click
 import orjson
+from pymongo.errors import PyMongoError
 from rich.console import Console
 
 from worker.commands._common import config_option, exit_on_error, load_cli_config
 from worker.config import Config, check_reachable
-from worker.errors import PartnerSyncError
+from worker.errors import PartnerSyncError, ServerUnavailable
+from worker.logs import redact_uri
 from worker.status_view import render_status, status_is_healthy
 
 __all__ = ["command"]
@@ -59,6 +61,12 @@ def command(config_path: str | None, as_json: bool, check: bool) -> None:
         status = anyio.run(_gather, config)
     except PartnerSyncError as exc:
         exit_on_error(exc)
+        return
+    except PyMongoError as exc:
+        # The server answered the reachability check but then failed the reads (lost
+        # connection, missing privilege on the state database): one line, not a traceback.
+        reason = " ".join(str(exc).split())[:300]
+        exit_on_error(ServerUnavailable(f"reading {config.state_db}: {redact_uri(reason)}"))
         return
     if as_json:
         click.echo(orjson.dumps(status, default=_json_default).decode())
