@@ -218,7 +218,13 @@ def plan_event(
         plan.reason = "target holds a version the worker has not seen; its own event decides"
         return plan
 
-    reference = target_old if target_old is not None else known_target
+    # An update carries only the fields it touched: diff the source's states before and after,
+    # so the target's other fields keep their own values. An insert or replace writes the
+    # whole document and is newer than anything folded into the base, including target
+    # changes this pair did not copy (skipped because this very write was ahead): make the
+    # target match it on every owned path, or the two sides stay apart on those paths.
+    whole = event["operationType"] in ("insert", "replace")
+    reference = target_old if target_old is not None and not whole else known_target
     patch = diff_documents(reference, target_new).restricted(owns)
     if "" in ahead:
         plan.conflict_paths = ["<document>"]
