@@ -13,6 +13,7 @@ import argparse
 import os
 import random
 import time
+import timeit
 from typing import Any
 
 from transforms import Direction, Pair, apply_update_description, diff_documents, load_registry
@@ -87,6 +88,9 @@ def main() -> None:
 
     print(f"reference pair: 12-field documents, {options.events} update events of 1-3 fields")
     print(f"load average before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    # A fixed pure-Python loop, to compare figures taken on different or busy machines.
+    calibration = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000
+    print(f"calibration: sum(range(1000)) takes {calibration * 1e6:.1f} us here")
     rates = {}
     for name, run in (
         ("translate_update (fast path)", fast),

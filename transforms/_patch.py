@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms._paths import MISSING, copy_value, same_value, split_path
+from transforms._paths import MISSING, SCALAR_TYPES, copy_value, same_value, split_path
 
 __all__ = ["Patch", "apply_patch", "apply_update_description", "diff_documents", "diff_into"]
 
@@ -39,6 +39,11 @@ class Patch:
         )
 
 
+def _is_document(value: Any) -> bool:
+    kind = type(value)
+    return kind is dict or (kind not in SCALAR_TYPES and isinstance(value, Mapping))
+
+
 def diff_into(
     prefix: str,
     old: Mapping[str, Any],
@@ -53,11 +58,10 @@ def diff_into(
         before = old.get(key, MISSING)
         if before is MISSING:
             sets[prefix + key] = copy_value(value)
-        elif (type(value) is dict or isinstance(value, Mapping)) and (
-            type(before) is dict or isinstance(before, Mapping)
-        ):
-            if before is not value:
-                diff_into(f"{prefix}{key}.", before, value, sets, unsets)
+        elif before is value:
+            continue
+        elif _is_document(value) and _is_document(before):
+            diff_into(f"{prefix}{key}.", before, value, sets, unsets)
         elif not same_value(before, value):
             sets[prefix + key] = copy_value(value)
     for key in old:

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 __all__ = [
     "MISSING",
+    "SCALAR_TYPES",
     "Missing",
     "copy_value",
     "get_path",
@@ -83,13 +84,14 @@ def set_path(document: dict[str, Any], path: tuple[str, ...], value: Any) -> Non
     target[path[-1]] = value
 
 
-_SCALARS: Final = frozenset({str, int, float, bool, type(None), bytes})
+# Types that are never containers, tested before the slow `isinstance(x, Mapping)`.
+SCALAR_TYPES: Final = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def copy_value(value: Any) -> Any:
     """A copy of `value` sharing no mutable container with it (faster than `copy.deepcopy`)."""
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in SCALAR_TYPES:
         return value
     if kind is dict or isinstance(value, Mapping):
         return {key: copy_value(item) for key, item in value.items()}
@@ -108,7 +110,7 @@ def same_value(a: Any, b: Any) -> bool:
             kind = dict
         else:
             return False
-    if kind in _SCALARS:
+    if kind in SCALAR_TYPES:
         return bool(a == b)
     if kind is dict or isinstance(a, Mapping):
         if len(a) != len(b):

@@ -216,7 +216,8 @@ class DirectionPlan:
                     value = document.get(key, MISSING)
                     if value is not MISSING:
                         self._copy_unmapped(key, value, out, share=True)
-            self._write_mapped(document, group.mappings, group.defaults, out, share=True)
+            if group.mappings or group.defaults:
+                self._write_mapped(document, group.mappings, group.defaults, out, share=True)
         return out
 
     def _groups_touched(self, path: tuple[str, ...]) -> tuple[_Group, ...]:
