@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import traceback
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode
 
@@ -100,9 +100,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _timestamp(created: float) -> str:
-    moment = datetime.fromtimestamp(created, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds; the formatted second is cached (many lines share it)."""
+    global _second_cache
+    second = int(created)
+    if _second_cache[0] != second:
+        _second_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_cache[1]}.{int((created - second) * 1000):03d}Z"
 
 
 def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -216,13 +223,19 @@ class EventLogger:
         number = LEVELS[level]
         if not self._logger.isEnabledFor(number):
             return
-        self._logger.log(
+        # makeRecord + handle rather than Logger.log: the caller's file and line are never
+        # shown, and looking them up is the costliest step of stdlib logging.
+        record = self._logger.makeRecord(
+            self._logger.name,
             number,
+            "",
+            0,
             event,
-            exc_info=exc_info,
+            (),
+            sys.exc_info() if exc_info else None,
             extra={"event_name": event, "event_fields": {**self._context, **fields}},
-            stacklevel=3,
         )
+        self._logger.handle(record)
 
     def debug(self, event: str, /, **fields: Any) -> None:
         """Log a debug event; the only level at which document values may appear."""
