@@ -63,7 +63,7 @@ class _Response:
     extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-def _route(method: bytes, target: bytes, metrics: Metrics, health: Health) -> _Response:
+async def _route(method: bytes, target: bytes, metrics: Metrics, health: Health) -> _Response:
     path = target.split(b"?", 1)[0]
     if path not in (b"/healthz", b"/readyz", b"/metrics"):
         return _Response(404, b"not found\n")
@@ -75,7 +75,10 @@ def _route(method: bytes, target: bytes, metrics: Metrics, health: Health) -> _R
     if path == b"/readyz":
         reason = health.reason.encode("utf-8", "replace") + b"\n"
         return _Response(200 if health.ready else 503, reason)
-    return _Response(200, metrics.render(), content_type=CONTENT_TYPE.encode())
+    # Rendering grows with the number of series; a worker thread keeps it off the event loop
+    # that applies changes (the client library's collectors are thread-safe).
+    body = await anyio.to_thread.run_sync(metrics.render)
+    return _Response(200, body, content_type=CONTENT_TYPE.encode())
 
 
 async def _send(stream: SocketStream, conn: h11.Connection, event: Any) -> None:
@@ -126,7 +129,7 @@ async def _serve_one(
         if body_bytes > MAX_BODY_BYTES:
             await _respond(stream, conn, _Response(413, b"request body too large\n"), head=False)
             return False
-    response = _route(event.method, event.target, metrics, health)
+    response = await _route(event.method, event.target, metrics, health)
     await _respond(stream, conn, response, head=event.method == b"HEAD")
     if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
         return False
