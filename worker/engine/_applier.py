@@ -132,6 +132,7 @@ class Applier:
             own_id = session.session_id["id"]
             self.own_sessions = [own_id, *[s for s in remembered if s != own_id]]
             self.own_sessions = self.own_sessions[:REMEMBERED_SESSIONS]
+            await self.lease.record_session(session.session_id)
             try:
                 yield self
             finally:
@@ -171,7 +172,7 @@ class Applier:
                 ]
                 if not held:
                     break
-                events = [_decode_held(h["event"]) for h in held]
+                events: list[Mapping[str, Any]] = [_decode_held(h["event"]) for h in held]
                 await self._apply_with_retries(
                     events,
                     checkpoint=None,
@@ -350,8 +351,8 @@ class Applier:
         for original, ids in ids_by_pair.items():
             pair = self._pairs[original]
             loaded = await self.store.load_bases(original, ids.values(), session=session)
-            for key, base in loaded.items():
-                bases[(original, key)] = base
+            for key, loaded_base in loaded.items():
+                bases[(original, key)] = loaded_base
             for namespace in (pair.original, pair.partner):
                 key_list = [(namespace, key) for key in ids if (namespace, key) not in docs]
                 if not key_list:
@@ -483,11 +484,11 @@ class Applier:
 
         base_ops: list[Any] = []
         for pair_original, key in touched_bases:
-            base = bases[(pair_original, key)]
-            if base.get("o") is None and base.get("p") is None:
-                base_ops.append(DeleteOne({"_id": base["_id"]}))
+            stored = bases[(pair_original, key)]
+            if stored.get("o") is None and stored.get("p") is None:
+                base_ops.append(DeleteOne({"_id": stored["_id"]}))
             else:
-                base_ops.append(ReplaceOne({"_id": base["_id"]}, base, upsert=True))
+                base_ops.append(ReplaceOne({"_id": stored["_id"]}, stored, upsert=True))
         if base_ops:
             await self.store.merge_base.bulk_write(base_ops, ordered=False, session=session)
         if dead_letters:
@@ -661,7 +662,7 @@ class Applier:
     def _is_ours(self, event: Mapping[str, Any]) -> bool:
         if self.tag_field is None:
             lsid = event.get("lsid")
-            return bool(lsid) and lsid.get("id") in self.own_sessions
+            return isinstance(lsid, Mapping) and lsid.get("id") in self.own_sessions
         description = event.get("updateDescription") or {}
         if self.tag_field in (description.get("updatedFields") or {}):
             return True
