@@ -22,7 +22,6 @@ __all__ = ["UpdateDescription", "describe_update", "same_value"]
 _MISSING: Any = object()
 # Bytes MongoDB adds around a delta oplog entry when deciding between a delta and a replacement.
 _DELTA_METADATA_BYTES = 15
-_APPENDING_OPERATORS = frozenset({"$push", "$addToSet"})
 
 
 @dataclass
@@ -97,7 +96,7 @@ def _is_operator_update(update_spec: Any) -> bool:
 def _describe_operators(
     before: Mapping[str, Any], after: Mapping[str, Any], spec: Mapping[str, Any]
 ) -> UpdateDescription:
-    logged: list[tuple[str, list[str]]] = []
+    logged: list[tuple[str | int | None, list[str]]] = []
     for operator, fields in spec.items():
         if not isinstance(fields, Mapping) or operator == "$setOnInsert":
             continue
@@ -107,13 +106,33 @@ def _describe_operators(
                 paths.append(argument)
             for one in paths:
                 for parts in _resolve(one.split("."), before, after):
-                    logged.append((operator, parts))
+                    logged.append((_append_mode(operator, argument), parts))
     description = UpdateDescription()
     seen: set[str] = set()
-    for operator, parts in logged:
-        _log_path(operator, parts, before, after, description, seen)
+    for mode, parts in logged:
+        _log_path(mode, parts, before, after, description, seen)
     _drop_nested(description)
     return description
+
+
+def _append_mode(operator: str, argument: Any) -> str | int | None:
+    """How a modifier logs an append: one `arr.N` per new element, or the whole array.
+
+    $addToSet always logs appended elements one by one. $push does when the array was not empty
+    and it neither sorts nor slices, and a `$position` only when it lies past the end (returned
+    as the int). None: the modifier always logs the whole value.
+    """
+    if operator == "$addToSet":
+        return "addToSet"
+    if operator != "$push":
+        return None
+    if isinstance(argument, Mapping) and "$each" in argument:
+        if {"$sort", "$slice"} & argument.keys():
+            return None
+        position = argument.get("$position")
+        if position is not None:
+            return int(position) if int(position) >= 0 else None
+    return "push"
 
 
 def _resolve(parts: list[str], before: Any, after: Any) -> Iterator[list[str]]:
@@ -136,7 +155,7 @@ def _resolve(parts: list[str], before: Any, after: Any) -> Iterator[list[str]]:
 
 
 def _log_path(
-    operator: str,
+    mode: str | int | None,
     parts: list[str],
     before: Any,
     after: Any,
@@ -161,8 +180,9 @@ def _log_path(
         return
     path = ".".join(parts)
     if (
-        operator in _APPENDING_OPERATORS
+        mode is not None
         and isinstance(old, list)
+        and (mode == "addToSet" or (old and (mode == "push" or int(mode) > len(old))))
         and isinstance(new, list)
         and len(new) > len(old)
         and same_value(old, new[: len(old)])

@@ -158,6 +158,7 @@ def raises_code(code: int) -> Any:
 
 BASE = {
     "_id": 1,
+    "empty": [],
     "a": {"b": 1, "c": 2},
     "arr": [1, 2, 3],
     "n": 5,
@@ -206,6 +207,20 @@ BASE = {
             id="push-position-logs-whole-array",
         ),
         pytest.param({"$addToSet": {"arr": 9}}, {"arr.3": 9}, [], id="add-to-set-appends"),
+        pytest.param({"$push": {"empty": 1}}, {"empty": [1]}, [], id="push-onto-empty-logs-whole"),
+        pytest.param({"$addToSet": {"empty": 1}}, {"empty.0": 1}, [], id="add-to-set-onto-empty"),
+        pytest.param(
+            {"$push": {"arr": {"$each": [4], "$slice": -5}}},
+            {"arr": [1, 2, 3, 4]},
+            [],
+            id="push-slice-logs-whole",
+        ),
+        pytest.param(
+            {"$push": {"arr": {"$each": [4], "$position": 9}}},
+            {"arr.3": 4},
+            [],
+            id="push-position-past-end-appends",
+        ),
         pytest.param({"$pull": {"arr": 2}}, {"arr": [1, 3]}, [], id="pull-logs-whole-array"),
         pytest.param({"$pop": {"arr": 1}}, {"arr": [1, 2]}, [], id="pop-logs-whole-array"),
         pytest.param({"$rename": {"s": "t"}}, {"t": "x"}, ["s"], id="rename"),
