@@ -8,12 +8,14 @@ import transforms
 def test_transforms_exports() -> None:
     """`transforms` exports exactly the documented API, and every name in `__all__` exists."""
     assert sorted(transforms.__all__) == [
+        "CheckStatus",
         "Derivation",
         "Direction",
         "ENTRY_POINT_GROUP",
         "FieldMapping",
         "MISSING",
         "MappingKind",
+        "MappingReport",
         "Pair",
         "Patch",
         "Registry",
@@ -23,6 +25,7 @@ def test_transforms_exports() -> None:
         "TransformLoadError",
         "apply_patch",
         "apply_update_description",
+        "check_pair",
         "diff_documents",
         "load_registry",
     ]

@@ -7,6 +7,7 @@ documents and field-level patches for the other.
 
 from __future__ import annotations
 
+from transforms._check import CheckStatus, MappingReport, check_pair
 from transforms._loader import ENTRY_POINT_GROUP, load_registry
 from transforms._mappings import Direction, FieldMapping, MappingKind
 from transforms._pair import Derivation, Pair
@@ -18,10 +19,12 @@ from transforms.errors import TransformError, TransformFailed, TransformLoadErro
 __all__ = [
     "ENTRY_POINT_GROUP",
     "MISSING",
+    "CheckStatus",
     "Derivation",
     "Direction",
     "FieldMapping",
     "MappingKind",
+    "MappingReport",
     "Pair",
     "Patch",
     "Registry",
@@ -31,6 +34,7 @@ __all__ = [
     "TransformLoadError",
     "apply_patch",
     "apply_update_description",
+    "check_pair",
     "diff_documents",
     "load_registry",
 ]

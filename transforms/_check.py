@@ -11,16 +11,15 @@ import datetime
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from hypothesis import HealthCheck, find, settings
-from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample, Unsatisfiable
+from typing import TYPE_CHECKING, Any
 
 from transforms._mappings import Direction, FieldMapping, MappingKind
 from transforms._pair import Pair
 from transforms._paths import MISSING, get_path, same_value, split_path
 from transforms.errors import TransformFailed
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
 
 __all__ = ["CheckStatus", "MappingReport", "check_pair"]
 
@@ -48,9 +47,11 @@ class MappingReport:
     sources: list[str] = field(default_factory=list)
 
 
-def _strategy_for(kind: type) -> st.SearchStrategy[Any] | None:
+def _strategy_for(kind: type) -> SearchStrategy[Any] | None:
     """Values of one BSON-ish Python type, or None for a type we cannot generate."""
-    scalars: dict[type, st.SearchStrategy[Any]] = {
+    from hypothesis import strategies as st  # imported on use: it costs ~1 s at start-up
+
+    scalars: dict[type, SearchStrategy[Any]] = {
         str: st.text(max_size=20),
         bool: st.booleans(),
         int: st.integers(-(2**63), 2**63 - 1),
@@ -71,7 +72,9 @@ def _strategy_for(kind: type) -> st.SearchStrategy[Any] | None:
     return None
 
 
-def _types_strategy(seen: Iterable[Any]) -> st.SearchStrategy[Any] | None:
+def _types_strategy(seen: Iterable[Any]) -> SearchStrategy[Any] | None:
+    from hypothesis import strategies as st
+
     strategies = []
     for kind in dict.fromkeys(type(value) for value in seen if value is not MISSING):
         strategy = _strategy_for(kind)
@@ -176,6 +179,10 @@ def check_mapping(
         for index in range(len(mapping.original))
     ]
     if candidates and all(strategy is not None for strategy in per_field):
+        from hypothesis import HealthCheck, find, settings
+        from hypothesis import strategies as st
+        from hypothesis.errors import NoSuchExample, Unsatisfiable
+
         generated = st.tuples(*per_field)
 
         def breaks(values: tuple[Any, ...]) -> bool:

@@ -182,11 +182,10 @@ class Pair:
 
     def _claim(self, side: str, paths: Sequence[str], location: str) -> None:
         taken = self._taken(side)
-        for index, path in enumerate(paths):
+        for path in paths:
             check_path(path, self.name, location)
             check_new_path(path, side, taken, self.name, location)
             taken.append((path, location))
-            del index
 
     def _add(self, mapping: FieldMapping) -> int:
         self._mappings.append(mapping)

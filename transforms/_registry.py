@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from transforms._pair import Pair
@@ -35,7 +35,7 @@ class Registry:
                 return pair
         return None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Pair]:
         return iter(self.pairs)
 
     def __len__(self) -> int:

@@ -15,14 +15,16 @@ import click
 
 from transforms import (
     MISSING,
+    CheckStatus,
     Direction,
     MappingKind,
+    MappingReport,
     Pair,
     TransformFailed,
     TransformLoadError,
+    check_pair,
 )
 from transforms import load_registry as load_transforms
-from transforms._check import CheckStatus, MappingReport, check_pair
 from worker.commands._common import config_option, load_cli_config
 from worker.logs import redact_uri
 
