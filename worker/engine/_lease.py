@@ -13,14 +13,18 @@ import datetime as dt
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from worker.errors import LeaseLost
+from worker.logs import get_logger
 from worker.state import StateStore, utcnow
 
 __all__ = ["Lease", "new_holder_id"]
+
+log = get_logger(__name__)
 
 
 def new_holder_id() -> str:
@@ -70,11 +74,40 @@ class Lease:
             return False
         self.fence = int(doc["fence"])
         self.expires_at = now + self.ttl
+        await self._end_previous_sessions(doc)
         # Raise the checkpoint's fence so a previous holder's in-flight commit is refused.
         await self.store.checkpoints.update_one(
             {"_id": self.store.stream}, {"$max": {"fence": self.fence}}, upsert=True
         )
         return True
+
+    async def record_session(self, session_id: Mapping[str, Any]) -> None:
+        """Note the session this holder applies on, so a successor can end its transactions."""
+        await self.store.leases.update_one(
+            {"_id": self.store.stream, "holder": self.holder, "fence": self.fence},
+            {"$set": {"sessions": [dict(session_id)]}},
+        )
+
+    async def _end_previous_sessions(self, doc: Mapping[str, Any]) -> None:
+        """Kill the sessions a previous holder applied on.
+
+        A holder that died or froze inside a transaction keeps that transaction's document
+        locks until the server's transactionLifetimeLimitSeconds (60 s by default); the
+        successor's writes to the checkpoint would wait that long. Killing the sessions aborts
+        the transaction at once.
+        """
+        sessions = [dict(s) for s in doc.get("sessions") or [] if isinstance(s, Mapping)]
+        if not sessions:
+            return
+        try:
+            await self.store.database.client.admin.command("killSessions", sessions)
+        except PyMongoError as exc:
+            # Not allowed or not supported: the lifetime limit frees the locks instead.
+            log.warning("previous_sessions_not_killed", error=type(exc).__name__)
+        await self.store.leases.update_one(
+            {"_id": self.store.stream, "holder": self.holder, "fence": self.fence},
+            {"$unset": {"sessions": ""}},
+        )
 
     async def renew(self) -> None:
         """Extend the lease; raises LeaseLost when someone else took it over."""
