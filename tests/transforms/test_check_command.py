@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -128,12 +130,22 @@ def test_import_error_exits_2_with_traceback(tmp_path: Path) -> None:
     assert "Traceback" in result.stderr and "KeyError: 'region'" in result.stderr
 
 
-def test_no_transforms_exits_2(tmp_path: Path) -> None:
-    """Without modules from flags or configuration, check is a usage error."""
+def test_no_pairs_exits_2(tmp_path: Path) -> None:
+    """Without any pair from flags, configuration or entry points, check is a usage error."""
     config = tmp_path / "c.toml"
     config.write_text("")
     result = _check("--config", str(config), "--sample", "0")
     assert result.exit_code == 2
+    assert "no pairs registered" in result.stderr
+
+
+def test_runs_as_a_subprocess() -> None:
+    """`python -m worker check` works the way a user runs it, exit code included."""
+    module = "transforms.examples.rename_field"
+    command = [sys.executable, "-m", "worker", "check", "--transforms", module, "--sample", "0"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert "pair crm.customers -> crm.customers_v2" in completed.stdout
 
 
 def test_config_file_names_the_modules(tmp_path: Path) -> None:

@@ -150,17 +150,17 @@ def command(
 ) -> None:
     """Load, validate and property-test the transforms; exit 1 when a mapping fails."""
     config = load_cli_config(config_path, {"transforms": modules or None, "uri": uri})
-    if not config.transforms:
-        click.echo(
-            "partner-sync: no transform modules: pass --transforms MODULE or set `transforms` "
-            "in the configuration",
-            err=True,
-        )
-        sys.exit(2)
     try:
         registry = load_transforms(config.transforms)
     except TransformLoadError as exc:
         click.echo(f"partner-sync: cannot load transforms: {exc}", err=True)
+        sys.exit(2)
+    if not registry.pairs:
+        click.echo(
+            "partner-sync: no pairs registered: pass --transforms MODULE, set `transforms` in "
+            "the configuration, or install a package with a `partner_sync.transforms` entry point",
+            err=True,
+        )
         sys.exit(2)
     samples = _live_samples(config.uri, registry.pairs, sample_size) if sample_size else {}
     failed = lossy = checked = 0
