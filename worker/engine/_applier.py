@@ -157,6 +157,16 @@ class Applier:
             list(events), checkpoint=(last["_id"], last.get("clusterTime"))
         )
 
+    async def save_idle_checkpoint(self, resume_token: Mapping[str, Any]) -> None:
+        """Advance the checkpoint while idle (fenced) and report zero lag for every pair."""
+        await self._save_checkpoint((resume_token, None), None)
+        for original in self._pairs:
+            self.metrics.lag_seconds.labels(pair=original).set(0.0)
+        await self.store.pairs.update_many(
+            {"_id": {"$in": list(self._pairs)}, "lag_seconds": {"$ne": 0.0}},
+            {"$set": {"lag_seconds": 0.0}},
+        )
+
     async def replay_held(self, max_docs: int) -> int:
         """Apply the held events of pairs that are active again; returns how many were replayed."""
         replayed = 0

@@ -34,6 +34,8 @@ log = get_logger(__name__)
 REFRESH_INTERVAL_S = 0.5
 # How long a stopping worker lets the batch in flight finish before abandoning it.
 DRAIN_TIMEOUT_S = 5.0
+# How often an idle worker moves its checkpoint up to the stream's high-water mark.
+IDLE_CHECKPOINT_S = 2.0
 
 
 async def cluster_time(client: AsyncMongoClient[dict[str, Any]]) -> Timestamp:
@@ -227,7 +229,7 @@ class Worker:
                 self.health.reason = "holding the lease, stream open"
                 log.info("stream_open", position=_describe(position))
                 try:
-                    await self._apply_loop(applier, receive)
+                    await self._apply_loop(applier, receive, reader)
                 finally:
                     self.health.ready = False
                     self.health.reason = "stopping"
@@ -241,10 +243,16 @@ class Worker:
         scope.cancel()
 
     async def _apply_loop(
-        self, applier: Applier, receive: MemoryObjectReceiveStream[dict[str, Any]]
+        self,
+        applier: Applier,
+        receive: MemoryObjectReceiveStream[dict[str, Any]],
+        reader: StreamReader,
     ) -> None:
         batch_cfg = self.config.batch
         last_refresh = anyio.current_time()
+        applied = 0
+        idle_saved: Any = None
+        idle_saved_at = -IDLE_CHECKPOINT_S
         async with receive:
             while not self.stopping.is_set():
                 batch = await _collect(
@@ -260,6 +268,20 @@ class Worker:
                     last_refresh = anyio.current_time()
                 if batch:
                     await applier.apply(batch)
+                    applied += len(batch)
+                    continue
+                idle = reader.idle_token
+                if (
+                    idle is not None
+                    and idle[1] == applied
+                    and idle[0] != idle_saved
+                    and anyio.current_time() - idle_saved_at >= IDLE_CHECKPOINT_S
+                ):
+                    # Nothing of ours is in flight: move the checkpoint to the stream's
+                    # high-water mark, so busy unrelated collections cannot push our resume
+                    # point off the oplog while our pairs are quiet.
+                    await applier.save_idle_checkpoint(idle[0])
+                    idle_saved, idle_saved_at = idle[0], anyio.current_time()
 
     async def _history_lost(self, applier: Applier, exc: HistoryLost) -> None:
         pairs = await applier.refresh_pairs()

@@ -69,6 +69,12 @@ class StreamReader:
         self.last_token: Mapping[str, Any] | None = None
         self.is_open = False
         self.invalidated = False
+        # Servers before 6.0.9 / 7.0 lack $changeStreamSplitLargeEvent; it is dropped on refusal.
+        self.split_large_events = True
+        # Events handed over so far, and the stream's latest resume token with that count when
+        # it was idle: a checkpoint there skips nothing once that many events are applied.
+        self.sent = 0
+        self.idle_token: tuple[Mapping[str, Any], int] | None = None
 
     def _watch_target(self) -> Any:
         # One database: a database-level stream needs only that database's privileges.
@@ -84,7 +90,6 @@ class StreamReader:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Stream events into `send`; raises HistoryLost when the resume point is gone."""
-        pipeline = [namespace_filter(self.namespaces)]
         started = False
         outage_logged = False
         delay = 0.1
@@ -102,6 +107,9 @@ class StreamReader:
                     options["resume_after"] = position.resume_after
                 elif position.start_at is not None:
                     options["start_at_operation_time"] = position.start_at
+                pipeline: list[dict[str, Any]] = [namespace_filter(self.namespaces)]
+                if self.split_large_events:
+                    pipeline.append({"$changeStreamSplitLargeEvent": {}})
                 try:
                     async with await self._watch_target().watch(pipeline, **options) as stream:
                         self.is_open = True
@@ -112,11 +120,23 @@ class StreamReader:
                         if not started:
                             started = True
                             task_status.started()
+                        fragments: list[dict[str, Any]] = []
                         while True:
                             event = await stream.try_next()
                             if event is None:
+                                if not fragments and stream.resume_token is not None:
+                                    # Everything before this point has been handed over.
+                                    self.idle_token = (stream.resume_token, self.sent)
                                 continue
+                            split = event.get("splitEvent")
+                            if split is not None:
+                                fragments.append(event)
+                                if split.get("fragment") != split.get("of"):
+                                    continue
+                                event = _reassemble(fragments)
+                                fragments = []
                             await send.send(event)
+                            self.sent += 1
                             self.last_token = event["_id"]
                             self.invalidated = event["operationType"] == "invalidate"
                             if self.invalidated:
@@ -124,6 +144,10 @@ class StreamReader:
                                 break
                 except OperationFailure as exc:
                     self.is_open = False
+                    if self.split_large_events and _split_unsupported(exc):
+                        log.info("split_large_events_unsupported", detail=str(exc)[:200])
+                        self.split_large_events = False
+                        continue
                     if exc.code in HISTORY_LOST_CODES or "history" in str(exc).lower():
                         raise HistoryLost(
                             f"the change stream cannot resume: {exc.details or exc}"
@@ -140,6 +164,20 @@ class StreamReader:
                     continue
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _reassemble(fragments: list[dict[str, Any]]) -> dict[str, Any]:
+    """One event from the fragments $changeStreamSplitLargeEvent cut it into."""
+    event: dict[str, Any] = {}
+    for fragment in fragments:
+        event.update({k: v for k, v in fragment.items() if k != "splitEvent"})
+    event["_id"] = fragments[-1]["_id"]
+    return event
+
+
+def _split_unsupported(exc: OperationFailure) -> bool:
+    """The server does not know the $changeStreamSplitLargeEvent stage."""
+    return "changeStreamSplitLargeEvent" in str(exc) and exc.code != 286
 
 
 def _log_outage(already_logged: bool, exc: BaseException) -> bool:
