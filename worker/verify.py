@@ -28,6 +28,7 @@ from worker.backfill import (
     settle,
     write_settled,
 )
+from worker.engine import cluster_time
 from worker.lifecycle import Workspace, run_transaction
 from worker.state import id_key, utcnow
 
@@ -43,10 +44,13 @@ DRIFT_KINDS = ("missing_partner", "missing_original", "differs", "unconvertible"
 SAMPLES_PER_KIND = 20
 # Documents waiting for their re-check; past this many the scan waits for the oldest to be due.
 _PENDING_LIMIT = 500
-# A document still changing at its last re-check counts as drift: it is written faster than the
+# A document still changing after this long counts as drift: it is written faster than the
 # worker copies it, which the operator should see.
-_RECHECKS = 3
+_SETTLE_BUDGET_S = 30.0
 _CURSOR_BATCH = 1000
+# A worker checkpoint that has not moved for this long means nothing is left in flight (the
+# engine's batches wait at most `batch.max_delay_ms`, far less).
+_IDLE_S = 1.0
 _MAX_RECHECK_DELAY_S = 10.0
 
 
@@ -199,7 +203,7 @@ class _Suspect:
     original: dict[str, Any] | None
     partner: dict[str, Any] | None
     due: float
-    attempts: int = 1
+    first_seen: float
 
 
 class _Verifier:
@@ -229,8 +233,9 @@ class _Verifier:
                 self.report.compared += 1
                 drift = compare_documents(self.pair, original, partner, ignored=self.ignored)
                 if drift is not None:
-                    due = anyio.current_time() + self.report.recheck_delay_s
-                    self.pending.append(_Suspect(drift, original, partner, due))
+                    now = anyio.current_time()
+                    due = now + self.report.recheck_delay_s
+                    self.pending.append(_Suspect(drift, original, partner, due, now))
                     if len(self.pending) >= _PENDING_LIMIT:
                         await self.recheck(until_empty=False)
         finally:
@@ -248,11 +253,35 @@ class _Verifier:
             due: list[_Suspect] = []
             while self.pending and self.pending[0].due <= now and len(due) < _CURSOR_BATCH:
                 due.append(self.pending.popleft())
+            if self.report.recheck_delay_s:
+                await self._worker_caught_up()
             confirmed = await self._reread(due)
             if confirmed:
                 await self._confirm(confirmed)
             if not until_empty and len(self.pending) < _PENDING_LIMIT // 2:
                 return
+
+    async def _worker_caught_up(self) -> None:
+        """Wait until the worker applied every change made before now, or has gone idle.
+
+        Its checkpoint passing the current cluster time proves the first; a checkpoint that
+        stops moving means the worker has nothing left to apply. Bounded by the settle budget.
+        """
+        observed = await cluster_time(self.workspace.client)
+        deadline = anyio.current_time() + _SETTLE_BUDGET_S
+        last: Any = None
+        last_change = anyio.current_time()
+        while anyio.current_time() < deadline:
+            checkpoint = await self.workspace.store.checkpoint()
+            reached = (checkpoint or {}).get("cluster_time")
+            if reached is not None and reached >= observed:
+                return
+            now = anyio.current_time()
+            if reached != last:
+                last, last_change = reached, now
+            elif now - last_change >= _IDLE_S:
+                return
+            await anyio.sleep(0.05)
 
     async def _reread(self, suspects: Sequence[_Suspect]) -> list[Drift]:
         ids = [suspect.drift.document_id for suspect in suspects]
@@ -270,9 +299,11 @@ class _Verifier:
                 same_document(original, suspect.original)
                 and same_document(partner, suspect.partner)
             )
-            if moved and suspect.attempts < _RECHECKS:
-                due = anyio.current_time() + max(0.1, self.report.recheck_delay_s)
-                self.pending.append(_Suspect(drift, original, partner, due, suspect.attempts + 1))
+            now = anyio.current_time()
+            if moved and now - suspect.first_seen < _SETTLE_BUDGET_S:
+                # Still being written: look again once the worker had the time to copy it.
+                due = now + max(0.1, self.report.recheck_delay_s)
+                self.pending.append(_Suspect(drift, original, partner, due, suspect.first_seen))
                 continue
             confirmed.append(drift)
         return confirmed

@@ -1,0 +1,216 @@
+"""`partner-sync verify`: every drift kind found, `--repair` clears it, in-flight is not drift."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.worker.oneshot_support import Scenario, scenario_fixture
+from transforms import Pair
+from worker.backfill import last_writer
+from worker.verify import SAMPLES_PER_KIND, compare_documents
+
+
+@pytest.fixture
+def scenario(mongo_uri: str, db_name: str, tmp_path: Path) -> Iterator[Scenario]:
+    yield from scenario_fixture(mongo_uri, db_name, tmp_path)
+
+
+def _backfilled(scenario: Scenario, count: int) -> None:
+    scenario.original.insert_many(
+        [{"_id": i, "name": f"p{i}", "age": str(30 + i)} for i in range(count)]
+    )
+    result = scenario.cli("backfill")
+    assert result.exit_code == 0, result.output
+
+
+def _report(scenario: Scenario, *args: str) -> tuple[int, dict[str, Any]]:
+    result = scenario.cli("verify", "--json", *args)
+    return result.exit_code, orjson.loads(result.stdout.splitlines()[-1])
+
+
+def test_verify_after_a_backfill_finds_no_drift(scenario: Scenario) -> None:
+    """Freshly backfilled sides agree: exit 0 and a one-line summary."""
+    _backfilled(scenario, 30)
+    result = scenario.cli("verify")
+    assert result.exit_code == 0, result.output
+    assert "30 original, 30 partner documents; no drift" in result.stdout
+
+
+def test_verify_finds_every_planted_drift_and_repair_clears_it(scenario: Scenario) -> None:
+    """Missing on either side and field differences are found; --repair applies the side that
+    wrote last (the only side that has a never-synced document), after which verify is clean."""
+    _backfilled(scenario, 10)
+    scenario.original.insert_one({"_id": 100, "name": "only original", "age": "1"})
+    scenario.partner.insert_one({"_id": 200, "full_name": "only partner", "age": 2, "loyalty": 5})
+    scenario.partner.update_one({"_id": 1}, {"$set": {"full_name": "partner wrote"}})
+    scenario.original.update_one({"_id": 2}, {"$set": {"age": "77"}})
+    scenario.partner.delete_one({"_id": 3})
+
+    code, report = _report(scenario)
+    assert code == 1
+    assert report["counts"] == {
+        "missing_partner": 2,
+        "missing_original": 1,
+        "differs": 2,
+        "unconvertible": 0,
+    }
+    samples = report["samples"]
+    assert {s["document_id"] for s in samples["missing_partner"]} == {3, 100}
+    assert [s["document_id"] for s in samples["missing_original"]] == [200]
+    assert {(s["document_id"], tuple(s["fields"])) for s in samples["differs"]} == {
+        (1, ("full_name",)),
+        (2, ("age",)),
+    }
+
+    code, repaired = _report(scenario, "--repair")
+    assert code == 0
+    assert repaired["repaired"] == 5 and repaired["unrepaired"] == 0
+    assert _report(scenario)[0] == 0
+    assert scenario.original.find_one({"_id": 1})["name"] == "partner wrote"
+    assert scenario.partner.find_one({"_id": 2})["age"] == 77
+    assert scenario.original.find_one({"_id": 3}) is None  # the partner's delete was last
+    assert scenario.partner.find_one({"_id": 100})["full_name"] == "only original"
+    assert scenario.original.find_one({"_id": 200}) == {
+        "_id": 200,
+        "name": "only partner",
+        "age": "2",
+    }
+    assert scenario.partner.find_one({"_id": 200})["loyalty"] == 5
+    base = scenario.state["merge_base"].find_one({"_id": {"pair": scenario.ns, "id": 200}})
+    assert base is not None and base["o"]["name"] == "only partner"
+
+
+def test_unconvertible_documents_are_drift_that_repair_cannot_fix(scenario: Scenario) -> None:
+    """A document the transform rejects is reported with its error and stays drift."""
+    _backfilled(scenario, 3)
+    scenario.original.insert_one({"_id": 50, "name": "bad", "age": "old"})
+    code, report = _report(scenario, "--repair")
+    assert code == 1
+    assert report["counts"]["unconvertible"] == 1
+    sample = report["samples"]["unconvertible"][0]
+    assert sample["document_id"] == 50 and sample["fields"] == ["age"]
+    assert "invalid literal" in sample["error"]
+    assert report["unrepaired"] == 1
+
+
+def test_samples_are_capped_per_kind_while_counts_are_exact(scenario: Scenario) -> None:
+    """Up to 20 samples per kind are shown; the count covers every drifted document."""
+    scenario.original.insert_many([{"_id": i, "name": "n", "age": "1"} for i in range(27)])
+    scenario.cli("backfill", "--dry-run")
+    code, report = _report(scenario)
+    assert code == 1
+    assert report["counts"]["missing_partner"] == 27
+    assert len(report["samples"]["missing_partner"]) == SAMPLES_PER_KIND
+
+
+def _pair() -> Pair:
+    pair = Pair(original="verify_t.a", partner="verify_t.b", unmapped="keep")
+    pair.rename("name", "full_name")
+    pair.partner_only("loyalty", default=0)
+    return pair
+
+
+@pytest.mark.parametrize(
+    ("original", "partner", "kind", "fields"),
+    [
+        pytest.param({"_id": 1, "name": "a"}, {"_id": 1, "full_name": "a"}, None, (), id="equal"),
+        pytest.param(
+            {"_id": 1, "name": "a"},
+            {"_id": 1, "full_name": "a", "loyalty": 9},
+            None,
+            (),
+            id="partner-only-field-ignored",
+        ),
+        pytest.param(
+            {"_id": 1, "name": "a"},
+            {"_id": 1, "full_name": "b"},
+            "differs",
+            ("full_name",),
+            id="mapped-field-differs",
+        ),
+        pytest.param(
+            {"_id": 1, "name": "a", "x": 1},
+            {"_id": 1, "full_name": "a"},
+            "differs",
+            ("x",),
+            id="unmapped-field-missing",
+        ),
+        pytest.param({"_id": 1, "name": "a"}, None, "missing_partner", (), id="no-partner"),
+        pytest.param(None, {"_id": 1, "full_name": "a"}, "missing_original", (), id="no-orig"),
+    ],
+)
+def test_compare_documents_looks_only_at_paths_sync_writes(
+    original: dict[str, Any] | None,
+    partner: dict[str, Any] | None,
+    kind: str | None,
+    fields: tuple[str, ...],
+) -> None:
+    """Comparison goes through the transforms and ignores fields the partner keeps for itself."""
+    drift = compare_documents(_pair(), original, partner)
+    assert (drift.kind if drift else None) == kind
+    if drift is not None:
+        assert drift.fields == fields
+
+
+BASE = {"o": {"_id": 1, "a": 1}, "p": {"_id": 1, "b": 1}}
+
+
+@pytest.mark.parametrize(
+    ("original", "partner", "base", "winner"),
+    [
+        pytest.param({"_id": 1, "a": 2}, {"_id": 1, "b": 1}, BASE, "original", id="orig-changed"),
+        pytest.param({"_id": 1, "a": 1}, {"_id": 1, "b": 2}, BASE, "partner", id="partner-changed"),
+        pytest.param({"_id": 1, "a": 2}, {"_id": 1, "b": 2}, BASE, "original", id="both-changed"),
+        pytest.param({"_id": 1, "a": 1}, None, BASE, "partner", id="partner-deleted"),
+        pytest.param({"_id": 1, "a": 1}, {"_id": 1, "b": 1}, BASE, "original", id="neither"),
+        pytest.param(None, {"_id": 1, "b": 1}, None, "partner", id="only-partner-no-base"),
+        pytest.param({"_id": 1, "a": 1}, None, None, "original", id="only-original-no-base"),
+        pytest.param({"_id": 1, "a": 1}, {"_id": 1}, None, "original", id="both-no-base"),
+        pytest.param(
+            {"_id": 1, "a": True},
+            {"_id": 1, "b": 1},
+            {"o": {"_id": 1, "a": 1}, "p": BASE["p"]},
+            "original",
+            id="bool-is-not-int",
+        ),
+    ],
+)
+def test_last_writer_is_judged_from_the_merge_base(
+    original: dict[str, Any] | None,
+    partner: dict[str, Any] | None,
+    base: dict[str, Any] | None,
+    winner: str,
+) -> None:
+    """The side whose document moved away from its merge base wrote last; ties go original."""
+    assert last_writer(original, partner, base) == winner
+
+
+def test_no_false_drift_while_the_worker_streams_writes(scenario: Scenario) -> None:
+    """Changes still in flight are re-checked after the lag, not reported as drift."""
+    _backfilled(scenario, 150)
+    scenario.start_worker()
+    stop = threading.Event()
+    rng = random.Random(11)
+
+    def write() -> None:
+        for n in range(400):
+            if stop.is_set():
+                return
+            scenario.original.update_one({"_id": rng.randrange(150)}, {"$set": {"name": f"w{n}"}})
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        code, report = _report(scenario)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    assert report["drift"] == 0, report
+    assert code == 0
