@@ -10,6 +10,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bson import Timestamp
 from mongomock import OperationFailure, aggregate, filtering, helpers
 
 from devserver._errors import CommandError
@@ -126,14 +127,40 @@ def _match_stage(spec: Any) -> Stage:
             15959, "Location15959", "the match filter must be an expression in an object"
         )
     patched = _patch_datetimes(dict(spec))
+    # mongomock cannot compare Timestamps (clusterTime); compare them as integers instead,
+    # converting events only for filters that mention one.
+    has_timestamps = _contains_timestamp(patched)
+    if has_timestamps:
+        patched = _timestamps_as_ints(patched)
     # Validate the filter once, so a bad operator fails the aggregate, not a later getMore.
     _run(lambda: _filter_applies(patched, {}))
 
     def match(event: dict[str, Any]) -> dict[str, Any] | None:
         # Events hold naive UTC datetimes already, so only the filter needed patching.
-        return event if _run(lambda: _filter_applies(patched, event)) else None
+        document = _timestamps_as_ints(event) if has_timestamps else event
+        return event if _run(lambda: _filter_applies(patched, document)) else None
 
     return match
+
+
+def _contains_timestamp(value: Any) -> bool:
+    if isinstance(value, Timestamp):
+        return True
+    if isinstance(value, Mapping):
+        return any(_contains_timestamp(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_timestamp(v) for v in value)
+    return False
+
+
+def _timestamps_as_ints(value: Any) -> Any:
+    if isinstance(value, Timestamp):
+        return (value.time << 32) | value.inc
+    if isinstance(value, Mapping):
+        return {k: _timestamps_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_timestamps_as_ints(v) for v in value]
+    return value
 
 
 def _transform_stage(name: str, argument: Any) -> Stage:
