@@ -341,3 +341,20 @@ def test_history_lost(devserver_factory: Any) -> None:
             idle.try_next()
         assert later.value.code == 286
         idle.close()
+
+
+def test_history_survives_restart(devserver_factory: Any, tmp_path: Any) -> None:
+    """With a dbpath, a resume token taken before a restart resumes after it, nothing lost."""
+    server = devserver_factory(dbpath=str(tmp_path))
+    with MongoClient(server.uri) as client:
+        coll = client["kept"]["items"]
+        with coll.watch(max_await_time_ms=100) as stream:
+            coll.insert_one({"_id": 1})
+            token = next_event(stream)["_id"]
+        coll.insert_one({"_id": 2})
+    server.restart()
+    with MongoClient(server.uri) as client:
+        coll = client["kept"]["items"]
+        with coll.watch(resume_after=token, max_await_time_ms=100) as resumed:
+            coll.insert_one({"_id": 3})
+            assert [e["documentKey"]["_id"] for e in events(resumed, 2)] == [2, 3]
