@@ -164,3 +164,32 @@ async def test_each_client_write_causes_one_worker_write(
             else:
                 client_writes += 1
         assert (client_writes, worker_writes) == (20, 20)
+
+
+async def test_idle_worker_moves_its_checkpoint_past_unrelated_writes(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """While its pairs are quiet, the worker's checkpoint follows the stream's high-water mark,
+    so heavy writes to other collections cannot push its resume point off the oplog."""
+    module = write_module(tmp_path, "people_idle", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module)
+    async with running_worker(config) as worker:
+        await aclient[db_name]["people"].insert_one({"_id": 1, "name": "a"})
+        await eventually(
+            lambda: aclient[db_name]["people_v2"].find_one({"_id": 1}), what="first copy"
+        )
+
+        async def echo_seen() -> bool:
+            doc = await worker.store.pair_doc(f"{db_name}.people")
+            return bool(doc and doc["counters"]["echoes_skipped"] == 1)
+
+        await eventually(echo_seen, what="the copy's echo to be applied")
+        first = await worker.store.checkpoint()
+        assert first is not None
+
+        async def moved() -> bool:
+            await aclient[db_name]["unrelated"].insert_one({})
+            now = await worker.store.checkpoint()
+            return bool(now and now["resume_token"] != first["resume_token"])
+
+        await eventually(moved, within=15, what="checkpoint to advance while idle")
