@@ -43,6 +43,7 @@ __all__ = [
     "check_convergence",
     "check_last_writer_wins",
     "check_no_extra_writes",
+    "history_of",
     "logical_values",
 ]
 
@@ -323,9 +324,13 @@ def check_last_writer_wins(
     writes: Sequence[Write],
     originals: Mapping[int, Mapping[str, Any]],
     partners: Mapping[int, Mapping[str, Any]],
-) -> list[str]:
-    """G2: existence follows the last write; updated fields hold the latest update's value."""
+) -> tuple[list[str], int]:
+    """G2: existence follows the last write; updated fields hold the latest update's value.
+
+    Returns the problems found and how many (document, field) values were checked.
+    """
     problems: list[str] = []
+    checked = 0
     by_document: dict[int, list[Write]] = {}
     for write in writes:
         by_document.setdefault(write.document_id, []).append(write)
@@ -356,6 +361,7 @@ def check_last_writer_wins(
             if not updates:
                 continue
             winner = updates[-1]
+            checked += 1
             for side in sides:
                 actual = values[side].get(name, ABSENT)
                 if actual != winner.changed[name]:
@@ -363,7 +369,7 @@ def check_last_writer_wins(
                         f"document {document_id} field {name} on the {side} side is {actual!r};"
                         f" the last update {_describe(winner)} set {winner.changed[name]!r}"
                     )
-    return problems
+    return problems, checked
 
 
 def check_no_extra_writes(
@@ -380,6 +386,16 @@ def check_no_extra_writes(
                 f"document {document_id}: {workers} worker writes for {clients} client writes"
             )
     return problems
+
+
+def history_of(writes: Sequence[Write], document_id: int) -> str:
+    """The recorded writes of one document in operationTime order, one per line."""
+    lines = [
+        f"  {w.at.time}.{w.at.inc:<5} {w.side:8} {w.writer:5} {w.op:7} {dict(w.changed)!r}"
+        for w in sorted(writes, key=lambda w: w.at)
+        if w.document_id == document_id
+    ]
+    return f"history of document {document_id}:\n" + "\n".join(lines)
 
 
 def _describe(write: Write) -> str:

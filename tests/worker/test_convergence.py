@@ -34,6 +34,7 @@ from tests.worker.convergence_model import (
     check_convergence,
     check_last_writer_wins,
     check_no_extra_writes,
+    history_of,
 )
 from tests.worker.engine_helpers import eventually, write_module
 from transforms import load_registry
@@ -49,9 +50,14 @@ class Scenario:
     """How much happens in one run."""
 
     writers_per_side: int = 2
-    writes_per_writer: int = 150
+    writes_per_writer: int = 200
+    # Mean pause between one writer's writes (client think time, so that the run lasts long
+    # enough for several crashes and the worker's writes interleave with the clients').
+    pause_s: float = 0.04
     ids: int = 12
     crashes: int = 3
+    # A crash comes this many client writes (at random) after the worker took the lease.
+    crash_after: tuple[int, int] = (5, 120)
 
 
 @dataclass
@@ -208,10 +214,11 @@ async def _run_scenario(
     state = aclient[f"{db_name}_state"]
     ids = list(range(scenario.ids))
     total_writes = 2 * scenario.writers_per_side * scenario.writes_per_writer
-    crash_points = sorted(rng.sample(range(1, total_writes), scenario.crashes))
+    crash_after = [rng.randint(*scenario.crash_after) for _ in range(scenario.crashes)]
     progress = Progress()
     sessions = []
     writers: list[Writer] = []
+    crashes: list[int] = []
     async with await database.watch(max_await_time_ms=200) as stream:
         try:
             await worker.start()
@@ -232,10 +239,14 @@ async def _run_scenario(
                             ids=ids,
                         )
                     )
-            async with anyio.create_task_group() as group:
-                for writer in writers:
-                    group.start_soon(_write, writer, scenario.writes_per_writer, progress)
-                group.start_soon(_crash, worker, progress, crash_points)
+            async with anyio.create_task_group() as crashing:
+                crashing.start_soon(_crash, worker, state, progress, crash_after, crashes)
+                async with anyio.create_task_group() as writing:
+                    for writer in writers:
+                        writing.start_soon(
+                            _write, writer, scenario.writes_per_writer, scenario.pause_s, progress
+                        )
+                crashing.cancel_scope.cancel()
             if not worker.alive():
                 await worker.start()
             counts = await _settle(stream, state, worker)
@@ -249,19 +260,30 @@ async def _run_scenario(
     client_events, worker_events = counts
     context = (
         f"seed {seed}: {len(writes)} effective writes of {progress.count},"
-        f" {sum(worker_events.values())} worker writes, crashes after {crash_points},"
+        f" {sum(worker_events.values())} worker writes, crashes after writes {crashes},"
         f" worker exits {worker.exit_codes}"
     )
     assert sum(client_events.values()) == len(writes), (
         f"the model missed client writes: {sum(client_events.values())} events; {context}"
     )
     assert sum(client_events.values()) > total_writes // 4, f"too few effective writes; {context}"
+    assert crashes, f"the writers finished before the first crash; {context}"
+    lww_problems, checked = check_last_writer_wins(writes, originals, partners)
+    assert checked > scenario.ids, f"only {checked} fields were last written by an update"
     problems = [
         *check_convergence(pair, originals, partners),
-        *check_last_writer_wins(writes, originals, partners),
+        *lww_problems,
         *check_no_extra_writes(client_events, worker_events),
     ]
-    assert not problems, f"{context}\n" + "\n".join(problems[:30]) + "\n" + worker.tail()
+    if problems:
+        failing = sorted({int(m) for p in problems if (m := p.split(":")[0].split()[1]).isdigit()})
+        histories = "\n".join(history_of(writes, i) for i in failing[:3])
+        (tmp_path / "writes.txt").write_text(
+            "\n".join(history_of(writes, i) for i in range(scenario.ids))
+        )
+        raise AssertionError(
+            f"{context}\n" + "\n".join(problems[:30]) + f"\n{histories}\n{worker.tail()}"
+        )
 
 
 async def _pair_running(state: Any, original: str) -> bool:
@@ -269,17 +291,39 @@ async def _pair_running(state: Any, original: str) -> bool:
     return bool(doc and doc.get("state") == "RUNNING")
 
 
-async def _write(writer: Writer, count: int, progress: Progress) -> None:
+async def _write(writer: Writer, count: int, pause_s: float, progress: Progress) -> None:
     for _ in range(count):
         await writer.step()
         progress.note()
+        await anyio.sleep(writer.rng.uniform(0, 2 * pause_s))
 
 
-async def _crash(worker: WorkerProcess, progress: Progress, points: Sequence[int]) -> None:
-    for point in points:
-        await progress.wait_for(point)
-        await worker.kill()
-        await worker.start()
+async def _crash(
+    worker: WorkerProcess,
+    state: Any,
+    progress: Progress,
+    after_writes: Sequence[int],
+    crashes: list[int],
+) -> None:
+    """Kill the worker a given number of client writes after each incarnation took the lease."""
+    fence = 0
+    for count in after_writes:
+        fence = await eventually(
+            lambda above=fence: _lease_fence_above(state, above),
+            within=30,
+            what="a worker to take the lease",
+        )
+        await progress.wait_for(progress.count + count)
+        with anyio.CancelScope(shield=True):
+            await worker.kill()
+            crashes.append(progress.count)
+            await worker.start()
+
+
+async def _lease_fence_above(state: Any, fence: int) -> int:
+    lease = await state["leases"].find_one({"_id": "default"})
+    current = int((lease or {}).get("fence") or 0)
+    return current if current > fence and lease and lease.get("holder") else 0
 
 
 async def _settle(
@@ -310,3 +354,22 @@ async def _settle(
 
     await eventually(caught_up, within=within, what="the worker to catch up")
     return clients, workers
+
+
+SOAK_SEEDS = int(os.environ.get("CONVERGENCE_SOAK_SEEDS", "0"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SOAK_SEEDS, reason="set CONVERGENCE_SOAK_SEEDS=N to soak N seeds")
+@pytest.mark.usefixtures("short_transactions")
+@pytest.mark.parametrize("seed", range(1000, 1000 + max(SOAK_SEEDS, 1)))
+async def test_soak(
+    aclient: AsyncMongoClient[dict[str, Any]],
+    mongo_uri: str,
+    db_name: str,
+    tmp_path: Path,
+    seed: int,
+) -> None:
+    """More writers, ids and crashes per seed than the default run; G1-G3 hold for every seed."""
+    scenario = Scenario(writers_per_side=3, writes_per_writer=300, ids=20, crashes=6)
+    await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, scenario)
