@@ -6,10 +6,10 @@ import copy
 from typing import Any
 
 import pytest
-from conftest import build_reference_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.transforms.pairs import build_reference_pair
 from transforms import (
     Direction,
     Pair,
