@@ -90,7 +90,7 @@ _values = st.recursive(
 _documents = st.dictionaries(_keys, _values, max_size=3)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(old=_documents, new=_documents)
 def test_apply_diff_gives_new(old: dict[str, Any], new: dict[str, Any]) -> None:
     """Applying diff(old, new) to old gives new, and neither input is mutated."""
