@@ -22,7 +22,7 @@ from bson import Int64, Timestamp
 from devserver._change_diff import describe_update
 from devserver._change_options import StreamOptions, parse_options
 from devserver._change_pipeline import MAX_EVENT_BYTES, EventPipeline
-from devserver._change_token import ResumeToken, entry_key, next_timestamp
+from devserver._change_token import EVENT, ResumeToken, entry_key, next_timestamp
 from devserver._errors import CommandError
 
 __all__ = ["ChangeHistory", "ChangeRecord", "ChangeStreamCursor", "history_lost"]
@@ -75,6 +75,9 @@ class ChangeHistory:
         self._entries: list[dict[str, Any] | None] = []
         self._keys: list[int] = []
         self._sizes: list[int] = []
+        # Each entry's event token and its hex, made once rather than once per reader.
+        self._tokens: list[ResumeToken] = []
+        self._hexes: list[str] = []
         self._offset = 0  # sequence number of _entries[0]
         self._first_seq = 0  # oldest retained entry
         self._next_seq = 0
@@ -152,8 +155,12 @@ class ChangeHistory:
     def _push(self, entry: dict[str, Any]) -> None:
         size = len(bson.encode(entry))
         self._entries.append(entry)
-        self._keys.append(entry_key(entry["ts"], entry["txnOpIndex"]))
+        ts: Timestamp = entry["ts"]
+        token = ResumeToken(ts.time, ts.inc, EVENT, entry["txnOpIndex"])
+        self._keys.append(entry_key(ts, entry["txnOpIndex"]))
         self._sizes.append(size)
+        self._tokens.append(token)
+        self._hexes.append(token.hex())
         self._bytes += size
         self._next_seq += 1
 
@@ -168,12 +175,15 @@ class ChangeHistory:
         dead = self._first_seq - self._offset
         if dead >= _COMPACT_AT and dead * 2 >= len(self._entries):
             del self._entries[:dead], self._keys[:dead], self._sizes[:dead]
+            del self._tokens[:dead], self._hexes[:dead]
             self._offset = self._first_seq
 
     def _drop_all(self) -> None:
         self._entries.clear()
         self._keys.clear()
         self._sizes.clear()
+        self._tokens.clear()
+        self._hexes.clear()
         self._bytes = 0
 
     def _wake(self) -> None:
@@ -229,6 +239,10 @@ class ChangeHistory:
 
     def _size(self, seq: int) -> int:
         return self._sizes[seq - self._offset]
+
+    def _token(self, seq: int) -> tuple[ResumeToken, str]:
+        position = seq - self._offset
+        return self._tokens[position], self._hexes[position]
 
     def _check_retained(self, after_key: int) -> None:
         """Raise 286 when an entry with a key above `after_key` has been dropped."""
@@ -298,6 +312,7 @@ class ChangeStreamCursor:
         self._history = history
         self._options = options
         self._pipeline = pipeline
+        self._measure_events = pipeline.splits_large_events
         self._db = db
         self._coll = coll
         self.batch_size = batch_size
@@ -347,7 +362,7 @@ class ChangeStreamCursor:
         entry = history._entry(seq)
         shown, invalidates = self._classify(entry)
         if shown and token.fragment:
-            self._pending.extend(f for f in self._render(entry, 0) if f[0] > token)
+            self._pending.extend(f for f in self._render(entry, seq) if f[0] > token)
         if invalidates:
             self._queue_invalidate(entry)
 
@@ -429,9 +444,8 @@ class ChangeStreamCursor:
             entry = history._entry(seq)
             shown, invalidates = self._classify(entry)
             if shown:
-                size = history._size(seq)
-                self._pending.extend(self._render(entry, size))
-                total += size
+                self._pending.extend(self._render(entry, seq))
+                total += history._size(seq)
             if invalidates:
                 self._queue_invalidate(entry)
             self._drain(batch, limit)
@@ -488,19 +502,22 @@ class ChangeStreamCursor:
         in_db = db == self._db or (to is not None and to["db"] == self._db)
         return in_db, in_db and op == "dropDatabase"
 
-    def _render(self, entry: dict[str, Any], size: int) -> list[Shown]:
-        ts: Timestamp = entry["ts"]
-        token = ResumeToken(ts.time, ts.inc, txn_op_index=entry["txnOpIndex"])
-        event = self._event(entry, token)
+    def _render(self, entry: dict[str, Any], seq: int) -> list[Shown]:
+        history = self._history
+        token, token_hex = history._token(seq)
+        event = self._event(entry, token_hex)
         shown = self._pipeline.apply(event)
         if shown is None:
             return []
-        looked_up = entry["op"] == "update" and self._options.full_document == "updateLookup"
-        if self._pipeline.splits_large_events or looked_up or size > _LARGE_ENTRY:
+        if (
+            self._measure_events
+            or history._size(seq) > _LARGE_ENTRY
+            or (entry["op"] == "update" and self._options.full_document == "updateLookup")
+        ):
             return _split(token, shown, allowed=self._pipeline.splits_large_events)
         return [(token, shown)]
 
-    def _event(self, entry: dict[str, Any], token: ResumeToken) -> dict[str, Any]:
+    def _event(self, entry: dict[str, Any], token_hex: str) -> dict[str, Any]:
         op = entry["op"]
         event: dict[str, Any] = {}
         # mongod puts the transaction's identity first, ahead of the resume token.
@@ -508,7 +525,7 @@ class ChangeStreamCursor:
             event["txnNumber"] = entry["txnNumber"]
         if "lsid" in entry:
             event["lsid"] = entry["lsid"]
-        event["_id"] = token.document()
+        event["_id"] = {"_data": token_hex}
         event["operationType"] = op
         event["clusterTime"] = entry["ts"]
         event["wallTime"] = entry["wall"]
