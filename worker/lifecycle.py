@@ -43,6 +43,10 @@ T = TypeVar("T")
 
 # States a pair may be paused from; resuming returns to the one recorded in `paused_from`.
 _PAUSABLE = ACTIVE_STATES
+# The running engine re-reads the pairs every half second; a transition waits this long when a
+# worker holds the lease, so that when the command returns the worker has stopped (or started
+# again) applying the pair's changes.
+_WORKER_NOTICES_S = 1.2
 # A transaction that keeps failing with transient errors for this long is given up: the server
 # is overloaded or a writer holds the documents, and the operator should hear about it.
 _TRANSACTION_BUDGET_S = 60.0
@@ -230,6 +234,13 @@ async def _record(store: StateStore, original: str) -> dict[str, Any]:
     return doc
 
 
+async def _let_worker_notice(store: StateStore) -> None:
+    """Give a running worker the time to re-read the pairs after a state change."""
+    live = await store.leases.find_one({"holder": {"$ne": None}, "expires_at": {"$gt": utcnow()}})
+    if live is not None:
+        await anyio.sleep(_WORKER_NOTICES_S)
+
+
 async def pause_pair(store: StateStore, original: str) -> LifecycleResult:
     """Move an active pair to PAUSED, remembering the state to resume to."""
     doc = await _record(store, original)
@@ -242,6 +253,7 @@ async def pause_pair(store: StateStore, original: str) -> LifecycleResult:
         )
     if not await store.set_state(original, "PAUSED", expect=[state], paused_from=state):
         return await pause_pair(store, original)  # the state moved under us: decide again
+    await _let_worker_notice(store)
     return LifecycleResult(
         original,
         state,
@@ -264,6 +276,7 @@ async def resume_pair(store: StateStore, original: str) -> LifecycleResult:
         target = "RUNNING"
     if not await store.set_state(original, target, expect=["PAUSED"], paused_from=None):
         return await resume_pair(store, original)
+    await _let_worker_notice(store)
     held = await store.held_events.count_documents({"pair": original})
     return LifecycleResult(
         original,
@@ -326,6 +339,7 @@ async def complete_pair(
         original, "COMPLETED", expect=[state], completed_at=now, paused_from=None
     ):
         return await complete_pair(store, original, quiet_period_s=quiet_period_s, force=force)
+    await _let_worker_notice(store)
     quiet = "never written by a client" if last is None else f"last client write {_iso(last)}"
     return LifecycleResult(
         original,
@@ -368,6 +382,9 @@ async def rollback_pair(
         return await rollback_pair(
             store, client, original, drop_partner=drop_partner, announce=announce
         )
+    # The worker must have let go of the pair before its merge base goes, or a batch in flight
+    # would write merge base records back.
+    await _let_worker_notice(store)
     await store.merge_base.delete_many({"_id.pair": original})
     await store.held_events.delete_many({"pair": original})
     message = f"{original}: rolled back (was {state}); syncing stopped"
