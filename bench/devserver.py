@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,42 +60,38 @@ def _report(
     print(line, flush=True)
 
 
-def single_inserts(client: MongoClient[dict[str, Any]], seconds: float, cpu: ServerCpu) -> None:
-    coll = client.bench.single
-    coll.drop()
+def _timed(label: str, seconds: float, cpu: ServerCpu, step: Callable[[int], int]) -> None:
+    """Run `step(done_so_far)` (returning how many it did) for `seconds`, then report."""
     count = 0
     before = cpu.seconds()
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        coll.insert_one({"n": count, "name": f"user{count}", "tags": ["a", "b"]})
-        count += 1
-    _report(
-        "single inserts (acknowledged, one at a time)",
-        count,
-        time.perf_counter() - started,
-        cpu,
-        before,
-    )
+        count += step(count)
+    _report(label, count, time.perf_counter() - started, cpu, before)
+
+
+def single_inserts(client: MongoClient[dict[str, Any]], seconds: float, cpu: ServerCpu) -> None:
+    coll = client.bench.single
+    coll.drop()
+
+    def one(n: int) -> int:
+        coll.insert_one({"n": n, "name": f"user{n}", "tags": ["a", "b"]})
+        return 1
+
+    _timed("single inserts (acknowledged, one at a time)", seconds, cpu, one)
 
 
 def bulk_inserts(client: MongoClient[dict[str, Any]], seconds: float, cpu: ServerCpu) -> None:
     coll = client.bench.bulk
     coll.drop()
-    count = 0
-    before = cpu.seconds()
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
+
+    def thousand(n: int) -> int:
         coll.insert_many(
-            [{"n": count + i, "name": f"user{i}", "tags": ["a", "b"]} for i in range(1000)]
+            [{"n": n + i, "name": f"user{i}", "tags": ["a", "b"]} for i in range(1000)]
         )
-        count += 1000
-    _report(
-        "bulk inserted docs (insert_many of 1,000)",
-        count,
-        time.perf_counter() - started,
-        cpu,
-        before,
-    )
+        return 1000
+
+    _timed("bulk inserted docs (insert_many of 1,000)", seconds, cpu, thousand)
 
 
 def watched_events(client: MongoClient[dict[str, Any]], total: int, cpu: ServerCpu) -> None:

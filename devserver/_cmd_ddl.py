@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from devserver._changes import ChangeRecord
 from devserver._cmd_read import open_cursor
 from devserver._command import Context, command, namespace_arg
 from devserver._engine import matches
 from devserver._errors import CommandError
-from devserver._history import ChangeRecord
 from devserver._storage import IndexSpec, validate_namespace
 
 __all__: list[str] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 from bson import Int64
 
-from devserver._command import Context, command, int_arg, namespace_arg
+from devserver._command import Context, command, int_arg, namespace_arg, sort_arg
 from devserver._cursors import DEFAULT_FIRST_BATCH, DocumentCursor, take_batch
 from devserver._errors import CommandError
 from devserver._storage import validate_namespace
@@ -47,23 +47,6 @@ def open_cursor(
             DocumentCursor(ns=ns, remaining=remaining, lsid=ctx.lsid_key, batch_size=batch_size)
         )
     return cursor_reply(ns, cursor_id, batch, first=True)
-
-
-def _sort_arg(value: Any) -> list[tuple[str, int]] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise CommandError(14, "TypeMismatch", "Expected field sort to be of type object")
-    sort = []
-    for key, direction in value.items():
-        if isinstance(direction, bool) or direction not in (1, -1):
-            raise CommandError(
-                2,
-                "BadValue",
-                "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
-            )
-        sort.append((key, int(direction)))
-    return sort
 
 
 def _batch_size(ctx: Context, container: dict[str, Any], key: str = "batchSize") -> int | None:
@@ -106,7 +89,7 @@ async def find(ctx: Context) -> dict[str, Any]:
         coll,
         filter_doc,
         projection=body.get("projection"),
-        sort=_sort_arg(body.get("sort")),
+        sort=sort_arg(body.get("sort")),
         skip=skip,
         limit=limit,
     )
@@ -164,12 +147,6 @@ async def kill_cursors(ctx: Context) -> dict[str, Any]:
 
 async def _change_stream(ctx: Context, coll: str | None, pipeline: list[Any]) -> dict[str, Any]:
     history = ctx.state.history
-    if history is None:
-        raise CommandError(
-            40573,
-            "Location40573",
-            "change streams are not available in this build of the development server",
-        )
     if ctx.txn is not None:
         raise CommandError(
             263, "OperationNotSupportedInTransaction", "Cannot run a change stream in a transaction"

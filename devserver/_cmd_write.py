@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from devserver._command import Context, command, namespace_arg
+from devserver._command import Context, command, namespace_arg, sort_arg
 from devserver._errors import CommandError
 from devserver._storage import validate_namespace
 from devserver._writes import (
@@ -61,25 +61,6 @@ async def _run_batch(
     return errors
 
 
-def _sort_arg(value: Any) -> list[tuple[str, int]] | None:
-    if value is None or value == {}:
-        return None
-    if not isinstance(value, dict):
-        raise CommandError(14, "TypeMismatch", "sort must be an object")
-    sort = []
-    for key, direction in value.items():
-        if direction in (1, -1) and not isinstance(direction, bool):
-            sort.append((key, int(direction)))
-        else:
-            raise CommandError(
-                2,
-                "BadValue",
-                "$sort key ordering must be 1 (for ascending) or -1 (for descending), "
-                f"got {direction!r}",
-            )
-    return sort
-
-
 def _reject_collation(statement: dict[str, Any]) -> None:
     collation = statement.get("collation")
     if collation and collation.get("locale", "simple") != "simple":
@@ -131,7 +112,7 @@ async def update(ctx: Context) -> dict[str, Any]:
             multi=bool(statement.get("multi", False)),
             upsert=bool(statement.get("upsert", False)),
             array_filters=statement.get("arrayFilters"),
-            sort=_sort_arg(statement.get("sort")),
+            sort=sort_arg(statement.get("sort")),
             deadline=deadline,
         )
         matched += result.matched
@@ -190,7 +171,7 @@ async def find_and_modify(ctx: Context) -> dict[str, Any]:
     validate_namespace(ctx.db, coll)
     body = ctx.body
     query = body.get("query") or {}
-    sort = _sort_arg(body.get("sort"))
+    sort = sort_arg(body.get("sort"))
     remove = bool(body.get("remove", False))
     update_spec = body.get("update")
     _reject_collation(body)

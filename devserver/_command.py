@@ -21,6 +21,7 @@ __all__ = [
     "command",
     "namespace_arg",
     "int_arg",
+    "sort_arg",
 ]
 
 
@@ -111,6 +112,24 @@ def namespace_arg(ctx: Context) -> str:
             f"collection name has invalid type {type(value).__name__}",
         )
     return value
+
+
+def sort_arg(value: Any) -> list[tuple[str, int]] | None:
+    """A sort specification as (path, 1 | -1) pairs; None when absent or empty."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise CommandError(14, "TypeMismatch", "Expected field sort to be of type object")
+    sort = []
+    for key, direction in value.items():
+        if isinstance(direction, bool) or direction not in (1, -1):
+            raise CommandError(
+                2,
+                "BadValue",
+                "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
+            )
+        sort.append((key, int(direction)))
+    return sort
 
 
 def int_arg(ctx: Context, key: str, default: int = 0, *, minimum: int | None = 0) -> int:

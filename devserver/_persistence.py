@@ -121,10 +121,8 @@ class FileJournal:
             out.write(_frame({"generation": next_generation, "t": state.clock.now}))
             for chunk in _chunks(state.storage.snapshot_records()):
                 out.write(_frame({"ops": chunk}))
-            history = state.history
-            if history is not None:
-                for chunk in _chunks(iter(history.retained)):
-                    out.write(_frame({"entries": chunk}))
+            for chunk in _chunks(iter(state.history.retained)):
+                out.write(_frame({"entries": chunk}))
             out.write(_frame({"end": True}))
             out.flush()
             os.fsync(out.fileno())
@@ -184,7 +182,7 @@ def open_journal(state: ServerState, dbpath: str) -> FileJournal:
         entries.extend(unit.get("entries", ()))
         last_time = unit["t"]
     storage.journaling = True
-    if state.history is not None and entries:
+    if entries:
         state.history.restore(entries)
     if last_time is not None:
         state.clock.advance_to(last_time)

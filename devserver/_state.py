@@ -11,11 +11,11 @@ from typing import Any, Protocol
 
 from bson import ObjectId, Timestamp
 
+from devserver._changes import ChangeHistory, ChangeRecord
 from devserver._clock import ClusterClock
 from devserver._cursors import CursorTable
 from devserver._engine import Engine
 from devserver._failpoints import FailCommand
-from devserver._history import ChangeHistory, ChangeRecord
 from devserver._sessions import SessionTable, Transaction
 from devserver._storage import Storage
 
@@ -61,17 +61,16 @@ class ServerState:
     process_id: ObjectId = field(default_factory=ObjectId)
     address: str = ""
     journal: Journal | None = None
-    history: Any = None
+    history: ChangeHistory = field(init=False)
     connections_created: int = 0
     connections_current: int = 0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     stopping: asyncio.Event | None = None
 
     def __post_init__(self) -> None:
-        if ChangeHistory is not None:
-            self.history = ChangeHistory(
-                max_bytes=int(self.config.oplog_size_mb * 1024 * 1024), lookup=self._lookup
-            )
+        self.history = ChangeHistory(
+            max_bytes=int(self.config.oplog_size_mb * 1024 * 1024), lookup=self._lookup
+        )
 
     def _lookup(self, db: str, coll: str, document_key: dict[str, Any]) -> dict[str, Any] | None:
         doc = self.storage.get(db, coll, document_key.get("_id"))
@@ -87,7 +86,7 @@ class ServerState:
         """Finish one write unit: a fresh cluster time, change events, journal record."""
         cluster_time = self.clock.tick()
         entries: list[dict[str, Any]] = []
-        if records and self.history is not None:
+        if records:
             entries = list(
                 self.history.append(
                     records,

@@ -14,10 +14,10 @@ from typing import Any
 import bson
 from bson import ObjectId
 
+from devserver._changes import ChangeRecord
 from devserver._command import Context
 from devserver._engine import is_operator_update, matches
 from devserver._errors import CommandError
-from devserver._history import ChangeRecord
 from devserver._keys import id_key
 from devserver._storage import ID_INDEX, duplicate_key_error
 from devserver._views import TransactionView, View
@@ -178,7 +178,7 @@ def prepare_insert(doc: Any) -> dict[str, Any]:
 async def insert_one(
     ctx: Context, db: str, coll: str, doc: dict[str, Any], deadline: Deadline
 ) -> None:
-    """Insert one prepared document."""
+    """Insert one prepared document (also the insert half of an upsert)."""
     view = ctx.view()
     while await _wait_unheld(ctx, db, coll, [doc["_id"]], deadline):
         pass
@@ -243,22 +243,7 @@ async def update_matching(
         if not upsert:
             return result
         new_doc = prepare_insert(engine.upsert_document(query, update, array_filters))
-        while await _wait_unheld(ctx, db, coll, [new_doc["_id"]], deadline):
-            pass
-        if view.get(db, coll, new_doc["_id"]) is not None:
-            raise duplicate_key_error(db, coll, ID_INDEX, {"_id": new_doc["_id"]})
-        _check_document(ctx, view, db, coll, new_doc)
-        _hold(ctx, db, coll, new_doc["_id"])
-        record = ChangeRecord(
-            op="insert",
-            db=db,
-            coll=coll,
-            document_key={"_id": new_doc["_id"]},
-            after=new_doc,
-            images_enabled=_images(ctx, db, coll),
-        )
-        _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
-        result.matched = 0
+        await insert_one(ctx, db, coll, new_doc, deadline)
         result.upserted = True
         result.upserted_id = new_doc["_id"]
         result.after.append(new_doc)
