@@ -163,13 +163,15 @@ def prepare_insert(doc: Any) -> dict[str, Any]:
     """The document as MongoDB stores it: `_id` first, generated when absent."""
     if not isinstance(doc, dict):
         raise CommandError(14, "TypeMismatch", "documents to insert must be objects")
-    doc_id = doc.get("_id", ObjectId()) if "_id" in doc else ObjectId()
+    doc_id = doc["_id"] if "_id" in doc else ObjectId()
     if isinstance(doc_id, list) or hasattr(doc_id, "pattern"):
         raise CommandError(2, "BadValue", f"can't use a {type(doc_id).__name__} for _id")
     if isinstance(doc_id, dict) and any(k.startswith("$") for k in doc_id):
         raise CommandError(
             52, "DollarPrefixedFieldName", "_id fields may not contain '$'-prefixed fields"
         )
+    if next(iter(doc), None) == "_id":
+        return doc  # already in stored form (the request's own dict, not shared elsewhere)
     stored = {"_id": doc_id}
     stored.update((k, v) for k, v in doc.items() if k != "_id")
     return stored
