@@ -25,6 +25,13 @@ from worker.state import utcnow
 __all__ = ["command"]
 
 
+def _problem(error: str) -> str:
+    """The failure itself, without the "pair ..., document _id ...:" prefix the table shows."""
+    where = error.find(", document _id ")
+    colon = error.find(": ", where) if where >= 0 else -1
+    return error[colon + 2 :] if colon >= 0 else error
+
+
 @click.group("dlq")
 def command() -> None:
     """List, re-drive or purge dead letters."""
@@ -70,7 +77,7 @@ def list_command(
         return
     table = Table("pair", "document _id", "error", "mapping", "age", "retries")
     for letter in letters:
-        error = " ".join(str(letter.get("error", "")).split())
+        error = _problem(" ".join(str(letter.get("error", "")).split()))
         table.add_row(
             str(letter.get("pair")),
             repr(letter.get("document_id")),
