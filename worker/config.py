@@ -215,8 +215,13 @@ def _file_layer(path: str) -> dict[str, _Setting]:
     key_lines = _toml_key_lines(text)
 
     def source_of(key: str) -> str:
-        line = key_lines.get(key)
-        return f"{path}:{line}" if line else path
+        # A key inside an inline table (`batch = {max_docs = 0}`) is found by its parent's line.
+        parts = key.split(".")
+        for end in range(len(parts), 0, -1):
+            line = key_lines.get(".".join(parts[:end]))
+            if line:
+                return f"{path}:{line}"
+        return path
 
     return _flatten(values, source_of)
 

@@ -307,6 +307,29 @@ def test_invalid_configuration_is_one_line_naming_key_and_source(
 
 
 @pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        pytest.param("[batch]\nmax_docs = 1\n\n[lease]\nttl_s = -1\n", 5, id="table"),
+        pytest.param("batch = { max_docs = 1 }\nlease = { ttl_s = -1 }\n", 2, id="inline-table"),
+        pytest.param("lease.ttl_s = -1\n", 1, id="dotted-key"),
+        pytest.param(
+            'transforms = """\nx = 1\nlease = 2\n"""\n[lease]\nttl_s = -1\n',
+            6,
+            id="multiline-string",
+        ),
+        pytest.param(
+            "transforms = [\n  'a',\n  'b',\n]\n[lease]  # comment\nttl_s = -1\n", 6, id="array"
+        ),
+    ],
+)
+def test_error_line_numbers(tmp_path: Path, text: str, line: int) -> None:
+    """The file:line of an error points at the line that sets the key, whatever the TOML form."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}:{line}: lease\.ttl_s: "):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         pytest.param("uri = \n", "not valid TOML", id="toml-syntax"),
