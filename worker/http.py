@@ -16,6 +16,7 @@ import h11
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from worker.config import parse_listen
+from worker.logs import get_logger
 from worker.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "Health",
     "serve_http",
 ]
+
+log = get_logger(__name__)
 
 MAX_REQUEST_BYTES = 8 * 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -129,12 +132,31 @@ async def _serve_one(
         if body_bytes > MAX_BODY_BYTES:
             await _respond(stream, conn, _Response(413, b"request body too large\n"), head=False)
             return False
-    response = await _route(event.method, event.target, metrics, health)
+    try:
+        response = await _route(event.method, event.target, metrics, health)
+    except Exception:
+        log.exception("http_request_failed", path=event.target.decode("latin-1"))
+        response = _Response(500, b"internal error\n")
     await _respond(stream, conn, response, head=event.method == b"HEAD")
     if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
         return False
     conn.start_next_cycle()
     return True
+
+
+async def _converse(stream: SocketStream, metrics: Metrics, health: Health) -> None:
+    """Serve requests on one connection until the client or the idle timeout ends it."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    try:
+        while True:
+            with anyio.move_on_after(IDLE_TIMEOUT_S) as scope:
+                keep_alive = await _serve_one(stream, conn, metrics, health)
+            if scope.cancelled_caught or not keep_alive:
+                return
+    except h11.RemoteProtocolError as exc:
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status = exc.error_status_hint
+            await _respond(stream, conn, _Response(status, b"bad request\n"), head=False)
 
 
 async def _handle_connection(
@@ -144,19 +166,14 @@ async def _handle_connection(
         if limiter.available_tokens == 0:
             return  # over the connection cap: close at once rather than queue
         async with limiter:
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
             try:
-                while True:
-                    with anyio.move_on_after(IDLE_TIMEOUT_S) as scope:
-                        keep_alive = await _serve_one(stream, conn, metrics, health)
-                    if scope.cancelled_caught or not keep_alive:
-                        return
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status = exc.error_status_hint
-                    await _respond(stream, conn, _Response(status, b"bad request\n"), head=False)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, h11.LocalProtocolError):
-                return  # the client went away mid-response; nothing to tell it
+                await _converse(stream, metrics, health)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass  # the client went away; nothing to tell it
+            except Exception:
+                # The probes are auxiliary: a failure serving one request must never end the
+                # task group that applies changes, so it is logged and the connection dropped.
+                log.exception("http_request_failed")
 
 
 def _format_address(host: str, port: int) -> str:

@@ -228,3 +228,20 @@ async def test_bad_listen_address_is_refused() -> None:
     """A malformed address fails before anything listens."""
     with pytest.raises(ValueError, match="HOST:PORT"):
         await serve_http("9464", metrics=Metrics(), health=Health())
+
+
+async def test_a_failing_request_does_not_stop_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error while answering one request is a 500 (and a log line); the server goes on."""
+    health, metrics = Health(ready=True), Metrics()
+    calls = 0
+
+    def broken_render() -> bytes:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("collector failed")
+
+    monkeypatch.setattr(metrics, "render", broken_render)
+    async with _running(health, metrics) as address:
+        status, _, _ = await _request(address, _get("/metrics"))
+        after, _, _ = await _request(address, _get("/healthz"))
+    assert (calls, status, after) == (1, 500, 200)
