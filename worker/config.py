@@ -96,6 +96,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    # Where `uri` came from ("env PARTNER_SYNC_URI", "worker.toml:1", ...), for error messages.
+    uri_source: str = field(default="default", compare=False)
 
     @property
     def redacted_uri(self) -> str:
@@ -103,7 +105,11 @@ class Config:
         return redact_uri(self.uri)
 
     def __repr__(self) -> str:
-        shown = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        shown = {
+            item.name: getattr(self, item.name)
+            for item in dataclasses.fields(self)
+            if item.name != "uri_source"
+        }
         shown["uri"] = self.redacted_uri
         return f"Config({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
@@ -399,6 +405,8 @@ def _build(settings: Mapping[str, _Setting]) -> Config:
         if key == "uri_file":
             key, value = "uri", _read_uri_file(setting)
             setting = _Setting(value, f"{setting.source} ({setting.value})", setting.textual)
+        if key == "uri":
+            top["uri_source"] = setting.source
         problem = _check_value(key, value)
         if problem is not None:
             raise _fail(key, setting, problem)
@@ -448,12 +456,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-async def check_reachable(uri: str, timeout_s: float) -> None:
+async def check_reachable(uri: str, timeout_s: float, *, source: str = "") -> None:
     """Ping the server at `uri`; raise ConfigError with one clear line if it does not answer.
 
     Commands that connect call this first, so a wrong host, port, replica set name or
-    credentials is reported before any work starts (exit code 2).
+    credentials is reported before any work starts (exit code 2). `source` (a Config's
+    `uri_source`) says where the URI was configured, as other configuration errors do.
     """
+    prefix = f"{source}: uri" if source else "uri"
     from pymongo import AsyncMongoClient
     from pymongo.errors import OperationFailure, PyMongoError
 
@@ -469,10 +479,11 @@ async def check_reachable(uri: str, timeout_s: float) -> None:
         await client.admin.command("ping")
     except OperationFailure as exc:
         reason = exc.details.get("errmsg", str(exc)) if exc.details else str(exc)
-        raise ConfigError(f"uri: server at {target} refused: {_one_line(reason)}") from exc
+        raise ConfigError(f"{prefix}: server at {target} refused: {_one_line(reason)}") from exc
     except PyMongoError as exc:
         raise ConfigError(
-            f"uri: cannot reach MongoDB at {target} within {timeout_s:g}s: {_one_line(str(exc))}"
+            f"{prefix}: cannot reach MongoDB at {target} within {timeout_s:g}s: "
+            f"{_one_line(str(exc))}"
         ) from exc
     finally:
         await client.close()

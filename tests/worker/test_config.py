@@ -361,6 +361,25 @@ def test_password_never_in_repr_or_str(uri: str) -> None:
     assert config.uri == uri
 
 
+@pytest.mark.parametrize(
+    ("environ", "flags", "source"),
+    [
+        pytest.param({}, {}, "default", id="default"),
+        pytest.param({"PARTNER_SYNC_URI": "mongodb://h/"}, {}, "env PARTNER_SYNC_URI", id="env"),
+        pytest.param(
+            {"PARTNER_SYNC_URI": "mongodb://h/"}, {"uri": "mongodb://f/"}, "flag --uri", id="flag"
+        ),
+    ],
+)
+def test_uri_source_is_recorded(
+    environ: dict[str, str], flags: dict[str, str], source: str
+) -> None:
+    """Config.uri_source names where the URI came from, for the reachability error."""
+    config = load_config(None, flags=flags, environ=environ)
+    assert config.uri_source == source
+    assert "uri_source" not in repr(config)
+
+
 def test_password_never_in_uri_errors() -> None:
     """A URI error message does not repeat the password it was given."""
     with pytest.raises(ConfigError) as caught:
@@ -389,7 +408,9 @@ async def test_check_reachable_names_the_server_when_nothing_listens() -> None:
         port = probe.getsockname()[1]
     uri = f"mongodb://u:hunter2@127.0.0.1:{port}/?directConnection=true"
     with pytest.raises(ConfigError) as caught:
-        await check_reachable(uri, timeout_s=1.0)
+        await check_reachable(uri, timeout_s=1.0, source="flag --uri")
     message = str(caught.value)
-    assert message.startswith(f"uri: cannot reach MongoDB at mongodb://u:***@127.0.0.1:{port}/")
+    assert message.startswith(
+        f"flag --uri: uri: cannot reach MongoDB at mongodb://u:***@127.0.0.1:{port}/"
+    )
     assert "hunter2" not in message and "\n" not in message

@@ -184,7 +184,7 @@ def fake_collector(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     async def collect(config: Config) -> dict[str, Any]:
         return served
 
-    async def reachable(uri: str, timeout_s: float) -> None:
+    async def reachable(uri: str, timeout_s: float, *, source: str = "") -> None:
         return None
 
     monkeypatch.setattr(status_command, "_collector", lambda: collect)
@@ -257,7 +257,7 @@ def test_command_unreachable_server_exits_2() -> None:
     }
     result = CliRunner().invoke(main, ["status", "--check"], env=env)
     assert result.exit_code == 2
-    assert "cannot reach MongoDB" in result.stderr
+    assert result.stderr.startswith("partner-sync: env PARTNER_SYNC_URI: uri: cannot reach MongoDB")
 
 
 async def _register_example_pair(mongo_uri: str, state_db: str) -> None:
@@ -297,7 +297,7 @@ def test_command_read_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
     async def collect(config: Config) -> dict[str, Any]:
         raise OperationFailure("not authorized on partner_sync to execute command", code=13)
 
-    async def reachable(uri: str, timeout_s: float) -> None:
+    async def reachable(uri: str, timeout_s: float, *, source: str = "") -> None:
         return None
 
     monkeypatch.setattr(status_command, "_collector", lambda: collect)

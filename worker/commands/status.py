@@ -37,7 +37,7 @@ def _collector() -> Collector:
 
 
 async def _gather(config: Config) -> dict[str, Any]:
-    await check_reachable(config.uri, config.connect_timeout_s)
+    await check_reachable(config.uri, config.connect_timeout_s, source=config.uri_source)
     return await _collector()(config)
 
 
