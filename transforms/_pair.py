@@ -522,6 +522,18 @@ class Pair:
         """
         return self._plan(direction).owns(path)
 
+    def target_patch(
+        self, old: Mapping[str, Any], new: Mapping[str, Any], direction: Direction
+    ) -> Patch:
+        """The patch turning target document `old` into `new`, touching owned paths only.
+
+        Like `diff_documents(old, new).restricted(lambda p: self.owns(p, direction))`, except
+        that a sub-document which may hold fields the target keeps for itself (a nested
+        partner_only field; with unmapped="drop", the parent of a mapped path) is set or unset
+        field by field, never whole, so those fields survive. Use it on converted documents.
+        """
+        return self._plan(direction).target_patch(old, new)
+
     def translate_update(
         self,
         direction: Direction,
@@ -532,9 +544,9 @@ class Pair:
     ) -> Patch:
         """The minimal target patch for an update event on the source side.
 
-        `base` is the source document as known before the event. Equal to diffing the converted
-        documents before and after, restricted to owned paths, but only the mappings the touched
-        paths reach are run.
+        `base` is the source document as known before the event. Equal to
+        `target_patch(convert(base), convert(updated), direction)` (the diff of the converted
+        documents restricted to owned paths), but only the mappings the touched paths reach run.
         """
         return self._plan(direction).translate_update(
             base, updated_fields, removed_fields, truncated_arrays

@@ -50,23 +50,36 @@ def diff_into(
     new: Mapping[str, Any],
     sets: dict[str, Any],
     unsets: list[str],
+    leafwise: frozenset[str] = frozenset(),
 ) -> None:
-    """Add to `sets` / `unsets` what turns sub-document `old` into `new`, paths under `prefix`."""
+    """Add to `sets` / `unsets` what turns sub-document `old` into `new`, paths under `prefix`.
+
+    A sub-document at a path in `leafwise` that appears or disappears is patched field by
+    field instead of whole, so fields of it the patch must not touch survive.
+    """
     for key, value in new.items():
         if key == "_id" and not prefix:
             continue
         before = old.get(key, MISSING)
         if before is MISSING:
-            sets[prefix + key] = copy_value(value)
+            path = prefix + key
+            if leafwise and path in leafwise and _is_document(value):
+                diff_into(path + ".", {}, value, sets, unsets, leafwise)
+            else:
+                sets[path] = copy_value(value)
         elif before is value:
             continue
         elif _is_document(value) and _is_document(before):
-            diff_into(f"{prefix}{key}.", before, value, sets, unsets)
+            diff_into(f"{prefix}{key}.", before, value, sets, unsets, leafwise)
         elif not same_value(before, value):
             sets[prefix + key] = copy_value(value)
-    for key in old:
+    for key, before in old.items():
         if key not in new and not (key == "_id" and not prefix):
-            unsets.append(prefix + key)
+            path = prefix + key
+            if leafwise and path in leafwise and _is_document(before):
+                diff_into(path + ".", before, {}, sets, unsets, leafwise)
+            else:
+                unsets.append(path)
 
 
 def diff_documents(old: Mapping[str, Any], new: Mapping[str, Any]) -> Patch:

@@ -111,6 +111,7 @@ class DirectionPlan:
         self._defaults = tuple((split_path(p), v) for p, v in defaults.items())
         self._written = tuple(t for m in self.mappings for t in m.targets)
         self._not_owned = tuple(split_path(p) for p in kept_by_target)
+        self.leafwise = self._leafwise_paths()
         self._owns_cache: dict[str, bool] = {}
         self._split_cache: dict[str, tuple[str, ...]] = {}
         self._top_groups: dict[str, tuple[_Group, ...]] = {}
@@ -119,6 +120,19 @@ class DirectionPlan:
             for source in compiled.sources:
                 self._by_source_top.setdefault(source[0], []).append((compiled, source))
         self._groups = self._build_groups()
+
+    def _leafwise_paths(self) -> frozenset[str]:
+        """Sub-documents that may hold target fields this direction does not own.
+
+        Setting or unsetting one of them whole would write those fields too, so patches treat
+        them field by field: ancestors of the fields the target keeps for itself, and with
+        unmapped="drop", ancestors of every written path (the rest of such a sub-document is
+        the target's own).
+        """
+        unowned = list(self._not_owned)
+        if not self.keep_unmapped:
+            unowned += list(self._written)
+        return frozenset(".".join(path[:end]) for path in unowned for end in range(1, len(path)))
 
     def _build_groups(self) -> dict[str, _Group]:
         """Join target top-level keys written by one mapping (a derive may write several)."""
@@ -273,10 +287,16 @@ class DirectionPlan:
         chosen = groups.values()
         sets: dict[str, Any] = {}
         unsets: list[str] = []
-        diff_into(
-            "", self._build_part(base, chosen), self._build_part(updated, chosen), sets, unsets
-        )
+        before = self._build_part(base, chosen)
+        diff_into("", before, self._build_part(updated, chosen), sets, unsets, self.leafwise)
         return Patch(sets, tuple(unsets)) if sets or unsets else _EMPTY
+
+    def target_patch(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> Patch:
+        """The owned patch turning converted document `old` into converted `new`."""
+        sets: dict[str, Any] = {}
+        unsets: list[str] = []
+        diff_into("", old, new, sets, unsets, self.leafwise)
+        return Patch(sets, tuple(unsets)).restricted(self.owns)
 
     def _split(self, path: str) -> tuple[str, ...]:
         parts = self._split_cache.get(path)

@@ -249,8 +249,25 @@ def _events(direction: Direction) -> st.SearchStrategy[tuple[dict[str, Any], lis
 
 def _naive(pair: Pair, direction: Direction, base: dict[str, Any], event: Any) -> Patch:
     updated = apply_update_description(base, *event)
-    full = diff_documents(pair.convert(base, direction), pair.convert(updated, direction))
-    return full.restricted(lambda path: pair.owns(path, direction))
+    old, new = pair.convert(base, direction), pair.convert(updated, direction)
+    patch = pair.target_patch(old, new, direction)
+    # target_patch is the owned part of the plain diff, split field by field where a
+    # sub-document may hold unowned fields (which can leave an empty one behind).
+    patched = _without_empty(apply_patch(old, patch))
+    rest = diff_documents(patched, _without_empty(new))
+    assert rest.restricted(lambda path: pair.owns(path, direction)).is_empty()
+    return patch
+
+
+def _without_empty(document: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            value = _without_empty(value)
+            if not value:
+                continue
+        out[key] = value
+    return out
 
 
 def _same_patch(left: Patch, right: Patch) -> bool:
@@ -266,7 +283,8 @@ def _same_patch(left: Patch, right: Patch) -> bool:
 def test_fast_path_equals_naive_diff(
     direction: Direction, unmapped: str, data: st.DataObject
 ) -> None:
-    """translate_update equals diff(convert(base), convert(updated)) restricted to owned paths."""
+    """translate_update equals target_patch(convert(base), convert(updated)): the owned part of
+    their diff."""
     pair = _PAIRS[unmapped]
     base = data.draw(_documents(direction), label="base")
     event = data.draw(_events(direction), label="event")
@@ -293,3 +311,40 @@ def test_patches_of_successive_updates_compose(direction: Direction, data: st.Da
 
 
 _PAIRS = {"keep": build_reference_pair("keep"), "drop": build_reference_pair("drop")}
+
+
+@pytest.mark.parametrize(
+    ("unmapped", "base", "updated", "removed", "expected"),
+    [
+        pytest.param(
+            "drop", {"_id": 1}, {"zip": "9"}, [], Patch({"address.zip": "9"}, ()), id="drop-new"
+        ),
+        pytest.param(
+            "drop", {"_id": 1, "zip": "9"}, {}, ["zip"], Patch({}, ("address.zip",)), id="drop-gone"
+        ),
+        pytest.param(
+            "keep", {"_id": 1}, {"meta": {"x": 1}}, [], Patch({"meta.x": 1}, ()), id="keep-new"
+        ),
+        pytest.param(
+            "keep", {"_id": 1, "meta": {"x": 1}}, {}, ["meta"], Patch({}, ("meta.x",)), id="gone"
+        ),
+    ],
+)
+def test_sub_documents_holding_unowned_fields_are_patched_field_by_field(
+    unmapped: str,
+    base: dict[str, Any],
+    updated: dict[str, Any],
+    removed: list[str],
+    expected: Patch,
+) -> None:
+    """A sub-document the target may share with its own fields (the parent of a mapped path
+    with unmapped="drop", the parent of a partner_only field) is never set or unset whole."""
+    pair = Pair(original="a.b", partner="a.c", unmapped=unmapped)  # type: ignore[arg-type]
+    pair.rename("zip", "address.zip")
+    pair.partner_only("meta.note")
+    assert pair.translate_update(FORWARD, base, updated, removed, []) == expected
+    old, new = (
+        pair.convert(base, FORWARD),
+        pair.convert(apply_update_description(base, updated, removed), FORWARD),
+    )
+    assert pair.target_patch(old, new, FORWARD) == expected
