@@ -93,10 +93,50 @@ def _show_backfill(backfill: Any) -> str:
     return f"{docs} docs so far" if backfill.get("docs") else "not done"
 
 
+# (title, justification) of the status table's columns, in order.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Pair", "left"),
+    ("State", "left"),
+    ("Lag", "right"),
+    ("Applied →", "right"),
+    ("Applied ←", "right"),
+    ("Echoes", "right"),
+    ("Conflicts", "right"),
+    ("Dead letters", "right"),
+    ("Last write original", "left"),
+    ("Last write partner", "left"),
+    ("Backfill", "left"),
+)
+# Below this many columns the wide table wraps into illegibility; pairs are shown one by one.
+_WIDE_TABLE_MIN_WIDTH = 150
+
+
+def _cells(pair: Mapping[str, Any], now: dt.datetime) -> list[str | Text]:
+    """One pair's table cells, in `_COLUMNS` order."""
+    state = str(pair.get("state", "?"))
+    applied = pair.get("applied") or {}
+    last = pair.get("last_client_write") or {}
+    dead = pair.get("dead_letters")
+    return [
+        f"{pair.get('original', '?')}\n→ {pair.get('partner', '?')}",
+        Text(state, style=_STATE_STYLES.get(state, "bold red")),
+        _show_lag(pair.get("lag_seconds")),
+        _show_count(applied.get("forward")),
+        _show_count(applied.get("backward")),
+        _show_count(pair.get("echoes_skipped")),
+        _show_count(pair.get("conflicts")),
+        Text(_show_count(dead), style="bold red" if isinstance(dead, int) and dead else ""),
+        _show_time(last.get("original"), now),
+        _show_time(last.get("partner"), now),
+        _show_backfill(pair.get("backfill")),
+    ]
+
+
 def render_status(
     status: Mapping[str, Any], *, console: Console, now: dt.datetime | None = None
 ) -> None:
-    """Print the worker's lease line and one table row per pair to `console`."""
+    """Print the worker's lease line and the pairs to `console`: one table row per pair on a
+    wide console, one key/value block per pair on a narrow one."""
     now = now or dt.datetime.now(dt.UTC)
     worker = status.get("worker") or {}
     holder = worker.get("lease_holder")
@@ -110,40 +150,26 @@ def render_status(
     if not pairs:
         console.print("No pairs registered yet.")
         return
-    table = Table(show_lines=False, header_style="bold")
-    for title, justify in (
-        ("Pair", "left"),
-        ("State", "left"),
-        ("Lag", "right"),
-        ("Applied →", "right"),
-        ("Applied ←", "right"),
-        ("Echoes", "right"),
-        ("Conflicts", "right"),
-        ("Dead letters", "right"),
-        ("Last write original", "left"),
-        ("Last write partner", "left"),
-        ("Backfill", "left"),
-    ):
-        table.add_column(title, justify=justify)  # type: ignore[arg-type]
-    for pair in pairs:
-        state = str(pair.get("state", "?"))
-        applied = pair.get("applied") or {}
-        last = pair.get("last_client_write") or {}
-        dead = pair.get("dead_letters")
-        table.add_row(
-            f"{pair.get('original', '?')}\n→ {pair.get('partner', '?')}",
-            Text(state, style=_STATE_STYLES.get(state, "bold red")),
-            _show_lag(pair.get("lag_seconds")),
-            _show_count(applied.get("forward")),
-            _show_count(applied.get("backward")),
-            _show_count(pair.get("echoes_skipped")),
-            _show_count(pair.get("conflicts")),
-            Text(_show_count(dead), style="bold red" if isinstance(dead, int) and dead else ""),
-            _show_time(last.get("original"), now),
-            _show_time(last.get("partner"), now),
-            _show_backfill(pair.get("backfill")),
-        )
-    console.print(table)
+    rows = [_cells(pair, now) for pair in pairs]
+    if console.width >= _WIDE_TABLE_MIN_WIDTH:
+        table = Table(header_style="bold")
+        for title, justify in _COLUMNS:
+            table.add_column(title, justify=justify)  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        # Too narrow for eleven columns: one small key/value block per pair.
+        for pair, row in zip(pairs, rows, strict=True):
+            block = Table(
+                show_header=False, title=str(pair.get("original", "?")), title_justify="left"
+            )
+            block.add_column(style="bold")
+            block.add_column()
+            block.add_row("Partner", str(pair.get("partner", "?")))
+            for (title, _), cell in zip(_COLUMNS[1:], row[1:], strict=True):
+                block.add_row(title, cell)
+            console.print(block)
     for pair in pairs:
         if pair.get("resync_reason") and pair.get("state") == "RESYNC_REQUIRED":
             console.print(

@@ -60,9 +60,9 @@ def _status(**pair_changes: Any) -> dict[str, Any]:
     return status
 
 
-def _render(status: dict[str, Any]) -> str:
+def _render(status: dict[str, Any], width: int = 220) -> str:
     out = io.StringIO()
-    render_status(status, console=Console(file=out, width=220, color_system=None), now=NOW)
+    render_status(status, console=Console(file=out, width=width, color_system=None), now=NOW)
     return out.getvalue()
 
 
@@ -84,6 +84,14 @@ def test_table_shows_every_interface_field() -> None:
         "2026-11-22 01:58:00Z (2m ago)",
         "done, 3,000 docs",
     ):
+        assert expected in text, expected
+
+
+def test_narrow_console_shows_one_block_per_pair() -> None:
+    """On an 80-column terminal every field is still shown whole, one line per field."""
+    text = _render(HEALTHY, width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for expected in ("Partner", "shop.customers_v2", "Applied ←", "2026-11-22 01:58:00Z (2m ago)"):
         assert expected in text, expected
 
 
