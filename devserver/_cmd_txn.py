@@ -29,7 +29,13 @@ def commit_transaction(ctx: Context) -> None:
             state.storage.remove(record.db, record.coll, record.document_key["_id"])
         else:
             state.storage.put(record.db, record.coll, record.after)
-    cluster_time = state.commit(list(txn.records), lsid=txn.session.lsid, txn_number=txn.txn_number)
+    cluster_time = state.commit(
+        list(txn.records),
+        lsid=txn.session.lsid,
+        txn_number=txn.txn_number,
+        # Persisted with the writes: a commit retried after a restart is answered ok.
+        outcome={"lsid": txn.session.lsid, "committed": txn.txn_number},
+    )
     for ref, before in replaced.items():
         state.sessions.committed(ref, cluster_time, before)
     txn.commit_time = cluster_time

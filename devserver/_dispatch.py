@@ -236,6 +236,7 @@ async def _run(ctx: Context, spec: CommandSpec) -> dict[str, Any]:
             state.abort(ctx.txn, "a write in the transaction failed")
         if retry_number is not None and ctx.session is not None:
             ctx.session.retry_replies[retry_number] = dict(reply)
+            state.remember_retryable(ctx.session.lsid, retry_number, reply)
         return reply
     except CommandError as error:
         if ctx.txn is not None and ctx.txn.is_open and ctx.name != "abortTransaction":

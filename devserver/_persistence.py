@@ -101,10 +101,17 @@ class FileJournal:
         self._size = os.fstat(self._fd).st_size
 
     def write_unit(
-        self, cluster_time: Timestamp, ops: list[dict[str, Any]], entries: list[dict[str, Any]]
+        self,
+        cluster_time: Timestamp,
+        ops: list[dict[str, Any]],
+        entries: list[dict[str, Any]],
+        outcome: dict[str, Any] | None = None,
     ) -> None:
         """Append one committed write unit (one write call, so a crash tears at most this one)."""
-        record = _frame({"t": cluster_time, "ops": ops, "entries": entries})
+        unit: dict[str, Any] = {"t": cluster_time, "ops": ops, "entries": entries}
+        if outcome is not None:
+            unit["outcome"] = outcome
+        record = _frame(unit)
         written = os.write(self._fd, record)
         while written < len(record):  # a short write on a full disk or a signal
             written += os.write(self._fd, record[written:])
@@ -123,6 +130,8 @@ class FileJournal:
                 out.write(_frame({"ops": chunk}))
             for chunk in _chunks(iter(state.history.retained)):
                 out.write(_frame({"entries": chunk}))
+            for chunk in _chunks(iter(state.session_outcomes())):
+                out.write(_frame({"outcomes": chunk}))
             out.write(_frame({"end": True}))
             out.flush()
             os.fsync(out.fileno())
@@ -174,13 +183,17 @@ def open_journal(state: ServerState, dbpath: str) -> FileJournal:
             for op in record.get("ops", ()):
                 storage.apply_op(op)
             entries.extend(record.get("entries", ()))
+            for outcome in record.get("outcomes", ()):
+                state.restore_outcome(outcome, outcome.get("t") or snapshot[0]["t"])
     journal_path = root / f"journal-{generation}.log"
     units, intact = read_records(journal_path)
     for unit in units:
         for op in unit["ops"]:
             storage.apply_op(op)
         entries.extend(unit.get("entries", ()))
-        last_time = unit["t"]
+        if "outcome" in unit:
+            state.restore_outcome(unit["outcome"], unit["t"])
+        last_time = unit["t"] if last_time is None else max(last_time, unit["t"])
     storage.journaling = True
     if entries:
         state.history.restore(entries)

@@ -28,7 +28,11 @@ class Journal(Protocol):
     """Where committed write units go before the reply (the persistence layer)."""
 
     def write_unit(
-        self, cluster_time: Timestamp, ops: list[dict[str, Any]], entries: list[dict[str, Any]]
+        self,
+        cluster_time: Timestamp,
+        ops: list[dict[str, Any]],
+        entries: list[dict[str, Any]],
+        outcome: dict[str, Any] | None = None,
     ) -> None: ...
 
 
@@ -82,6 +86,7 @@ class ServerState:
         *,
         lsid: dict[str, Any] | None = None,
         txn_number: int | None = None,
+        outcome: dict[str, Any] | None = None,
     ) -> Timestamp:
         """Finish one write unit: a fresh cluster time, change events, journal record."""
         cluster_time = self.clock.tick()
@@ -97,9 +102,55 @@ class ServerState:
                 )
             )
         ops = self.storage.take_ops()
-        if self.journal is not None and (ops or entries):
-            self.journal.write_unit(cluster_time, ops, entries)
+        if self.journal is not None and (ops or entries or outcome):
+            self.journal.write_unit(cluster_time, ops, entries, outcome)
         return cluster_time
+
+    def remember_retryable(
+        self, lsid: dict[str, Any], txn_number: int, reply: dict[str, Any]
+    ) -> None:
+        """Persist a retryable write's reply, so a retry after a restart is not applied again."""
+        if self.journal is not None:
+            outcome = {"lsid": lsid, "retry": txn_number, "reply": reply}
+            self.journal.write_unit(self.clock.now, [], [], outcome)
+
+    def restore_outcome(self, outcome: dict[str, Any], cluster_time: Timestamp) -> None:
+        """Re-establish a persisted transaction commit or retryable-write reply (start-up)."""
+        session = self.sessions.session(outcome["lsid"])
+        if "retry" in outcome:
+            number = int(outcome["retry"])
+            if number >= session.txn_number:
+                session.txn_number = number
+                session.retry_replies = {number: dict(outcome["reply"])}
+        elif "committed" in outcome:
+            number = int(outcome["committed"])
+            if number >= session.txn_number:
+                session.txn_number = number
+                session.retry_replies = {}
+                session.txn = Transaction(
+                    session=session,
+                    txn_number=number,
+                    snapshot=cluster_time,
+                    state="committed",
+                    commit_time=cluster_time,
+                )
+
+    def session_outcomes(self) -> list[dict[str, Any]]:
+        """What `restore_outcome` needs for every session, for a snapshot."""
+        outcomes: list[dict[str, Any]] = []
+        for session in self.sessions.sessions.values():
+            txn = session.txn
+            if (
+                txn is not None
+                and txn.state == "committed"
+                and txn.txn_number == session.txn_number
+            ):
+                outcomes.append(
+                    {"lsid": session.lsid, "committed": txn.txn_number, "t": txn.commit_time}
+                )
+            for number, reply in session.retry_replies.items():
+                outcomes.append({"lsid": session.lsid, "retry": number, "reply": reply})
+        return outcomes
 
     def abort(self, txn: Transaction, reason: str = "") -> None:
         """Abort a transaction, discarding its writes."""

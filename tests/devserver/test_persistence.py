@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bson import Timestamp
+from bson import Int64, Timestamp
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -191,3 +191,28 @@ def test_torn_journal_tail_is_ignored_and_cut(
     processes.append(process)
     with MongoClient(uri) as mongo:
         assert mongo.app.docs.count_documents({}) == 6
+
+
+def test_retries_after_a_restart_are_not_applied_again(
+    devserver_factory: Any, tmp_path: Path
+) -> None:
+    """A committed transaction and a retryable write survive a restart as outcomes.
+
+    The same commitTransaction is answered ok, and the same retryable write returns its first
+    reply without applying again (MongoDB persists both in its transaction table).
+    """
+    server = devserver_factory(dbpath=str(tmp_path))
+    update = [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}, "upsert": True}]
+    with MongoClient(server.uri, retryWrites=False) as mongo:
+        db = mongo.app
+        with mongo.start_session() as writes, mongo.start_session() as txn:
+            first = db.command("update", "c", updates=update, txnNumber=Int64(3), session=writes)
+            txn.start_transaction()
+            db.c.insert_one({"_id": "t"}, session=txn)
+            txn.commit_transaction()
+            server.restart()
+            again = db.command("update", "c", updates=update, txnNumber=Int64(3), session=writes)
+            assert again["n"] == first["n"] == 1
+            assert db.c.find_one({"_id": 1}) == {"_id": 1, "n": 1}
+            txn.commit_transaction()  # the driver re-sends commitTransaction: still ok
+        assert db.c.count_documents({}) == 2
