@@ -193,3 +193,36 @@ async def test_idle_worker_moves_its_checkpoint_past_unrelated_writes(
             return bool(now and now["resume_token"] != first["resume_token"])
 
         await eventually(moved, within=15, what="checkpoint to advance while idle")
+
+
+BLOB_MODULE = """
+from transforms import Pair
+
+blobs = Pair(original="{db}.blobs", partner="{db}.blobs_v2", unmapped="keep")
+blobs.convert("blob", forward=lambda b: b * 2, backward=lambda b: b[: len(b) // 2])
+"""
+
+
+async def test_documents_too_large_for_the_target_are_dead_letters(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """A document whose converted form exceeds 16 MiB becomes a dead letter, a document too
+    large for a merge base record still syncs, and the stream goes on."""
+    module = write_module(tmp_path, "blobs", BLOB_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module)
+    original = aclient[db_name]["blobs"]
+    partner = aclient[db_name]["blobs_v2"]
+    async with running_worker(config) as worker:
+        await original.insert_one({"_id": "huge", "blob": "x" * (9 * 1024 * 1024)})
+        await original.insert_one({"_id": "large", "blob": "y" * (6 * 1024 * 1024)})
+        await original.insert_one({"_id": "small", "blob": "z"})
+
+        async def small_copied() -> bool:
+            return await partner.find_one({"_id": "small"}) is not None
+
+        await eventually(small_copied, within=30, what="the stream to go on past the big ones")
+        letters = [d async for d in worker.store.dead_letters.find({})]
+        assert [d["document_id"] for d in letters] == ["huge"]
+        assert "too large" in letters[0]["error"].lower() or letters[0]["code"] in (10334, 2)
+        large = await partner.find_one({"_id": "large"}, {"_id": 1})
+        assert large is not None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import bson
 from bson import Timestamp
 from pymongo import AsyncMongoClient, DeleteOne, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -55,6 +56,11 @@ REMEMBERED_SESSIONS = 16
 MAX_PENDING_ECHOES = 200_000
 # How many not-yet-read change events a batch looks at before assuming every target changed.
 PEEK_LIMIT = 10_000
+# A merge base record holds both sides of a document; keep it under MongoDB's 16 MiB limit.
+MAX_BASE_BYTES = 15 * 1024 * 1024
+# Dead letters keep the error's first characters and events up to this size whole.
+MAX_ERROR_CHARS = 2000
+MAX_DEAD_LETTER_EVENT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -497,6 +503,11 @@ class Applier:
             stored = bases[(pair_original, key)]
             if stored.get("o") is None and stored.get("p") is None:
                 base_ops.append(DeleteOne({"_id": stored["_id"]}))
+            elif _bson_size(stored) > MAX_BASE_BYTES:
+                # Both sides of a very large document do not fit one record: keep none, so
+                # the document syncs without the newer-write guard rather than not at all.
+                log.warning("merge_base_too_large", pair=pair_original, document_id=key)
+                base_ops.append(DeleteOne({"_id": stored["_id"]}))
             else:
                 base_ops.append(ReplaceOne({"_id": stored["_id"]}, stored, upsert=True))
         if base_ops:
@@ -688,7 +699,7 @@ class Applier:
         refused: OperationFailure | None,
     ) -> dict[str, Any]:
         failure = plan.failure
-        error = str(failure) if failure is not None else f"target refused the write: {refused}"
+        error = str(failure) if failure is not None else _refusal(refused)
         log.warning(
             "dead_letter",
             pair=pair.original,
@@ -701,9 +712,9 @@ class Applier:
             "side": side,
             "direction": direction_of(side).value,
             "document_id": event["documentKey"]["_id"],
-            "event": _encode_held(event),
-            "error": error,
-            "code": getattr(refused, "code", None),
+            "event": _dead_letter_event(event),
+            "error": error[:MAX_ERROR_CHARS],
+            "code": _refusal_code(refused),
             "mapping": getattr(failure, "mapping", None),
             "field": getattr(failure, "field", None),
             "at": utcnow(),
@@ -821,6 +832,53 @@ def _document_id(final: Mapping[str, Any] | None, before: Mapping[str, Any] | No
     source = final if final is not None else before
     assert source is not None
     return source["_id"]
+
+
+def _refusal(refused: OperationFailure | None) -> str:
+    """The server's reason for refusing a write, without the (possibly huge) documents."""
+    if refused is None:
+        return "target refused the write"
+    details = refused.details or {}
+    write_errors = details.get("writeErrors") or []
+    if write_errors:
+        first = write_errors[0]
+        return f"target refused the write: {first.get('errmsg', '')} (code {first.get('code')})"
+    return f"target refused the write: {str(refused)[:MAX_ERROR_CHARS]}"
+
+
+def _refusal_code(refused: OperationFailure | None) -> int | None:
+    if refused is None:
+        return None
+    write_errors = (refused.details or {}).get("writeErrors") or []
+    return write_errors[0].get("code") if write_errors else refused.code
+
+
+def _dead_letter_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event as a dead letter keeps it; whole documents are dropped when very large
+    (`dlq retry` reads the current documents anyway)."""
+    stored = dict(event)
+    if _bson_size(stored) > MAX_DEAD_LETTER_EVENT_BYTES:
+        for name in ("fullDocument", "fullDocumentBeforeChange"):
+            if name in stored:
+                stored[name] = None
+                stored["truncated"] = True
+    return stored
+
+
+def _bson_size(document: Mapping[str, Any]) -> int:
+    # Encoding costs about as much as the write itself; only documents that could be near the
+    # limit are measured exactly.
+    return len(bson.encode(document)) if _rough_size(document) > 1024 * 1024 else 0
+
+
+def _rough_size(value: Any) -> int:
+    if isinstance(value, Mapping):
+        return sum(len(str(k)) + _rough_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_rough_size(v) for v in value)
+    if isinstance(value, str | bytes):
+        return len(value)
+    return 8
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
