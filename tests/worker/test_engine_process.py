@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import random
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
 
 from tests.worker.engine_helpers import PEOPLE_MODULE, eventually, write_module
 from tests.worker.process_helpers import ProcessGroup, WorkerProcess, process_group
@@ -203,3 +208,264 @@ async def test_holder_stopped_past_its_lease_is_fenced_out(
     assert sessions, "the new holder's writes should be in the stream"
     assert frozen_session not in sessions
     assert len(frozen.events("lease_acquired")) == 1
+
+
+# -- kill -9 at random moments while clients write both sides --------------------------------
+
+ITEMS_MODULE = """
+from transforms import Pair
+
+items = Pair(original="{db}.items", partner="{db}.items_v2", unmapped="keep")
+items.rename("name", "title")
+items.convert("qty", forward=int, backward=str)
+"""
+# Logical field -> field name on each side; `qty` is a string on the original, an int on the
+# partner; `color` is unmapped and kept on both.
+FIELDS = {"original": {"name": "name", "qty": "qty", "color": "color"}}
+FIELDS["partner"] = {"name": "title", "qty": "qty", "color": "color"}
+COLLECTIONS = {"original": "items", "partner": "items_v2"}
+DOCUMENT_IDS = 24
+
+
+def _logical_value(side: str, field: str, value: Any) -> Any:
+    return int(value) if field == "qty" and side == "original" else value
+
+
+def _logical(side: str, document: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A document as logical fields (the shape both sides agree on), without `_id`."""
+    if document is None:
+        return None
+    names = {name: logical for logical, name in FIELDS[side].items()}
+    return {names[k]: _logical_value(side, names[k], v) for k, v in document.items() if k in names}
+
+
+def _side_value(side: str, field: str, n: int) -> Any:
+    if field == "qty":
+        return str(n) if side == "original" else n
+    return f"{field[0]}{n}"
+
+
+async def _write_randomly(
+    collection: Any,
+    side: str,
+    rng: random.Random,
+    counter: itertools.count[int],
+    stop: anyio.Event,
+    max_ops: int,
+) -> int:
+    """Random inserts, field updates, replaces and deletes on one side until `stop`; every
+    value written is unique, so the survivor of each field names the write it came from."""
+    fields = FIELDS[side]
+    done = 0
+    for _ in range(max_ops):
+        if stop.is_set():
+            break
+        document_id = rng.randrange(DOCUMENT_IDS)
+        n = next(counter)
+        whole = {fields[f]: _side_value(side, f, n) for f in fields}
+        roll = rng.random()
+        if roll < 0.15:
+            with contextlib.suppress(DuplicateKeyError):
+                await collection.insert_one({"_id": document_id, **whole})
+        elif roll < 0.27:
+            if rng.random() < 0.5:
+                del whole[fields["color"]]
+            await collection.replace_one({"_id": document_id}, whole)
+        elif roll < 0.40:
+            await collection.delete_one({"_id": document_id})
+        else:
+            chosen = rng.sample(sorted(fields), rng.randint(1, 2))
+            update: dict[str, Any] = {"$set": {fields[f]: whole[fields[f]] for f in chosen}}
+            if "color" in chosen and rng.random() < 0.3:
+                update = {"$unset": {"color": ""}}
+            await collection.update_one({"_id": document_id}, update)
+        done += 1
+        # Spread the writes over the worker's restarts (load shaping, not synchronisation).
+        await anyio.sleep(rng.uniform(0.002, 0.02))
+    return done
+
+
+async def _history(aclient: Any, db_name: str, since: Any) -> list[dict[str, Any]]:
+    """Every change event of the test database after cluster time `since`, in stream order."""
+    marker = await aclient[db_name]["sentinel"].insert_one({"at": "end"})
+    events: list[dict[str, Any]] = []
+    async with await aclient[db_name].watch(
+        start_at_operation_time=since, max_await_time_ms=100
+    ) as stream:
+        for _ in range(100_000):
+            event = await stream.try_next()
+            if event is None:
+                continue
+            if event["ns"]["coll"] == "sentinel" and event["documentKey"]["_id"] == (
+                marker.inserted_id
+            ):
+                return events
+            events.append(event)
+    raise AssertionError("the change stream never reached the sentinel write")
+
+
+async def _disagreements(aclient: Any, db_name: str) -> dict[Any, tuple[Any, Any]]:
+    """Documents whose two sides differ through the transforms (G1); empty when converged."""
+    sides: dict[str, dict[Any, dict[str, Any]]] = {}
+    for side, name in COLLECTIONS.items():
+        sides[side] = {d["_id"]: d async for d in aclient[db_name][name].find({})}
+    differing: dict[Any, tuple[Any, Any]] = {}
+    for document_id in set(sides["original"]) | set(sides["partner"]):
+        original = _logical("original", sides["original"].get(document_id))
+        partner = _logical("partner", sides["partner"].get(document_id))
+        if original != partner:
+            differing[document_id] = (original, partner)
+    return differing
+
+
+def _side_of(event: dict[str, Any]) -> str:
+    return "original" if event["ns"]["coll"] == COLLECTIONS["original"] else "partner"
+
+
+def _expected_by_last_writer(
+    client_events: list[dict[str, Any]],
+) -> tuple[dict[Any, bool], dict[tuple[Any, str], Any]]:
+    """From the clients' writes in cluster-time order: which documents must exist (G1 with
+    deletes), and the value each field must hold where the last writer decides it (G2)."""
+    by_document: dict[Any, list[dict[str, Any]]] = {}
+    for event in client_events:
+        by_document.setdefault(event["documentKey"]["_id"], []).append(event)
+    exists: dict[Any, bool] = {}
+    values: dict[tuple[Any, str], Any] = {}
+    absent = object()
+    for document_id, events in by_document.items():
+        exists[document_id] = events[-1]["operationType"] != "delete"
+        if not exists[document_id]:
+            continue
+        for field in ("name", "qty", "color"):
+            for event in reversed(events):
+                side, op = _side_of(event), event["operationType"]
+                name = FIELDS[side][field]
+                if op == "delete":
+                    break  # re-created from the other side's document: not decided here
+                if op in ("insert", "replace"):
+                    full = event["fullDocument"]
+                    values[(document_id, field)] = (
+                        _logical_value(side, field, full[name]) if name in full else absent
+                    )
+                    break
+                description = event["updateDescription"]
+                if name in description["updatedFields"]:
+                    value = description["updatedFields"][name]
+                    values[(document_id, field)] = _logical_value(side, field, value)
+                    break
+                if name in description["removedFields"]:
+                    values[(document_id, field)] = absent
+                    break
+    return exists, {k: (None if v is absent else v) for k, v in values.items()}
+
+
+@pytest.fixture
+def chaos_server(devserver_factory: Any) -> Any:
+    """A server of its own: killed workers leave transactions behind that would slow others."""
+    return devserver_factory()
+
+
+async def _run_chaos(
+    tmp_path: Path, uri: str, db_name: str, *, seed: int, kills: int, writers_per_side: int
+) -> None:
+    rng = random.Random(seed)
+    module = write_module(tmp_path, "items", ITEMS_MODULE, db=db_name)
+    aclient: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
+    try:
+        with process_group(
+            tmp_path,
+            uri=uri,
+            module=module,
+            state_db=f"{db_name}_state",
+            settings={"LEASE__TTL_S": 1.5, "BATCH__MAX_DOCS": 20, "BATCH__MAX_DELAY_MS": 20},
+        ) as group:
+            worker = group.start()
+            await worker.wait_for("stream_open")
+            since = await _cluster_time(aclient)
+            counter = itertools.count(1)
+            stop = anyio.Event()
+            async with anyio.create_task_group() as writers:
+                for index in range(writers_per_side * 2):
+                    side = "original" if index % 2 == 0 else "partner"
+                    collection = aclient[db_name][COLLECTIONS[side]]
+                    writer_rng = random.Random(rng.random())
+                    writers.start_soon(
+                        _write_randomly, collection, side, writer_rng, counter, stop, 400
+                    )
+                for _ in range(kills):
+                    # Mostly while applying, sometimes during start-up; the moment itself is
+                    # the random input here, not a wait for a condition.
+                    if rng.random() < 0.75:
+                        await worker.wait_for("stream_open")
+                        await anyio.sleep(rng.uniform(0.0, 1.0))
+                    else:
+                        await anyio.sleep(rng.uniform(0.0, 1.5))
+                    worker.kill()
+                    worker = group.start()
+                await anyio.sleep(rng.uniform(0.2, 1.0))
+                stop.set()
+
+            last: list[Any] = [None]
+
+            async def converged() -> bool:
+                last[0] = await _disagreements(aclient, db_name)
+                return not last[0]
+
+            try:
+                await eventually(converged, within=45, what="both sides to agree")
+            except AssertionError:
+                raise AssertionError(f"seed {seed}: sides differ: {last[0]}") from None
+            history = await _history(aclient, db_name, since)
+            worker.send(signal.SIGTERM)
+            assert await worker.wait_exit(within=10) == 0
+        # Read again once the worker has stopped: nothing may have moved since convergence.
+        assert not await _disagreements(aclient, db_name)
+        sides_now = {
+            d["_id"]: _logical("original", d) async for d in aclient[db_name]["items"].find({})
+        }
+    finally:
+        await aclient.close()
+
+    items = [e for e in history if e["ns"]["coll"] in COLLECTIONS.values()]
+    client_events = [e for e in items if not e.get("lsid")]
+    exists, values = _expected_by_last_writer(client_events)
+    # A document exists (on both sides) exactly when its last client write was not a delete:
+    # a later update on the other side re-creates it.
+    wrong_existence = {
+        i: (should, i in sides_now) for i, should in exists.items() if should != (i in sides_now)
+    }
+    assert not wrong_existence, f"seed {seed}: existence (expected, actual): {wrong_existence}"
+    wrong_values = {
+        (i, f): (value, (sides_now.get(i) or {}).get(f))
+        for (i, f), value in values.items()
+        if exists[i] and (sides_now.get(i) or {}).get(f) != value
+    }
+    assert not wrong_values, f"seed {seed}: last writer lost (expected, actual): {wrong_values}"
+    # G3/G4: each client write causes at most one worker write, even across kills.
+    per_document: dict[Any, list[int]] = {}
+    for event in items:
+        counts = per_document.setdefault(event["documentKey"]["_id"], [0, 0])
+        counts[1 if event.get("lsid") else 0] += 1
+    too_many = {i: c for i, c in per_document.items() if c[1] > c[0]}
+    assert not too_many, f"seed {seed}: more worker than client writes: {too_many}"
+    assert len(client_events) > 50 and len(items) > len(client_events), "too little traffic"
+
+
+@pytest.mark.parametrize("seed", [pytest.param(1, id="seed1")])
+async def test_kill_9_at_random_moments_loses_nothing(
+    chaos_server: Any, tmp_path: Path, db_name: str, seed: int
+) -> None:
+    """Writers change both sides while the worker is SIGKILLed and restarted at random
+    moments; afterwards both sides agree (G1), every field holds its last writer's value (G2),
+    and no client write caused more than one worker write (G3, G4)."""
+    await _run_chaos(tmp_path, chaos_server.uri, db_name, seed=seed, kills=3, writers_per_side=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed{s}") for s in range(2, 8)])
+async def test_kill_9_at_random_moments_many_seeds(
+    chaos_server: Any, tmp_path: Path, db_name: str, seed: int
+) -> None:
+    """The kill -9 run with more seeds, more kills and more writers (slow)."""
+    await _run_chaos(tmp_path, chaos_server.uri, db_name, seed=seed, kills=6, writers_per_side=3)
