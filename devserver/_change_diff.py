@@ -169,7 +169,12 @@ def _log_path(
     new = _get(after, parts)
     if new is _MISSING:
         if created is None:
-            _add_removed(".".join(parts), description, seen)
+            parent = _get(after, parts[:-1])
+            if isinstance(parent, list):
+                # An element vanished from an array: only the whole array describes that.
+                _add_updated(".".join(parts[:-1]), parent, description, seen)
+            else:
+                _add_removed(".".join(parts), description, seen)
         return
     if created is not None:
         prefix = parts[: created + 1]

@@ -292,7 +292,8 @@ def _make_entry(
     return entry
 
 
-Shown = tuple[ResumeToken, dict[str, Any]]
+# A rendered event: its resume token, the document, and its (approximate) BSON size.
+Shown = tuple[ResumeToken, dict[str, Any], int]
 
 
 class ChangeStreamCursor:
@@ -322,6 +323,7 @@ class ChangeStreamCursor:
         # Events rendered but not yet returned (the rest of a split event, an invalidate).
         self._pending: deque[Shown] = deque()
         self._invalidated = False
+        self._batch_bytes = 0
         self._min_key = 0
         self._next_seq = history._next_seq
         self._last_token = ResumeToken.high_water_mark(cluster_time)
@@ -422,6 +424,7 @@ class ChangeStreamCursor:
         history = self._history
         limit = max_docs if max_docs is not None and max_docs > 0 else None
         batch: list[dict[str, Any]] = []
+        self._batch_bytes = 0
         self._drain(batch, limit)
         if self._pending or self._invalidated:
             return self._finish(batch)
@@ -431,10 +434,9 @@ class ChangeStreamCursor:
                 raise history_lost()
             # Only entries before the stream's start time were dropped: nothing it needed.
             self._next_seq = history._first_seq
-        total = 0
         while (
             (limit is None or len(batch) < limit)
-            and total < _BATCH_BYTES
+            and not self._pending
             and self._next_seq < history._next_seq
         ):
             seq = self._next_seq
@@ -445,7 +447,6 @@ class ChangeStreamCursor:
             shown, invalidates = self._classify(entry)
             if shown:
                 self._pending.extend(self._render(entry, seq))
-                total += history._size(seq)
             if invalidates:
                 self._queue_invalidate(entry)
             self._drain(batch, limit)
@@ -454,8 +455,14 @@ class ChangeStreamCursor:
         return self._finish(batch)
 
     def _drain(self, batch: list[dict[str, Any]], limit: int | None) -> None:
+        """Move pending events into the batch while it has room in count and in bytes."""
         while self._pending and (limit is None or len(batch) < limit):
-            token, event = self._pending.popleft()
+            token, event, size = self._pending[0]
+            # Like mongod, keep a reply under 16 MiB: an event that does not fit waits.
+            if batch and self._batch_bytes + size > _BATCH_BYTES:
+                return
+            self._pending.popleft()
+            self._batch_bytes += size
             self._last_token = token
             batch.append(event)
 
@@ -478,7 +485,7 @@ class ChangeStreamCursor:
         if shown is None:
             self._last_token = token
         else:
-            self._pending.append((token, shown))
+            self._pending.append((token, shown, _INVALIDATE_BYTES))
 
     # ---- which entries a stream sees, and how ---------------------------------------------
 
@@ -515,7 +522,7 @@ class ChangeStreamCursor:
             or (entry["op"] == "update" and self._options.full_document == "updateLookup")
         ):
             return _split(token, shown, allowed=self._pipeline.splits_large_events)
-        return [(token, shown)]
+        return [(token, shown, history._size(seq))]
 
     def _event(self, entry: dict[str, Any], token_hex: str) -> dict[str, Any]:
         op = entry["op"]
@@ -575,6 +582,7 @@ class ChangeStreamCursor:
         return image
 
 
+_INVALIDATE_BYTES = 200
 # Entries this large may render into events over the reply limit; measure their events.
 _LARGE_ENTRY = 4 * 1024 * 1024
 
@@ -595,7 +603,7 @@ def _split(token: ResumeToken, event: dict[str, Any], *, allowed: bool) -> list[
     """The event, or its fragments when it exceeds 16 MiB and the pipeline allows splitting."""
     size = len(bson.encode(event))
     if size <= MAX_EVENT_BYTES:
-        return [(token, event)]
+        return [(token, event, size)]
     if not allowed:
         raise CommandError(
             10334,
@@ -605,6 +613,7 @@ def _split(token: ResumeToken, event: dict[str, Any], *, allowed: bool) -> list[
         )
     overhead = len(bson.encode({"_id": event["_id"], "splitEvent": {"fragment": 1, "of": 1}}))
     groups: list[list[tuple[str, Any]]] = [[]]
+    sizes = [overhead]
     used = overhead
     for name, value in event.items():
         if name == "_id":
@@ -618,16 +627,18 @@ def _split(token: ResumeToken, event: dict[str, Any], *, allowed: bool) -> list[
             )
         if used + field_size > MAX_EVENT_BYTES and groups[-1]:
             groups.append([])
+            sizes.append(overhead)
             used = overhead
         groups[-1].append((name, value))
+        sizes[-1] += field_size
         used += field_size
     fragments: list[Shown] = []
-    for number, group in enumerate(groups, start=1):
+    for number, (group, fragment_size) in enumerate(zip(groups, sizes, strict=True), start=1):
         fragment_token = token._replace(fragment=number)
         fragment: dict[str, Any] = {
             "_id": fragment_token.document(),
             "splitEvent": {"fragment": number, "of": len(groups)},
         }
         fragment.update(group)
-        fragments.append((fragment_token, fragment))
+        fragments.append((fragment_token, fragment, fragment_size))
     return fragments

@@ -409,6 +409,7 @@ def test_operator_description_replays_to_after(
     before: dict[str, Any], spec: dict[str, Any]
 ) -> None:
     """Applying the updateDescription of a random operator update to `before` gives `after`."""
+    assume(_mongodb_accepts(spec))
     try:
         after = apply_update(before, spec)
     except Exception:  # mongomock refused the update (type errors, conflicts): not a case
@@ -417,6 +418,21 @@ def test_operator_description_replays_to_after(
     description = describe_update(before, after, spec)
     assert description is not None
     assert apply_description(before, description.document()) == after
+
+
+_ARRAY_OPERATORS = ("$push", "$pull", "$pop", "$addToSet")
+
+
+def _mongodb_accepts(spec: dict[str, Any]) -> bool:
+    """False for array modifiers aimed at an array element, which MongoDB refuses.
+
+    mongomock applies them anyway with its own results, which are no reference.
+    """
+    return not any(
+        operator in _ARRAY_OPERATORS and any(p.isdigit() for p in path.split("."))
+        for operator, fields in spec.items()
+        for path in fields
+    )
 
 
 def _edit(draw: st.DrawFn, value: Any) -> Any:
@@ -1137,7 +1153,12 @@ def test_split_large_event_fragments_and_resumes() -> None:
         pipeline=split, fullDocument="updateLookup", fullDocumentBeforeChange="required"
     )
     server.update("c", 1, {"$set": {"b": big}}, images=True)
-    fragments = drain(cursor)
+    batches = [drain(cursor)]
+    while batches[-1] and len(batches) < 10:
+        batches.append(drain(cursor))
+    # Each fragment is near 16 MiB, so a reply carries one (a reply stays under 16 MiB).
+    assert all(len(batch) <= 1 for batch in batches)
+    fragments = [fragment for batch in batches for fragment in batch]
     assert [f["splitEvent"] for f in fragments] == [
         {"fragment": n, "of": len(fragments)} for n in range(1, len(fragments) + 1)
     ]
