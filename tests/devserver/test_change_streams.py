@@ -260,6 +260,32 @@ def test_transaction_events_only_at_commit(client: MongoClient[Doc], coll: Colle
     assert plain["documentKey"] == {"_id": 4} and "lsid" not in plain
 
 
+def test_split_large_event(db: Database[Doc]) -> None:
+    """$changeStreamSplitLargeEvent splits an event over 16 MiB into fragments that add up."""
+    db.create_collection("large")
+    db.command("collMod", "large", changeStreamPreAndPostImages={"enabled": True})
+    large = db["large"]
+    big = "x" * (6 * 1024 * 1024)
+    large.insert_one({"_id": 1, "a": big})
+    with large.watch(
+        [{"$changeStreamSplitLargeEvent": {}}],
+        full_document="required",
+        full_document_before_change="required",
+        max_await_time_ms=100,
+    ) as stream:
+        large.update_one({"_id": 1}, {"$set": {"b": big}})
+        first = next_event(stream)
+        fragments = [first] + events(stream, first["splitEvent"]["of"] - 1)
+    assert [f["splitEvent"]["fragment"] for f in fragments] == list(range(1, len(fragments) + 1))
+    merged: Doc = {}
+    for fragment in fragments:
+        merged.update(fragment)
+    assert merged["operationType"] == "update"
+    assert merged["fullDocument"] == {"_id": 1, "a": big, "b": big}
+    assert merged["fullDocumentBeforeChange"] == {"_id": 1, "a": big}
+    assert merged["updateDescription"]["updatedFields"] == {"b": big}
+
+
 def test_pipeline_modifying_id_fails(coll: Collection[Doc]) -> None:
     """A stage that changes the resume token fails with ChangeStreamFatalError (280)."""
     with coll.watch([{"$project": {"_id": 0}}], max_await_time_ms=100) as stream:
