@@ -423,3 +423,22 @@ def test_patch_application_matches_target_after() -> None:
     write = plan_target_write(PARTNER, plan.target_after, lambda p: p != "_id", document_id=1)
     assert write is not None and write.patch is not None
     assert apply_patch(PARTNER, write.patch) == plan.target_after
+
+
+def test_nested_field_the_target_keeps_survives_a_new_sub_document() -> None:
+    """An update that creates the mapped sub-document on the source sets its fields one by one
+    on the partner, so a partner-only field already inside it survives."""
+    pair = Pair(original="plan.nested", partner="plan.nested_v2", unmapped="keep")
+    pair.rename("zip", "address.zip")
+    pair.partner_only("address.geo")
+    target_now = {"_id": 1, "address": {"geo": [1, 2]}}
+    plan = plan_event(
+        pair,
+        "original",
+        update({"zip": "2"}),
+        base_source={"_id": 1},
+        base_target=target_now,
+        current_source=None,
+        current_target=target_now,
+    )
+    assert plan.target_after == {"_id": 1, "address": {"geo": [1, 2], "zip": "2"}}

@@ -225,7 +225,8 @@ def plan_event(
     # target match it on every owned path, or the two sides stay apart on those paths.
     whole = event["operationType"] in ("insert", "replace")
     reference = target_old if target_old is not None and not whole else known_target
-    patch = diff_documents(reference, target_new).restricted(owns)
+    # Field by field inside sub-documents that may hold fields the target keeps for itself.
+    patch = pair.target_patch(reference, target_new, direction).restricted(owns)
     if "" in ahead:
         plan.conflict_paths = ["<document>"]
         plan.reason = "target replaced or re-created after this change; the later write wins"
