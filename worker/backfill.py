@@ -138,6 +138,8 @@ class Settled:
     writes: list[tuple[Side, TargetWrite]]
     original: dict[str, Any] | None
     partner: dict[str, Any] | None
+    # No merge base existed when the transaction read it: the record can be inserted.
+    new_base: bool = False
 
 
 def settle(
@@ -257,18 +259,20 @@ def bson_sort_key(value: Any) -> tuple[Any, ...]:
     return (rank, inner)
 
 
-def after_id(last_id: Any) -> dict[str, Any]:
-    """A filter for every `_id` after `last_id` in BSON order, across type brackets.
+def after_id(last_id: Any) -> list[dict[str, Any]]:
+    """Filters for every `_id` after `last_id` in BSON order, to be read one after the other.
 
-    `$gt` alone only matches values of the same type bracket, so ids of the types sorting
-    later are added by `$type`.
+    `$gt` only matches values of the same type bracket, so the ids of the types sorting later
+    come from a second filter by `$type`; a scan reads it only once the first runs dry, which
+    keeps the usual single-type scan on the plain, index-friendly range.
     """
     rank = type_rank(last_id)
     later = [alias for later_rank, alias in _ID_TYPE_ALIASES.items() if later_rank > rank]
-    if not later:
-        return {"_id": {"$gt": last_id}}
-    # One clause per type: some servers (the development server) refuse a `$type` list.
-    return {"$or": [{"_id": {"$gt": last_id}}, *({"_id": {"$type": t}} for t in later)]}
+    filters: list[dict[str, Any]] = [{"_id": {"$gt": last_id}}]
+    if later:
+        # One clause per type: some servers (the development server) refuse a `$type` list.
+        filters.append({"$or": [{"_id": {"$type": alias}} for alias in later]})
+    return filters
 
 
 @dataclass(frozen=True)
@@ -528,6 +532,7 @@ def _plan_batch(
                 batch.reconciled += 1
             else:
                 outcome = settle(pair, source, document_id, original, partner)
+                outcome.new_base = True
                 if target is None:
                     batch.written += 1
                 elif not outcome.writes:
@@ -555,9 +560,12 @@ async def _run_batch(
     source_ns = pair.original if options.source == "original" else pair.partner
     target_ns = pair.partner if options.source == "original" else pair.original
     has_last, last_id = after
-    query = after_id(last_id) if has_last else {}
-    cursor = workspace.collection(source_ns).find(query, session=session)
-    sources = await cursor.sort("_id", 1).limit(size).to_list()
+    sources: list[dict[str, Any]] = []
+    for query in after_id(last_id) if has_last else [{}]:
+        cursor = workspace.collection(source_ns).find(query, session=session)
+        sources += await cursor.sort("_id", 1).limit(size - len(sources)).to_list()
+        if len(sources) >= size:
+            break
     batch = _Batch()
     if not sources:
         return batch
@@ -605,28 +613,51 @@ async def write_settled(
     session: AsyncClientSession | None,
     at: Timestamp | None = None,
 ) -> None:
-    """Send the planned writes of settled documents and record their merge bases, in bulk."""
+    """Send the planned writes of settled documents and record their merge bases, in bulk.
+
+    Inside a transaction a document found absent stays absent for it (a concurrent insert is a
+    write conflict, and the batch is retried), so creations are sent as plain inserts, which
+    cost a server about half an upsert.
+    """
     if not settled:
         return
     tag = workspace.tag
-    by_side: dict[Side, list[Any]] = {"original": [], "partner": []}
-    for outcome in settled:
-        for side, write in outcome.writes:
-            by_side[side].append(target_write_operation(write, tag))
-    for side, writes in by_side.items():
-        if writes:
-            namespace = pair.original if side == "original" else pair.partner
-            await workspace.collection(namespace).bulk_write(writes, ordered=True, session=session)
+    plain_inserts = session is not None
+    for side in ("original", "partner"):
+        inserts: list[dict[str, Any]] = []
+        others: list[Any] = []
+        for outcome in settled:
+            for write_side, write in outcome.writes:
+                if write_side != side:
+                    continue
+                if plain_inserts and write.kind == "insert":
+                    inserts.append(
+                        {**(write.document or {}), "_id": write.document_id, **(tag or {})}
+                    )
+                else:
+                    others.append(target_write_operation(write, tag))
+        collection = workspace.collection(pair.original if side == "original" else pair.partner)
+        if inserts:
+            await collection.insert_many(inserts, ordered=True, session=session)
+        if others:
+            await collection.bulk_write(others, ordered=True, session=session)
     if at is None and session is not None:
         at = session.operation_time
+    new_bases: list[dict[str, Any]] = []
     records: list[ReplaceOne[Any] | DeleteOne] = []
     for outcome in settled:
         base = merge_base_record(pair, outcome, at)
         if base["o"] is None and base["p"] is None:  # gone on both sides: nothing to remember
-            records.append(DeleteOne({"_id": base["_id"]}))
+            if not outcome.new_base:
+                records.append(DeleteOne({"_id": base["_id"]}))
+        elif plain_inserts and outcome.new_base:
+            new_bases.append(base)
         else:
             records.append(ReplaceOne({"_id": base["_id"]}, base, upsert=True))
-    await workspace.store.merge_base.bulk_write(records, ordered=True, session=session)
+    if new_bases:
+        await workspace.store.merge_base.insert_many(new_bases, ordered=True, session=session)
+    if records:
+        await workspace.store.merge_base.bulk_write(records, ordered=True, session=session)
 
 
 async def _new_dead_letters(
