@@ -81,7 +81,8 @@ class DevServer:
         )
         self.state: ServerState | None = None
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        # Every connection's task and stream writer, recorded the moment it is accepted.
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.port = port
 
@@ -121,6 +122,10 @@ class DevServer:
             state.stopping.set()
         if self._server is not None:
             self._server.close()
+        # Closing every transport ends idle connections and lets the listener's close finish
+        # even for a connection whose task has not started yet.
+        for writer in self._connections.values():
+            writer.transport.abort()
         for task in [*self._connections, *self._tasks]:
             task.cancel()
         for task in [*self._connections, *self._tasks]:
@@ -163,11 +168,22 @@ class DevServer:
             if ticks % 50 == 0:  # every ten seconds
                 self.state.reap_idle()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None and self.state is not None
-        self._connections.add(task)
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called by asyncio for each new connection: record it and serve it in a task."""
         state = self.state
+        if state is None or (state.stopping is not None and state.stopping.is_set()):
+            writer.transport.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self._connection(state, reader, writer))
+        self._connections[task] = writer
+        task.add_done_callback(self._forget_connection)
+
+    def _forget_connection(self, task: asyncio.Task[None]) -> None:
+        self._connections.pop(task, None)
+
+    async def _connection(
+        self, state: ServerState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         peer = writer.get_extra_info("peername")
         state.connections_created += 1
         state.connections_current += 1
@@ -190,7 +206,6 @@ class DevServer:
             pass
         finally:
             state.connections_current -= 1
-            self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
