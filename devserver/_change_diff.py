@@ -98,7 +98,7 @@ def _describe_operators(
 ) -> UpdateDescription:
     logged: list[tuple[str | int | None, list[str]]] = []
     for operator, fields in spec.items():
-        if not isinstance(fields, Mapping) or operator == "$setOnInsert":
+        if not isinstance(fields, dict) or operator == "$setOnInsert":
             continue
         for path, argument in fields.items():
             paths = [path]
@@ -126,7 +126,7 @@ def _append_mode(operator: str, argument: Any) -> str | int | None:
         return "addToSet"
     if operator != "$push":
         return None
-    if isinstance(argument, Mapping) and "$each" in argument:
+    if isinstance(argument, dict) and "$each" in argument:
         if {"$sort", "$slice"} & argument.keys():
             return None
         position = argument.get("$position")
@@ -213,6 +213,8 @@ def _add_removed(path: str, description: UpdateDescription, seen: set[str]) -> N
 def _drop_nested(description: UpdateDescription) -> None:
     """Keep only the outermost of overlapping paths (a created ancestor covers its children)."""
     paths = list(description.updated_fields) + description.removed_fields
+    if len(paths) < 2 or not any("." in p for p in paths):
+        return
     covered = {p for p in paths if any(p.startswith(q + ".") for q in paths)}
     if covered:
         for p in covered:
