@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from transforms import Direction, Pair, TransformFailed, diff_documents
+from transforms import Direction, Pair, TransformFailed
 from worker.backfill import (
     Settled,
     bson_sort_key,
@@ -150,7 +150,7 @@ def compare_documents(
             return False
         return pair.owns(path, Direction.FORWARD)
 
-    patch = diff_documents(partner, desired).restricted(compared)
+    patch = pair.target_patch(partner, desired, Direction.FORWARD).restricted(compared)
     if patch.is_empty():
         return None
     return Drift("differs", document_id, tuple(sorted([*patch.set, *patch.unset])))
