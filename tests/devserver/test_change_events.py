@@ -150,10 +150,6 @@ def ops(events: list[dict[str, Any]]) -> list[str]:
     return [e["operationType"] for e in events]
 
 
-def raises_code(code: int) -> Any:
-    return pytest.raises(CommandError, match=None), code
-
-
 # ---- updateDescription ---------------------------------------------------------------------
 
 BASE = {
