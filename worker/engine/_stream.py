@@ -113,16 +113,18 @@ class StreamReader:
                 try:
                     async with await self._watch_target().watch(pipeline, **options) as stream:
                         self.is_open = True
-                        if outage_logged:
-                            log.info("stream_reconnected")
-                            outage_logged = False
-                        delay = 0.1
                         if not started:
                             started = True
                             task_status.started()
                         fragments: list[dict[str, Any]] = []
                         while True:
                             event = await stream.try_next()
+                            if outage_logged:
+                                # Over only once a read succeeds: a stream that reopens and
+                                # fails again at once is the same outage, not a new one.
+                                log.info("stream_reconnected")
+                                outage_logged = False
+                                delay = 0.1
                             if event is None:
                                 if not fragments and stream.resume_token is not None:
                                     # Everything before this point has been handed over.
