@@ -1,0 +1,160 @@
+"""The sync engine under faults: failing commands, dropped connections, fenced holders, bad data.
+
+The worker runs in process against the development server; its client names itself with an
+`appName`, so `failCommand` fail points hit the worker's commands and never the test's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, MongoClient
+
+from tests.worker.engine_helpers import eventually, make_config, running_worker, write_module
+from worker.config import Config
+
+WORKER_APP = "psync-faults"
+
+PEOPLE_MODULE = """
+from transforms import Pair
+
+people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep")
+people.rename("name", "full_name")
+people.convert("age", forward=int, backward=str)
+"""
+
+
+@pytest.fixture
+async def aclient(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield mongo
+    await mongo.close()
+
+
+@pytest.fixture
+def fail_point(mongo_uri: str, aclient: Any) -> Iterator[Any]:
+    """Configure failCommand for the worker's client only; returns the times it fired when
+    switched off, and is always switched off at teardown."""
+
+    async def configure(mode: Any, **data: Any) -> int:
+        reply = await aclient.admin.command(
+            "configureFailPoint", "failCommand", mode=mode, data={**data, "appName": WORKER_APP}
+        )
+        return int(reply.get("count", 0))
+
+    yield configure
+    with MongoClient(mongo_uri) as sync:
+        sync.admin.command("configureFailPoint", "failCommand", mode="off")
+
+
+def _config(mongo_uri: str, db_name: str, module: str, **overrides: Any) -> Config:
+    separator = "&" if "?" in mongo_uri else "?"
+    return make_config(f"{mongo_uri}{separator}appName={WORKER_APP}", db_name, module, **overrides)
+
+
+def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event_name", None) == name]
+
+
+async def _find(collection: Any, document_id: Any) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = await collection.find_one({"_id": document_id})
+    return found
+
+
+FAULTS = [
+    pytest.param(command, mode, id=f"{command}-{mode}")
+    for command in (
+        "find",
+        "update",
+        "insert",
+        "delete",
+        "commitTransaction",
+        "aggregate",
+        "getMore",
+    )
+    for mode in ("transient", "close")
+]
+
+
+@pytest.mark.parametrize(("command", "mode"), FAULTS)
+async def test_failing_command_is_retried_and_the_pair_converges(
+    mongo_uri: str,
+    aclient: Any,
+    db_name: str,
+    tmp_path: Path,
+    fail_point: Any,
+    caplog: pytest.LogCaptureFixture,
+    command: str,
+    mode: str,
+) -> None:
+    """A command of the apply path failing 3 times in a row (WriteConflict with the
+    TransientTransactionError label, or a dropped connection): the worker retries, converges,
+    dead-letters the poison document once, and reports a dropped connection once, not once
+    per attempt."""
+    caplog.set_level(logging.INFO)
+    module = write_module(tmp_path, "people_faults", PEOPLE_MODULE, db=db_name)
+    config = _config(mongo_uri, db_name, module)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config) as worker:
+        await original.insert_one({"_id": 1, "name": "Ann", "age": "30"})
+        await partner.insert_one({"_id": 2, "full_name": "Bo", "age": 40})
+
+        async def seeded() -> bool:
+            return await _find(partner, 1) is not None and await _find(original, 2) is not None
+
+        await eventually(seeded, what="both documents copied before the fault")
+
+        if mode == "transient":
+            await fail_point(
+                {"times": 3},
+                failCommands=[command],
+                errorCode=112,
+                errorLabels=["TransientTransactionError"],
+            )
+        else:
+            await fail_point({"times": 3}, failCommands=[command], closeConnection=True)
+        await original.insert_one({"_id": 3, "name": "Cy", "age": "7"})
+        await original.update_one({"_id": 1}, {"$set": {"name": "Anna"}})
+        await partner.update_one({"_id": 1}, {"$set": {"city": "Oslo"}})
+        await partner.delete_one({"_id": 2})
+        await original.insert_one({"_id": 4, "name": "Poison", "age": "not a number"})
+
+        async def converged() -> bool:
+            copied = await _find(partner, 3)
+            renamed = await _find(partner, 1)
+            moved = await _find(original, 1)
+            return bool(
+                copied is not None
+                and copied.get("age") == 7
+                and renamed is not None
+                and renamed.get("full_name") == "Anna"
+                and moved is not None
+                and moved.get("city") == "Oslo"
+                and await _find(original, 2) is None
+                and await worker.store.dead_letter_count() == 1
+            )
+
+        await eventually(converged, within=30, what="convergence after the fault")
+        fired = await fail_point("off")
+        assert fired == 3, f"the fail point on {command} fired {fired} times"
+
+        await original.insert_one({"_id": 5, "name": "Dee", "age": "9"})
+
+        async def later_copied() -> bool:
+            found = await _find(partner, 5)
+            return found is not None and found.get("age") == 9
+
+        await eventually(later_copied, what="a later change still syncs")
+        assert await _find(partner, 4) is None
+        assert await worker.store.dead_letter_count() == 1
+    outages = {
+        name: len(_events(caplog, name))
+        for name in ("apply_interrupted", "stream_interrupted", "lease_renew_failed")
+    }
+    assert all(count <= 1 for count in outages.values()), outages
+    assert not _events(caplog, "lease_lost")
