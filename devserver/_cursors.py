@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+from bson.raw_bson import RawBSONDocument
 
 from devserver._errors import CommandError
 
@@ -32,16 +33,21 @@ class DocumentCursor:
     last_used: float = field(default_factory=time.monotonic)
 
 
-def take_batch(remaining: deque[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
-    """Pop up to `limit` documents (all when None/0) without exceeding the reply size."""
-    batch: list[dict[str, Any]] = []
+def take_batch(remaining: deque[dict[str, Any]], limit: int | None) -> list[Any]:
+    """Pop up to `limit` documents (all when None/0) without exceeding the reply size.
+
+    Documents come back already encoded (RawBSONDocument): measuring them is encoding them,
+    and the reply embeds the bytes as they are.
+    """
+    batch: list[Any] = []
     size = 0
     while remaining and (not limit or len(batch) < limit):
-        doc_size = len(bson.encode(remaining[0]))
-        if batch and size + doc_size > BATCH_BYTES:
+        encoded = RawBSONDocument(bson.encode(remaining[0]))
+        if batch and size + len(encoded.raw) > BATCH_BYTES:
             break
-        size += doc_size
-        batch.append(remaining.popleft())
+        size += len(encoded.raw)
+        remaining.popleft()
+        batch.append(encoded)
     return batch
 
 
