@@ -73,7 +73,11 @@ def describe_update(
     if same_value(before, after):
         return UpdateDescription()
     if _is_operator_update(update_spec):
-        return _describe_operators(before, after, update_spec)
+        described = _describe_operators(before, after, update_spec)
+        if not described.is_empty():
+            return described
+        # The document changed in a way its modifiers do not name (a storage engine's quirk):
+        # describe it by diffing rather than lose the change as a no-op.
     delta = _diff_document(before, after)
     if len(bson.encode(delta)) + _DELTA_METADATA_BYTES >= _size(after):
         return None

@@ -270,6 +270,15 @@ def test_array_filters_resolve_to_changed_indexes() -> None:
     assert description.updated_fields == {"docs.1.f": 0, "docs.2.f": 0}
 
 
+def test_change_the_modifiers_do_not_name_is_still_described() -> None:
+    """A document that changed beyond what its modifiers name is diffed, never dropped."""
+    before = {**BASE, "other": 1}
+    after = {**BASE, "other": 2}
+    description = describe_update(before, after, {"$set": {"n": 5}})
+    assert description is not None
+    assert description.updated_fields == {"other": 2}
+
+
 def test_no_op_update_has_empty_description() -> None:
     """An update that leaves the document unchanged yields an empty description."""
     description = describe_update(BASE, copy.deepcopy(BASE), {"$set": {"n": 5}})
