@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -90,6 +91,9 @@ def command(
         )
     except RemoteBindRefused as exc:
         raise click.UsageError(str(exc)) from exc
+    # The server process holds every document as Python objects; the default collector
+    # thresholds make full collections sweep them all every few thousand allocations.
+    gc.set_threshold(50_000, 20, 100)
     try:
         asyncio.run(_run(server))
     except OSError as exc:
