@@ -124,14 +124,10 @@ def _find_transaction(ctx: Context, spec: CommandSpec) -> dict[str, Any] | None:
     if body.get("startTransaction"):
         if txn_number == session.txn_number:
             raise CommandError(
-                251 if session.txn is None or not session.txn.is_open else 256,
-                "NoSuchTransaction"
-                if session.txn is None or not session.txn.is_open
-                else "TransactionCommitted",
-                f"txnNumber {txn_number} for this session has already been used",
-                labels=("TransientTransactionError",)
-                if session.txn is None or not session.txn.is_open
-                else (),
+                117,
+                "ConflictingOperationInProgress",
+                f"Cannot start a transaction at given transaction number {txn_number}: a "
+                "transaction or retryable write with the same number was already run",
             )
         if session.txn is not None and session.txn.is_open:
             state.abort(session.txn, "a newer transaction started on the session")
