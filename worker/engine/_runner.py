@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from bson import Timestamp
 from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from transforms import Registry
 from worker import __version__
@@ -32,6 +33,14 @@ log = get_logger(__name__)
 
 # How often the worker re-reads pair states (pause, resume, complete take effect this fast).
 REFRESH_INTERVAL_S = 0.5
+# Backoff between attempts to resume syncing after a lost connection.
+OUTAGE_FIRST_DELAY_S = 0.1
+OUTAGE_MAX_DELAY_S = 5.0
+# Server codes of errors that go away by themselves: write conflicts, elections, shutdowns,
+# interrupted operations, exceeded time limits.
+TRANSIENT_CODES = frozenset(
+    {6, 7, 24, 89, 91, 112, 189, 251, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+)
 # How long a stopping worker lets the batch in flight finish before abandoning it.
 DRAIN_TIMEOUT_S = 5.0
 # How often an idle worker moves its checkpoint up to the stream's high-water mark.
@@ -69,6 +78,7 @@ class Worker:
         self.lease = Lease(self.store, holder or new_holder_id(), config.lease.ttl_s)
         self.stopping = anyio.Event()
         self.applier: Applier | None = None
+        self._outage = _Outage()
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`), then release the lease and return."""
@@ -161,6 +171,7 @@ class Worker:
 
     async def _renew(self) -> None:
         interval = max(self.config.lease.ttl_s / 3, 0.1)
+        failing = False  # log a run of failed renewals once
         while True:
             await anyio.sleep(interval)
             try:
@@ -168,9 +179,15 @@ class Worker:
             except LeaseLost:
                 raise
             except PyMongoError as exc:
-                log.warning("lease_renew_failed", error=type(exc).__name__)
+                if not failing:
+                    log.warning("lease_renew_failed", error=type(exc).__name__)
+                    failing = True
                 if not self.lease.held:
                     raise LeaseLost("the lease could not be renewed before it expired") from exc
+            else:
+                if failing:
+                    log.info("lease_renewed")
+                    failing = False
 
     # -- sync ----------------------------------------------------------------------------------
 
@@ -187,11 +204,19 @@ class Worker:
         self.applier = applier
         async with applier.opened():
             while not self.stopping.is_set():
-                position = await self._start_position(applier)
                 try:
-                    await self._sync(applier, position)
-                except HistoryLost as exc:
-                    await self._history_lost(applier, exc)
+                    position = await self._start_position(applier)
+                    try:
+                        await self._sync(applier, position)
+                    except HistoryLost as exc:
+                        await self._history_lost(applier, exc)
+                except PyMongoError as exc:
+                    # A lost connection or a transient error outside a batch (pair refresh,
+                    # start position): reopen from the checkpoint after a pause.
+                    if not _transient(exc):
+                        raise
+                    with anyio.move_on_after(self._outage.failed(exc)):
+                        await self.stopping.wait()
 
     async def _start_position(self, applier: Applier) -> StreamPosition:
         pairs = await applier.refresh_pairs()
@@ -221,7 +246,7 @@ class Worker:
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](
             max_buffer_size=max(self.config.batch.max_docs * 2, 2)
         )
-        with _unwrapped(HistoryLost, LeaseLost):
+        with _unwrapped(HistoryLost, LeaseLost, PyMongoError):
             async with anyio.create_task_group() as group:
                 await group.start(reader.run, position, send)
                 group.start_soon(self._drain_watchdog, group.cancel_scope)
@@ -264,6 +289,7 @@ class Worker:
                 )
                 if anyio.current_time() - last_refresh >= REFRESH_INTERVAL_S or not batch:
                     await applier.refresh_pairs()
+                    self._outage.recovered()
                     await applier.replay_held(batch_cfg.max_docs)
                     last_refresh = anyio.current_time()
                 if batch:
@@ -300,6 +326,49 @@ class Worker:
             {"_id": self.store.stream}, {"$unset": {"resume_token": ""}}
         )
         await applier.refresh_pairs()
+
+
+class _Outage:
+    """A run of failed attempts to sync, logged once when it starts and once when it ends."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.delay = OUTAGE_FIRST_DELAY_S
+
+    def failed(self, exc: BaseException) -> float:
+        """Note a failure; returns how long to wait before the next attempt (backoff)."""
+        if self.since is None:
+            self.since = time.monotonic()
+            self.delay = OUTAGE_FIRST_DELAY_S
+            log.warning("sync_interrupted", error=type(exc).__name__, detail=str(exc)[:300])
+        else:
+            self.delay = min(self.delay * 2, OUTAGE_MAX_DELAY_S)
+        return self.delay
+
+    def recovered(self) -> None:
+        """Note a success; ends the outage if one was running."""
+        if self.since is not None:
+            log.info("sync_recovered", seconds=round(time.monotonic() - self.since, 3))
+            self.since = None
+
+
+def _transient(exc: PyMongoError) -> bool:
+    """Errors worth retrying: lost connections, elections, transient transaction errors."""
+    if isinstance(exc, ConnectionFailure):
+        return True
+    if isinstance(exc, OperationFailure):
+        return (
+            any(
+                exc.has_error_label(label)
+                for label in (
+                    "TransientTransactionError",
+                    "RetryableWriteError",
+                    "ResumableChangeStreamError",
+                )
+            )
+            or exc.code in TRANSIENT_CODES
+        )
+    return False
 
 
 async def _collect(
