@@ -154,7 +154,64 @@ async def test_failing_command_is_retried_and_the_pair_converges(
         assert await worker.store.dead_letter_count() == 1
     outages = {
         name: len(_events(caplog, name))
-        for name in ("apply_interrupted", "stream_interrupted", "lease_renew_failed")
+        for name in (
+            "apply_interrupted",
+            "stream_interrupted",
+            "sync_interrupted",
+            "lease_renew_failed",
+        )
     }
     assert all(count <= 1 for count in outages.values()), outages
+    assert not _events(caplog, "lease_lost")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param("find", id="find-pair-refresh"),
+        pytest.param("update", id="update-lease-renewal"),
+    ],
+)
+async def test_idle_worker_survives_a_lost_connection(
+    mongo_uri: str,
+    aclient: Any,
+    db_name: str,
+    tmp_path: Path,
+    fail_point: Any,
+    caplog: pytest.LogCaptureFixture,
+    command: str,
+) -> None:
+    """Connections dropped under the idle worker's housekeeping (the pair refresh every half
+    second, the lease renewal): it keeps running, logs the outage at most once, and syncs the
+    next change."""
+    caplog.set_level(logging.INFO)
+    module = write_module(tmp_path, "people_idle", PEOPLE_MODULE, db=db_name)
+    config = _config(mongo_uri, db_name, module)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config) as worker:
+        fired = [0]
+
+        async def fired_enough() -> bool:
+            # Re-arming returns how often it fired since the last call.
+            fired[0] += await fail_point("alwaysOn", failCommands=[command], closeConnection=True)
+            return fired[0] >= 2
+
+        await eventually(fired_enough, within=10, what=f"{command} to fail twice")
+        fired[0] += await fail_point("off")
+        await original.insert_one({"_id": 1, "name": "Ann", "age": "30"})
+
+        async def copied() -> bool:
+            found = await _find(partner, 1)
+            return found is not None and found.get("age") == 30
+
+        await eventually(copied, within=15, what="the next change synced")
+        assert worker.lease.held
+    for name in (
+        "apply_interrupted",
+        "stream_interrupted",
+        "sync_interrupted",
+        "lease_renew_failed",
+    ):
+        assert len(_events(caplog, name)) <= 1, (name, len(_events(caplog, name)))
     assert not _events(caplog, "lease_lost")
