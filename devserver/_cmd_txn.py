@@ -7,7 +7,7 @@ from typing import Any
 from devserver._command import Context, command
 from devserver._errors import CommandError
 from devserver._keys import id_key
-from devserver._sessions import DocRef
+from devserver._sessions import DocRef, write_conflict
 
 __all__ = ["commit_transaction"]
 
@@ -18,6 +18,7 @@ def commit_transaction(ctx: Context) -> None:
     if txn is None:
         raise CommandError(251, "NoSuchTransaction", "no transaction in progress")
     state = ctx.state
+    _check_unique_at_commit(ctx)
     others_open = len(state.sessions.open) > 1
     replaced: dict[DocRef, dict[str, Any] | None] = {}
     for record in txn.records:
@@ -41,6 +42,20 @@ def commit_transaction(ctx: Context) -> None:
     txn.commit_time = cluster_time
     state.sessions.end(txn, "committed")
     ctx.wrote(cluster_time)
+
+
+def _check_unique_at_commit(ctx: Context) -> None:
+    """A unique key a plain write took after this transaction checked it: WriteConflict."""
+    txn = ctx.txn
+    assert txn is not None
+    storage = ctx.state.storage
+    for (db, coll), overlay in txn.overlay.items():
+        for doc in overlay.values():
+            if doc is None:
+                continue
+            conflict = storage.unique_conflict(db, coll, doc)
+            if conflict is not None and conflict[2] not in overlay:
+                raise write_conflict()
 
 
 @command("commitTransaction", admin_only=True, in_transaction=True)

@@ -19,6 +19,7 @@ from devserver._command import Context
 from devserver._engine import is_operator_update, matches
 from devserver._errors import CommandError
 from devserver._keys import id_key
+from devserver._sessions import Transaction
 from devserver._storage import ID_INDEX, duplicate_key_error
 from devserver._views import TransactionView, View
 
@@ -69,16 +70,50 @@ async def _wait_unheld(
         return False
     for doc_id in ids:
         holder = ctx.state.sessions.holder((db, coll, id_key(doc_id)))
-        if holder is None or not holder.is_open:
+        if holder is not None and holder.is_open:
+            await _wait_for_end(holder, deadline)
+            return True
+    return False
+
+
+async def _wait_for_end(txn: Transaction, deadline: Deadline) -> None:
+    remaining = deadline.remaining()
+    if remaining is not None and remaining <= 0:
+        raise _expired()
+    try:
+        await asyncio.wait_for(txn.ended.wait(), remaining)
+    except TimeoutError:
+        raise _expired() from None
+
+
+async def _wait_unique_keys_free(
+    ctx: Context, db: str, coll: str, doc: dict[str, Any], deadline: Deadline
+) -> bool:
+    """Outside a transaction: wait while an open transaction's staged document holds one of
+    `doc`'s unique index keys (MongoDB blocks such a write on the index key).
+
+    Returns True when it waited.
+    """
+    sessions = ctx.state.sessions
+    if ctx.txn is not None or not sessions.open:
+        return False
+    meta = ctx.state.storage.meta(db, coll)
+    if meta is None or not meta.unique_maps:
+        return False
+    own = id_key(doc["_id"])
+    for name in meta.unique_maps:
+        spec = meta.indexes[name]
+        entry = spec.entry(doc)
+        if entry is None:
             continue
-        remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise _expired()
-        try:
-            await asyncio.wait_for(holder.ended.wait(), remaining)
-        except TimeoutError:
-            raise _expired() from None
-        return True
+        for txn in list(sessions.open):
+            for key, staged in txn.overlay.get((db, coll), {}).items():
+                if staged is None or key == own:
+                    continue
+                staged_entry = spec.entry(staged)
+                if staged_entry is not None and staged_entry[0] == entry[0]:
+                    await _wait_for_end(txn, deadline)
+                    return True
     return False
 
 
@@ -182,7 +217,9 @@ async def insert_one(
 ) -> None:
     """Insert one prepared document (also the insert half of an upsert)."""
     view = ctx.view()
-    while await _wait_unheld(ctx, db, coll, [doc["_id"]], deadline):
+    while await _wait_unheld(ctx, db, coll, [doc["_id"]], deadline) or (
+        await _wait_unique_keys_free(ctx, db, coll, doc, deadline)
+    ):
         pass
     if view.get(db, coll, doc["_id"]) is not None:
         raise duplicate_key_error(db, coll, ID_INDEX, {"_id": doc["_id"]})

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from bson import Int64
 from pymongo import MongoClient, monitoring
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -294,3 +294,33 @@ def test_transaction_reads_its_snapshot(client: Client, db_name: str) -> None:
         assert coll.count_documents({"v": "new"}, session=session) == 0
         session.abort_transaction()
     assert sorted(d["_id"] for d in coll.find()) == [1, 3]
+
+
+def test_plain_insert_of_a_unique_key_staged_in_a_transaction_waits(
+    client: Client, db_name: str
+) -> None:
+    """A plain insert of a unique key a transaction staged waits; after commit it is E11000."""
+    coll = client[db_name].c
+    coll.create_index("email", unique=True)
+    outcome: list[Any] = []
+
+    def insert_outside() -> None:
+        try:
+            coll.insert_one({"_id": 2, "email": "a@x"})
+            outcome.append("inserted")
+        except PyMongoError as exc:  # reported to the main thread
+            outcome.append(exc)
+
+    with client.start_session() as session:
+        session.start_transaction()
+        coll.insert_one({"_id": 1, "email": "a@x"}, session=session)
+        worker = threading.Thread(target=insert_outside)
+        worker.start()
+        try:
+            worker.join(0.3)
+            assert worker.is_alive() and outcome == []
+            session.commit_transaction()
+        finally:
+            worker.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], DuplicateKeyError)
+    assert list(coll.find()) == [{"_id": 1, "email": "a@x"}]
