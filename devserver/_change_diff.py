@@ -74,10 +74,8 @@ def describe_update(
         return UpdateDescription()
     if _is_operator_update(update_spec):
         described = _describe_operators(before, after, update_spec)
-        if not described.is_empty():
-            return described
-        # The document changed in a way its modifiers do not name (a storage engine's quirk):
-        # describe it by diffing rather than lose the change as a no-op.
+        _cover_unnamed_changes(before, after, described)
+        return described
     delta = _diff_document(before, after)
     if len(bson.encode(delta)) + _DELTA_METADATA_BYTES >= _size(after):
         return None
@@ -117,6 +115,24 @@ def _describe_operators(
         _log_path(mode, parts, before, after, description, seen)
     _drop_nested(description)
     return description
+
+
+def _cover_unnamed_changes(
+    before: dict[str, Any], after: dict[str, Any], description: UpdateDescription
+) -> None:
+    """Add top-level fields that changed although no logged path names them.
+
+    A storage engine may apply a modifier differently from mongod; describing such a field
+    whole keeps the event true to the document instead of silently missing the change.
+    """
+    named = {p.partition(".")[0] for p in description.updated_fields}
+    named.update(p.partition(".")[0] for p in description.removed_fields)
+    for name, value in after.items():
+        if name not in named and (name not in before or not same_value(before[name], value)):
+            description.updated_fields[name] = value
+    for name in before:
+        if name not in after and name not in named:
+            description.removed_fields.append(name)
 
 
 def _append_mode(operator: str, argument: Any) -> str | int | None:
