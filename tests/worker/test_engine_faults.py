@@ -15,7 +15,9 @@ import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
 from tests.worker.engine_helpers import eventually, make_config, running_worker, write_module
-from worker.config import Config
+from worker.config import Config, LeaseConfig
+from worker.engine import Lease
+from worker.state import StateStore, utcnow
 
 WORKER_APP = "psync-faults"
 
@@ -215,3 +217,89 @@ async def test_idle_worker_survives_a_lost_connection(
     ):
         assert len(_events(caplog, name)) <= 1, (name, len(_events(caplog, name)))
     assert not _events(caplog, "lease_lost")
+
+
+async def test_document_the_target_refuses_is_a_dead_letter(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """A document the partner's validator refuses goes to dead letters with the server's code
+    and the event; the documents around it and after it still sync."""
+    module = write_module(tmp_path, "people_validated", PEOPLE_MODULE, db=db_name)
+    config = _config(mongo_uri, db_name, module)
+    await aclient[db_name].create_collection(
+        "people_v2", validator={"$or": [{"age": {"$exists": False}}, {"age": {"$lt": 150}}]}
+    )
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config) as worker:
+        await original.insert_many(
+            [
+                {"_id": 1, "name": "Ann", "age": "30"},
+                {"_id": 2, "name": "Old", "age": "200"},
+                {"_id": 3, "name": "Cy", "age": "40"},
+            ]
+        )
+
+        async def settled() -> bool:
+            return (
+                await partner.count_documents({}) == 2
+                and await worker.store.dead_letter_count() == 1
+            )
+
+        await eventually(settled, within=15, what="two copies and one dead letter")
+        letter = await worker.store.dead_letters.find_one({})
+        assert letter is not None
+        assert (letter["pair"], letter["document_id"], letter["side"]) == (
+            f"{db_name}.people",
+            2,
+            "original",
+        )
+        assert letter["code"] == 121 and "refused" in letter["error"]
+        assert letter["event"]["operationType"] == "insert"
+        assert letter["event"]["fullDocument"]["age"] == "200"
+        await original.insert_one({"_id": 4, "name": "Dee", "age": "9"})
+
+        async def later_copied() -> bool:
+            return await _find(partner, 4) is not None
+
+        await eventually(later_copied, what="the stream goes on")
+        assert await _find(partner, 2) is None
+
+
+async def test_commit_of_a_holder_taken_over_is_refused_by_the_fence(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A holder that still believes in its lease (its renewal not yet due) after another
+    worker took the lease over: its next batch is refused by the checkpoint's fence, nothing
+    of it lands, and it stands by."""
+    caplog.set_level(logging.INFO)
+    module = write_module(tmp_path, "people_fenced", PEOPLE_MODULE, db=db_name)
+    # A long lease: the renewal that would also notice the takeover is 10 s away.
+    config = _config(mongo_uri, db_name, module, lease=LeaseConfig(ttl_s=30.0))
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config, holder="old") as worker:
+        await original.insert_one({"_id": 1, "name": "Ann", "age": "30"})
+
+        async def copied() -> bool:
+            return await _find(partner, 1) is not None
+
+        await eventually(copied, what="first copy")
+        leases = worker.store.leases
+        await leases.update_one({"_id": "default"}, {"$set": {"expires_at": utcnow()}})
+        successor = Lease(StateStore(aclient[config.state_db]), "new", 30.0)
+        assert await successor.try_acquire()
+        assert worker.lease.held, "the old holder must still believe in its lease"
+
+        await original.insert_one({"_id": 2, "name": "Bo", "age": "40"})
+
+        async def fenced() -> bool:
+            return bool(_events(caplog, "lease_lost"))
+
+        await eventually(fenced, within=10, what="the old holder to be fenced out")
+        assert "fenced" in _events(caplog, "lease_lost")[0].event_fields["reason"]
+        assert await _find(partner, 2) is None
+        checkpoint = await worker.store.checkpoint()
+        assert checkpoint is not None and checkpoint["fence"] == successor.fence
+        lease = await worker.store.leases.find_one({"_id": "default"})
+        assert lease is not None and lease["holder"] == "new"
