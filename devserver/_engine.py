@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import mongomock
-from bson import ObjectId
+from bson import Int64, ObjectId
 from mongomock import aggregate as mm_aggregate
 from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import OperationFailure
@@ -76,7 +76,7 @@ def _plain_sort_values(docs: list[dict[str, Any]], key: str) -> list[Any] | None
         return None
     values = [doc.get(key, _MISSING) for doc in docs]
     kinds = {type(v) for v in values}
-    if kinds <= {int, float} or (len(kinds) == 1 and kinds <= {str, ObjectId, datetime}):
+    if kinds <= {int, float, Int64} or (len(kinds) == 1 and kinds <= {str, ObjectId, datetime}):
         return values
     return None
 
