@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from devserver._server import DevServer, RemoteBindRefused
+from devserver._server import DbpathInUse, DevServer, RemoteBindRefused
 
 __all__ = ["command", "main"]
 
@@ -96,6 +96,8 @@ def command(
     gc.set_threshold(50_000, 20, 100)
     try:
         asyncio.run(_run(server))
+    except DbpathInUse as exc:
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
 

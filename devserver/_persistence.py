@@ -8,10 +8,12 @@ new journal leaves a consistent pair.
 
     dbpath/snapshot          the last complete snapshot (generation g)
     dbpath/journal-<g>.log   write units committed after snapshot g
+    dbpath/devserver.lock    held (flock) by the running server
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -26,7 +28,7 @@ from bson import Timestamp
 from devserver._state import ServerState
 from devserver._wire import CODEC
 
-__all__ = ["FileJournal", "open_journal", "read_records"]
+__all__ = ["DbpathInUse", "FileJournal", "open_journal", "read_records"]
 
 log = logging.getLogger("devserver")
 
@@ -80,9 +82,16 @@ class FileJournal:
     """Appends write units to the journal and rolls snapshots."""
 
     def __init__(
-        self, state: ServerState, dbpath: Path, generation: int, *, intact_bytes: int
+        self,
+        state: ServerState,
+        dbpath: Path,
+        generation: int,
+        *,
+        intact_bytes: int,
+        lock_fd: int,
     ) -> None:
         self._state = state
+        self._lock_fd = lock_fd
         self._dbpath = dbpath
         self.generation = generation
         self._fd = -1
@@ -153,6 +162,7 @@ class FileJournal:
         finally:
             os.close(self._fd)
             self._fd = -1
+            os.close(self._lock_fd)  # releases the dbpath lock
 
 
 def _chunks(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -170,6 +180,33 @@ def open_journal(state: ServerState, dbpath: str) -> FileJournal:
     """Load `dbpath` into `state` (snapshot, then journal) and open the journal for appending."""
     root = Path(dbpath)
     root.mkdir(parents=True, exist_ok=True)
+    lock_fd = _lock(root)
+    try:
+        return _load(state, root, lock_fd)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+class DbpathInUse(RuntimeError):
+    """Another running server holds the dbpath (two writers would corrupt the journal)."""
+
+
+def _lock(root: Path) -> int:
+    """An exclusive lock on `root`, released when the server closes or its process dies."""
+    fd = os.open(root / "devserver.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DbpathInUse(
+            f"{root} is in use by another running development server; stop it or choose "
+            "another --dbpath"
+        ) from None
+    return fd
+
+
+def _load(state: ServerState, root: Path, lock_fd: int) -> FileJournal:
     storage = state.storage
     storage.journaling = False
     entries: list[dict[str, Any]] = []
@@ -203,8 +240,6 @@ def open_journal(state: ServerState, dbpath: str) -> FileJournal:
         if stale != journal_path:
             stale.unlink(missing_ok=True)
     (root / f"{_SNAPSHOT}.tmp").unlink(missing_ok=True)
-    journal = FileJournal(state, root, generation, intact_bytes=intact)
-    log.info(
-        "loaded %s: snapshot generation %d, %d journal records", dbpath, generation, len(units)
-    )
+    journal = FileJournal(state, root, generation, intact_bytes=intact, lock_fd=lock_fd)
+    log.info("loaded %s: snapshot generation %d, %d journal records", root, generation, len(units))
     return journal

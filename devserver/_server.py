@@ -15,6 +15,7 @@ from typing import Any
 from devserver._command import Connection
 from devserver._dispatch import CloseConnection, run_command
 from devserver._errors import CommandError
+from devserver._persistence import DbpathInUse, open_journal
 from devserver._state import ServerConfig, ServerState
 from devserver._wire import (
     HEADER,
@@ -28,7 +29,14 @@ from devserver._wire import (
     encode_op_reply,
 )
 
-__all__ = ["DevServer", "RemoteBindRefused", "ServerThread", "serve", "is_loopback"]
+__all__ = [
+    "DbpathInUse",
+    "DevServer",
+    "RemoteBindRefused",
+    "ServerThread",
+    "serve",
+    "is_loopback",
+]
 
 log = logging.getLogger("devserver")
 
@@ -99,14 +107,18 @@ class DevServer:
         """Load persisted data (if any), bind, and start accepting connections."""
         state = ServerState(config=self.config)
         state.stopping = asyncio.Event()
+        journal = None
         if self.config.dbpath is not None:
-            from devserver._persistence import open_journal
-
-            state.journal = open_journal(state, self.config.dbpath)
+            journal = state.journal = open_journal(state, self.config.dbpath)
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, self.config.host, self.config.port, limit=2**20
+            )
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            raise
         self.state = state
-        self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, limit=2**20
-        )
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1]
         state.address = f"{_advertised_host(self.host)}:{self.port}"

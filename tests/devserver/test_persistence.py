@@ -17,6 +17,8 @@ from bson import Int64, Timestamp
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from devserver._persistence import DbpathInUse
+
 Client = MongoClient[dict[str, Any]]
 
 pytestmark = pytest.mark.usefixtures("devserver_factory")
@@ -216,3 +218,14 @@ def test_retries_after_a_restart_are_not_applied_again(
             assert db.c.find_one({"_id": 1}) == {"_id": 1, "n": 1}
             txn.commit_transaction()  # the driver re-sends commitTransaction: still ok
         assert db.c.count_documents({}) == 2
+
+
+def test_a_dbpath_serves_one_server_at_a_time(devserver_factory: Any, tmp_path: Path) -> None:
+    """A second server on a dbpath in use is refused; after the first stops, it starts."""
+    first = devserver_factory(dbpath=str(tmp_path))
+    with pytest.raises(DbpathInUse):
+        devserver_factory(dbpath=str(tmp_path))
+    first.stop()
+    second = devserver_factory(dbpath=str(tmp_path))
+    with MongoClient(second.uri) as mongo:
+        assert mongo.admin.command("ping")["ok"] == 1.0
