@@ -82,6 +82,7 @@ class CompiledMapping:
     """A mapping bound to one direction: reads source values, returns target values."""
 
     __slots__ = (
+        "_all_missing",
         "_function",
         "_target_names",
         "_target_set",
@@ -99,6 +100,7 @@ class CompiledMapping:
         self.targets = tuple(split_path(p) for p in mapping.targets(direction))
         self._target_names = list(mapping.targets(direction))
         self._target_set = frozenset(self._target_names)
+        self._all_missing = (MISSING,) * len(self.targets)
         function = mapping.forward if direction is Direction.FORWARD else mapping.backward
         self._function = function
         # `run(values, document_id)`: target values (MISSING: leave absent) from source values
@@ -135,21 +137,24 @@ class CompiledMapping:
         return (result,)
 
     def _derive(self, values: Sequence[Any], document_id: Any) -> Sequence[Any]:
-        if all(value is MISSING for value in values):
-            return (MISSING,) * len(self.targets)
-        arguments = tuple(None if value is MISSING else value for value in values)
+        arguments = [None if value is MISSING else value for value in values]
+        if arguments.count(None) == len(arguments) and MISSING in values:
+            if all(value is MISSING for value in values):
+                return self._all_missing
         result = self._call(arguments, document_id)
         names = self._target_names
-        if not isinstance(result, dict) or result.keys() != self._target_set:
+        if type(result) is not dict or result.keys() != self._target_set:
             got = sorted(result) if isinstance(result, dict) else type(result).__name__
             raise self._failed(f"returned {got}, expected a dict with keys {names}", document_id)
-        outputs = tuple(result[name] for name in names)
-        problem = bson_problem(list(outputs))
-        if problem:
-            raise self._failed(problem, document_id)
+        outputs = [result[name] for name in names]
+        for output in outputs:
+            if type(output) is not str:  # the usual derived value, and always encodable
+                problem = bson_problem(output)
+                if problem:
+                    raise self._failed(problem, document_id)
         return outputs
 
-    def _call(self, arguments: tuple[Any, ...], document_id: Any) -> Any:
+    def _call(self, arguments: Sequence[Any], document_id: Any) -> Any:
         assert self._function is not None
         try:
             return self._function(*arguments)

@@ -263,19 +263,22 @@ class DirectionPlan:
         truncated_arrays: Sequence[Mapping[str, Any]],
     ) -> Patch:
         """The target patch for one update event, rebuilding only the target fields it reaches."""
-        split = self._split
-        touched = [split(path) for path in updated_fields]
-        if removed_fields:
-            touched += [split(path) for path in removed_fields]
+        touched: list[str] = [*updated_fields, *removed_fields]
         if truncated_arrays:
-            touched += [split(item["field"]) for item in truncated_arrays]
+            touched += [item["field"] for item in truncated_arrays]
         groups: dict[int, _Group] = {}
+        nested = bool(truncated_arrays)
         for path in touched:
-            for group in self._groups_touched(path):
+            cached = self._top_groups.get(path)
+            if cached is None:
+                parts = self._split(path)
+                nested = nested or len(parts) > 1
+                cached = self._groups_touched(parts)
+            for group in cached:
                 groups[id(group)] = group
         if not groups:
             return _EMPTY
-        if truncated_arrays or any(len(path) > 1 for path in touched):
+        if nested:
             updated = apply_update_description(
                 base, updated_fields, removed_fields, truncated_arrays
             )
