@@ -363,6 +363,8 @@ class ServerThread:
         with contextlib.suppress(RuntimeError):  # loop already closed
             loop.call_soon_threadsafe(stop.set)
         thread.join(self._timeout)
+        if thread.is_alive():
+            log.warning("the development server thread did not stop within %ss", self._timeout)
 
     def restart(self) -> None:
         """Stop, then start again on the same port and dbpath (as after a clean restart)."""
