@@ -6,7 +6,7 @@ from typing import Any
 
 from devserver._changes import ChangeRecord
 from devserver._cmd_read import open_cursor
-from devserver._command import Context, command, namespace_arg
+from devserver._command import Context, command, cursor_batch_size, namespace_arg
 from devserver._engine import matches
 from devserver._errors import CommandError
 from devserver._storage import IndexSpec, validate_namespace
@@ -207,7 +207,7 @@ async def list_collections(ctx: Context) -> dict[str, Any]:
         if filter_doc and not matches(filter_doc, entry):
             continue
         entries.append({"name": name, "type": "collection"} if name_only else entry)
-    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    batch_size = cursor_batch_size(ctx)
     return open_cursor(ctx, f"{ctx.db}.$cmd.listCollections", entries, batch_size)
 
 
@@ -254,7 +254,7 @@ async def list_indexes(ctx: Context) -> dict[str, Any]:
     if meta is None:
         raise CommandError(26, "NamespaceNotFound", f"ns does not exist: {ctx.db}.{coll}")
     docs = [spec.to_doc() for spec in meta.indexes.values()]
-    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    batch_size = cursor_batch_size(ctx)
     return open_cursor(ctx, f"{ctx.db}.{coll}", docs, batch_size)
 
 
@@ -272,7 +272,7 @@ async def drop_indexes(ctx: Context) -> dict[str, Any]:
         names = [n for n in meta.indexes if n != "_id_"]
     elif isinstance(target, str):
         names = [target]
-    elif isinstance(target, list):
+    elif isinstance(target, list) and all(isinstance(name, str) for name in target):
         names = list(target)
     elif isinstance(target, dict):
         names = [n for n, spec in meta.indexes.items() if dict(spec.key) == target]

@@ -7,7 +7,16 @@ from typing import Any
 
 from bson import Int64
 
-from devserver._command import Context, command, int_arg, namespace_arg, sort_arg
+from devserver._command import (
+    Context,
+    batch_size_arg,
+    command,
+    cursor_batch_size,
+    document_arg,
+    int_arg,
+    namespace_arg,
+    sort_arg,
+)
 from devserver._cursors import DEFAULT_FIRST_BATCH, DocumentCursor, take_batch
 from devserver._errors import CommandError
 from devserver._storage import validate_namespace
@@ -49,15 +58,6 @@ def open_cursor(
     return cursor_reply(ns, cursor_id, batch, first=True)
 
 
-def _batch_size(ctx: Context, container: dict[str, Any], key: str = "batchSize") -> int | None:
-    if key not in container:
-        return None
-    value = container[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise CommandError(2, "BadValue", "batchSize must be a non-negative number")
-    return int(value)
-
-
 @command("find", in_transaction=True)
 async def find(ctx: Context) -> dict[str, Any]:
     coll = namespace_arg(ctx)
@@ -75,15 +75,13 @@ async def find(ctx: Context) -> dict[str, Any]:
         raise CommandError(
             238, "NotImplemented", "collations are not supported by the development server"
         )
-    filter_doc = body.get("filter") or {}
-    if not isinstance(filter_doc, dict):
-        raise CommandError(14, "TypeMismatch", "Expected field filter to be of type object")
+    filter_doc = document_arg(ctx, "filter")
     limit = int_arg(ctx, "limit", 0, minimum=None)
     single_batch = bool(body.get("singleBatch", False))
     if limit < 0:
         limit, single_batch = -limit, True
     skip = int_arg(ctx, "skip", 0)
-    batch_size = _batch_size(ctx, body)
+    batch_size = batch_size_arg(body)
     docs = ctx.view().find(
         ctx.db,
         coll,
@@ -108,7 +106,7 @@ async def get_more(ctx: Context) -> dict[str, Any]:
         raise CommandError(14, "TypeMismatch", "getMore 'collection' must be a string")
     ns = f"{ctx.db}.{coll}"
     cursor = ctx.state.cursors.get(int(cursor_id), ns)
-    batch_size = _batch_size(ctx, ctx.body)
+    batch_size = batch_size_arg(ctx.body)
     if cursor.stream is not None:
         stream = cursor.stream
         max_time = ctx.body.get("maxTimeMS")
@@ -161,7 +159,7 @@ async def _change_stream(ctx: Context, coll: str | None, pipeline: list[Any]) ->
             "$changeStream may only be run with {allChangesForCluster: true} on the 'admin' "
             "database with {aggregate: 1}",
         )
-    batch_size = _batch_size(ctx, ctx.body.get("cursor") or {})
+    batch_size = cursor_batch_size(ctx)
     stream = history.open(
         db=ctx.db,
         coll=coll,
@@ -230,14 +228,14 @@ async def aggregate(ctx: Context) -> dict[str, Any]:
                 "$changeStream is only valid as the first stage in a pipeline",
             )
     docs = ctx.view().aggregate(ctx.db, target, pipeline)
-    batch_size = _batch_size(ctx, ctx.body.get("cursor") or {})
+    batch_size = cursor_batch_size(ctx)
     return open_cursor(ctx, f"{ctx.db}.{target}", docs, batch_size)
 
 
 @command("count", in_transaction=True)
 async def count(ctx: Context) -> dict[str, Any]:
     coll = namespace_arg(ctx)
-    query = ctx.body.get("query") or {}
+    query = document_arg(ctx, "query")
     skip = int_arg(ctx, "skip", 0)
     limit = abs(int_arg(ctx, "limit", 0, minimum=None))
     matched = ctx.view().match(ctx.db, coll, query)
@@ -253,7 +251,7 @@ async def distinct(ctx: Context) -> dict[str, Any]:
     key = ctx.body.get("key")
     if not isinstance(key, str) or not key:
         raise CommandError(14, "TypeMismatch", "distinct 'key' must be a non-empty string")
-    query = ctx.body.get("query") or {}
+    query = document_arg(ctx, "query")
     view = ctx.view()
     docs = view.match(ctx.db, coll, query)
     return {"values": ctx.state.engine.distinct(docs, key, {})}

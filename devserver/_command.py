@@ -22,6 +22,9 @@ __all__ = [
     "namespace_arg",
     "int_arg",
     "sort_arg",
+    "cursor_batch_size",
+    "document_arg",
+    "batch_size_arg",
 ]
 
 
@@ -130,6 +133,41 @@ def sort_arg(value: Any) -> list[tuple[str, int]] | None:
             )
         sort.append((key, int(direction)))
     return sort
+
+
+def document_arg(ctx: Context, key: str) -> dict[str, Any]:
+    """An optional object argument (a filter, a query): {} when absent."""
+    value = ctx.body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CommandError(
+            14,
+            "TypeMismatch",
+            f"BSON field '{ctx.name}.{key}' is the wrong type '{type(value).__name__}', "
+            "expected type 'object'",
+        )
+    return value
+
+
+def cursor_batch_size(ctx: Context) -> int | None:
+    """`cursor.batchSize` of a cursor-returning command (None when not given)."""
+    options = ctx.body.get("cursor")
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise CommandError(14, "TypeMismatch", "the 'cursor' option must be an object")
+    return batch_size_arg(options)
+
+
+def batch_size_arg(container: dict[str, Any]) -> int | None:
+    """A non-negative `batchSize` from `container` (None when absent)."""
+    if "batchSize" not in container:
+        return None
+    value = container["batchSize"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise CommandError(2, "BadValue", "batchSize must be a non-negative number")
+    return int(value)
 
 
 def int_arg(ctx: Context, key: str, default: int = 0, *, minimum: int | None = 0) -> int:

@@ -145,3 +145,30 @@ def test_credentials_are_refused_with_a_clear_message(mongo_uri: str) -> None:
         with pytest.raises(OperationFailure) as caught:
             mongo.admin.command("ping")
     assert caught.value.code == 18
+
+
+@pytest.mark.parametrize(
+    ("command", "arguments"),
+    [
+        pytest.param("count", {"query": 5}, id="count-query-not-object"),
+        pytest.param("find", {"filter": "x"}, id="find-filter-not-object"),
+        pytest.param("listCollections", {"cursor": 5}, id="cursor-not-object"),
+        pytest.param("aggregate", {"pipeline": 5, "cursor": {}}, id="pipeline-not-array"),
+        pytest.param("update", {"updates": [{"q": {}, "u": 5}]}, id="update-not-object"),
+        pytest.param("delete", {"deletes": [{"q": {}, "limit": 7}]}, id="delete-bad-limit"),
+        pytest.param("dropIndexes", {"index": [{}]}, id="index-names-not-strings"),
+        pytest.param("distinct", {"key": 5}, id="distinct-key-not-string"),
+    ],
+)
+def test_malformed_arguments_get_error_replies_not_internal_errors(
+    client: Client, db_name: str, command: str, arguments: dict[str, Any]
+) -> None:
+    """Wrongly typed arguments are answered with a specific error, never InternalError."""
+    client[db_name].c.insert_one({"_id": 1})
+    reply = client[db_name].command(command, "c", check=False, **arguments)
+    if reply["ok"] == 1.0:
+        errors = reply.get("writeErrors") or []
+        assert errors, reply
+        assert all(error["code"] != 1 for error in errors)
+    else:
+        assert reply["code"] != 1, reply
