@@ -22,6 +22,7 @@ __all__ = ["UpdateDescription", "describe_update", "same_value"]
 _MISSING: Any = object()
 # Bytes MongoDB adds around a delta oplog entry when deciding between a delta and a replacement.
 _DELTA_METADATA_BYTES = 15
+_ARRAY_MODIFIERS = frozenset({"$push", "$addToSet", "$pull", "$pullAll", "$pop"})
 
 
 @dataclass
@@ -108,6 +109,15 @@ def _describe_operators(
                 paths.append(argument)
             for one in paths:
                 for parts in _resolve(one.split("."), before, after):
+                    target = _get(before, parts)
+                    if (
+                        operator in _ARRAY_MODIFIERS
+                        and target is not _MISSING
+                        and not isinstance(target, list)
+                    ):
+                        # mongod refuses an array modifier on a non-array; an engine that
+                        # applied it anyway is described by the whole top-level field.
+                        parts = parts[:1]
                     logged.append((_append_mode(operator, argument), parts))
     description = UpdateDescription()
     seen: set[str] = set()
