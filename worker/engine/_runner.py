@@ -126,11 +126,18 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         standby_logged = False
+        unreachable_logged = False
         while not self.stopping.is_set():
             try:
                 acquired = await self.lease.try_acquire()
+                unreachable_logged = False
             except PyMongoError as exc:
-                log.warning("lease_unreachable", error=type(exc).__name__, detail=str(exc)[:200])
+                # Once per outage, not once per attempt.
+                if not unreachable_logged:
+                    log.warning(
+                        "lease_unreachable", error=type(exc).__name__, detail=str(exc)[:200]
+                    )
+                    unreachable_logged = True
                 acquired = False
             if not acquired:
                 self.metrics.lease_held.set(0)
