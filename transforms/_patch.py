@@ -8,7 +8,14 @@ from typing import Any
 
 from transforms._paths import MISSING, SCALAR_TYPES, copy_value, same_value, split_path
 
-__all__ = ["Patch", "apply_patch", "apply_update_description", "diff_documents", "diff_into"]
+__all__ = [
+    "Patch",
+    "apply_patch",
+    "apply_update_description",
+    "diff_documents",
+    "diff_into",
+    "make_patch",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,15 @@ class Patch:
             {path: value for path, value in self.set.items() if keep(path)},
             tuple(path for path in self.unset if keep(path)),
         )
+
+
+def make_patch(sets: dict[str, Any], unsets: tuple[str, ...]) -> Patch:
+    """`Patch(sets, unsets)` without the dataclass `__init__`: the hot path builds one per event."""
+    patch = object.__new__(Patch)
+    fields = patch.__dict__
+    fields["set"] = sets
+    fields["unset"] = unsets
+    return patch
 
 
 def _is_document(value: Any) -> bool:
@@ -90,7 +106,7 @@ def diff_documents(old: Mapping[str, Any], new: Mapping[str, Any]) -> Patch:
     sets: dict[str, Any] = {}
     unsets: list[str] = []
     diff_into("", old, new, sets, unsets)
-    return Patch(sets, tuple(unsets))
+    return make_patch(sets, tuple(unsets))
 
 
 class _Writer:

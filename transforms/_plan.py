@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transforms._mappings import CompiledMapping, Direction, FieldMapping
-from transforms._patch import Patch, apply_update_description, diff_into
+from transforms._patch import Patch, apply_update_description, diff_into, make_patch
 from transforms._paths import (
     MISSING,
     copy_value,
@@ -28,8 +28,6 @@ __all__ = ["DirectionPlan"]
 
 # A trie of paths unmapped fields must not carry: key -> True (the whole field) or a sub-trie.
 Trie = dict[str, Any]
-
-_EMPTY = Patch({}, ())
 
 
 def _trie(paths: Iterable[tuple[str, ...]]) -> Trie:
@@ -277,7 +275,7 @@ class DirectionPlan:
             for group in cached:
                 groups[id(group)] = group
         if not groups:
-            return _EMPTY
+            return make_patch({}, ())
         if nested:
             updated = apply_update_description(
                 base, updated_fields, removed_fields, truncated_arrays
@@ -292,7 +290,7 @@ class DirectionPlan:
         unsets: list[str] = []
         before = self._build_part(base, chosen)
         diff_into("", before, self._build_part(updated, chosen), sets, unsets, self.leafwise)
-        return Patch(sets, tuple(unsets)) if sets or unsets else _EMPTY
+        return make_patch(sets, tuple(unsets))
 
     def target_patch(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> Patch:
         """The owned patch turning converted document `old` into converted `new`."""
