@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from transforms._mappings import Direction, FieldMapping, MappingKind
@@ -44,7 +44,6 @@ class MappingReport:
     tried: int = 0
     counter_example: Any = None
     detail: str = ""
-    sources: list[str] = field(default_factory=list)
 
 
 def _strategy_for(kind: type) -> SearchStrategy[Any] | None:
