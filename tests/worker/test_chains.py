@@ -1,0 +1,228 @@
+"""Chains (v1 <-> v2 <-> v3: two pairs sharing the middle collection) and echo counting in both
+origin tag modes, through the development server with a worker in process."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
+
+from tests.worker.engine_helpers import eventually, make_config, running_worker, write_module
+
+CHAIN_MODULE = """
+from transforms import Pair
+
+first = Pair(original="{db}.v1", partner="{db}.v2", unmapped="keep")
+first.rename("name", "full_name")
+
+second = Pair(original="{db}.v2", partner="{db}.v3", unmapped="keep")
+second.rename("full_name", "display")
+"""
+# The name field in each collection of the chain.
+NAME = {"v1": "name", "v2": "full_name", "v3": "display"}
+TAG_MODES = [pytest.param("session", id="session"), pytest.param("field", id="field")]
+
+
+@pytest.fixture
+async def aclient(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield mongo
+    await mongo.close()
+
+
+def _chain_config(mongo_uri: str, db_name: str, tmp_path: Path, origin_tag: str) -> Any:
+    module = write_module(tmp_path, f"chain_{origin_tag}", CHAIN_MODULE, db=db_name)
+    return make_config(mongo_uri, db_name, module, origin_tag=origin_tag)
+
+
+def _plain(document: dict[str, Any] | None, tag_field: str) -> dict[str, Any] | None:
+    """A document as one collection of the chain holds it, renamed to v1's names, untagged."""
+    if document is None:
+        return None
+    names = {v: "name" for v in NAME.values()}
+    return {names.get(k, k): v for k, v in document.items() if k != tag_field}
+
+
+async def _chain_state(aclient: Any, db_name: str, tag_field: str) -> dict[str, dict[Any, Any]]:
+    return {
+        coll: {d["_id"]: _plain(d, tag_field) async for d in aclient[db_name][coll].find({})}
+        for coll in NAME
+    }
+
+
+async def _agree(aclient: Any, db_name: str, tag_field: str) -> bool:
+    state = await _chain_state(aclient, db_name, tag_field)
+    return state["v1"] == state["v2"] == state["v3"]
+
+
+async def _document(aclient: Any, db_name: str, coll: str, document_id: Any) -> Any:
+    return await aclient[db_name][coll].find_one({"_id": document_id})
+
+
+@pytest.mark.parametrize("origin_tag", TAG_MODES)
+async def test_writes_travel_the_whole_chain_both_ways(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
+) -> None:
+    """A write on v1 reaches v3 and a write on v3 reaches v1, through v2; a delete on either
+    end removes the document from all three."""
+    config = _chain_config(mongo_uri, db_name, tmp_path, origin_tag)
+    db = aclient[db_name]
+    async with running_worker(config):
+        await db.v1.insert_one({"_id": 1, "name": "Ann", "city": "Oslo"})
+
+        async def at_v3(**fields: Any) -> bool:
+            found = await _document(aclient, db_name, "v3", 1)
+            return found is not None and all(found.get(k) == v for k, v in fields.items())
+
+        await eventually(lambda: at_v3(display="Ann", city="Oslo"), what="v1 -> v3")
+        await db.v3.update_one({"_id": 1}, {"$set": {"display": "Bo", "zip": "0150"}})
+
+        async def at_v1(**fields: Any) -> bool:
+            found = await _document(aclient, db_name, "v1", 1)
+            return found is not None and all(found.get(k) == v for k, v in fields.items())
+
+        await eventually(lambda: at_v1(name="Bo", zip="0150"), what="v3 -> v1")
+        await db.v3.insert_one({"_id": 2, "display": "Cy"})
+        await eventually(lambda: _document_is(aclient, db_name, "v1", 2, name="Cy"), what="new")
+        await db.v1.delete_one({"_id": 2})
+
+        async def gone_everywhere() -> bool:
+            return all([await _document(aclient, db_name, c, 2) is None for c in NAME])
+
+        await eventually(gone_everywhere, what="delete travels the chain")
+        await eventually(lambda: _agree(aclient, db_name, config.tag_field), what="agreement")
+
+
+async def _document_is(
+    aclient: Any, db_name: str, coll: str, document_id: Any, **fields: Any
+) -> bool:
+    found = await _document(aclient, db_name, coll, document_id)
+    return found is not None and all(found.get(k) == v for k, v in fields.items())
+
+
+async def _plain_is(
+    aclient: Any, db_name: str, coll: str, expected: dict[str, Any], tag_field: str
+) -> bool:
+    found = await _document(aclient, db_name, coll, expected["_id"])
+    return _plain(found, tag_field) == expected
+
+
+async def _events_until_sentinel(aclient: Any, db_name: str, stream: Any) -> list[dict[str, Any]]:
+    """Drain an open change stream up to a sentinel write made now."""
+    marker = await aclient[db_name]["sentinel"].insert_one({})
+    events: list[dict[str, Any]] = []
+    for _ in range(10_000):
+        event = await stream.try_next()
+        if event is None:
+            continue
+        if event["ns"]["coll"] == "sentinel" and event["documentKey"]["_id"] == marker.inserted_id:
+            return events
+        events.append(event)
+    raise AssertionError("the change stream never reached the sentinel")
+
+
+@pytest.mark.parametrize("origin_tag", TAG_MODES)
+async def test_each_client_write_causes_one_worker_write_per_pair(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
+) -> None:
+    """N client writes on v1 cause exactly N worker writes on v2 and N on v3 and none back on
+    v1: the worker's write to v2 is an echo for the first pair only, the second pair copies
+    it on. Holds in both origin tag modes."""
+    config = _chain_config(mongo_uri, db_name, tmp_path, origin_tag)
+    db = aclient[db_name]
+    writes = 8
+    async with await db.watch(max_await_time_ms=100) as stream, running_worker(config) as worker:
+        # Each write waits for the previous one to reach v3: writes that share a batch would
+        # rightly be netted into one worker write per document.
+        for i in range(writes):
+            if i < writes // 2:
+                await db.v1.insert_one({"_id": i, "name": f"n{i}"})
+                expected = {"_id": i, "name": f"n{i}"}
+            else:
+                document_id = i - writes // 2
+                await db.v1.update_one({"_id": document_id}, {"$set": {"name": f"m{i}"}})
+                expected = {"_id": document_id, "name": f"m{i}"}
+            await eventually(
+                lambda e=expected: _plain_is(aclient, db_name, "v3", e, config.tag_field),
+                what=f"write {i} at v3",
+            )
+
+        counters: dict[str, Any] = {}
+
+        async def counters_settled() -> bool:
+            docs = await worker.store.pair_docs()
+            first, second = docs[f"{db_name}.v1"], docs[f"{db_name}.v2"]
+            counters.update(first=first["counters"], second=second["counters"])
+            return bool(
+                first["counters"]["applied_forward"] == writes
+                and second["counters"]["applied_forward"] == writes
+                and first["counters"]["echoes_skipped"] >= writes
+            )
+
+        events = await _events_until_sentinel(aclient, db_name, stream)
+        per_collection = Counter(e["ns"]["coll"] for e in events if e["ns"]["coll"] in NAME)
+        assert per_collection == {"v1": writes, "v2": writes, "v3": writes}, per_collection
+        await eventually(counters_settled, within=10, what=f"counters of every write: {counters}")
+        assert counters["first"]["applied_backward"] == 0
+        assert counters["second"]["applied_backward"] == 0
+
+
+async def _write_chain_randomly(
+    db: Any, coll: str, rng: random.Random, stop: anyio.Event, max_ops: int
+) -> None:
+    """Random field updates, inserts and deletes on one collection of the chain until `stop`."""
+    for n in range(max_ops):
+        if stop.is_set():
+            return
+        document_id = rng.randrange(6)
+        roll = rng.random()
+        value = f"{coll}-{n}"
+        if roll < 0.2:
+            with contextlib.suppress(DuplicateKeyError):
+                await db[coll].insert_one({"_id": document_id, NAME[coll]: value})
+        elif roll < 0.3:
+            await db[coll].delete_one({"_id": document_id})
+        else:
+            field = rng.choice([NAME[coll], "city", "zip"])
+            await db[coll].update_one({"_id": document_id}, {"$set": {field: value}})
+        # Spread the writes out (load shaping, not synchronisation).
+        await anyio.sleep(rng.uniform(0.001, 0.01))
+
+
+@pytest.mark.parametrize("seed", [pytest.param(1, id="seed1"), pytest.param(2, id="seed2")])
+async def test_chain_converges_under_concurrent_writes(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, seed: int
+) -> None:
+    """Clients writing v1, v2 and v3 at once (updates, upserts, deletes on shared documents):
+    when they stop, all three collections agree through both pairs."""
+    config = _chain_config(mongo_uri, db_name, tmp_path, "session")
+    db = aclient[db_name]
+    rng = random.Random(seed)
+    async with running_worker(config):
+        stop = anyio.Event()
+        async with anyio.create_task_group() as writers:
+            for coll in NAME:
+                writers.start_soon(
+                    _write_chain_randomly, db, coll, random.Random(rng.random()), stop, 150
+                )
+            # How long the writers overlap is the random input, not a wait for a condition.
+            await anyio.sleep(rng.uniform(1.0, 2.0))
+            stop.set()
+        last: list[Any] = [None]
+
+        async def agreed() -> bool:
+            last[0] = await _chain_state(aclient, db_name, config.tag_field)
+            return bool(last[0]["v1"] == last[0]["v2"] == last[0]["v3"])
+
+        try:
+            await eventually(agreed, within=30, what="the chain to agree")
+        except AssertionError:
+            raise AssertionError(f"seed {seed}: the chain disagrees: {last[0]}") from None
