@@ -48,9 +48,9 @@ _PENDING_LIMIT = 500
 # worker copies it, which the operator should see.
 _SETTLE_BUDGET_S = 30.0
 _CURSOR_BATCH = 1000
-# A worker checkpoint that has not moved for this long means nothing is left in flight (the
-# engine's batches wait at most `batch.max_delay_ms`, far less).
-_IDLE_S = 1.0
+# A worker checkpoint that has not moved for this long means nothing is left in flight: a busy
+# worker commits a batch far more often, and an idle one records its high-water mark every 2 s.
+_IDLE_S = 3.0
 _MAX_RECHECK_DELAY_S = 10.0
 
 
