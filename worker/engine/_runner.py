@@ -287,13 +287,18 @@ class Worker:
         idle_saved_at = -IDLE_CHECKPOINT_S
         async with receive:
             while not self.stopping.is_set():
-                batch = await _collect(
-                    receive,
-                    max_docs=batch_cfg.max_docs,
-                    max_delay_s=batch_cfg.max_delay_ms / 1000,
-                    idle_s=REFRESH_INTERVAL_S,
-                    stopping=self.stopping,
-                )
+                try:
+                    batch = await _collect(
+                        receive,
+                        max_docs=batch_cfg.max_docs,
+                        max_delay_s=batch_cfg.max_delay_ms / 1000,
+                        idle_s=REFRESH_INTERVAL_S,
+                        stopping=self.stopping,
+                    )
+                except anyio.EndOfStream:
+                    # The reader stopped (history lost, a lost connection): its own error ends
+                    # the task group; raising EndOfStream beside it would hide that error.
+                    await anyio.sleep_forever()
                 if anyio.current_time() - last_refresh >= REFRESH_INTERVAL_S or not batch:
                     await applier.refresh_pairs()
                     self._outage.recovered()
