@@ -158,10 +158,26 @@ class Applier:
         """Apply a batch from the stream and advance the checkpoint past its last event."""
         if not events:
             return BatchResult()
+        if self._touches_idle_pair(events):
+            # A pair not applied a moment ago may have become active since (a backfill or a
+            # resume): its changes must not be passed over on a state up to a refresh old.
+            await self.refresh_pairs()
         last = events[-1]
         return await self._apply_with_retries(
             list(events), checkpoint=(last["_id"], last.get("clusterTime"))
         )
+
+    def _touches_idle_pair(self, events: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether a document event belongs to a pair the worker last saw neither active nor
+        paused (its changes would be passed over)."""
+        for event in events:
+            if event.get("operationType") not in DOCUMENT_EVENTS:
+                continue
+            ns = event.get("ns") or {}
+            for pair, _ in self.registry.by_namespace(f"{ns.get('db')}.{ns.get('coll')}"):
+                if self._state(pair) not in ACTIVE_STATES | {"PAUSED"}:
+                    return True
+        return False
 
     async def save_idle_checkpoint(self, resume_token: Mapping[str, Any]) -> None:
         """Advance the checkpoint while idle (fenced) and report zero lag for every pair."""
