@@ -7,6 +7,7 @@ import itertools
 import random
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -469,3 +470,208 @@ async def test_kill_9_at_random_moments_many_seeds(
 ) -> None:
     """The kill -9 run with more seeds, more kills and more writers (slow)."""
     await _run_chaos(tmp_path, chaos_server.uri, db_name, seed=seed, kills=6, writers_per_side=3)
+
+
+# -- dead letters, lost history, version changes, pause and resume ----------------------------
+
+AGES_MODULE = """
+from transforms import Pair
+
+people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep", version="1")
+people.rename("name", "full_name")
+people.convert("age", forward={forward}, backward=str)
+"""
+
+
+async def test_poison_document_is_dead_lettered_and_retried_after_the_fix(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """A value the transform raises for: the document becomes a dead letter (event, error,
+    pair, mapping), later documents still sync, `dlq list` shows it, and after the module is
+    fixed `dlq retry` writes it."""
+    module = write_module(tmp_path, "ages", AGES_MODULE, db=db_name, forward="int")
+    with process_group(
+        tmp_path, uri=mongo_uri, module=module, state_db=f"{db_name}_state"
+    ) as people:
+        await _poison_and_retry(people, aclient, db_name, tmp_path)
+
+
+async def _poison_and_retry(
+    people: ProcessGroup, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    worker = people.start()
+    await worker.wait_for("stream_open")
+    original = aclient[db_name]["people"]
+    await original.insert_one({"_id": 1, "name": "Ann", "age": "41"})
+    await original.insert_one({"_id": 2, "name": "Bo", "age": "forty"})
+    await original.insert_one({"_id": 3, "name": "Cy", "age": "7"})
+    await eventually(lambda: _copied(aclient, db_name, 3, age=7), what="the stream goes on")
+    assert await aclient[db_name]["people_v2"].find_one({"_id": 2}) is None
+    await worker.wait_for("dead_letter", document_id=2)
+
+    listed = await people.command("dlq", "list", "--json")
+    assert listed.code == 0, listed
+    [letter] = listed.json_lines()
+    assert (letter["pair"], letter["document_id"], letter["side"]) == (
+        f"{db_name}.people",
+        2,
+        "original",
+    )
+    assert "forty" in letter["error"] or "int" in letter["error"]
+    assert letter["mapping"]
+    stored = await aclient[f"{db_name}_state"]["dead_letters"].find_one({})
+    assert stored["event"]["operationType"] == "insert" and stored["event"]["documentKey"] == {
+        "_id": 2
+    }
+    status = await people.status()
+    assert status["pairs"][0]["dead_letters"] == 1
+
+    fixed = "lambda v: int(v) if v.isdigit() else -1"
+    write_module(tmp_path, "ages", AGES_MODULE, db=db_name, forward=fixed)
+    retried = await people.command("dlq", "retry")
+    assert retried.code == 0, retried
+    assert await _copied(aclient, db_name, 2, full_name="Bo", age=-1)
+    assert (await people.command("dlq", "list", "--json")).json_lines() == []
+    worker.send(signal.SIGTERM)
+    assert await worker.wait_exit(within=10) == 0
+
+
+async def test_lost_history_requires_a_resync_then_recovers(
+    devserver_factory: Any, tmp_path: Path, db_name: str
+) -> None:
+    """The resume point pushed off a tiny change history while the worker was stopped: the
+    pair goes RESYNC_REQUIRED (status, logs), `status --check` exits 1, and
+    `backfill --restart` then `run` bring both sides back in step."""
+    server = devserver_factory(oplog_size_mb=0.05)
+    aclient: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.uri, tz_aware=True)
+    module = write_module(tmp_path, "people_history", PEOPLE_MODULE, db=db_name)
+    pair = f"{db_name}.people"
+    try:
+        with process_group(
+            tmp_path, uri=server.uri, module=module, state_db=f"{db_name}_state"
+        ) as group:
+            first = group.start()
+            await first.wait_for("stream_open")
+            original = aclient[db_name]["people"]
+            await original.insert_one({"_id": 0, "name": "Ann"})
+            await eventually(lambda: _copied(aclient, db_name, 0, full_name="Ann"), what="copy")
+            first.send(signal.SIGTERM)
+            assert await first.wait_exit(within=10) == 0
+
+            # Changes the lost history carried, then a busy unrelated collection pushing the
+            # resume point off it.
+            await original.insert_many([{"_id": i, "name": f"n{i}"} for i in range(1, 6)])
+            padding = "x" * 2000
+            await aclient[db_name]["noise"].insert_many(
+                [{"_id": i, "pad": padding} for i in range(100)]
+            )
+            second = group.start()
+            await second.wait_for("resync_required", within=20, pair=pair)
+            status = await group.status()
+            assert status["pairs"][0]["state"] == "RESYNC_REQUIRED"
+            check = await group.command("status", "--check")
+            assert check.code == 1, check
+
+            refused = await group.command("backfill", "--pair", pair)
+            assert refused.code == 3, refused
+            # The worker keeps running: it takes the pair over from the backfill's start, so
+            # the backfill's own writes cannot push that point off the tiny history.
+            backfill = await group.command("backfill", "--restart", "--pair", pair)
+            assert backfill.code == 0, backfill
+            await original.update_one({"_id": 5}, {"$set": {"name": "after"}})
+            await eventually(
+                lambda: _copied(aclient, db_name, 5, full_name="after"), what="sync resumed"
+            )
+            assert await aclient[db_name]["people_v2"].count_documents({}) == 6
+            assert await _copied(aclient, db_name, 3, full_name="n3")
+            assert (await group.command("status", "--check")).code == 0
+            second.send(signal.SIGTERM)
+            assert await second.wait_exit(within=10) == 0
+    finally:
+        await aclient.close()
+
+
+async def test_changed_transforms_are_refused_until_reconciled(
+    people: ProcessGroup, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """A mapping changed in the module: `run` exits 3 naming the reconcile command;
+    `backfill --restart` reconciles both collections with the new transforms and `run` starts."""
+    worker = people.start()
+    await worker.wait_for("stream_open")
+    original = aclient[db_name]["people"]
+    await original.insert_one({"_id": 1, "name": "Ann", "zip": "0150"})
+    await eventually(lambda: _copied(aclient, db_name, 1, full_name="Ann"), what="copy")
+    worker.send(signal.SIGTERM)
+    assert await worker.wait_exit(within=10) == 0
+
+    changed = PEOPLE_MODULE.replace('rename("zip", "address.zip")', 'rename("zip", "postcode")')
+    assert changed != PEOPLE_MODULE
+    write_module(tmp_path, "people_proc", changed, db=db_name)
+    refused = people.start()
+    assert await refused.wait_exit(within=20) == 3
+    assert f"partner-sync backfill --restart --pair {db_name}.people" in refused.log_text()
+
+    backfill = await people.command("backfill", "--restart", "--pair", f"{db_name}.people")
+    assert backfill.code == 0, backfill
+    assert await _copied(aclient, db_name, 1, postcode="0150")
+    restarted = people.start()
+    await restarted.wait_for("stream_open")
+    await original.insert_one({"_id": 2, "name": "Bo", "zip": "9990"})
+    await eventually(lambda: _copied(aclient, db_name, 2, postcode="9990"), what="new mapping")
+
+
+async def _metric(address: str, pair: str, state: str) -> bool:
+    """Whether the worker's /metrics reports `pair` in `state`."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    text = await anyio.to_thread.run_sync(fetch)
+    return f'partner_sync_state{{pair="{pair}",state="{state}"}} 1.0' in text
+
+
+# The worker re-reads pair states every half second; slack for a loaded machine.
+STATE_CHANGE_WITHIN_S = 1.5
+
+
+async def test_pause_and_resume_take_effect_at_once_and_lose_nothing(
+    people: ProcessGroup, aclient: Any, db_name: str
+) -> None:
+    """`pause` stops a running worker applying the pair within a second; changes made while
+    paused are held, and after `resume` they are applied in order."""
+    worker = people.start(HTTP__LISTEN="127.0.0.1:0")
+    address = (await worker.wait_for("http_listening"))["address"]
+    await worker.wait_for("stream_open")
+    pair = f"{db_name}.people"
+    original = aclient[db_name]["people"]
+    await original.insert_one({"_id": 1, "name": "Ann"})
+    await eventually(lambda: _copied(aclient, db_name, 1, full_name="Ann"), what="copy")
+
+    assert (await people.command("pause", "--pair", pair)).code == 0
+    await eventually(
+        lambda: _metric(address, pair, "PAUSED"), within=STATE_CHANGE_WITHIN_S, what="paused"
+    )
+    await original.insert_one({"_id": 2, "name": "Bo"})
+    await original.update_one({"_id": 1}, {"$set": {"name": "first"}})
+    await original.update_one({"_id": 1}, {"$set": {"name": "second"}})
+    held = aclient[f"{db_name}_state"]["held_events"]
+
+    async def all_held() -> bool:
+        return bool(await held.count_documents({"pair": pair}) == 3)
+
+    await eventually(all_held, what="three changes held")
+    assert await _copied(aclient, db_name, 1, full_name="Ann")
+    assert await aclient[db_name]["people_v2"].find_one({"_id": 2}) is None
+
+    assert (await people.command("resume", "--pair", pair)).code == 0
+    await eventually(
+        lambda: _metric(address, pair, "RUNNING"), within=STATE_CHANGE_WITHIN_S, what="resumed"
+    )
+    await eventually(lambda: _copied(aclient, db_name, 1, full_name="second"), what="in order")
+    assert await _copied(aclient, db_name, 2, full_name="Bo")
+    await eventually(lambda: _no_held(held, pair), what="held events consumed")
+
+
+async def _no_held(held: Any, pair: str) -> bool:
+    return bool(await held.count_documents({"pair": pair}) == 0)
