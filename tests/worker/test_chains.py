@@ -133,12 +133,12 @@ async def _events_until_sentinel(aclient: Any, db_name: str, stream: Any) -> lis
 async def test_each_client_write_causes_one_worker_write_per_pair(
     mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
 ) -> None:
-    """N client writes on v1 cause exactly N worker writes on v2 and N on v3 and none back on
-    v1: the worker's write to v2 is an echo for the first pair only, the second pair copies
-    it on. Holds in both origin tag modes."""
+    """N client writes on v1 cause exactly N worker writes on v2 and N on v3, and M on v3
+    exactly M on v2 and M on v1; nothing bounces back. The worker's write to v2 is an echo for
+    the pair that made it only; the other pair copies it on. Holds in both origin tag modes."""
     config = _chain_config(mongo_uri, db_name, tmp_path, origin_tag)
     db = aclient[db_name]
-    writes = 8
+    writes, back = 8, 3
     async with await db.watch(max_await_time_ms=100) as stream, running_worker(config) as worker:
         # Each write waits for the previous one to reach v3: writes that share a batch would
         # rightly be netted into one worker write per document.
@@ -155,6 +155,15 @@ async def test_each_client_write_causes_one_worker_write_per_pair(
                 what=f"write {i} at v3",
             )
 
+        for i in range(back):
+            await db.v3.update_one({"_id": i}, {"$set": {"display": f"b{i}"}})
+            await eventually(
+                lambda i=i: _plain_is(
+                    aclient, db_name, "v1", {"_id": i, "name": f"b{i}"}, config.tag_field
+                ),
+                what=f"write {i} back at v1",
+            )
+
         counters: dict[str, Any] = {}
 
         async def counters_settled() -> bool:
@@ -164,15 +173,15 @@ async def test_each_client_write_causes_one_worker_write_per_pair(
             return bool(
                 first["counters"]["applied_forward"] == writes
                 and second["counters"]["applied_forward"] == writes
-                and first["counters"]["echoes_skipped"] >= writes
+                and first["counters"]["applied_backward"] == back
+                and second["counters"]["applied_backward"] == back
             )
 
         events = await _events_until_sentinel(aclient, db_name, stream)
         per_collection = Counter(e["ns"]["coll"] for e in events if e["ns"]["coll"] in NAME)
-        assert per_collection == {"v1": writes, "v2": writes, "v3": writes}, per_collection
+        total = writes + back
+        assert per_collection == {"v1": total, "v2": total, "v3": total}, per_collection
         await eventually(counters_settled, within=10, what=f"counters of every write: {counters}")
-        assert counters["first"]["applied_backward"] == 0
-        assert counters["second"]["applied_backward"] == 0
 
 
 async def _write_chain_randomly(
