@@ -1,0 +1,544 @@
+"""Sync throughput, replication lag and worker memory, against a naive per-event trigger loop.
+
+Both contenders keep INTERFACE.md's pair (transforms/examples/customers.py, shop.customers <->
+shop.customers_v2) in step, each on a fresh development server started as a subprocess (or on
+MONGODB_URI, whose `shop` and state databases are dropped first), each in its own process:
+
+- engine: `python -m worker run` (field patches, one transaction per batch, merge base);
+- naive: the way hand-written triggers do it: read one change (with its looked-up document),
+  convert the whole document, replace the whole target document, next change. Its own writes
+  carry a tag field and are skipped when they come back.
+
+Phases per contender: seed `--docs` documents through the sync; throughput: stop the sync,
+write a backlog of `--backlog` client updates on both sides, start it again and time how fast
+it works the backlog off (client changes/s, from the checkpoint it stores); lag: client writes
+at `--rate`/s on both sides for `--seconds`, with probe writes on separate documents timed from
+the write's completion to the moment a watcher sees the converted value on the other side;
+the worker's RSS is sampled every second.
+
+    .venv/bin/python bench/sync.py [--seconds 20] [--rate 1000] [--backlog 5000] [--docs 2000]
+                                   [--only engine|naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bson import Timestamp
+from pymongo import AsyncMongoClient
+
+from transforms import Direction, Pair, load_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = "transforms.examples.customers"
+DB = "shop"
+ORIGINAL, PARTNER = "customers", "customers_v2"
+STATE_DB = "partner_sync_bench"
+NAIVE_TAG = "_trigger"
+PROBE_DOCS = 64
+PROBES_PER_S = 20
+Client = AsyncMongoClient[dict[str, Any]]
+
+
+# -- the naive baseline ------------------------------------------------------------------------
+
+
+async def naive_trigger(uri: str) -> None:
+    """Per event: take the looked-up document, convert it whole, replace the target with it."""
+    pair = _pair()
+    client: Client = AsyncMongoClient(uri)
+    db = client[DB]
+    progress = client[STATE_DB]["naive_progress"]
+    saved = await progress.find_one({"_id": "default"})
+    if saved is None:
+        saved = {
+            "_id": "default",
+            "cluster_time": (await client.admin.command("ping"))["operationTime"],
+        }
+        await progress.insert_one(saved)
+    options: dict[str, Any] = {"full_document": "updateLookup"}
+    if saved.get("token"):
+        options["resume_after"] = saved["token"]
+    else:
+        options["start_at_operation_time"] = saved["cluster_time"]
+    serial = 0
+    unsaved: dict[str, Any] | None = None
+    last_saved = 0.0
+    match = {"$match": {"ns.coll": {"$in": [ORIGINAL, PARTNER]}}}
+    async with await db.watch([match], max_await_time_ms=50, **options) as stream:
+        while True:
+            event = await stream.try_next()
+            if event is not None:
+                serial += 1
+                await _naive_apply(pair, db, event, serial)
+                unsaved = {"token": event["_id"], "cluster_time": event["clusterTime"]}
+            # A trigger platform stores its resume point too, a few times a second.
+            if unsaved and (event is None or time.monotonic() - last_saved > 0.05):
+                await progress.replace_one({"_id": "default"}, unsaved, upsert=True)
+                unsaved, last_saved = None, time.monotonic()
+
+
+async def _naive_apply(pair: Pair, db: Any, event: dict[str, Any], serial: int) -> None:
+    op = event["operationType"]
+    forward = event["ns"]["coll"] == ORIGINAL
+    target = db[PARTNER if forward else ORIGINAL]
+    key = event["documentKey"]["_id"]
+    if op == "delete":
+        await target.delete_one({"_id": key})
+        return
+    document = event.get("fullDocument")
+    if document is None or op not in ("insert", "update", "replace"):
+        return
+    if op == "update" and NAIVE_TAG in event["updateDescription"]["updatedFields"]:
+        return
+    if op in ("insert", "replace") and NAIVE_TAG in document:
+        return  # our own write coming back
+    document.pop(NAIVE_TAG, None)
+    converted = pair.convert(document, Direction.FORWARD if forward else Direction.BACKWARD)
+    converted[NAIVE_TAG] = serial
+    await target.replace_one({"_id": key}, converted, upsert=True)
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    """One sync implementation running as a subprocess, and where it records its progress."""
+
+    name: str
+    uri: str
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+    # cProfile output file for the engine's last run (each start overwrites it).
+    profile: str | None = None
+    log_level: str = "warning"
+
+    def command(self) -> list[str]:
+        if self.name == "naive":
+            return [sys.executable, __file__, "--naive-trigger", self.uri]
+        config = self.workdir / "worker.toml"
+        config.write_text(
+            f'uri = "{self.uri}"\ntransforms = ["{MODULE}"]\nstate_db = "{STATE_DB}"\n'
+            '[batch]\nmax_docs = 500\nmax_delay_ms = 20\n[http]\nlisten = ""\n'
+            f'[log]\nlevel = "{self.log_level}"\n'
+        )
+        profile = ["-m", "cProfile", "-o", self.profile] if self.profile else []
+        return [sys.executable, *profile, "-m", "worker", "run", "--config", str(config)]
+
+    def start(self) -> None:
+        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 (lives with the process)
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=ROOT)
+        log.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    async def position(self, client: Client) -> Timestamp | None:
+        """The cluster time up to which the contender has applied the stream."""
+        state = client[STATE_DB]
+        if self.name == "naive":
+            doc = await state["naive_progress"].find_one({"_id": "default"})
+        else:
+            doc = await state["checkpoints"].find_one({"_id": "default"})
+        return (doc or {}).get("cluster_time")
+
+    async def ready(self, client: Client) -> bool:
+        """True once the contender streams changes (the engine's pair is RUNNING)."""
+        state = client[STATE_DB]
+        if self.name == "naive":
+            return await state["naive_progress"].find_one({"_id": "default"}) is not None
+        pair = await state["pairs"].find_one({"_id": f"{DB}.{ORIGINAL}"})
+        return bool(pair and pair.get("state") == "RUNNING")
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(current, peak) resident set size of the process, in KiB."""
+        if self.process is None:
+            return 0, 0
+        values = {}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    values[name] = int(rest.split()[0])
+        return values.get("VmRSS", 0), values.get("VmHWM", 0)
+
+
+@contextlib.contextmanager
+def server(oplog_mb: int) -> Any:
+    """MONGODB_URI, or a development server subprocess for this block."""
+    external = os.environ.get("MONGODB_URI")
+    if external:
+        yield external
+        return
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devserver", "--port", "0", "--oplog-size-mb", str(oplog_mb)],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().decode().strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+# -- load ------------------------------------------------------------------------------------------
+
+
+def _pair() -> Pair:
+    return load_registry([MODULE], entry_points=False).pairs[0]
+
+
+def original_document(rng: random.Random, number: int) -> dict[str, Any]:
+    """A 12-field document in the original schema."""
+    return {
+        "_id": number,
+        "name": f"name {number}",
+        "zip": f"{rng.randint(10000, 99999)}",
+        "age": str(rng.randint(18, 90)),
+        "price": rng.randint(100, 10000) / 100,
+        "tier": rng.choice(["gold", "basic"]),
+        "first": "Ada",
+        "last": f"L{number}",
+        "legacy_flag": rng.random() < 0.5,
+        "email": f"u{number}@example.com",
+        "notes": {"text": "x" * 20, "tags": ["a", "b"]},
+        "score": rng.random(),
+    }
+
+
+def field_update(rng: random.Random, forward: bool) -> dict[str, Any]:
+    """A $set of one or two fields as a client of that side would write them."""
+    n = rng.randint(0, 99_999)
+    if forward:
+        choices: list[dict[str, Any]] = [
+            {"name": f"n{n}"},
+            {"age": str(n % 90)},
+            {"zip": f"{n:05d}"},
+            {"price": n / 100},
+            {"first": f"F{n}", "last": f"L{n}"},
+            {"email": f"e{n}@example.com"},
+            {"notes.text": f"t{n}"},
+        ]
+    else:
+        choices = [
+            {"full_name": f"n{n}"},
+            {"age": n % 90},
+            {"address.zip": f"{n:05d}"},
+            {"price_cents": n},
+            {"display_name": f"F{n} L{n}"},
+            {"email": f"e{n}@example.com"},
+            {"loyalty": n},
+        ]
+    return {"$set": rng.choice(choices)}
+
+
+@dataclass
+class Load:
+    """Client writes on both sides at a target rate, each with the cluster time it got."""
+
+    client: Client
+    docs: int
+    rng: random.Random
+    times: list[Timestamp] = field(default_factory=list)
+    done: int = 0
+
+    async def run(self, count: int | None, rate: float | None, seconds: float | None) -> None:
+        """`count` writes (or until `seconds` pass) at `rate`/s (None: as fast as it goes)."""
+        started = time.monotonic()
+        next_index = 0
+
+        async def task() -> None:
+            nonlocal next_index
+            db = self.client[DB]
+            async with self.client.start_session(causal_consistency=True) as session:
+                while True:
+                    index = next_index
+                    if count is not None and index >= count:
+                        return
+                    if seconds is not None and time.monotonic() - started >= seconds:
+                        return
+                    next_index += 1
+                    if rate:
+                        if seconds is not None and index / rate >= seconds:
+                            return
+                        delay = started + index / rate - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    forward = self.rng.random() < 0.5
+                    collection = db[ORIGINAL if forward else PARTNER]
+                    await collection.update_one(
+                        {"_id": self.rng.randrange(self.docs)},
+                        field_update(self.rng, forward),
+                        session=session,
+                    )
+                    assert session.operation_time is not None
+                    self.times.append(session.operation_time)
+                    self.done += 1
+
+        await asyncio.gather(*(task() for _ in range(32)))
+        self.times.sort()
+
+
+# -- phases -------------------------------------------------------------------------------------
+
+
+async def wait_until(check: Callable[[], Any], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def cluster_time(client: Client) -> Timestamp:
+    reply = await client.admin.command("ping")
+    stamp: Timestamp = reply["operationTime"]
+    return stamp
+
+
+async def seed(client: Client, contender: Contender, docs: int) -> None:
+    """Insert `docs` originals (and the probe documents) and wait until the sync copied them."""
+    rng = random.Random(7)
+    original = client[DB][ORIGINAL]
+    async with client.start_session(causal_consistency=True) as session:
+        for first in range(0, docs + PROBE_DOCS, 500):
+            batch = range(first, min(first + 500, docs + PROBE_DOCS))
+            await original.insert_many([original_document(rng, n) for n in batch], session=session)
+        last_write = session.operation_time
+    total = docs + PROBE_DOCS
+    partner = client[DB][PARTNER]
+
+    async def copied() -> bool:
+        return bool(await partner.count_documents({}) >= total)
+
+    await wait_until(copied, 120, f"{contender.name}: {total} seed documents copied")
+    assert last_write is not None
+    await caught_up(client, contender, last_write, 60)
+
+
+async def caught_up(client: Client, contender: Contender, at: Timestamp, within: float) -> None:
+    async def reached() -> bool:
+        position = await contender.position(client)
+        return position is not None and position >= at
+
+    await wait_until(reached, within, f"{contender.name} to reach {at}")
+
+
+async def throughput(client: Client, contender: Contender, backlog: int, docs: int) -> float:
+    """Client changes/s while the contender works off a backlog written while it was stopped."""
+    contender.stop()
+    load = Load(client, docs, random.Random(11))
+    await load.run(backlog, None, None)
+    contender.start()
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        position = await contender.position(client)
+        processed = bisect.bisect_right(load.times, position) if position is not None else 0
+        samples.append((time.monotonic(), processed))
+        if processed >= backlog:
+            break
+        await asyncio.sleep(0.02)
+    moving = [s for s in samples if s[1] > samples[0][1]]
+    if len(moving) < 2:
+        return float("nan")
+    (t0, p0), (t1, p1) = moving[0], moving[-1]
+    return (p1 - p0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+@dataclass
+class LagResult:
+    """Per-probe replication lag and what the load achieved."""
+
+    lags: list[float]
+    missing: int
+    client_rate: float
+    rss_kib: list[int]
+    peak_rss_kib: int
+
+
+async def lag(
+    client: Client, contender: Contender, rate: float, seconds: float, docs: int
+) -> LagResult:
+    """Lag of probe writes while clients write at `rate`/s on both sides for `seconds`."""
+    db = client[DB]
+    # probe document -> [(token, side written, time written)], oldest first
+    pending: dict[int, list[tuple[str, str, float]]] = {}
+    lags: list[float] = []
+    probe_ids = list(range(docs, docs + PROBE_DOCS))
+    match = {"$match": {"documentKey._id": {"$in": probe_ids}}}
+    rss: list[int] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        async with await db.watch([match], full_document="updateLookup") as stream:
+            while not stop.is_set() or any(pending.values()):
+                event = await stream.try_next()
+                if event is None:
+                    continue
+                document = event.get("fullDocument") or {}
+                token = document.get("probe")
+                key = event["documentKey"]["_id"]
+                side = event["ns"]["coll"]
+                queue = pending.get(key, [])
+                # The value arrived on the other side: it and any older probe of the doc are done.
+                for index, (probe, written_on, _) in enumerate(queue):
+                    if probe == token and side != written_on:
+                        seen = time.monotonic()
+                        lags.extend(seen - at for _, _, at in queue[: index + 1])
+                        del queue[: index + 1]
+                        break
+
+    async def probe() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            key = probe_ids[n % PROBE_DOCS]
+            side = ORIGINAL if n % 2 else PARTNER
+            token = f"p{n}"
+            await db[side].update_one({"_id": key}, {"$set": {"probe": token}})
+            pending.setdefault(key, []).append((token, side, time.monotonic()))
+            await asyncio.sleep(1 / PROBES_PER_S)
+
+    async def sample_memory() -> None:
+        while not stop.is_set():
+            rss.append(contender.rss_kib()[0])
+            await asyncio.sleep(1)
+
+    watcher = asyncio.create_task(watch())
+    tasks = [asyncio.create_task(probe()), asyncio.create_task(sample_memory())]
+    load = Load(client, docs, random.Random(13))
+    started = time.monotonic()
+    await load.run(None, rate, seconds)
+    elapsed = time.monotonic() - started
+    stop.set()
+    await asyncio.gather(*tasks)
+    peak = contender.rss_kib()[1]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(watcher, 30)
+    missing = sum(len(queue) for queue in pending.values())
+    return LagResult(lags, missing, load.done / elapsed, rss, peak)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        if options.workdir:
+            workdir = os.path.join(options.workdir, name)
+            os.makedirs(workdir, exist_ok=True)
+        else:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory())
+        uri = stack.enter_context(server(options.oplog_mb))
+        client: Client = AsyncMongoClient(uri, maxPoolSize=64)
+        try:
+            await client.drop_database(DB)
+            await client.drop_database(STATE_DB)
+            contender = Contender(
+                name, uri, Path(workdir), profile=options.profile, log_level=options.log_level
+            )
+            contender.start()
+            try:
+                await wait_until(lambda: contender.ready(client), 60, f"{name} to start")
+                await seed(client, contender, options.docs)
+                rate = await throughput(client, contender, options.backlog, options.docs)
+                result = await lag(client, contender, options.rate, options.seconds, options.docs)
+            finally:
+                contender.stop()
+        finally:
+            await client.close()
+    return {"throughput": rate, "lag": result}
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    result: LagResult = figures["lag"]
+    lags_ms = [value * 1000 for value in result.lags]
+    print(f"{name}:")
+    print(f"  backlog applied       {figures['throughput']:10.0f} client changes/s")
+    print(f"  client writes         {result.client_rate:10.0f} /s achieved during the lag phase")
+    print(
+        f"  lag p50 / p99 / max   {percentile(lags_ms, 0.5):8.0f} / {percentile(lags_ms, 0.99):.0f}"
+        f" / {max(lags_ms, default=float('nan')):.0f} ms over {len(lags_ms)} probes,"
+        f" {result.missing} not applied within 30 s after the load stopped"
+    )
+    if result.rss_kib:
+        rss = [k / 1024 for k in result.rss_kib if k]
+        tenth = max(1, len(rss) // 10)
+        print(
+            f"  process RSS           first 10% {statistics.mean(rss[:tenth]):.1f} MiB,"
+            f" last 10% {statistics.mean(rss[-tenth:]):.1f} MiB,"
+            f" peak {result.peak_rss_kib / 1024:.1f} MiB over {len(rss)} samples"
+        )
+
+
+async def main_async(options: argparse.Namespace) -> None:
+    names = [options.only] if options.only else ["engine", "naive"]
+    results = {}
+    print(
+        f"docs {options.docs}, backlog {options.backlog}, rate {options.rate}/s,"
+        f" {options.seconds}s per lag phase, load average {os.getloadavg()[0]:.1f}"
+    )
+    for name in names:
+        results[name] = await measure(name, options)
+        report(name, results[name])
+    if len(results) == 2:
+        ratio = results["engine"]["throughput"] / results["naive"]["throughput"]
+        print(f"engine / naive backlog throughput: {ratio:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the lag phase")
+    parser.add_argument("--rate", type=float, default=1000.0, help="client writes/s, both sides")
+    parser.add_argument("--backlog", type=int, default=5000, help="client writes to catch up on")
+    parser.add_argument("--docs", type=int, default=2000, help="documents in the collection")
+    parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
+    parser.add_argument("--only", choices=["engine", "naive"])
+    parser.add_argument("--profile", metavar="FILE", help="run the engine under cProfile")
+    parser.add_argument("--workdir", metavar="DIR", help="keep configs and logs here")
+    parser.add_argument("--log-level", default="warning", help="the engine's log level")
+    parser.add_argument("--naive-trigger", metavar="URI", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.naive_trigger:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(naive_trigger(options.naive_trigger))
+        return
+    asyncio.run(main_async(options))
+
+
+if __name__ == "__main__":
+    main()
