@@ -248,6 +248,14 @@ class UpdateResult:
     after: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _id_equality(query: dict[str, Any]) -> bool:
+    """Whether a query is `{_id: value}` and nothing else (an upsert mongod retries)."""
+    if set(query) != {"_id"}:
+        return False
+    value = query["_id"]
+    return not (isinstance(value, dict) and any(str(k).startswith("$") for k in value))
+
+
 async def update_matching(
     ctx: Context,
     db: str,
@@ -275,17 +283,25 @@ async def update_matching(
     engine = ctx.state.engine
     while True:
         found = view.match(db, coll, query, sort=sort, limit=0 if multi else 1)
-        if not await _wait_unheld(ctx, db, coll, [d["_id"] for d in found], deadline):
+        if await _wait_unheld(ctx, db, coll, [d["_id"] for d in found], deadline):
+            continue
+        if found or not upsert:
             break
+        new_doc = prepare_insert(engine.upsert_document(query, update, array_filters))
+        try:
+            await insert_one(ctx, db, coll, new_doc, deadline)
+        except CommandError as exc:
+            # Another write inserted the document while this upsert waited (for a
+            # transaction holding its _id): mongod (4.2+) retries the upsert, which now
+            # matches, when the query is an equality on _id alone.
+            if exc.code == 11000 and _id_equality(query):
+                continue
+            raise
+        result = UpdateResult(upserted=True, upserted_id=new_doc["_id"])
+        result.after.append(new_doc)
+        return result
     result = UpdateResult()
     if not found:
-        if not upsert:
-            return result
-        new_doc = prepare_insert(engine.upsert_document(query, update, array_filters))
-        await insert_one(ctx, db, coll, new_doc, deadline)
-        result.upserted = True
-        result.upserted_id = new_doc["_id"]
-        result.after.append(new_doc)
         return result
     for before in found:
         # Another statement may have changed the document since it matched (multi updates).
