@@ -12,6 +12,8 @@ the schedule: a failing seed is kept below as a regression case.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 import signal
@@ -30,6 +32,7 @@ from pymongo import AsyncMongoClient
 
 from tests.worker.convergence_model import (
     ITEMS_MODULE,
+    Write,
     Writer,
     check_convergence,
     check_last_writer_wins,
@@ -182,20 +185,41 @@ def _config(tmp_path: Path, uri: str, db_name: str, module: str) -> Path:
     return path
 
 
-SEEDS = [pytest.param(seed, id=f"seed-{seed}") for seed in (1, 2)]
+SOAK = Scenario(writers_per_side=3, writes_per_writer=300, ids=20, crashes=6)
+CASES = [
+    pytest.param(1, Scenario(), id="seed-1"),
+    pytest.param(2, Scenario(), id="seed-2"),
+    # Found by the soak: a partner replace after an original insert the worker had skipped as
+    # a conflict (the replace was ahead) left the insert's fields on the original only.
+    pytest.param(1002, SOAK, id="regression-1002-replace-after-skipped-insert"),
+]
 
 
 @pytest.mark.usefixtures("short_transactions")
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("seed", "scenario"), CASES)
 async def test_concurrent_writers_and_crashes_converge(
     aclient: AsyncMongoClient[dict[str, Any]],
     mongo_uri: str,
     db_name: str,
     tmp_path: Path,
     seed: int,
+    scenario: Scenario,
 ) -> None:
     """After concurrent writes on both sides and SIGKILLed workers, G1, G2 and G3 hold."""
-    await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, Scenario())
+    await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, scenario)
+
+
+@dataclass
+class Outcome:
+    """What a run left behind: the writes, both collections and the change events."""
+
+    writes: list[Write]
+    originals: dict[int, dict[str, Any]]
+    partners: dict[int, dict[str, Any]]
+    client_events: Counter[tuple[str, Any]]
+    worker_events: Counter[tuple[str, Any]]
+    attempts: int
+    crashes: list[int]
 
 
 async def _run_scenario(
@@ -206,83 +230,101 @@ async def _run_scenario(
     seed: int,
     scenario: Scenario,
 ) -> None:
-    rng = random.Random(seed)
     module = write_module(tmp_path, "items_sync", ITEMS_MODULE, db=db_name)
     pair = load_registry([module], entry_points=False).pairs[0]
     worker = WorkerProcess(_config(tmp_path, uri, db_name, module), tmp_path)
-    database = aclient[db_name]
-    state = aclient[f"{db_name}_state"]
-    ids = list(range(scenario.ids))
-    total_writes = 2 * scenario.writers_per_side * scenario.writes_per_writer
-    crash_after = [rng.randint(*scenario.crash_after) for _ in range(scenario.crashes)]
-    progress = Progress()
-    sessions = []
-    writers: list[Writer] = []
-    crashes: list[int] = []
-    async with await database.watch(max_await_time_ms=200) as stream:
-        try:
-            await worker.start()
-            await eventually(
-                lambda: _pair_running(state, pair.original), within=30, what="pair RUNNING"
-            )
-            for side, collection in (("original", "items"), ("partner", "items_v2")):
-                for n in range(scenario.writers_per_side):
-                    session = aclient.start_session(causal_consistency=True)
-                    sessions.append(session)
-                    writers.append(
-                        Writer(
-                            name=f"{side[0]}-{len(writers) + 1}",
-                            side=side,
-                            collection=database[collection],
-                            session=session,
-                            rng=random.Random(f"{seed}:{side}:{n}"),
-                            ids=ids,
-                        )
-                    )
-            async with anyio.create_task_group() as crashing:
-                crashing.start_soon(_crash, worker, state, progress, crash_after, crashes)
-                async with anyio.create_task_group() as writing:
-                    for writer in writers:
-                        writing.start_soon(
-                            _write, writer, scenario.writes_per_writer, scenario.pause_s, progress
-                        )
-                crashing.cancel_scope.cancel()
-            if not worker.alive():
-                await worker.start()
-            counts = await _settle(stream, state, worker)
-            originals = {d["_id"]: d async for d in database["items"].find()}
-            partners = {d["_id"]: d async for d in database["items_v2"].find()}
-        finally:
-            for session in sessions:
-                await session.end_session()
-            await worker.stop()
-    writes = [w for writer in writers for w in writer.writes]
-    client_events, worker_events = counts
+    try:
+        outcome = await _write_while_crashing(
+            aclient, db_name, pair.original, worker, seed, scenario
+        )
+    finally:
+        await worker.stop()
     context = (
-        f"seed {seed}: {len(writes)} effective writes of {progress.count},"
-        f" {sum(worker_events.values())} worker writes, crashes after writes {crashes},"
-        f" worker exits {worker.exit_codes}"
+        f"seed {seed}: {len(outcome.writes)} effective writes of {outcome.attempts},"
+        f" {sum(outcome.worker_events.values())} worker writes,"
+        f" crashes after writes {outcome.crashes}, worker exits {worker.exit_codes}"
     )
-    assert sum(client_events.values()) == len(writes), (
-        f"the model missed client writes: {sum(client_events.values())} events; {context}"
+    client_writes = sum(outcome.client_events.values())
+    assert client_writes == len(outcome.writes), (
+        f"the model missed client writes: {client_writes} events; {context}"
     )
-    assert sum(client_events.values()) > total_writes // 4, f"too few effective writes; {context}"
-    assert crashes, f"the writers finished before the first crash; {context}"
-    lww_problems, checked = check_last_writer_wins(writes, originals, partners)
+    assert client_writes > outcome.attempts // 4, f"too few effective writes; {context}"
+    assert outcome.crashes, f"the writers finished before the first crash; {context}"
+    lww_problems, checked = check_last_writer_wins(
+        outcome.writes, outcome.originals, outcome.partners
+    )
     assert checked > scenario.ids, f"only {checked} fields were last written by an update"
     problems = [
-        *check_convergence(pair, originals, partners),
+        *check_convergence(pair, outcome.originals, outcome.partners),
         *lww_problems,
-        *check_no_extra_writes(client_events, worker_events),
+        *check_no_extra_writes(outcome.client_events, outcome.worker_events),
     ]
     if problems:
         failing = sorted({int(m) for p in problems if (m := p.split(":")[0].split()[1]).isdigit()})
-        histories = "\n".join(history_of(writes, i) for i in failing[:3])
+        histories = "\n".join(history_of(outcome.writes, i) for i in failing[:3])
         (tmp_path / "writes.txt").write_text(
-            "\n".join(history_of(writes, i) for i in range(scenario.ids))
+            "\n".join(history_of(outcome.writes, i) for i in range(scenario.ids))
         )
         raise AssertionError(
             f"{context}\n" + "\n".join(problems[:30]) + f"\n{histories}\n{worker.tail()}"
+        )
+
+
+async def _write_while_crashing(
+    aclient: AsyncMongoClient[dict[str, Any]],
+    db_name: str,
+    pair_original: str,
+    worker: WorkerProcess,
+    seed: int,
+    scenario: Scenario,
+) -> Outcome:
+    """Start the worker, run the writers while crashing it, restart it and let it catch up."""
+    rng = random.Random(seed)
+    database = aclient[db_name]
+    state = aclient[f"{db_name}_state"]
+    crash_after = [rng.randint(*scenario.crash_after) for _ in range(scenario.crashes)]
+    progress = Progress()
+    crashes: list[int] = []
+    writers: list[Writer] = []
+    async with contextlib.AsyncExitStack() as stack:
+        stream = await stack.enter_async_context(await database.watch(max_await_time_ms=200))
+        await worker.start()
+        await eventually(
+            lambda: _pair_running(state, pair_original), within=30, what="pair RUNNING"
+        )
+        for side, collection in (("original", "items"), ("partner", "items_v2")):
+            for n in range(scenario.writers_per_side):
+                session = aclient.start_session(causal_consistency=True)
+                stack.push_async_callback(session.end_session)
+                writers.append(
+                    Writer(
+                        name=f"{side[0]}-{len(writers) + 1}",
+                        side=side,
+                        collection=database[collection],
+                        session=session,
+                        rng=random.Random(f"{seed}:{side}:{n}"),
+                        ids=list(range(scenario.ids)),
+                    )
+                )
+        async with anyio.create_task_group() as crashing:
+            crashing.start_soon(_crash, worker, state, progress, crash_after, crashes)
+            async with anyio.create_task_group() as writing:
+                for writer in writers:
+                    writing.start_soon(
+                        _write, writer, scenario.writes_per_writer, scenario.pause_s, progress
+                    )
+            crashing.cancel_scope.cancel()
+        if not worker.alive():
+            await worker.start()
+        client_events, worker_events = await _settle(stream, state, worker)
+        return Outcome(
+            writes=[w for writer in writers for w in writer.writes],
+            originals={d["_id"]: d async for d in database["items"].find()},
+            partners={d["_id"]: d async for d in database["items_v2"].find()},
+            client_events=client_events,
+            worker_events=worker_events,
+            attempts=progress.count,
+            crashes=crashes,
         )
 
 
@@ -309,7 +351,7 @@ async def _crash(
     fence = 0
     for count in after_writes:
         fence = await eventually(
-            lambda above=fence: _lease_fence_above(state, above),
+            functools.partial(_lease_fence_above, state, fence),
             within=30,
             what="a worker to take the lease",
         )
@@ -371,5 +413,4 @@ async def test_soak(
     seed: int,
 ) -> None:
     """More writers, ids and crashes per seed than the default run; G1-G3 hold for every seed."""
-    scenario = Scenario(writers_per_side=3, writes_per_writer=300, ids=20, crashes=6)
-    await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, scenario)
+    await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, SOAK)
