@@ -187,16 +187,21 @@ async def test_each_client_write_causes_one_worker_write_per_pair(
 async def _write_chain_randomly(
     db: Any, coll: str, rng: random.Random, stop: anyio.Event, max_ops: int
 ) -> None:
-    """Random field updates, inserts and deletes on one collection of the chain until `stop`."""
+    """Random field updates, inserts, upserts and deletes on one collection until `stop`."""
     for n in range(max_ops):
         if stop.is_set():
             return
         document_id = rng.randrange(6)
         roll = rng.random()
         value = f"{coll}-{n}"
-        if roll < 0.2:
+        if roll < 0.1:
             with contextlib.suppress(DuplicateKeyError):
                 await db[coll].insert_one({"_id": document_id, NAME[coll]: value})
+        elif roll < 0.2:
+            # Upserts race with the worker's transactional inserts of the same _id.
+            await db[coll].update_one(
+                {"_id": document_id}, {"$set": {NAME[coll]: value}}, upsert=True
+            )
         elif roll < 0.3:
             await db[coll].delete_one({"_id": document_id})
         else:
