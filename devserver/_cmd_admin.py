@@ -13,6 +13,7 @@ from typing import Any
 from bson import Int64, ObjectId
 
 from devserver._command import Context, command
+from devserver._engine import matches
 from devserver._errors import CommandError
 
 __all__ = ["hello_reply", "MAX_WIRE_VERSION", "SERVER_VERSION"]
@@ -192,8 +193,6 @@ async def list_databases(ctx: Context) -> dict[str, Any]:
     storage = ctx.state.storage
     name_only = bool(ctx.body.get("nameOnly"))
     filter_doc = ctx.body.get("filter") or {}
-    from devserver._engine import matches
-
     databases = []
     total = 0
     for name in storage.database_names():
