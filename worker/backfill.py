@@ -551,21 +551,16 @@ async def _run_batch(
     workspace: Workspace,
     pair: Pair,
     options: BackfillOptions,
-    after: tuple[bool, Any],
-    size: int,
+    sources: list[dict[str, Any]],
     session: AsyncClientSession | None,
 ) -> _Batch:
-    """Read, decide and (unless a dry run) write one batch, with its progress, in `session`."""
+    """Decide and (unless a dry run) write one batch of source documents, with its progress.
+
+    The source documents come from the scan's cursor, read just before; a change made to one
+    since is after T0, so the worker applies it on top of the merge base written here.
+    """
     store = workspace.store
-    source_ns = pair.original if options.source == "original" else pair.partner
     target_ns = pair.partner if options.source == "original" else pair.original
-    has_last, last_id = after
-    sources: list[dict[str, Any]] = []
-    for query in after_id(last_id) if has_last else [{}]:
-        cursor = workspace.collection(source_ns).find(query, session=session)
-        sources += await cursor.sort("_id", 1).limit(size - len(sources)).to_list()
-        if len(sources) >= size:
-            break
     batch = _Batch()
     if not sources:
         return batch
@@ -765,32 +760,42 @@ async def _scan(
     on_progress: Callable[[BackfillProgress], None],
     on_failure: Callable[[WouldDeadLetter], None],
 ) -> None:
+    """Read the source through one `_id`-ordered cursor, one transaction per batch taken."""
     throttle = _Throttle(options.batch_size, options.max_rate)
     started = anyio.current_time() - progress.elapsed_s
-    while True:
-        progress.batch_size = throttle.size
-        batch_started = anyio.current_time()
-        batch = await run_transaction(
-            workspace,
-            partial(_run_batch, workspace, pair, options, after, throttle.size),
-            on_retry=throttle.transient,
-            session=session,
+    source_ns = pair.original if options.source == "original" else pair.partner
+    has_last, last_id = after
+    for query in after_id(last_id) if has_last else [{}]:
+        cursor = workspace.collection(source_ns).find(
+            query, sort=[("_id", 1)], batch_size=options.batch_size
         )
-        if throttle.pressured:
-            progress.retries += 1
-        if batch.count == 0:
-            break
-        after = (True, batch.last_id)
-        progress.scanned += batch.count
-        progress.written += batch.written
-        progress.adopted += batch.adopted
-        progress.kept += batch.kept
-        progress.synced += batch.synced
-        progress.reconciled += batch.reconciled
-        progress.dead_letters += len(batch.failures)
-        for failure in batch.failures:
-            on_failure(failure)
-        progress.elapsed_s = anyio.current_time() - started
-        on_progress(progress)
-        await throttle.after_batch(batch.count, anyio.current_time() - batch_started)
+        try:
+            while True:
+                sources = await cursor.to_list(throttle.size)
+                if not sources:
+                    break
+                progress.batch_size = len(sources)
+                batch_started = anyio.current_time()
+                batch = await run_transaction(
+                    workspace,
+                    partial(_run_batch, workspace, pair, options, sources),
+                    on_retry=throttle.transient,
+                    session=session,
+                )
+                if throttle.pressured:
+                    progress.retries += 1
+                progress.scanned += batch.count
+                progress.written += batch.written
+                progress.adopted += batch.adopted
+                progress.kept += batch.kept
+                progress.synced += batch.synced
+                progress.reconciled += batch.reconciled
+                progress.dead_letters += len(batch.failures)
+                for failure in batch.failures:
+                    on_failure(failure)
+                progress.elapsed_s = anyio.current_time() - started
+                on_progress(progress)
+                await throttle.after_batch(batch.count, anyio.current_time() - batch_started)
+        finally:
+            await cursor.close()
     progress.elapsed_s = anyio.current_time() - started
