@@ -35,6 +35,12 @@ def _statements(ctx: Context, key: str) -> list[Any]:
     return statements
 
 
+def _batch_reply(reply: dict[str, Any], errors: list[dict[str, Any]]) -> dict[str, Any]:
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
 def _write_error(index: int, error: CommandError) -> dict[str, Any]:
     entry: dict[str, Any] = {"index": index, "code": error.code, "errmsg": error.message}
     entry.update(error.extra)
@@ -83,10 +89,7 @@ async def insert(ctx: Context) -> dict[str, Any]:
         inserted += 1
 
     errors = await _run_batch(ctx, documents, run_one)
-    reply: dict[str, Any] = {"n": inserted}
-    if errors:
-        reply["writeErrors"] = errors
-    return reply
+    return _batch_reply({"n": inserted}, errors)
 
 
 @command("update", write=True, in_transaction=True)
@@ -125,9 +128,7 @@ async def update(ctx: Context) -> dict[str, Any]:
     reply: dict[str, Any] = {"n": matched, "nModified": modified}
     if upserted:
         reply["upserted"] = upserted
-    if errors:
-        reply["writeErrors"] = errors
-    return reply
+    return _batch_reply(reply, errors)
 
 
 @command("delete", write=True, in_transaction=True)
@@ -159,10 +160,7 @@ async def delete(ctx: Context) -> dict[str, Any]:
         deleted += len(removed)
 
     errors = await _run_batch(ctx, statements, run_one)
-    reply: dict[str, Any] = {"n": deleted}
-    if errors:
-        reply["writeErrors"] = errors
-    return reply
+    return _batch_reply({"n": deleted}, errors)
 
 
 @command("findAndModify", "findandmodify", write=True, in_transaction=True)

@@ -189,9 +189,29 @@ def _hold(ctx: Context, db: str, coll: str, doc_id: Any) -> None:
         ctx.state.sessions.hold(ctx.txn, (db, coll, id_key(doc_id)))
 
 
-def _images(ctx: Context, db: str, coll: str) -> bool:
+def _record(
+    ctx: Context,
+    op: str,
+    db: str,
+    coll: str,
+    doc_id: Any,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    update_spec: Any = None,
+) -> ChangeRecord:
+    """The change record of one document write."""
     meta = ctx.state.storage.meta(db, coll)
-    return meta is not None and meta.images_enabled
+    return ChangeRecord(
+        op=op,
+        db=db,
+        coll=coll,
+        document_key={"_id": doc_id},
+        before=before,
+        after=after,
+        update_spec=update_spec,
+        images_enabled=meta is not None and meta.images_enabled,
+    )
 
 
 def prepare_insert(doc: Any) -> dict[str, Any]:
@@ -225,14 +245,7 @@ async def insert_one(
         raise duplicate_key_error(db, coll, ID_INDEX, {"_id": doc["_id"]})
     _check_document(ctx, view, db, coll, doc)
     _hold(ctx, db, coll, doc["_id"])
-    record = ChangeRecord(
-        op="insert",
-        db=db,
-        coll=coll,
-        document_key={"_id": doc["_id"]},
-        after=doc,
-        images_enabled=_images(ctx, db, coll),
-    )
+    record = _record(ctx, "insert", db, coll, doc["_id"], after=doc)
     _apply(ctx, view, db, coll, record, doc["_id"], doc)
 
 
@@ -316,15 +329,9 @@ async def update_matching(
             continue  # a no-op update writes nothing and produces no event
         _check_document(ctx, view, db, coll, new_doc, current)
         _hold(ctx, db, coll, new_doc["_id"])
-        record = ChangeRecord(
-            op="replace" if replacing else "update",
-            db=db,
-            coll=coll,
-            document_key={"_id": new_doc["_id"]},
-            before=current,
-            after=new_doc,
-            update_spec=update,
-            images_enabled=_images(ctx, db, coll),
+        op = "replace" if replacing else "update"
+        record = _record(
+            ctx, op, db, coll, new_doc["_id"], before=current, after=new_doc, update_spec=update
         )
         _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
         result.modified += 1
@@ -355,14 +362,7 @@ async def delete_matching(
         if current is None:
             continue
         _hold(ctx, db, coll, doc["_id"])
-        record = ChangeRecord(
-            op="delete",
-            db=db,
-            coll=coll,
-            document_key={"_id": current["_id"]},
-            before=current,
-            images_enabled=_images(ctx, db, coll),
-        )
+        record = _record(ctx, "delete", db, coll, current["_id"], before=current)
         _apply(ctx, view, db, coll, record, current["_id"], None)
         deleted.append(current)
     return deleted
