@@ -157,3 +157,27 @@ def test_cluster_time_strictly_increases_with_writes(client: Client, db_name: st
             assert session.operation_time is not None
             times.append(session.operation_time)
     assert all(a < b for a, b in zip(times, times[1:], strict=False))
+
+
+def test_kill_cursors_then_get_more_is_cursor_not_found(client: Client, db_name: str) -> None:
+    """A killed cursor is gone: getMore on it fails with 43 CursorNotFound."""
+    db = client[db_name]
+    db.c.insert_many([{"_id": i} for i in range(10)])
+    first = db.command("find", "c", batchSize=2)
+    cursor_id = first["cursor"]["id"]
+    assert cursor_id != 0 and len(first["cursor"]["firstBatch"]) == 2
+    killed = db.command("killCursors", "c", cursors=[cursor_id])
+    assert killed["cursorsKilled"] == [cursor_id]
+    with pytest.raises(OperationFailure) as caught:
+        db.command("getMore", cursor_id, collection="c")
+    assert caught.value.code == 43
+
+
+def test_single_batch_and_negative_limit_close_the_cursor(client: Client, db_name: str) -> None:
+    """singleBatch (or a negative limit) returns one batch and cursor id 0."""
+    db = client[db_name]
+    db.c.insert_many([{"_id": i} for i in range(10)])
+    reply = db.command("find", "c", batchSize=3, singleBatch=True)
+    assert reply["cursor"]["id"] == 0 and len(reply["cursor"]["firstBatch"]) == 3
+    reply = db.command("find", "c", limit=-4)
+    assert reply["cursor"]["id"] == 0 and len(reply["cursor"]["firstBatch"]) == 4
