@@ -21,12 +21,18 @@ import anyio
 from bson import Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from bson.binary import Binary
 from bson.decimal128 import Decimal128
-from pymongo import DeleteOne, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import PyMongoError
 
 from transforms import Pair, Side, TransformFailed, diff_documents
-from worker.engine import TargetWrite, cluster_time, direction_of, plan_target_write
+from worker.engine import (
+    TargetWrite,
+    cluster_time,
+    direction_of,
+    plan_target_write,
+    write_operation,
+)
 from worker.errors import ResyncRequired, StateRefused
 from worker.lifecycle import Workspace, run_transaction
 from worker.state import id_key, merge_base_id, utcnow
@@ -45,7 +51,6 @@ __all__ = [
     "same_document",
     "settle",
     "write_settled",
-    "target_write_operation",
 ]
 
 _OTHER: dict[str, Side] = {"original": "partner", "partner": "original"}
@@ -96,22 +101,6 @@ def last_writer(
     return tie
 
 
-def target_write_operation(
-    write: TargetWrite, tag: Mapping[str, Any] | None = None
-) -> ReplaceOne[Any] | UpdateOne | DeleteOne:
-    """The bulk-write operation sending `write` exactly as `execute_target_write` would."""
-    if write.kind == "delete":
-        return DeleteOne({"_id": write.document_id})
-    if write.kind == "insert":
-        document = {**(write.document or {}), **(tag or {})}
-        return ReplaceOne({"_id": write.document_id}, document, upsert=True)
-    assert write.patch is not None
-    update = write.patch.to_update()
-    if tag:
-        update.setdefault("$set", {}).update(tag)
-    return UpdateOne({"_id": write.document_id}, update)
-
-
 def dead_letter_record(
     pair: Pair, source: Side, failure: WouldDeadLetter, operation: str
 ) -> dict[str, Any]:
@@ -159,7 +148,12 @@ def settle(
     target = partner if winner == "original" else original
     desired = None if source is None else pair.convert(source, direction)
     write = plan_target_write(
-        target, desired, lambda path: pair.owns(path, direction), document_id=document_id
+        target,
+        desired,
+        lambda path: pair.owns(path, direction),
+        document_id=document_id,
+        pair=pair,
+        direction=direction,
     )
     result = None if target is None else dict(target)
     if write is not None:
@@ -630,7 +624,7 @@ async def write_settled(
                         {**(write.document or {}), "_id": write.document_id, **(tag or {})}
                     )
                 else:
-                    others.append(target_write_operation(write, tag))
+                    others.append(write_operation(write, tag=tag))
         collection = workspace.collection(pair.original if side == "original" else pair.partner)
         if inserts:
             await collection.insert_many(inserts, ordered=True, session=session)

@@ -7,16 +7,19 @@ that the applier can write patches, merge base and checkpoint in one transaction
 Collections (documents sketched; `ns` is the pair's original namespace):
 
     pairs         {_id: ns, partner, state, transform_version, versions_seen, start_at,
-                   backfill: {done, docs, direction, last_id, t0, dead_letters, ...},
+                   backfill: {done, docs, direction, last_id, has_last_id, t0, written, adopted,
+                              kept, synced, reconciled, dead_letters, restart, started_at,
+                              finished_at, session},
+                   paused_from, completed_at, rolled_back_at,
                    counters: {applied_forward, applied_backward, echoes_skipped, conflicts,
                               dead_letters},
                    last_client_write: {original, partner}, lag_seconds, resync_reason, updated_at}
-    checkpoints   {_id: stream key, resume_token, cluster_time, fence, updated_at}
+    checkpoints   {_id: stream key, resume_token, cluster_time, fence, sessions, updated_at}
     merge_base    {_id: {pair: ns, id: document _id}, o: original doc | None,
                    p: partner doc | None, at: Timestamp}
-    leases        {_id: stream key, holder, fence, expires_at, released}
-    dead_letters  {_id: ObjectId, pair, side, direction, document_id, event, error, mapping,
-                   field, at, retries}
+    leases        {_id: stream key, holder, fence, expires_at, since, sessions}
+    dead_letters  {_id: ObjectId, pair, side, direction, document_id, event, error, code,
+                   mapping, field, at, retries, last_retry_at}
     held_events   {_id: ObjectId, pair, event, at}   events of a paused pair, replayed on resume
 
 The stream key names one change stream and its partition ("default" today); adding

@@ -14,7 +14,12 @@ from worker.engine._plan import (
 )
 from worker.engine._runner import Worker, cluster_time
 from worker.engine._stream import StreamPosition, StreamReader, namespace_filter
-from worker.engine._writes import TargetWrite, execute_target_write, plan_target_write
+from worker.engine._writes import (
+    TargetWrite,
+    execute_target_write,
+    plan_target_write,
+    write_operation,
+)
 
 __all__ = [
     "Applier",
@@ -35,4 +40,5 @@ __all__ = [
     "plan_event",
     "plan_target_write",
     "value_at",
+    "write_operation",
 ]

@@ -15,7 +15,7 @@ from pymongo import DeleteOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
-from transforms import Patch, apply_patch, diff_documents
+from transforms import Direction, Pair, Patch, apply_patch, diff_documents
 
 __all__ = ["TargetWrite", "execute_target_write", "plan_target_write", "write_operation"]
 
@@ -45,17 +45,24 @@ def plan_target_write(
     owns: Callable[[str], bool],
     *,
     document_id: Any,
+    pair: Pair | None = None,
+    direction: Direction | None = None,
 ) -> TargetWrite | None:
     """The write that turns `current` into `desired` on the owned paths, or None for a no-op.
 
     `desired` is the whole converted document (None: the logical document is deleted). Paths
-    not owned keep the target's value, except when the document is created.
+    not owned keep the target's value, except when the document is created. Given the pair and
+    direction, sub-documents that may hold fields the target keeps are patched field by field
+    (`Pair.target_patch`), so those fields survive.
     """
     if desired is None:
         return None if current is None else TargetWrite("delete", document_id)
     if current is None:
         return TargetWrite("insert", document_id, document=dict(desired))
-    patch = diff_documents(current, desired).restricted(owns)
+    if pair is not None and direction is not None:
+        patch = pair.target_patch(current, desired, direction).restricted(owns)
+    else:
+        patch = diff_documents(current, desired).restricted(owns)
     if patch.is_empty():
         return None
     return TargetWrite("update", document_id, patch=patch)
