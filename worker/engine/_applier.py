@@ -54,8 +54,8 @@ LIFECYCLE_EVENTS = frozenset({"drop", "rename", "dropDatabase"})
 REMEMBERED_SESSIONS = 16
 # Bound on remembered outstanding echoes (document keys), so lost events cannot grow memory.
 MAX_PENDING_ECHOES = 200_000
-# How many not-yet-read change events a batch looks at before assuming every target changed.
-PEEK_LIMIT = 10_000
+# Events per server round trip when a batch looks ahead in the change stream.
+PEEK_BATCH = 10_000
 # A merge base record holds both sides of a document; keep it under MongoDB's 16 MiB limit.
 MAX_BASE_BYTES = 15 * 1024 * 1024
 # Dead letters keep the error's first characters and events up to this size whole.
@@ -585,24 +585,29 @@ class Applier:
         found: dict[tuple[str, Any], set[str]] = {}
         databases = {ns.partition(".")[0] for ns in targets}
         watched: Any = self.client[next(iter(databases))] if len(databases) == 1 else self.client
+        # Every newer write must be seen: giving up after N events and calling every target
+        # "written ahead" dropped the batch's changes to targets nobody else wrote. A write
+        # after the transaction's snapshot conflicts with the batch's own write of that
+        # document (and the batch is retried), so the scan ends at the snapshot's time.
+        horizon = self.session.operation_time if self.session is not None else None
         async with await watched.watch(
             [{"$match": {"$or": clauses}}],
             resume_after=after,
             max_await_time_ms=1,
-            batch_size=PEEK_LIMIT,
+            batch_size=PEEK_BATCH,
         ) as stream:
-            for _ in range(PEEK_LIMIT):
+            while True:
                 event = await stream.try_next()
                 if event is None:
+                    break
+                stamp = event.get("clusterTime")
+                if horizon is not None and stamp is not None and stamp > horizon:
                     break
                 if self._is_ours(event):
                     continue
                 ns = event["ns"]
                 key = (f"{ns['db']}.{ns['coll']}", id_key(event["documentKey"]["_id"]))
                 found.setdefault(key, set()).update(changed_paths(event))
-            else:
-                # More newer writes than we looked at: treat every target as written ahead.
-                return {(ns, key): frozenset({""}) for ns, ids in targets.items() for key in ids}
         return {key: frozenset(paths) for key, paths in found.items()}
 
     def _remember_echoes(self) -> None:
