@@ -49,7 +49,8 @@ def fail_point(mongo_uri: str, aclient: Any) -> Iterator[Any]:
         return int(reply.get("count", 0))
 
     yield configure
-    with MongoClient(mongo_uri) as sync:
+    sync: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+    with sync:
         sync.admin.command("configureFailPoint", "failCommand", mode="off")
 
 
@@ -297,7 +298,7 @@ async def test_commit_of_a_holder_taken_over_is_refused_by_the_fence(
             return bool(_events(caplog, "lease_lost"))
 
         await eventually(fenced, within=10, what="the old holder to be fenced out")
-        assert "fenced" in _events(caplog, "lease_lost")[0].event_fields["reason"]
+        assert "fenced" in _events(caplog, "lease_lost")[0].__dict__["event_fields"]["reason"]
         assert await _find(partner, 2) is None
         checkpoint = await worker.store.checkpoint()
         assert checkpoint is not None and checkpoint["fence"] == successor.fence
