@@ -887,19 +887,9 @@ def _dead_letter_event(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _bson_size(document: Mapping[str, Any]) -> int:
-    # Encoding costs about as much as the write itself; only documents that could be near the
-    # limit are measured exactly.
-    return len(bson.encode(document)) if _rough_size(document) > 1024 * 1024 else 0
-
-
-def _rough_size(value: Any) -> int:
-    if isinstance(value, Mapping):
-        return sum(len(str(k)) + _rough_size(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return sum(_rough_size(v) for v in value)
-    if isinstance(value, str | bytes):
-        return len(value)
-    return 8
+    # The C encoder measures a merge-base record several times faster than any estimate
+    # walked in Python, so every record is measured exactly.
+    return len(bson.encode(document))
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
