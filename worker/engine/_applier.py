@@ -373,6 +373,15 @@ class Applier:
                         f"{event.get('clusterTime')}"
                     )
 
+        # The batch's events by document, so each event finds its newer writes without a scan
+        # of the whole batch (that was quadratic in the batch size).
+        later_by_doc: dict[tuple[str, Any], list[tuple[int, frozenset[str], str | None]]] = {}
+        for index, (namespace, other_key, changed, echo_of) in enumerate(later):
+            if namespace:
+                later_by_doc.setdefault((namespace, other_key), []).append(
+                    (index, changed, echo_of)
+                )
+
         # Load everything the batch touches, inside the transaction's snapshot.
         ids_by_pair: dict[str, dict[Any, Any]] = {}
         for pair, _, event, _ in work:
@@ -417,7 +426,7 @@ class Applier:
                 current_source=docs.get((source_ns, key)),
                 current_target=docs.get((target_ns, key)),
                 tag_field=self.tag_field,
-                ahead=_ahead(pair.original, target_ns, key, later[position + 1 :], peeked),
+                ahead=_ahead(pair.original, target_ns, key, position, later_by_doc, peeked),
             )
             ours = self._is_ours(event)
             if plan.failure is not None or (refused is not None and plan.applied):
@@ -808,13 +817,14 @@ def _ahead(
     pair_original: str,
     target_ns: str,
     key: Any,
-    later: Sequence[tuple[str, Any, frozenset[str], str | None]],
+    position: int,
+    later_by_doc: Mapping[tuple[str, Any], Sequence[tuple[int, frozenset[str], str | None]]],
     peeked: Mapping[tuple[str, Any], frozenset[str]],
 ) -> frozenset[str]:
     """Paths of the target document that newer writes (later in the batch, or peeked) change."""
     paths: set[str] = set(peeked.get((target_ns, key), frozenset()))
-    for namespace, other_key, changed, echo_of in later:
-        if namespace == target_ns and other_key == key and echo_of != pair_original:
+    for other_position, changed, echo_of in later_by_doc.get((target_ns, key), ()):
+        if other_position > position and echo_of != pair_original:
             paths.update(changed)
     return frozenset(paths)
 
