@@ -128,6 +128,7 @@ class Contender:
     # cProfile output file for the engine's last run (each start overwrites it).
     profile: str | None = None
     log_level: str = "warning"
+    max_docs: int = 500
 
     def command(self) -> list[str]:
         if self.name == "naive":
@@ -135,7 +136,7 @@ class Contender:
         config = self.workdir / "worker.toml"
         config.write_text(
             f'uri = "{self.uri}"\ntransforms = ["{MODULE}"]\nstate_db = "{STATE_DB}"\n'
-            '[batch]\nmax_docs = 500\nmax_delay_ms = 20\n[http]\nlisten = ""\n'
+            f'[batch]\nmax_docs = {self.max_docs}\nmax_delay_ms = 20\n[http]\nlisten = ""\n'
             f'[log]\nlevel = "{self.log_level}"\n'
         )
         profile = ["-m", "cProfile", "-o", self.profile] if self.profile else []
@@ -469,7 +470,12 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
             await client.drop_database(DB)
             await client.drop_database(STATE_DB)
             contender = Contender(
-                name, uri, Path(workdir), profile=options.profile, log_level=options.log_level
+                name,
+                uri,
+                Path(workdir),
+                profile=options.profile,
+                log_level=options.log_level,
+                max_docs=options.max_docs,
             )
             contender.start()
             try:
@@ -531,6 +537,7 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="run the engine under cProfile")
     parser.add_argument("--workdir", metavar="DIR", help="keep configs and logs here")
     parser.add_argument("--log-level", default="warning", help="the engine's log level")
+    parser.add_argument("--max-docs", type=int, default=500, help="the engine's batch.max_docs")
     parser.add_argument("--naive-trigger", metavar="URI", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.naive_trigger:
