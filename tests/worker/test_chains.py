@@ -189,15 +189,16 @@ async def test_each_client_write_causes_one_worker_write_per_pair(
 async def _write_chain_randomly(
     db: Any, coll: str, rng: random.Random, stop: anyio.Event, max_ops: int
 ) -> None:
-    """Random field updates, inserts and upserts on one collection until `stop` (deletes in a
-    chain race: see the xfail test below)."""
+    """Random field updates, inserts, upserts and deletes on one collection until `stop`."""
     for n in range(max_ops):
         if stop.is_set():
             return
         document_id = rng.randrange(6)
         roll = rng.random()
         value = f"{coll}-{n}"
-        if roll < 0.1:
+        if roll < 0.07:
+            await db[coll].delete_one({"_id": document_id})
+        elif roll < 0.15:
             with contextlib.suppress(DuplicateKeyError):
                 await db[coll].insert_one({"_id": document_id, NAME[coll]: value})
         elif roll < 0.2:
@@ -212,12 +213,12 @@ async def _write_chain_randomly(
         await anyio.sleep(rng.uniform(0.001, 0.01))
 
 
-@pytest.mark.parametrize("seed", [pytest.param(1, id="seed1"), pytest.param(2, id="seed2")])
+@pytest.mark.parametrize("seed", [pytest.param(n, id=f"seed{n}") for n in range(1, 7)])
 async def test_chain_converges_under_concurrent_writes(
     mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, seed: int
 ) -> None:
-    """Clients writing v1, v2 and v3 at once (updates, inserts, upserts on shared documents):
-    when they stop, all three collections agree through both pairs."""
+    """Clients writing v1, v2 and v3 at once (updates, inserts, upserts and deletes on shared
+    documents): when they stop, all three collections agree through both pairs."""
     config = _chain_config(mongo_uri, db_name, tmp_path, "session")
     db = aclient[db_name]
     rng = random.Random(seed)
@@ -243,11 +244,6 @@ async def test_chain_converges_under_concurrent_writes(
             raise AssertionError(f"seed {seed}: the chain disagrees: {last[0]}") from None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known engine defect: the second pair takes the first pair's delete of v2, made for"
-    " an older client delete, for a newer delete, so the later update on v3 loses",
-)
 async def test_chain_delete_then_later_update_on_the_far_end_recreates_everywhere(
     mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ duplicate key) is retried one event at a time and the refused event goes to dead
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import random
@@ -29,7 +30,7 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from transforms import Pair, Registry
+from transforms import Pair, Registry, diff_documents
 from worker.engine._lease import Lease
 from worker.engine._plan import (
     EventPlan,
@@ -56,6 +57,10 @@ REMEMBERED_SESSIONS = 16
 MAX_PENDING_ECHOES = 200_000
 # Events per server round trip when a batch looks ahead in the change stream.
 PEEK_BATCH = 10_000
+# Marks an event made up for a chain's other pair from a worker write (never on the wire).
+VIRTUAL = "__partner_sync_virtual__"
+# Most chain hops one batch may cascade through (a ring of pairs must still end).
+MAX_CASCADES = 100_000
 # A merge base record holds both sides of a document; keep it under MongoDB's 16 MiB limit.
 MAX_BASE_BYTES = 15 * 1024 * 1024
 # Dead letters keep the error's first characters and events up to this size whole.
@@ -122,9 +127,10 @@ class Applier:
         self._token_counter = 0
         # Worker writes whose change events have not come back yet, per (namespace, document
         # key), oldest first, naming the pair that wrote them: an echo belongs to that pair only.
-        self.pending_echoes: dict[tuple[str, Any], list[str]] = {}
+        self.pending_echoes: dict[tuple[str, Any], list[frozenset[str]]] = {}
         self._echoes_after_commit: tuple[
-            dict[tuple[str, Any], list[str]], list[tuple[tuple[str, Any], str]]
+            dict[tuple[str, Any], list[frozenset[str]]],
+            list[tuple[tuple[str, Any], frozenset[str]]],
         ] = ({}, [])
         self._pairs = {pair.original: pair for pair in registry.pairs}
 
@@ -333,15 +339,16 @@ class Applier:
         result = BatchResult(events=len(events))
         tallies: dict[str, _PairTally] = {}
         work: list[tuple[Pair, str, Mapping[str, Any], int]] = []
-        # (pair, target namespace, document key, before, after) per applied event, in order
-        event_writes: list[tuple[str, str, Any, Any, Any]] = []
+        # (pair, target namespace, document key, before, after, pairs whose echo it is) per
+        # applied event, in order
+        event_writes: list[tuple[str, str, Any, Any, Any, set[str]]] = []
         held: list[dict[str, Any]] = []
         resync: dict[str, str] = {}
 
         pending = {key: list(queue) for key, queue in self.pending_echoes.items()}
         # Per event: the paths it changed, and which pair (if any) it is the echo of; a later
         # event on a pair's target is a newer write that wins over an earlier source change.
-        later: list[tuple[str, Any, frozenset[str], str | None]] = []
+        later: list[tuple[str, Any, frozenset[str], frozenset[str] | None]] = []
         for event in events:
             echo_of = self._echo_owner(event, pending)
             if event.get("operationType") in DOCUMENT_EVENTS:
@@ -357,7 +364,7 @@ class Applier:
             else:
                 later.append(("", None, frozenset(), None))
             for pair, side, action in self._route(event, replay_pair):
-                if action == "apply" and pair.original == echo_of:
+                if action == "apply" and echo_of is not None and pair.original in echo_of:
                     tally = tallies.setdefault(pair.original, _PairTally())
                     tally.echoes_skipped += 1
                     result.echoes += 1
@@ -375,7 +382,9 @@ class Applier:
 
         # The batch's events by document, so each event finds its newer writes without a scan
         # of the whole batch (that was quadratic in the batch size).
-        later_by_doc: dict[tuple[str, Any], list[tuple[int, frozenset[str], str | None]]] = {}
+        later_by_doc: dict[
+            tuple[str, Any], list[tuple[int, frozenset[str], frozenset[str] | None]]
+        ] = {}
         for index, (namespace, other_key, changed, echo_of) in enumerate(later):
             if namespace:
                 later_by_doc.setdefault((namespace, other_key), []).append(
@@ -389,27 +398,40 @@ class Applier:
             ids_by_pair.setdefault(pair.original, {})[id_key(document_id)] = document_id
         bases: dict[tuple[str, Any], dict[str, Any]] = {}
         docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
-        for original, ids in ids_by_pair.items():
-            pair = self._pairs[original]
-            loaded = await self.store.load_bases(original, ids.values(), session=session)
-            for key, loaded_base in loaded.items():
-                bases[(original, key)] = loaded_base
+        initial: dict[tuple[str, Any], dict[str, Any] | None] = {}
+        loaded: set[tuple[str, Any]] = set()
+
+        async def load(pair: Pair, ids: Mapping[Any, Any]) -> None:
+            """Merge base and both current documents of these ids, once per pair and id."""
+            wanted = {k: v for k, v in ids.items() if (pair.original, k) not in loaded}
+            if not wanted:
+                return
+            records = await self.store.load_bases(pair.original, wanted.values(), session=session)
+            for key, record in records.items():
+                bases[(pair.original, key)] = record
             for namespace in (pair.original, pair.partner):
-                key_list = [(namespace, key) for key in ids if (namespace, key) not in docs]
-                if not key_list:
+                fetch = {k: v for k, v in wanted.items() if (namespace, k) not in docs}
+                if not fetch:
                     continue
-                for key in ids:
-                    docs.setdefault((namespace, key), None)
-                collection = self._collection(namespace)
-                query = {"_id": {"$in": [ids[key] for _, key in key_list]}}
-                async for document in collection.find(query, session=session):
+                for key in fetch:
+                    docs[(namespace, key)] = None
+                query = {"_id": {"$in": list(fetch.values())}}
+                async for document in self._collection(namespace).find(query, session=session):
                     docs[(namespace, id_key(document["_id"]))] = document
-        initial = dict(docs)
+                for key in fetch:
+                    initial[(namespace, key)] = docs[(namespace, key)]
+            loaded.update((pair.original, key) for key in wanted)
+
+        for original, ids in ids_by_pair.items():
+            await load(self._pairs[original], ids)
         peeked = await self._peek_ahead(work, checkpoint)
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 
-        for pair, side, event, position in work:
+        queue = collections.deque(work)
+        cascades = 0
+        while queue:
+            pair, side, event, position = queue.popleft()
             tally = tallies.setdefault(pair.original, _PairTally())
             document_id = event["documentKey"]["_id"]
             key = id_key(document_id)
@@ -428,7 +450,7 @@ class Applier:
                 tag_field=self.tag_field,
                 ahead=_ahead(pair.original, target_ns, key, position, later_by_doc, peeked),
             )
-            ours = self._is_ours(event)
+            ours = bool(event.get(VIRTUAL)) or self._is_ours(event)
             if plan.failure is not None or (refused is not None and plan.applied):
                 dead_letters.append(self._dead_letter(pair, side, event, plan, refused))
                 tally.dead_letters += 1
@@ -440,16 +462,36 @@ class Applier:
                 result.echoes += 1
             else:
                 if plan.applied:
+                    before = docs.get((target_ns, key))
+                    owners = {pair.original}
                     event_writes.append(
-                        (
-                            pair.original,
-                            target_ns,
-                            key,
-                            docs.get((target_ns, key)),
-                            plan.target_after,
-                        )
+                        (pair.original, target_ns, key, before, plan.target_after, owners)
                     )
                     docs[(target_ns, key)] = plan.target_after
+                    # A collection in two pairs (a chain): this write is a change for the other
+                    # pair too, at this event's place in the order; apply it there now, and its
+                    # echo will belong to both pairs.
+                    for other, other_side_name in self.registry.by_namespace(target_ns):
+                        if other.original == pair.original or self._state(other) not in (
+                            ACTIVE_STATES
+                        ):
+                            continue
+                        if cascades >= MAX_CASCADES:
+                            log.warning("chain_cascade_limit", pair=other.original)
+                            break
+                        cascades += 1
+                        owners.add(other.original)
+                        await load(other, {key: document_id})
+                        queue.appendleft(
+                            (
+                                other,
+                                other_side_name,
+                                _virtual_event(
+                                    target_ns, document_id, before, plan.target_after, event
+                                ),
+                                position,
+                            )
+                        )
                     if direction_of(side).value == "forward":
                         tally.applied_forward += 1
                     else:
@@ -490,20 +532,23 @@ class Applier:
         # One net write per target document when one pair wrote it in this batch; in order, one
         # per event, when several pairs did (a chain), so each echo is attributed to its pair.
         writers: dict[tuple[str, Any], set[str]] = {}
-        for pair_original, namespace, key, _, _ in event_writes:
+        echo_owners: dict[tuple[str, Any], set[str]] = {}
+        for pair_original, namespace, key, _, _, owners in event_writes:
             writers.setdefault((namespace, key), set()).add(pair_original)
-        planned: list[tuple[str, str, Any, Any, Any]] = []
+            echo_owners.setdefault((namespace, key), set()).update(owners)
+        planned: list[tuple[frozenset[str], str, Any, Any, Any]] = []
         netted: set[tuple[str, Any]] = set()
-        for pair_original, namespace, key, before, after in event_writes:
+        for _, namespace, key, before, after, owners in event_writes:
             if len(writers[(namespace, key)]) == 1:
                 if (namespace, key) in netted:
                     continue
                 netted.add((namespace, key))
                 before, after = initial.get((namespace, key)), docs.get((namespace, key))
-            planned.append((pair_original, namespace, key, before, after))
-        echoes_expected: list[tuple[tuple[str, Any], str]] = []
+                owners = echo_owners[(namespace, key)]
+            planned.append((frozenset(owners), namespace, key, before, after))
+        echoes_expected: list[tuple[tuple[str, Any], frozenset[str]]] = []
         operations: dict[str, list[Any]] = {}
-        for pair_original, namespace, key, before, after in planned:
+        for write_owners, namespace, key, before, after in planned:
             if before is None and after is None:
                 continue  # created and deleted again within the batch: nothing to write
             write = plan_target_write(
@@ -512,7 +557,7 @@ class Applier:
             if write is None:
                 continue
             operations.setdefault(namespace, []).append(write_operation(write, tag=self._tag()))
-            echoes_expected.append(((namespace, key), pair_original))
+            echoes_expected.append(((namespace, key), write_owners))
             result.writes += 1
         for namespace, ops in operations.items():
             try:
@@ -632,9 +677,9 @@ class Applier:
         self._echoes_after_commit = ({}, [])
 
     def _echo_owner(
-        self, event: Mapping[str, Any], pending: dict[tuple[str, Any], list[str]]
-    ) -> str | None:
-        """The pair whose own write this event reports, or None for a change to propagate."""
+        self, event: Mapping[str, Any], pending: dict[tuple[str, Any], list[frozenset[str]]]
+    ) -> frozenset[str] | None:
+        """The pairs whose own write this event reports, or None for a change to propagate."""
         op = event.get("operationType")
         if op not in DOCUMENT_EVENTS:
             return None
@@ -654,7 +699,7 @@ class Applier:
             return owner
         routes = self.registry.by_namespace(namespace)
         if len(routes) == 1:
-            return routes[0][0].original
+            return frozenset({routes[0][0].original})
         return None  # a chain namespace whose write was made before a restart: the base decides
 
     def _route(
@@ -813,18 +858,53 @@ class Applier:
             )
 
 
+def _virtual_event(
+    namespace: str,
+    document_id: Any,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    cause: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The change event a worker write in a chain is for the collection's other pair."""
+    database, _, collection = namespace.partition(".")
+    event: dict[str, Any] = {
+        "_id": cause["_id"],
+        "ns": {"db": database, "coll": collection},
+        "documentKey": {"_id": document_id},
+        "clusterTime": cause.get("clusterTime"),
+        "wallTime": cause.get("wallTime"),
+        VIRTUAL: True,
+    }
+    if after is None:
+        event["operationType"] = "delete"
+    elif before is None:
+        event["operationType"] = "insert"
+        event["fullDocument"] = dict(after)
+    else:
+        patch = diff_documents(before, after)
+        event["operationType"] = "update"
+        event["updateDescription"] = {
+            "updatedFields": dict(patch.set),
+            "removedFields": list(patch.unset),
+            "truncatedArrays": [],
+        }
+    return event
+
+
 def _ahead(
     pair_original: str,
     target_ns: str,
     key: Any,
     position: int,
-    later_by_doc: Mapping[tuple[str, Any], Sequence[tuple[int, frozenset[str], str | None]]],
+    later_by_doc: Mapping[
+        tuple[str, Any], Sequence[tuple[int, frozenset[str], frozenset[str] | None]]
+    ],
     peeked: Mapping[tuple[str, Any], frozenset[str]],
 ) -> frozenset[str]:
     """Paths of the target document that newer writes (later in the batch, or peeked) change."""
     paths: set[str] = set(peeked.get((target_ns, key), frozenset()))
     for other_position, changed, echo_of in later_by_doc.get((target_ns, key), ()):
-        if other_position > position and echo_of != pair_original:
+        if other_position > position and (echo_of is None or pair_original not in echo_of):
             paths.update(changed)
     return frozenset(paths)
 
