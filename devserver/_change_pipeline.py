@@ -14,6 +14,7 @@ from bson import Timestamp
 from mongomock import OperationFailure, aggregate, filtering, helpers
 
 from devserver._errors import CommandError
+from devserver._fastfilter import compile_event_filter
 
 __all__ = ["EventPipeline", "MAX_EVENT_BYTES", "SPLIT_STAGE"]
 
@@ -134,8 +135,14 @@ def _match_stage(spec: Any) -> Stage:
         patched = _timestamps_as_ints(patched)
     # Validate the filter once, so a bad operator fails the aggregate, not a later getMore.
     _run(lambda: _filter_applies(patched, {}))
+    # Namespace and document-key filters (the commonest) skip mongomock's interpreter.
+    fast = None if has_timestamps else compile_event_filter(patched)
 
     def match(event: dict[str, Any]) -> dict[str, Any] | None:
+        if fast is not None:
+            verdict = fast(event)
+            if verdict is not None:
+                return event if verdict else None
         # Events hold naive UTC datetimes already, so only the filter needed patching.
         document = _timestamps_as_ints(event) if has_timestamps else event
         return event if _run(lambda: _filter_applies(patched, document)) else None

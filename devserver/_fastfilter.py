@@ -16,7 +16,7 @@ from typing import Any
 
 from bson import Int64, ObjectId
 
-__all__ = ["compile_filter", "UNKNOWN"]
+__all__ = ["compile_event_filter", "compile_filter", "UNKNOWN"]
 
 UNKNOWN = None
 _MISSING = object()
@@ -96,3 +96,88 @@ def compile_filter(filter_doc: dict[str, Any]) -> Compiled | None:
         return True
 
     return test
+
+
+def _dotted(doc: Any, parts: tuple[str, ...]) -> Any:
+    """The value at a dotted path through sub-documents; UNKNOWN_PATH past an array."""
+    current = doc
+    for part in parts:
+        if isinstance(current, dict):
+            current = current.get(part, _MISSING)
+        elif current is _MISSING:
+            return _MISSING
+        else:
+            return _UNKNOWN_PATH  # arrays (and scalars) along a path: mongomock's rules
+    return current
+
+
+_UNKNOWN_PATH = object()
+
+
+def compile_event_filter(filter_doc: dict[str, Any]) -> Compiled | None:
+    """Like `compile_filter`, for change-stream `$match` stages: dotted paths through
+    sub-documents (`ns.coll`, `documentKey._id`) and `$or` / `$and` of such filters."""
+    parts: list[Compiled] = []
+    for path, condition in filter_doc.items():
+        if path in ("$or", "$and") and isinstance(condition, list) and condition:
+            clauses = []
+            for clause in condition:
+                if not isinstance(clause, dict):
+                    return None
+                compiled = compile_event_filter(clause)
+                if compiled is None:
+                    return None
+                clauses.append(compiled)
+            parts.append(_any_of(clauses) if path == "$or" else _all_of(clauses))
+            continue
+        if path.startswith("$"):
+            return None
+        tests = _compile_condition(path, condition)
+        if tests is None:
+            return None
+        for test in tests:
+            parts.append(_field_test(test))
+    return _all_of(parts)
+
+
+def _field_test(test: Test) -> Compiled:
+    path, op, operand, family = test
+    steps = tuple(path.split("."))
+
+    def check(doc: dict[str, Any]) -> bool | None:
+        value = _dotted(doc, steps)
+        if _FAMILIES.get(type(value)) != family:
+            return UNKNOWN
+        if op == "$in":
+            return value in operand
+        return bool(_COMPARE[op](value, operand))
+
+    return check
+
+
+def _all_of(tests: list[Compiled]) -> Compiled:
+    def check(doc: dict[str, Any]) -> bool | None:
+        verdict: bool | None = True
+        for test in tests:
+            result = test(doc)
+            if result is False:
+                return False
+            if result is UNKNOWN:
+                verdict = UNKNOWN
+        return verdict
+
+    return check
+
+
+def _any_of(tests: list[Compiled]) -> Compiled:
+    def check(doc: dict[str, Any]) -> bool | None:
+        verdict: bool | None = False
+        for test in tests:
+            result = test(doc)
+            if result is True:
+                return True
+            if result is UNKNOWN:
+                verdict = UNKNOWN
+        return verdict
+
+    return check

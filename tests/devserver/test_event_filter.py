@@ -1,0 +1,67 @@
+"""The compiled change-stream `$match` fast path answers as mongomock does, or not at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mongomock import filtering
+
+from devserver._fastfilter import compile_event_filter
+
+names = st.sampled_from(["a", "b", "c"])
+ids = st.one_of(st.integers(0, 4), st.sampled_from(["x", "y"]), st.none())
+events = st.fixed_dictionaries(
+    {
+        "operationType": st.sampled_from(["insert", "update", "delete", "dropDatabase"]),
+        "ns": st.one_of(
+            st.fixed_dictionaries({"db": names, "coll": names}),
+            st.fixed_dictionaries({"db": names}),
+        ),
+        "documentKey": st.one_of(st.fixed_dictionaries({"_id": ids}), st.just([1, 2])),
+    }
+)
+clauses = st.fixed_dictionaries(
+    {"ns.db": names},
+    optional={
+        "ns.coll": names,
+        "documentKey._id": st.one_of(
+            st.integers(0, 4),
+            st.fixed_dictionaries({"$in": st.lists(st.integers(0, 4), min_size=1)}),
+        ),
+        "operationType": st.sampled_from(["insert", "dropDatabase"]),
+    },
+)
+filters = st.one_of(
+    clauses, st.fixed_dictionaries({"$or": st.lists(clauses, min_size=1, max_size=4)})
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(filters, events)
+def test_compiled_event_filter_agrees_with_mongomock(
+    filter_doc: dict[str, Any], event: dict[str, Any]
+) -> None:
+    """Whenever the compiled filter answers, its answer is mongomock's."""
+    compiled = compile_event_filter(filter_doc)
+    assert compiled is not None
+    verdict = compiled(event)
+    if verdict is not None:
+        assert verdict == filtering.filter_applies(filter_doc, event)
+
+
+def test_namespace_filter_is_compiled() -> None:
+    """The worker's namespace filter and look-ahead filter both take the fast path."""
+    compiled = compile_event_filter(
+        {
+            "$or": [
+                {"ns.db": "shop", "ns.coll": "customers", "documentKey._id": {"$in": [1, 2]}},
+                {"operationType": "dropDatabase", "ns.db": {"$in": ["shop"]}},
+            ]
+        }
+    )
+    assert compiled is not None
+    event = {"operationType": "update", "ns": {"db": "shop", "coll": "customers"}}
+    assert compiled({**event, "documentKey": {"_id": 2}}) is True
+    assert compiled({**event, "documentKey": {"_id": 3}}) is False
