@@ -128,9 +128,6 @@ class Applier:
         # Worker writes whose change events have not come back yet, per (namespace, document
         # key), oldest first, naming the pair that wrote them: an echo belongs to that pair only.
         self.pending_echoes: dict[tuple[str, Any], list[frozenset[str]]] = {}
-        # Look-ahead of the batch being applied (see `apply`).
-        self._read_ahead: list[Mapping[str, Any]] = []
-        self._peek_server = True
         self._echoes_after_commit: tuple[
             dict[tuple[str, Any], list[frozenset[str]]],
             list[tuple[tuple[str, Any], frozenset[str]]],
@@ -163,24 +160,10 @@ class Applier:
 
     # -- public entry points ---------------------------------------------------------------------
 
-    async def apply(
-        self,
-        events: Sequence[Mapping[str, Any]],
-        *,
-        read_ahead: Sequence[Mapping[str, Any]] = (),
-        caught_up: bool = True,
-    ) -> BatchResult:
-        """Apply a batch from the stream and advance the checkpoint past its last event.
-
-        `read_ahead` holds events already read after the batch (newer writes they carry win
-        over the batch). Only when `caught_up` (the reader has nothing more waiting) does the
-        batch also look further ahead on the server: near the head of the stream that window is
-        small, while behind a backlog it would be re-read for every batch.
-        """
+    async def apply(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
+        """Apply a batch from the stream and advance the checkpoint past its last event."""
         if not events:
             return BatchResult()
-        self._read_ahead = list(read_ahead)
-        self._peek_server = caught_up
         if self._touches_idle_pair(events):
             # A pair not applied a moment ago may have become active since (a backfill or a
             # resume): its changes must not be passed over on a state up to a refresh old.
@@ -215,7 +198,6 @@ class Applier:
     async def replay_held(self, max_docs: int) -> int:
         """Apply the held events of pairs that are active again; returns how many were replayed."""
         replayed = 0
-        self._read_ahead, self._peek_server = [], True
         for original, doc in self.pair_states.items():
             if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
                 continue
@@ -293,9 +275,7 @@ class Applier:
         replay_pair: str | None,
     ) -> BatchResult:
         total = BatchResult()
-        read_ahead = self._read_ahead
         for index, event in enumerate(events):
-            self._read_ahead = [*events[index + 1 :], *read_ahead]
             point = (event["_id"], event.get("clusterTime")) if checkpoint is not None else None
             if checkpoint is not None and replay_pair is not None:
                 point = None
@@ -400,20 +380,6 @@ class Applier:
                         f"{event.get('clusterTime')}"
                     )
 
-        # Events already read after the batch: their writes are newer too (not applied here).
-        ahead_pending = {key: list(queue) for key, queue in pending.items()}
-        for event in self._read_ahead:
-            if event.get("operationType") in DOCUMENT_EVENTS:
-                ns = event.get("ns") or {}
-                later.append(
-                    (
-                        f"{ns.get('db')}.{ns.get('coll')}",
-                        id_key(event["documentKey"]["_id"]),
-                        changed_paths(event),
-                        self._echo_owner(event, ahead_pending),
-                    )
-                )
-
         # The batch's events by document, so each event finds its newer writes without a scan
         # of the whole batch (that was quadratic in the batch size).
         later_by_doc: dict[
@@ -458,7 +424,7 @@ class Applier:
 
         for original, ids in ids_by_pair.items():
             await load(self._pairs[original], ids)
-        peeked = await self._peek_ahead(work, checkpoint) if self._peek_server else {}
+        peeked = await self._peek_ahead(work, checkpoint)
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 

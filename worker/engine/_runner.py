@@ -285,22 +285,16 @@ class Worker:
         applied = 0
         idle_saved: Any = None
         idle_saved_at = -IDLE_CHECKPOINT_S
-        # Events received after the batch being applied: its look-ahead, then the next batch.
-        carry: list[dict[str, Any]] = []
         async with receive:
             while not self.stopping.is_set():
                 try:
-                    if carry:
-                        batch, carry = carry[: batch_cfg.max_docs], carry[batch_cfg.max_docs :]
-                        _fill(receive, batch, batch_cfg.max_docs)
-                    else:
-                        batch = await _collect(
-                            receive,
-                            max_docs=batch_cfg.max_docs,
-                            max_delay_s=batch_cfg.max_delay_ms / 1000,
-                            idle_s=REFRESH_INTERVAL_S,
-                            stopping=self.stopping,
-                        )
+                    batch = await _collect(
+                        receive,
+                        max_docs=batch_cfg.max_docs,
+                        max_delay_s=batch_cfg.max_delay_ms / 1000,
+                        idle_s=REFRESH_INTERVAL_S,
+                        stopping=self.stopping,
+                    )
                 except anyio.EndOfStream:
                     # The reader stopped (history lost, a lost connection): its own error ends
                     # the task group; raising EndOfStream beside it would hide that error.
@@ -311,8 +305,7 @@ class Worker:
                     await applier.replay_held(batch_cfg.max_docs)
                     last_refresh = anyio.current_time()
                 if batch:
-                    caught_up = _fill(receive, carry, batch_cfg.max_docs)
-                    await applier.apply(batch, read_ahead=carry, caught_up=caught_up)
+                    await applier.apply(batch)
                     applied += len(batch)
                     continue
                 idle = reader.idle_token
@@ -387,18 +380,6 @@ def _transient(exc: PyMongoError) -> bool:
             )
             or exc.code in TRANSIENT_CODES
         )
-    return False
-
-
-def _fill(
-    receive: MemoryObjectReceiveStream[dict[str, Any]], events: list[dict[str, Any]], limit: int
-) -> bool:
-    """Move waiting events into `events` up to `limit`; True when none were left waiting."""
-    while len(events) < limit:
-        try:
-            events.append(receive.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return True
     return False
 
 
