@@ -253,8 +253,9 @@ async def _run_scenario(
     lww_problems, checked = check_last_writer_wins(
         outcome.writes, outcome.originals, outcome.partners
     )
-    # G2 must have had something to check (how much depends on the interleaving).
-    assert checked >= 3, f"only {checked} fields were last written by an update; {context}"
+    # G2 must have had something to check. How much depends on the interleaving: replaces
+    # and deletes often come last, and a run with a single update-last field was seen.
+    assert checked >= 1, f"no field was last written by an update; {context}"
     problems = [
         *check_convergence(pair, outcome.originals, outcome.partners),
         *lww_problems,
