@@ -16,7 +16,6 @@ from worker.engine._runner import Worker, cluster_time
 from worker.engine._stream import StreamPosition, StreamReader, namespace_filter
 from worker.engine._writes import (
     TargetWrite,
-    execute_target_write,
     plan_target_write,
     write_operation,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "changed_paths",
     "cluster_time",
     "direction_of",
-    "execute_target_write",
     "namespace_filter",
     "new_holder_id",
     "other_side",

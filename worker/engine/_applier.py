@@ -210,7 +210,7 @@ class Applier:
                 ]
                 if not held:
                     break
-                events: list[Mapping[str, Any]] = [_decode_held(h["event"]) for h in held]
+                events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
                 await self._apply_with_retries(
                     events,
                     checkpoint=None,
@@ -371,9 +371,7 @@ class Applier:
                 elif action == "apply":
                     work.append((pair, side, event, len(later) - 1))
                 elif action == "hold":
-                    held.append(
-                        {"pair": pair.original, "event": _encode_held(event), "at": utcnow()}
-                    )
+                    held.append({"pair": pair.original, "event": dict(event), "at": utcnow()})
                 elif action == "resync":
                     resync[pair.original] = (
                         f"{event['operationType']} of {side} collection at "
@@ -984,12 +982,3 @@ def _bson_size(document: Mapping[str, Any]) -> int:
 
 def _aware(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
-
-
-def _encode_held(event: Mapping[str, Any]) -> dict[str, Any]:
-    """An event as stored in the state database (BSON keeps every type as it came)."""
-    return dict(event)
-
-
-def _decode_held(stored: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(stored)

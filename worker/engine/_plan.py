@@ -24,7 +24,6 @@ from transforms import (
     TransformFailed,
     apply_patch,
     apply_update_description,
-    diff_documents,
 )
 
 __all__ = [
@@ -194,7 +193,7 @@ def plan_event(
         # The source document was deleted.
         if cur_target is None:
             plan.base_target = None if not ahead else known_target
-        elif ahead or known_target is None or not _same_owned(cur_target, known_target, owns=None):
+        elif ahead or known_target is None or cur_target != known_target:
             plan.conflict_paths = ["<document>"]
             plan.reason = "target changed after the delete; the later write wins"
         else:
@@ -249,17 +248,6 @@ def _owned(pair: Pair, direction: Direction, tag_field: str | None) -> Callable[
         return path != "_id" and pair.owns(path, direction)
 
     return owns
-
-
-def _same_owned(
-    current: Mapping[str, Any],
-    known: Mapping[str, Any],
-    *,
-    owns: Callable[[str], bool] | None,
-) -> bool:
-    if owns is None:
-        return dict(current) == dict(known)
-    return diff_documents(known, current).restricted(owns).is_empty()
 
 
 def _overlaps(path: str, others: frozenset[str]) -> bool:

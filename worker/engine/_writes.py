@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pymongo import DeleteOne, ReplaceOne, UpdateOne
-from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.asynchronous.collection import AsyncCollection
 
 from transforms import Direction, Pair, Patch, apply_patch, diff_documents
 
-__all__ = ["TargetWrite", "execute_target_write", "plan_target_write", "write_operation"]
+__all__ = ["TargetWrite", "plan_target_write", "write_operation"]
 
 
 @dataclass(frozen=True)
@@ -66,30 +64,6 @@ def plan_target_write(
     if patch.is_empty():
         return None
     return TargetWrite("update", document_id, patch=patch)
-
-
-async def execute_target_write(
-    collection: AsyncCollection[dict[str, Any]],
-    write: TargetWrite,
-    *,
-    session: AsyncClientSession | None,
-    tag: Mapping[str, Any] | None = None,
-) -> None:
-    """Send one planned write; `tag` ({field: token}) marks it as the worker's own."""
-    if write.kind == "delete":
-        await collection.delete_one({"_id": write.document_id}, session=session)
-        return
-    if write.kind == "insert":
-        document = {**(write.document or {}), **(tag or {})}
-        await collection.replace_one(
-            {"_id": write.document_id}, document, upsert=True, session=session
-        )
-        return
-    assert write.patch is not None
-    update = write.patch.to_update()
-    if tag:
-        update.setdefault("$set", {}).update(tag)
-    await collection.update_one({"_id": write.document_id}, update, session=session)
 
 
 def write_operation(
