@@ -35,7 +35,9 @@ class ServerCpu:
     """CPU seconds a server process has used (from /proc), to report CPU per operation.
 
     On a busy machine wall-clock rates mostly measure the scheduler; CPU per operation is the
-    server's own cost, and its inverse is the rate one free core would sustain.
+    server's own cost, and its inverse is the rate one free core would sustain. The server
+    process polls for a short while before it sleeps (see `devserver._loop`), and that polling
+    counts here: on the one-at-a-time run the figure is mostly the polling window, not work.
     """
 
     def __init__(self, pid: int | None) -> None:

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from devserver._loop import new_event_loop
 from devserver._server import DbpathInUse, DevServer, RemoteBindRefused
 
 __all__ = ["command", "main"]
@@ -95,7 +96,8 @@ def command(
     # thresholds make full collections sweep them all every few thousand allocations.
     gc.set_threshold(50_000, 20, 100)
     try:
-        asyncio.run(_run(server))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_run(server))
     except DbpathInUse as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
