@@ -6,7 +6,9 @@ By default the server runs as its own process (`python -m devserver`), as a user
 the figures are the server's and not the GIL shared with the benchmarking client.
 
 Figures: acknowledged single-document inserts/s (one at a time), bulk-inserted documents/s
-(insert_many of 1,000), and change events/s delivered to a watcher.
+(insert_many of 1,000), change events/s delivered to a watcher, and documents/s through the sync
+engine's write pattern (transactions that read 500 documents by `_id $in` and replace them with
+upserts).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from pymongo import MongoClient  # noqa: E402
+from pymongo import MongoClient, ReplaceOne  # noqa: E402
 
 from devserver import DevServer  # noqa: E402
 
@@ -123,6 +125,36 @@ def watched_events(client: MongoClient[dict[str, Any]], total: int, cpu: ServerC
     _report("change events delivered to a watcher", seen, elapsed, cpu, before)
 
 
+def transaction_replaces(
+    client: MongoClient[dict[str, Any]], seconds: float, cpu: ServerCpu, batch: int = 500
+) -> None:
+    """The engine's pattern: per transaction, find 500 documents by `_id $in`, then replace
+    them with `ReplaceOne(..., upsert=True)` in one bulk_write, and commit."""
+    coll = client.bench.txn
+    coll.drop()
+    ids = list(range(batch))
+    coll.insert_many([{"_id": i, "n": i, "name": f"user{i}", "tags": ["a", "b"]} for i in ids])
+
+    def transaction(n: int) -> int:
+        with client.start_session() as session, session.start_transaction():
+            found = list(coll.find({"_id": {"$in": ids}}, session=session))
+            assert len(found) == batch
+            coll.bulk_write(
+                [
+                    ReplaceOne(
+                        {"_id": i},
+                        {"n": n + i, "name": f"user{i}", "tags": ["a", "b"]},
+                        upsert=True,
+                    )
+                    for i in ids
+                ],
+                session=session,
+            )
+        return batch
+
+    _timed(f"transaction docs (find $in + {batch} replaces)", seconds, cpu, transaction)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each timed run")
@@ -154,6 +186,7 @@ def main() -> None:
             single_inserts(client, args.seconds, cpu)
             bulk_inserts(client, args.seconds, cpu)
             watched_events(client, args.events, cpu)
+            transaction_replaces(client, args.seconds, cpu)
     finally:
         if handle is not None:
             handle.stop()
