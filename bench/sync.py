@@ -188,23 +188,48 @@ class Contender:
         return values.get("VmRSS", 0), values.get("VmHWM", 0)
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process on this machine has used, from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    """Where the benchmark's MongoDB is, and its process when it is a local subprocess."""
+
+    uri: str
+    pid: int | None = None
+
+
 @contextlib.contextmanager
-def server(oplog_mb: int) -> Any:
-    """MONGODB_URI, or a development server subprocess for this block."""
+def server(oplog_mb: int, profile: str | None = None) -> Any:
+    """MONGODB_URI, or a development server subprocess for this block (under cProfile when
+    `profile` names an output file; it is written when the server stops)."""
     external = os.environ.get("MONGODB_URI")
     if external:
-        yield external
+        yield Server(external)
         return
     process = subprocess.Popen(
-        [sys.executable, "-m", "devserver", "--port", "0", "--oplog-size-mb", str(oplog_mb)],
+        [
+            sys.executable,
+            *(["-m", "cProfile", "-o", profile] if profile else []),
+            *("-m", "devserver", "--port", "0", "--oplog-size-mb", str(oplog_mb)),
+        ],
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
     try:
         assert process.stdout is not None
-        yield process.stdout.readline().decode().strip()
+        yield Server(process.stdout.readline().decode().strip(), process.pid)
     finally:
-        process.terminate()
+        # SIGINT ends the server like Ctrl-C, which lets cProfile write its output.
+        process.send_signal(signal.SIGINT if profile else signal.SIGTERM)
         process.wait(timeout=15)
 
 
@@ -351,26 +376,56 @@ async def caught_up(client: Client, contender: Contender, at: Timestamp, within:
     await wait_until(reached, within, f"{contender.name} to reach {at}")
 
 
-async def throughput(client: Client, contender: Contender, backlog: int, docs: int) -> float:
-    """Client changes/s while the contender works off a backlog written while it was stopped."""
+@dataclass
+class Throughput:
+    """How fast a contender worked off a backlog, and the CPU it and the server spent on it."""
+
+    rate: float
+    contender_cpu_s: float | None = None
+    server_cpu_s: float | None = None
+    changes: int = 0
+
+
+async def throughput(
+    client: Client, contender: Contender, backlog: int, docs: int, server_pid: int | None
+) -> Throughput:
+    """Client changes/s while the contender works off a backlog written while it was stopped.
+
+    The rate and the CPU figures run from the first change applied to the last, so the
+    contender's start-up is not in them.
+    """
     contender.stop()
     load = Load(client, docs, random.Random(11))
     await load.run(backlog, None, None)
     contender.start()
-    samples: list[tuple[float, int]] = []
+    assert contender.process is not None
+    pid = contender.process.pid
+    # (time, changes applied, contender CPU s, server CPU s)
+    samples: list[tuple[float, int, float | None, float | None]] = []
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         position = await contender.position(client)
         processed = bisect.bisect_right(load.times, position) if position is not None else 0
-        samples.append((time.monotonic(), processed))
+        samples.append((time.monotonic(), processed, cpu_seconds(pid), cpu_seconds(server_pid)))
         if processed >= backlog:
             break
         await asyncio.sleep(0.02)
-    moving = [s for s in samples if s[1] > samples[0][1]]
-    if len(moving) < 2:
-        return float("nan")
-    (t0, p0), (t1, p1) = moving[0], moving[-1]
-    return (p1 - p0) / (t1 - t0) if t1 > t0 else float("nan")
+    # From the last sample before progress started to the first with all of it done.
+    start = max((i for i, s in enumerate(samples) if s[1] == samples[0][1]), default=0)
+    first, last = samples[start], samples[-1]
+    if last[1] <= first[1] or last[0] <= first[0]:
+        return Throughput(float("nan"))
+    changes = last[1] - first[1]
+
+    def spent(a: float | None, b: float | None) -> float | None:
+        return b - a if a is not None and b is not None else None
+
+    return Throughput(
+        changes / (last[0] - first[0]),
+        spent(first[2], last[2]),
+        spent(first[3], last[3]),
+        changes,
+    )
 
 
 @dataclass
@@ -464,7 +519,8 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
             os.makedirs(workdir, exist_ok=True)
         else:
             workdir = stack.enter_context(tempfile.TemporaryDirectory())
-        uri = stack.enter_context(server(options.oplog_mb))
+        where = stack.enter_context(server(options.oplog_mb, options.server_profile))
+        uri = where.uri
         client: Client = AsyncMongoClient(uri, maxPoolSize=64)
         try:
             await client.drop_database(DB)
@@ -481,7 +537,7 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
             try:
                 await wait_until(lambda: contender.ready(client), 60, f"{name} to start")
                 await seed(client, contender, options.docs)
-                rate = await throughput(client, contender, options.backlog, options.docs)
+                rate = await throughput(client, contender, options.backlog, options.docs, where.pid)
                 result = await lag(client, contender, options.rate, options.seconds, options.docs)
             finally:
                 contender.stop()
@@ -494,7 +550,15 @@ def report(name: str, figures: dict[str, Any]) -> None:
     result: LagResult = figures["lag"]
     lags_ms = [value * 1000 for value in result.lags]
     print(f"{name}:")
-    print(f"  backlog applied       {figures['throughput']:10.0f} client changes/s")
+    speed: Throughput = figures["throughput"]
+    print(f"  backlog applied       {speed.rate:10.0f} client changes/s")
+    if speed.changes and speed.contender_cpu_s is not None:
+        line = (
+            f"  CPU per change        {speed.contender_cpu_s / speed.changes * 1e6:10.0f} us sync"
+        )
+        if speed.server_cpu_s is not None:
+            line += f", {speed.server_cpu_s / speed.changes * 1e6:.0f} us server"
+        print(line + "")
     print(f"  client writes         {result.client_rate:10.0f} /s achieved during the lag phase")
     print(
         f"  lag p50 / p99 / max   {percentile(lags_ms, 0.5):8.0f} / {percentile(lags_ms, 0.99):.0f}"
@@ -522,7 +586,7 @@ async def main_async(options: argparse.Namespace) -> None:
         results[name] = await measure(name, options)
         report(name, results[name])
     if len(results) == 2:
-        ratio = results["engine"]["throughput"] / results["naive"]["throughput"]
+        ratio = results["engine"]["throughput"].rate / results["naive"]["throughput"].rate
         print(f"engine / naive backlog throughput: {ratio:.1f}x")
 
 
@@ -535,6 +599,9 @@ def main() -> None:
     parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
     parser.add_argument("--only", choices=["engine", "naive"])
     parser.add_argument("--profile", metavar="FILE", help="run the engine under cProfile")
+    parser.add_argument(
+        "--server-profile", metavar="FILE", help="run the development server under cProfile"
+    )
     parser.add_argument("--workdir", metavar="DIR", help="keep configs and logs here")
     parser.add_argument("--log-level", default="warning", help="the engine's log level")
     parser.add_argument("--max-docs", type=int, default=500, help="the engine's batch.max_docs")

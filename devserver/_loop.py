@@ -43,6 +43,8 @@ class PollingSelector(selectors.EpollSelector):
             ready = super().select(0)
             if ready:
                 return ready
+            # Polling must not keep a runnable process (a client, the worker) off this CPU.
+            os.sched_yield()
         if timeout is not None:
             timeout = max(0.0, timeout - (clock() - started))
         ready = super().select(timeout)
