@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bson
-from bson import Int64, Timestamp
+from bson import Int64, ObjectId, Timestamp
 
 from devserver._change_diff import describe_update
 from devserver._change_options import StreamOptions, parse_options
@@ -54,6 +54,9 @@ class ChangeRecord:
     update_spec: Any = None
     to: tuple[str, str] | None = None
     images_enabled: bool = False
+    # BSON size of `after` when the caller knows it (the document's bytes in the request); the
+    # history then estimates the entry's size instead of encoding it.
+    after_size: int | None = None
 
 
 def history_lost() -> CommandError:
@@ -75,9 +78,8 @@ class ChangeHistory:
         self._entries: list[dict[str, Any] | None] = []
         self._keys: list[int] = []
         self._sizes: list[int] = []
-        # Each entry's event token and its hex, made once rather than once per reader.
-        self._tokens: list[ResumeToken] = []
-        self._hexes: list[str] = []
+        # Each entry's token hex, made when a reader first needs it and then kept for the others.
+        self._hexes: list[str | None] = []
         self._offset = 0  # sequence number of _entries[0]
         self._first_seq = 0  # oldest retained entry
         self._next_seq = 0
@@ -85,8 +87,12 @@ class ChangeHistory:
         # Key of the newest dropped entry: resuming at or before it has lost history.
         self._lost_key: int | None = None
         self._last_ts: Timestamp | None = None
+        # The last entry's cluster time as one integer (seconds << 32 | increment).
+        self._last_time = -1
         self._last_index = -1
         self._appended = asyncio.Event()
+        # Cursors waiting on `_appended`: with none, an append need not wake anybody.
+        self._waiting = 0
 
     # ---- writing --------------------------------------------------------------------------
 
@@ -107,24 +113,29 @@ class ChangeHistory:
         if wall_time.tzinfo is not None:
             # BSON dates carry no zone: keep naive UTC, as documents decoded off the wire are.
             wall_time = wall_time.astimezone(UTC).replace(tzinfo=None)
-        if self._last_ts is not None:
-            if cluster_time < self._last_ts:
-                raise ValueError(
-                    f"cluster time {cluster_time} is older than the last change {self._last_ts}"
-                )
-            if cluster_time == self._last_ts:
-                index = self._last_index + 1
+        seconds, increment = cluster_time.time, cluster_time.inc
+        time_key = (seconds << 32) | increment
+        if time_key < self._last_time:
+            raise ValueError(
+                f"cluster time {cluster_time} is older than the last change {self._last_ts}"
+            )
+        if time_key == self._last_time:
+            index = self._last_index + 1
+        envelope = _ENVELOPE_BYTES
+        if lsid is not None:
+            envelope += _TXN_FIELDS_BYTES + len(bson.encode(lsid))
         stored: list[dict[str, Any]] = []
         for record in records:
             entry = _make_entry(record, cluster_time, wall_time, index, lsid, txn_number)
             if entry is None:
                 continue
             entry["seq"] = self._next_seq
-            self._push(entry)
+            self._push(entry, _entry_size(entry, record, envelope))
             stored.append(entry)
             index += 1
         if stored:
             self._last_ts = cluster_time
+            self._last_time = time_key
             self._last_index = index - 1
             self._trim()
             self._wake()
@@ -146,21 +157,20 @@ class ChangeHistory:
             if not self._entries:
                 self._offset = self._first_seq = seq
             self._next_seq = seq
-            self._push(dict(entry))
-            self._last_ts = entry["ts"]
+            restored = dict(entry)
+            self._push(restored, len(bson.encode(restored)))
+            ts: Timestamp = entry["ts"]
+            self._last_ts = ts
+            self._last_time = (ts.time << 32) | ts.inc
             self._last_index = int(entry["txnOpIndex"])
         self._trim()
         self._wake()
 
-    def _push(self, entry: dict[str, Any]) -> None:
-        size = len(bson.encode(entry))
+    def _push(self, entry: dict[str, Any], size: int) -> None:
         self._entries.append(entry)
-        ts: Timestamp = entry["ts"]
-        token = ResumeToken(ts.time, ts.inc, EVENT, entry["txnOpIndex"])
-        self._keys.append(entry_key(ts, entry["txnOpIndex"]))
+        self._keys.append(entry_key(entry["ts"], entry["txnOpIndex"]))
         self._sizes.append(size)
-        self._tokens.append(token)
-        self._hexes.append(token.hex())
+        self._hexes.append(None)
         self._bytes += size
         self._next_seq += 1
 
@@ -174,21 +184,28 @@ class ChangeHistory:
             self._first_seq += 1
         dead = self._first_seq - self._offset
         if dead >= _COMPACT_AT and dead * 2 >= len(self._entries):
-            del self._entries[:dead], self._keys[:dead], self._sizes[:dead]
-            del self._tokens[:dead], self._hexes[:dead]
+            del self._entries[:dead], self._keys[:dead], self._sizes[:dead], self._hexes[:dead]
             self._offset = self._first_seq
 
     def _drop_all(self) -> None:
         self._entries.clear()
         self._keys.clear()
         self._sizes.clear()
-        self._tokens.clear()
         self._hexes.clear()
         self._bytes = 0
 
     def _wake(self) -> None:
-        self._appended.set()
-        self._appended = asyncio.Event()
+        if self._waiting:
+            self._appended.set()
+            self._appended = asyncio.Event()
+
+    async def _wait_appended(self, seconds: float) -> None:
+        """Wait up to `seconds` for the next append (TimeoutError when none came)."""
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(self._appended.wait(), seconds)
+        finally:
+            self._waiting -= 1
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -242,12 +259,51 @@ class ChangeHistory:
 
     def _token(self, seq: int) -> tuple[ResumeToken, str]:
         position = seq - self._offset
-        return self._tokens[position], self._hexes[position]
+        key = self._keys[position]
+        token = ResumeToken(key >> 64, (key >> 32) & 0xFFFFFFFF, EVENT, key & 0xFFFFFFFF)
+        token_hex = self._hexes[position]
+        if token_hex is None:
+            token_hex = self._hexes[position] = token.hex()
+        return token, token_hex
 
     def _check_retained(self, after_key: int) -> None:
         """Raise 286 when an entry with a key above `after_key` has been dropped."""
         if self._lost_key is not None and self._lost_key > after_key:
             raise history_lost()
+
+
+# Fixed BSON bytes of a document entry (the header and the names, types and fixed-width values
+# of ts, wall, txnOpIndex, op, db, coll, documentKey, fullDocument and seq).
+_ENVELOPE_BYTES = 122
+# txnNumber and the lsid field's name and type (the lsid document is measured).
+_TXN_FIELDS_BYTES = 25
+
+
+def _entry_size(entry: dict[str, Any], record: ChangeRecord, envelope: int) -> int:
+    """The entry's BSON size: estimated from the document's known size for inserts and
+    replaces without images (the commonest entries), measured otherwise.
+
+    The history's byte bound and reply batching only need an approximation; encoding every
+    entry cost as much as the rest of an insert.
+    """
+    op = record.op
+    if record.after_size is None or (op != "insert" and op != "replace") or "preImage" in entry:
+        return len(bson.encode(entry))
+    coll = record.coll or ""
+    return envelope + len(op) + len(record.db) + len(coll) + _id_size(entry) + record.after_size
+
+
+def _id_size(entry: dict[str, Any]) -> int:
+    """BSON bytes of the documentKey's `_id` value (cheap for the common types)."""
+    value = entry["documentKey"]["_id"]
+    kind = type(value)
+    if kind is ObjectId:
+        return 12
+    if kind is int:
+        return 4 if -(2**31) <= value < 2**31 else 8
+    if kind is str:
+        return len(value.encode()) + 5
+    return len(bson.encode(entry["documentKey"])) - 10
 
 
 def _make_entry(
@@ -407,7 +463,7 @@ class ChangeStreamCursor:
                 if remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(self._history._appended.wait(), remaining)
+                    await self._history._wait_appended(remaining)
                 except TimeoutError:
                     break
             batch = self._collect(max_docs)

@@ -14,6 +14,7 @@ from devserver._writes import (
     delete_matching,
     insert_one,
     prepare_insert,
+    stored_size,
     update_matching,
 )
 
@@ -80,12 +81,16 @@ async def insert(ctx: Context) -> dict[str, Any]:
     coll = namespace_arg(ctx)
     validate_namespace(ctx.db, coll)
     documents = _statements(ctx, "documents")
+    sizes = ctx.sequence_sizes.get("documents")
     deadline = Deadline(ctx.body.get("maxTimeMS"))
+    view = ctx.view()
     inserted = 0
 
     async def run_one(index: int, doc: Any) -> None:
         nonlocal inserted
-        await insert_one(ctx, ctx.db, coll, prepare_insert(doc), deadline)
+        prepared = prepare_insert(doc)
+        size = stored_size(doc, sizes[index]) if sizes is not None else None
+        await insert_one(ctx, ctx.db, coll, prepared, deadline, view=view, size=size)
         inserted += 1
 
     errors = await _run_batch(ctx, documents, run_one)

@@ -52,6 +52,8 @@ class Context:
     operation_time: Timestamp | None = None
     # Size of the request message (0: unknown); no document in a smaller one can exceed 16 MiB.
     message_bytes: int = 0
+    # BSON sizes of the documents of each document sequence of the request (see `Request`).
+    sequence_sizes: dict[str, list[int]] = field(default_factory=dict)
     extra_reply: dict[str, Any] = field(default_factory=dict)
 
     def view(self) -> View:

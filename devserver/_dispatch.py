@@ -163,6 +163,7 @@ async def run_command(
     db: str,
     *,
     message_bytes: int = 0,
+    sequence_sizes: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """The full reply to one command document (raises CloseConnection to drop the connection)."""
     if not body:
@@ -188,7 +189,15 @@ async def run_command(
             return _with_cluster_time(
                 state, _failpoint_reply(state, action, name, body, spec), None
             )
-    ctx = Context(state=state, conn=conn, name=name, body=body, db=db, message_bytes=message_bytes)
+    ctx = Context(
+        state=state,
+        conn=conn,
+        name=name,
+        body=body,
+        db=db,
+        message_bytes=message_bytes,
+        sequence_sizes=sequence_sizes or {},
+    )
     reply = await _run(ctx, spec)
     if action is not None and action.write_concern_error is not None:
         wce = dict(action.write_concern_error)

@@ -268,7 +268,14 @@ class DevServer:
                 return CommandError(
                     40571, "Location40571", "OP_MSG requests require a $db argument"
                 ).to_reply()
-            return await run_command(state, conn, request.body, db, message_bytes=request.size)
+            return await run_command(
+                state,
+                conn,
+                request.body,
+                db,
+                message_bytes=request.size,
+                sequence_sizes=request.sequence_sizes,
+            )
         # Legacy OP_QUERY: only the handshake, as in MongoDB 6.0+.
         db, _, coll = request.namespace.partition(".")
         name = next(iter(request.body), "")

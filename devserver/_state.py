@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from bson import ObjectId, Timestamp
@@ -22,6 +23,8 @@ from devserver._storage import Storage
 __all__ = ["ServerConfig", "ServerState", "Journal"]
 
 log = logging.getLogger("devserver")
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 class Journal(Protocol):
@@ -70,6 +73,10 @@ class ServerState:
     connections_current: int = 0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     stopping: asyncio.Event | None = None
+    # The wall time of the latest commit, kept for the millisecond it stands for (BSON dates
+    # hold milliseconds, so commits within one millisecond share one naive UTC datetime).
+    _wall_ms: int = field(default=-1, init=False, repr=False)
+    _wall: datetime = field(default=datetime.min, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.history = ChangeHistory(
@@ -96,7 +103,7 @@ class ServerState:
                 self.history.append(
                     records,
                     cluster_time=cluster_time,
-                    wall_time=datetime.now(UTC),
+                    wall_time=self._wall_time(),
                     lsid=lsid,
                     txn_number=txn_number,
                 )
@@ -105,6 +112,14 @@ class ServerState:
         if self.journal is not None and (ops or entries or outcome):
             self.journal.write_unit(cluster_time, ops, entries, outcome)
         return cluster_time
+
+    def _wall_time(self) -> datetime:
+        """Now as a naive UTC datetime truncated to milliseconds (what BSON keeps of it)."""
+        ms = time.time_ns() // 1_000_000
+        if ms != self._wall_ms:
+            self._wall_ms = ms
+            self._wall = _EPOCH + timedelta(milliseconds=ms)
+        return self._wall
 
     def remember_retryable(
         self, lsid: dict[str, Any], txn_number: int, reply: dict[str, Any]

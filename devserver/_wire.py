@@ -60,6 +60,8 @@ class Request:
     # OP_QUERY only: the namespace the query was addressed to.
     namespace: str = ""
     sequences: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The BSON size of every document of each sequence, in order (what the bytes already say).
+    sequence_sizes: dict[str, list[int]] = field(default_factory=dict)
     size: int = 0
 
     @property
@@ -142,6 +144,7 @@ def _decode_op_msg(request_id: int, payload: bytes, whole: bytes) -> Request:
     offset = 4
     body: dict[str, Any] | None = None
     sequences: dict[str, list[dict[str, Any]]] = {}
+    sizes: dict[str, list[int]] = {}
     while offset < limit:
         kind = payload[offset]
         offset += 1
@@ -157,13 +160,9 @@ def _decode_op_msg(request_id: int, payload: bytes, whole: bytes) -> Request:
             if size < 5 or end > limit:
                 raise ProtocolError("invalid document sequence length")
             name, cursor = _cstring(payload, offset + 4)
-            docs: list[dict[str, Any]] = []
-            while cursor < end:
-                doc, cursor = _bson_at(payload, cursor, end)
-                docs.append(doc)
             if name in sequences:
                 raise ProtocolError(f"duplicate document sequence {name!r}")
-            sequences[name] = docs
+            sequences[name], sizes[name] = _bson_sequence(payload, cursor, end)
             offset = end
         else:
             raise ProtocolError(f"unknown OP_MSG section kind {kind}")
@@ -173,7 +172,26 @@ def _decode_op_msg(request_id: int, payload: bytes, whole: bytes) -> Request:
         if name in body:
             raise ProtocolError(f"field {name!r} given both in the body and as a sequence")
         body[name] = docs
-    return Request(request_id, OP_MSG, body, flags=flags, sequences=sequences)
+    return Request(request_id, OP_MSG, body, flags=flags, sequences=sequences, sequence_sizes=sizes)
+
+
+def _bson_sequence(data: bytes, offset: int, end: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """The documents packed between `offset` and `end`, and their sizes (decoded in one call)."""
+    sizes: list[int] = []
+    cursor = offset
+    while cursor < end:
+        if cursor + 4 > end:
+            raise ProtocolError("truncated BSON document")
+        (size,) = struct.unpack_from("<i", data, cursor)
+        if size < 5 or cursor + size > end:
+            raise ProtocolError("invalid BSON document length")
+        sizes.append(size)
+        cursor += size
+    try:
+        docs = bson.decode_all(data[offset:end], CODEC)
+    except Exception as exc:  # bson raises several types for garbage
+        raise ProtocolError(f"invalid BSON: {exc}") from exc
+    return docs, sizes
 
 
 def _decode_op_query(request_id: int, payload: bytes) -> Request:

@@ -20,7 +20,7 @@ from devserver._engine import is_operator_update, matches
 from devserver._errors import CommandError
 from devserver._keys import id_key
 from devserver._sessions import Transaction
-from devserver._storage import ID_INDEX, duplicate_key_error
+from devserver._storage import ID_INDEX, CollectionMeta, duplicate_key_error
 from devserver._views import TransactionView, View
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "UpdateResult",
     "Deadline",
     "insert_one",
+    "stored_size",
     "update_matching",
     "delete_matching",
     "TOP_LEVEL_CODES",
@@ -124,8 +125,11 @@ def _check_document(
     coll: str,
     doc: dict[str, Any],
     before: dict[str, Any] | None = None,
+    *,
+    meta: CollectionMeta | None,
 ) -> None:
-    """Size, validator and unique-index checks for a document about to be written."""
+    """Size, validator and unique-index checks for a document about to be written (`meta`:
+    the collection's catalog entry, looked up once by the caller)."""
     # A document from a request smaller than the limit cannot exceed it (inserts are checked
     # that way; updates may grow a document, so they always measure).
     small_request = 0 < ctx.message_bytes <= MAX_BSON_SIZE and ctx.name == "insert"
@@ -137,10 +141,11 @@ def _check_document(
             f"BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and "
             f"16793600(16MB) First element: _id: {doc.get('_id')!r}",
         )
-    meta = ctx.state.storage.meta(db, coll)
+    if meta is None:
+        return  # a collection that does not exist yet has no validator and no unique index
     validator = meta.validator if meta is not None else None
     if validator is not None and not ctx.body.get("bypassDocumentValidation"):
-        options = meta.options if meta is not None else {}
+        options = meta.options
         level = options.get("validationLevel", "strict")
         enforced = options.get("validationAction", "error") == "error" and level != "off"
         if level == "moderate" and before is not None and not matches(validator, before):
@@ -152,6 +157,8 @@ def _check_document(
                 "Document failed validation",
                 extra={"errInfo": {"failingDocumentId": doc.get("_id"), "details": {}}},
             )
+    if not meta.unique_maps:
+        return  # `_id` is checked by the caller; there is no other unique index
     conflict = view.unique_conflict(db, coll, doc)
     if conflict is not None:
         raise duplicate_key_error(db, coll, conflict[0], conflict[1])
@@ -190,7 +197,7 @@ def _hold(ctx: Context, db: str, coll: str, doc_id: Any) -> None:
 
 
 def _record(
-    ctx: Context,
+    meta: CollectionMeta | None,
     op: str,
     db: str,
     coll: str,
@@ -199,9 +206,9 @@ def _record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
     update_spec: Any = None,
+    after_size: int | None = None,
 ) -> ChangeRecord:
     """The change record of one document write."""
-    meta = ctx.state.storage.meta(db, coll)
     return ChangeRecord(
         op=op,
         db=db,
@@ -211,6 +218,7 @@ def _record(
         after=after,
         update_spec=update_spec,
         images_enabled=meta is not None and meta.images_enabled,
+        after_size=after_size,
     )
 
 
@@ -232,21 +240,47 @@ def prepare_insert(doc: Any) -> dict[str, Any]:
     return stored
 
 
+# BSON bytes an ObjectId `_id` field adds to a document that came without one.
+_GENERATED_ID_BYTES = 17
+
+
+def stored_size(doc: dict[str, Any], wire_size: int | None) -> int | None:
+    """The BSON size of `prepare_insert(doc)` from the size `doc` had in the request."""
+    if wire_size is None:
+        return None
+    return wire_size if "_id" in doc else wire_size + _GENERATED_ID_BYTES
+
+
 async def insert_one(
-    ctx: Context, db: str, coll: str, doc: dict[str, Any], deadline: Deadline
+    ctx: Context,
+    db: str,
+    coll: str,
+    doc: dict[str, Any],
+    deadline: Deadline,
+    *,
+    view: View | None = None,
+    size: int | None = None,
 ) -> None:
-    """Insert one prepared document (also the insert half of an upsert)."""
-    view = ctx.view()
-    while await _wait_unheld(ctx, db, coll, [doc["_id"]], deadline) or (
-        await _wait_unique_keys_free(ctx, db, coll, doc, deadline)
-    ):
-        pass
-    if view.get(db, coll, doc["_id"]) is not None:
-        raise duplicate_key_error(db, coll, ID_INDEX, {"_id": doc["_id"]})
-    _check_document(ctx, view, db, coll, doc)
-    _hold(ctx, db, coll, doc["_id"])
-    record = _record(ctx, "insert", db, coll, doc["_id"], after=doc)
-    _apply(ctx, view, db, coll, record, doc["_id"], doc)
+    """Insert one prepared document (also the insert half of an upsert).
+
+    `view` may be shared by the statements of one command; `size` is the document's BSON size
+    when the request told it.
+    """
+    if view is None:
+        view = ctx.view()
+    doc_id = doc["_id"]
+    if ctx.txn is None and ctx.state.sessions.open:
+        while await _wait_unheld(ctx, db, coll, [doc_id], deadline) or (
+            await _wait_unique_keys_free(ctx, db, coll, doc, deadline)
+        ):
+            pass
+    if view.get(db, coll, doc_id) is not None:
+        raise duplicate_key_error(db, coll, ID_INDEX, {"_id": doc_id})
+    meta = ctx.state.storage.meta(db, coll)
+    _check_document(ctx, view, db, coll, doc, meta=meta)
+    _hold(ctx, db, coll, doc_id)
+    record = _record(meta, "insert", db, coll, doc_id, after=doc, after_size=size)
+    _apply(ctx, view, db, coll, record, doc_id, doc)
 
 
 @dataclass
@@ -327,11 +361,12 @@ async def update_matching(
         result.after.append(new_doc)
         if bson.encode(new_doc) == bson.encode(current):
             continue  # a no-op update writes nothing and produces no event
-        _check_document(ctx, view, db, coll, new_doc, current)
+        meta = ctx.state.storage.meta(db, coll)
+        _check_document(ctx, view, db, coll, new_doc, current, meta=meta)
         _hold(ctx, db, coll, new_doc["_id"])
         op = "replace" if replacing else "update"
         record = _record(
-            ctx, op, db, coll, new_doc["_id"], before=current, after=new_doc, update_spec=update
+            meta, op, db, coll, new_doc["_id"], before=current, after=new_doc, update_spec=update
         )
         _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
         result.modified += 1
@@ -362,7 +397,8 @@ async def delete_matching(
         if current is None:
             continue
         _hold(ctx, db, coll, doc["_id"])
-        record = _record(ctx, "delete", db, coll, current["_id"], before=current)
+        meta = ctx.state.storage.meta(db, coll)
+        record = _record(meta, "delete", db, coll, current["_id"], before=current)
         _apply(ctx, view, db, coll, record, current["_id"], None)
         deleted.append(current)
     return deleted
