@@ -7,9 +7,10 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 import mongomock
 import pytest
-from bson import Int64, Timestamp
+from bson import Binary, Int64, ObjectId, Timestamp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -897,6 +898,81 @@ def test_history_lost_when_resume_point_dropped() -> None:
     assert server.open(startAtOperationTime=server.time) is not None
     future = Timestamp(server.time.time + 100, 0)
     assert server.open(startAtOperationTime=future) is not None
+
+
+def _sized_insert(server: Server, doc: dict[str, Any], **txn: Any) -> list[dict[str, Any]]:
+    """An insert whose record carries the document's size, as the server's insert path does."""
+    record = ChangeRecord(
+        "insert", "d", "c", {"_id": doc["_id"]}, after=doc, after_size=len(bson.encode(doc))
+    )
+    return server.commit(record, **txn)
+
+
+@pytest.mark.parametrize(
+    "doc_id",
+    [
+        pytest.param(ObjectId(), id="objectid"),
+        pytest.param(7, id="int32"),
+        pytest.param(2**40, id="int64"),
+        pytest.param("k\u00e9y", id="string"),
+        pytest.param({"a": 1, "b": [1, 2]}, id="sub-document"),
+        pytest.param(Int64(3), id="Int64"),
+        pytest.param(1.5, id="double"),
+    ],
+)
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["plain", "transaction"])
+def test_estimated_entry_size_is_the_encoded_size(doc_id: Any, in_transaction: bool) -> None:
+    """An insert or replace entry sized from its document's known size measures what BSON says."""
+    server = Server()
+    txn: dict[str, Any] = {}
+    if in_transaction:
+        txn = {"lsid": {"id": Binary(b"\x01" * 16, 4)}, "txn_number": 5}
+    doc = {"_id": doc_id, "name": "user", "tags": ["a", "b"], "n": 3}
+    (entry,) = _sized_insert(server, doc, **txn)
+    replaced = {"_id": doc_id, "other": "x" * 50}
+    (replace_entry,) = server.commit(
+        ChangeRecord(
+            "replace",
+            "d",
+            "c",
+            {"_id": doc_id},
+            before=doc,
+            after=replaced,
+            after_size=len(bson.encode(replaced)),
+        ),
+        **txn,
+    )
+    assert server.history.size_bytes == len(bson.encode(entry)) + len(bson.encode(replace_entry))
+
+
+def test_size_is_measured_when_the_record_does_not_know_it() -> None:
+    """Entries without a known document size (updates, images, no hint) are measured."""
+    server = Server()
+    server.insert("c", {"_id": 1, "a": 1}, images=True)
+    server.update("c", 1, {"$set": {"a": "x" * 30}}, images=True)
+    server.delete("c", 1, images=True)
+    assert server.history.size_bytes == sum(len(bson.encode(e)) for e in server.history.retained)
+
+
+def test_history_bound_holds_with_estimated_sizes() -> None:
+    """With sizes estimated from the documents, the bound still trims the oldest entries and a
+    stream resuming before them gets 286."""
+    server = Server(max_bytes=2_000)
+    cursor = server.open()
+    first = _sized_insert(server, {"_id": 0, "pad": "x" * 100})[0]
+    for i in range(1, 40):
+        _sized_insert(server, {"_id": i, "pad": "x" * 100})
+    retained = server.history.retained
+    assert server.history.size_bytes <= 2_000
+    assert server.history.size_bytes == sum(len(bson.encode(e)) for e in retained)
+    assert 0 < len(retained) < 40
+    assert retained[-1]["documentKey"] == {"_id": 39}
+    with pytest.raises(CommandError) as caught:
+        server.open(startAtOperationTime=first["ts"])
+    assert caught.value.code == 286
+    with pytest.raises(CommandError) as caught:
+        drain(cursor)
+    assert caught.value.code == 286
 
 
 def test_idle_cursor_that_fell_behind_gets_history_lost() -> None:

@@ -14,7 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.write_concern import WriteConcern
 
-from devserver._wire import crc32c
+from devserver._wire import ProtocolError, crc32c, decode_message
 
 Client = MongoClient[dict[str, Any]]
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
@@ -231,3 +231,41 @@ async def test_async_client_works(mongo_uri: str, db_name: str) -> None:
         assert await coll.count_documents({}) == 151
     finally:
         await client.close()
+
+
+def _op_msg_payload(body: dict[str, Any], name: str, sequence: bytes) -> bytes:
+    section = name.encode() + b"\x00" + sequence
+    return (
+        struct.pack("<I", 0)
+        + b"\x00"
+        + bson.encode(body)
+        + b"\x01"
+        + struct.pack("<i", 4 + len(section))
+        + section
+    )
+
+
+def test_document_sequence_is_decoded_with_each_documents_size() -> None:
+    """A document sequence decodes to its documents in order, with the byte size of each."""
+    docs = [{"_id": 1}, {"_id": "two", "pad": "x" * 300}, {"n": [1, 2, {"a": None}]}]
+    encoded = [bson.encode(d) for d in docs]
+    payload = _op_msg_payload({"insert": "c", "$db": "d"}, "documents", b"".join(encoded))
+    request = decode_message(7, OP_MSG, payload, b"\x00" * 16 + payload)
+    assert request.body["documents"] == docs
+    assert request.sequence_sizes == {"documents": [len(e) for e in encoded]}
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        pytest.param(bson.encode({"a": 1})[:-1], id="document-runs-past-the-section"),
+        pytest.param(bson.encode({"a": 1}) + b"\x03\x00", id="trailing-bytes"),
+        pytest.param(b"\x0c\x00\x00\x00\x10a\x00\x01\x00\x00\x00\x01", id="bad-terminator"),
+        pytest.param(b"\x0d\x00\x00\x00\x7fa\x00\x01\x00\x00\x00\x00\x00", id="unknown-type"),
+    ],
+)
+def test_malformed_document_sequence_is_a_protocol_error(sequence: bytes) -> None:
+    """A sequence whose documents do not parse exactly to its end is refused."""
+    payload = _op_msg_payload({"insert": "c", "$db": "d"}, "documents", sequence)
+    with pytest.raises(ProtocolError):
+        decode_message(7, OP_MSG, payload, b"\x00" * 16 + payload)
