@@ -21,6 +21,7 @@ from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import OperationFailure
 
 from devserver._errors import CommandError
+from devserver._fastupdate import fast_update
 from devserver._keys import store_key
 
 __all__ = ["Engine", "engine_errors", "matches", "is_operator_update", "sort_documents"]
@@ -193,6 +194,8 @@ class Engine:
             if len(result) != 1:
                 raise CommandError(2, "BadValue", "update pipeline must produce one document")
             new = result[0]
+        elif not array_filters and (fast := fast_update(doc, update)) is not None:
+            new = fast  # plain $set/$unset/$inc: no copy of the whole document, no mongomock
         elif is_operator_update(update):
             working = copy.deepcopy(doc)
             spec = expand_array_filters(update, working, array_filters or [])
