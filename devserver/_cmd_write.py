@@ -103,6 +103,7 @@ async def update(ctx: Context) -> dict[str, Any]:
     validate_namespace(ctx.db, coll)
     statements = _statements(ctx, "updates")
     deadline = Deadline(ctx.body.get("maxTimeMS"))
+    view = ctx.view()
     matched = modified = 0
     upserted: list[dict[str, Any]] = []
 
@@ -122,6 +123,7 @@ async def update(ctx: Context) -> dict[str, Any]:
             array_filters=statement.get("arrayFilters"),
             sort=sort_arg(statement.get("sort")),
             deadline=deadline,
+            view=view,
         )
         matched += result.matched
         modified += result.modified

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import bson
+from bson import ObjectId
 from bson.int64 import Int64
 from mongomock import helpers
 
@@ -38,8 +40,27 @@ def canonical(value: Any) -> Any:
     return value
 
 
+_INT32 = struct.Struct("<i")
+_INT32_ELEMENT = struct.Struct("<i3si")
+# {"k": value} for the commonest `_id` types, spelled out: the same bytes `bson.encode` gives,
+# without its generic walk (ids are keyed several times per write).
+_INT_KEY_HEAD = b"\x0c\x00\x00\x00\x10k\x00"
+_OBJECTID_KEY_HEAD = b"\x14\x00\x00\x00\x07k\x00"
+
+
 def id_key(doc_id: Any) -> bytes:
     """A hashable key for an `_id` value, equal for MongoDB-equal ids."""
+    kind = type(doc_id)
+    if kind is ObjectId:
+        return _OBJECTID_KEY_HEAD + doc_id.binary + b"\x00"
+    if kind is int and -(2**31) <= doc_id < 2**31:
+        return _INT_KEY_HEAD + _INT32.pack(doc_id) + b"\x00"
+    if kind is str:
+        try:
+            text = doc_id.encode()
+        except UnicodeEncodeError:
+            return bson.encode({"k": doc_id})  # raises as bson would
+        return _INT32_ELEMENT.pack(len(text) + 13, b"\x02k\x00", len(text) + 1) + text + b"\x00\x00"
     return bson.encode({"k": canonical(doc_id)})
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from bson import ObjectId
+
 from devserver._engine import Engine, matches, sort_documents
-from devserver._fastfilter import compile_filter
+from devserver._fastfilter import UNKNOWN, Compiled, compile_filter
 from devserver._keys import id_key
 from devserver._sessions import SessionTable, Transaction
 from devserver._storage import IndexSpec, Storage
@@ -33,6 +35,27 @@ def id_equality(filter_doc: dict[str, Any]) -> list[Any] | None:
     if isinstance(value, list) or hasattr(value, "pattern"):
         return None
     return [value]
+
+
+# `_id` types whose Python equality is MongoDB's equality when both sides have the same type.
+_PLAIN_ID_TYPES = (str, int, ObjectId)
+
+
+def _id_match(filter_doc: dict[str, Any]) -> Compiled | None:
+    """For `{_id: value}` filters: a test that is sure when the candidate's `_id` has the
+    value's own plain type (found by `_id`, it then matches), and unsure otherwise."""
+    if len(filter_doc) != 1 or "_id" not in filter_doc:
+        return None
+    wanted = filter_doc["_id"]
+    kind = type(wanted)
+    if kind not in _PLAIN_ID_TYPES:
+        return None
+
+    def test(doc: dict[str, Any]) -> bool | None:
+        doc_id = doc.get("_id")
+        return True if type(doc_id) is kind and doc_id == wanted else UNKNOWN
+
+    return test
 
 
 class View:
@@ -84,7 +107,7 @@ class View:
         else:
             found = []
             stop_at = 0 if sort else limit
-            fast = compile_filter(filter_doc) if len(candidates) > 8 else None
+            fast = compile_filter(filter_doc) if len(candidates) > 8 else _id_match(filter_doc)
             for doc in candidates:
                 verdict = fast(doc) if fast is not None else None
                 if verdict is None:

@@ -127,13 +127,16 @@ def _check_document(
     before: dict[str, Any] | None = None,
     *,
     meta: CollectionMeta | None,
+    size: int | None = None,
 ) -> None:
     """Size, validator and unique-index checks for a document about to be written (`meta`:
-    the collection's catalog entry, looked up once by the caller)."""
-    # A document from a request smaller than the limit cannot exceed it (inserts are checked
-    # that way; updates may grow a document, so they always measure).
-    small_request = 0 < ctx.message_bytes <= MAX_BSON_SIZE and ctx.name == "insert"
-    size = 0 if small_request else len(bson.encode(doc))
+    the collection's catalog entry, looked up once by the caller; `size`: the document's BSON
+    size when the caller has measured it)."""
+    if size is None:
+        # A document from a request smaller than the limit cannot exceed it (inserts are
+        # checked that way; updates may grow a document, so they always measure).
+        small_request = 0 < ctx.message_bytes <= MAX_BSON_SIZE and ctx.name == "insert"
+        size = 0 if small_request else len(bson.encode(doc))
     if size > MAX_BSON_SIZE:
         raise CommandError(
             10334,
@@ -315,8 +318,12 @@ async def update_matching(
     array_filters: list[dict[str, Any]] | None,
     sort: list[tuple[str, int]] | None,
     deadline: Deadline,
+    view: View | None = None,
 ) -> UpdateResult:
-    """Apply one update statement (operators, pipeline or replacement; upsert; multi)."""
+    """Apply one update statement (operators, pipeline or replacement; upsert; multi).
+
+    `view` may be shared by the statements of one command.
+    """
     if not isinstance(query, dict):
         raise CommandError(14, "TypeMismatch", "update 'q' must be an object")
     if not isinstance(update, dict | list):
@@ -326,17 +333,23 @@ async def update_matching(
         raise CommandError(
             9, "FailedToParse", "multi update is not supported for replacement-style update"
         )
-    view = ctx.view()
+    if view is None:
+        view = ctx.view()
     engine = ctx.state.engine
+    may_wait = ctx.txn is None
     while True:
         found = view.match(db, coll, query, sort=sort, limit=0 if multi else 1)
-        if await _wait_unheld(ctx, db, coll, [d["_id"] for d in found], deadline):
+        if (
+            may_wait
+            and ctx.state.sessions.open
+            and await _wait_unheld(ctx, db, coll, [d["_id"] for d in found], deadline)
+        ):
             continue
         if found or not upsert:
             break
         new_doc = prepare_insert(engine.upsert_document(query, update, array_filters))
         try:
-            await insert_one(ctx, db, coll, new_doc, deadline)
+            await insert_one(ctx, db, coll, new_doc, deadline, view=view)
         except CommandError as exc:
             # Another write inserted the document while this upsert waited (for a
             # transaction holding its _id): mongod (4.2+) retries the upsert, which now
@@ -350,23 +363,32 @@ async def update_matching(
     result = UpdateResult()
     if not found:
         return result
+    meta = ctx.state.storage.meta(db, coll)
     for before in found:
         # Another statement may have changed the document since it matched (multi updates).
         current = view.get(db, coll, before["_id"])
-        if current is None or not matches(query, current):
+        if current is None or (current is not before and not matches(query, current)):
             continue
         result.matched += 1
         new_doc = engine.apply_update(current, query, update, array_filters)
         result.before.append(current)
         result.after.append(new_doc)
-        if bson.encode(new_doc) == bson.encode(current):
+        encoded = bson.encode(new_doc)
+        if encoded == bson.encode(current):
             continue  # a no-op update writes nothing and produces no event
-        meta = ctx.state.storage.meta(db, coll)
-        _check_document(ctx, view, db, coll, new_doc, current, meta=meta)
+        _check_document(ctx, view, db, coll, new_doc, current, meta=meta, size=len(encoded))
         _hold(ctx, db, coll, new_doc["_id"])
         op = "replace" if replacing else "update"
         record = _record(
-            meta, op, db, coll, new_doc["_id"], before=current, after=new_doc, update_spec=update
+            meta,
+            op,
+            db,
+            coll,
+            new_doc["_id"],
+            before=current,
+            after=new_doc,
+            update_spec=update,
+            after_size=len(encoded),
         )
         _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
         result.modified += 1
