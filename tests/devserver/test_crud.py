@@ -181,3 +181,34 @@ def test_single_batch_and_negative_limit_close_the_cursor(client: Client, db_nam
     assert reply["cursor"]["id"] == 0 and len(reply["cursor"]["firstBatch"]) == 3
     reply = db.command("find", "c", limit=-4)
     assert reply["cursor"]["id"] == 0 and len(reply["cursor"]["firstBatch"]) == 4
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["plain", "transaction"])
+def test_update_by_id_matches_by_mongodb_equality(
+    client: Client, db_name: str, in_transaction: bool
+) -> None:
+    """`{_id: v}` finds numerically equal ids of other number types and never a string that
+    looks alike, whether or not in a transaction."""
+    coll = client[db_name].c
+    coll.insert_many([{"_id": "1", "v": 0}, {"_id": 2.0, "v": 0}, {"_id": "3", "v": 0}])
+
+    def run(session: Any) -> list[int]:
+        return [
+            coll.replace_one({"_id": 1}, {"v": 1}, session=session).matched_count,
+            coll.replace_one({"_id": 2}, {"v": 2}, session=session).matched_count,
+            coll.update_one({"_id": Int64(2)}, {"$inc": {"v": 1}}, session=session).matched_count,
+            coll.replace_one({"_id": 3}, {"v": 3}, session=session).matched_count,
+            coll.replace_one({"_id": "3"}, {"v": 4}, session=session).matched_count,
+        ]
+
+    if in_transaction:
+        with client.start_session() as session, session.start_transaction():
+            counts = run(session)
+    else:
+        counts = run(None)
+    assert counts == [0, 1, 1, 0, 1]
+    assert sorted(coll.find(), key=lambda d: str(d["_id"])) == [
+        {"_id": "1", "v": 0},
+        {"_id": 2.0, "v": 3},
+        {"_id": "3", "v": 4},
+    ]
