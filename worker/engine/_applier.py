@@ -15,7 +15,7 @@ import contextlib
 import datetime as dt
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,9 @@ class Applier:
             list[tuple[tuple[str, Any], frozenset[str]]],
         ] = ({}, [])
         self._pairs = {pair.original: pair for pair in registry.pairs}
+        # The stream reader's events not yet taken and the token after which the server holds
+        # the rest (set by the runner): a batch from `apply` looks for newer writes there first.
+        self.unread: Callable[[], tuple[Sequence[Mapping[str, Any]], Any]] | None = None
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[Applier]:
@@ -170,7 +173,7 @@ class Applier:
             await self.refresh_pairs()
         last = events[-1]
         return await self._apply_with_retries(
-            list(events), checkpoint=(last["_id"], last.get("clusterTime"))
+            list(events), checkpoint=(last["_id"], last.get("clusterTime")), read_ahead=True
         )
 
     def _touches_idle_pair(self, events: Sequence[Mapping[str, Any]]) -> bool:
@@ -229,7 +232,13 @@ class Applier:
         checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
         held_ids: list[Any] | None = None,
         replay_pair: str | None = None,
+        read_ahead: bool = False,
     ) -> BatchResult:
+        """Apply `events` in one transaction, retrying transient failures.
+
+        `read_ahead`: the events are the oldest the reader handed over and not applied (a
+        batch from `apply`), so the reader's unread events are the ones right after them.
+        """
         delay = 0.01
         outage_logged = False
         started = time.monotonic()
@@ -238,7 +247,11 @@ class Applier:
                 raise LeaseLost("the lease expired before the batch could be applied")
             try:
                 result = await self._attempt(
-                    events, checkpoint=checkpoint, held_ids=held_ids, replay_pair=replay_pair
+                    events,
+                    checkpoint=checkpoint,
+                    held_ids=held_ids,
+                    replay_pair=replay_pair,
+                    read_ahead=read_ahead,
                 )
             except _Permanent as exc:
                 if len(events) > 1:
@@ -299,6 +312,7 @@ class Applier:
         held_ids: list[Any] | None,
         replay_pair: str | None,
         refused: OperationFailure | None = None,
+        read_ahead: bool = False,
     ) -> BatchResult:
         session = self.session
         assert session is not None, "use `async with applier.opened()`"
@@ -314,6 +328,7 @@ class Applier:
                 held_ids=held_ids,
                 replay_pair=replay_pair,
                 refused=refused,
+                read_ahead=read_ahead,
             )
             if self.transactions:
                 await session.commit_transaction()
@@ -335,6 +350,7 @@ class Applier:
         held_ids: list[Any] | None,
         replay_pair: str | None,
         refused: OperationFailure | None,
+        read_ahead: bool = False,
     ) -> tuple[BatchResult, dict[str, _PairTally]]:
         result = BatchResult(events=len(events))
         tallies: dict[str, _PairTally] = {}
@@ -422,7 +438,7 @@ class Applier:
 
         for original, ids in ids_by_pair.items():
             await load(self._pairs[original], ids)
-        peeked = await self._peek_ahead(work, checkpoint)
+        peeked = await self._peek_ahead(work, checkpoint, read_ahead=read_ahead)
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 
@@ -606,26 +622,60 @@ class Applier:
         self,
         work: Sequence[tuple[Pair, str, Mapping[str, Any], int]],
         checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
+        *,
+        read_ahead: bool = False,
     ) -> dict[tuple[str, Any], frozenset[str]]:
         """Target paths that client writes not yet read from the stream have changed.
 
         Called after the transaction's first read, so together with the write conflicts of the
-        snapshot it covers every write newer than the batch: such a write wins (G2).
+        snapshot it covers every write newer than the batch: such a write wins (G2). With
+        `read_ahead`, the reader's unread events come first and the server is asked only for
+        what follows them; otherwise the server is read from the batch's end.
         """
         if not work:
-            return {}
-        if checkpoint is not None:
-            after: Mapping[str, Any] | None = checkpoint[0]
-        else:
-            stored = await self.store.checkpoint()
-            after = (stored or {}).get("resume_token")
-        if not after:
             return {}
         targets: dict[str, dict[Any, Any]] = {}
         for pair, side, event, _ in work:
             target_ns = pair.partner if side == "original" else pair.original
             document_id = event["documentKey"]["_id"]
             targets.setdefault(target_ns, {})[id_key(document_id)] = document_id
+        found: dict[tuple[str, Any], set[str]] = {}
+        # Every newer write must be seen: giving up after N events and calling every target
+        # "written ahead" dropped the batch's changes to targets nobody else wrote. A write
+        # after the transaction's snapshot conflicts with the batch's own write of that
+        # document (and the batch is retried), so the scan ends at the snapshot's time.
+        horizon = self.session.operation_time if self.session is not None else None
+
+        def note(event: Mapping[str, Any]) -> bool:
+            """Record a newer client write to a target; False once past the snapshot."""
+            stamp = event.get("clusterTime")
+            if horizon is not None and stamp is not None and stamp > horizon:
+                return False
+            if event.get("operationType") not in DOCUMENT_EVENTS or self._is_ours(event):
+                return True
+            ns = event.get("ns") or {}
+            namespace = f"{ns.get('db')}.{ns.get('coll')}"
+            key = id_key(event["documentKey"]["_id"])
+            if key in targets.get(namespace, {}):
+                found.setdefault((namespace, key), set()).update(changed_paths(event))
+            return True
+
+        after: Mapping[str, Any] | None = None
+        if read_ahead and self.unread is not None:
+            unread, after = self.unread()
+            if any(event.get("operationType") == "invalidate" for event in unread):
+                after = None  # a stream cannot resume after an invalidate: read from the batch
+            for event in unread:
+                if not note(event):
+                    # The reader is already past the snapshot: nothing newer to ask for.
+                    return {key: frozenset(paths) for key, paths in found.items()}
+        if after is None and checkpoint is not None:
+            after = checkpoint[0]
+        elif after is None:
+            stored = await self.store.checkpoint()
+            after = (stored or {}).get("resume_token")
+        if not after:
+            return {key: frozenset(paths) for key, paths in found.items()}
         clauses = [
             {
                 "ns.db": ns.partition(".")[0],
@@ -634,14 +684,8 @@ class Applier:
             }
             for ns, ids in targets.items()
         ]
-        found: dict[tuple[str, Any], set[str]] = {}
         databases = {ns.partition(".")[0] for ns in targets}
         watched: Any = self.client[next(iter(databases))] if len(databases) == 1 else self.client
-        # Every newer write must be seen: giving up after N events and calling every target
-        # "written ahead" dropped the batch's changes to targets nobody else wrote. A write
-        # after the transaction's snapshot conflicts with the batch's own write of that
-        # document (and the batch is retried), so the scan ends at the snapshot's time.
-        horizon = self.session.operation_time if self.session is not None else None
         async with await watched.watch(
             [{"$match": {"$or": clauses}}],
             resume_after=after,
@@ -650,16 +694,8 @@ class Applier:
         ) as stream:
             while True:
                 event = await stream.try_next()
-                if event is None:
+                if event is None or not note(event):
                     break
-                stamp = event.get("clusterTime")
-                if horizon is not None and stamp is not None and stamp > horizon:
-                    break
-                if self._is_ours(event):
-                    continue
-                ns = event["ns"]
-                key = (f"{ns['db']}.{ns['coll']}", id_key(event["documentKey"]["_id"]))
-                found.setdefault(key, set()).update(changed_paths(event))
         return {key: frozenset(paths) for key, paths in found.items()}
 
     def _remember_echoes(self) -> None:

@@ -45,6 +45,10 @@ TRANSIENT_CODES = frozenset(
 DRAIN_TIMEOUT_S = 5.0
 # How often an idle worker moves its checkpoint up to the stream's high-water mark.
 IDLE_CHECKPOINT_S = 2.0
+# Events the reader may hold ahead of the applier. Behind a backlog it runs this far ahead, and
+# each batch finds the newer writes it must not overwrite (the look-ahead) in memory instead of
+# re-reading them from the server.
+READ_AHEAD_EVENTS = 10_000
 
 
 async def cluster_time(client: AsyncMongoClient[dict[str, Any]]) -> Timestamp:
@@ -251,8 +255,9 @@ class Worker:
             self.client, namespaces, batch_size=max(self.config.batch.max_docs, 1)
         )
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](
-            max_buffer_size=max(self.config.batch.max_docs * 2, 2)
+            max_buffer_size=max(self.config.batch.max_docs * 2, READ_AHEAD_EVENTS)
         )
+        applier.unread = reader.unread
         with _unwrapped(HistoryLost, LeaseLost, PyMongoError):
             async with anyio.create_task_group() as group:
                 await group.start(reader.run, position, send)
@@ -299,6 +304,7 @@ class Worker:
                     # The reader stopped (history lost, a lost connection): its own error ends
                     # the task group; raising EndOfStream beside it would hide that error.
                     await anyio.sleep_forever()
+                reader.taken(len(batch))
                 if anyio.current_time() - last_refresh >= REFRESH_INTERVAL_S or not batch:
                     await applier.refresh_pairs()
                     self._outage.recovered()

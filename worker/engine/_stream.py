@@ -7,6 +7,7 @@ and reopens it after a lost connection from the last event it handed over.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,21 @@ class StreamReader:
         # it was idle: a checkpoint there skips nothing once that many events are applied.
         self.sent = 0
         self.idle_token: tuple[Mapping[str, Any], int] | None = None
+        # Events handed over that the applier has not taken yet, with their sequence numbers:
+        # the batch in flight reads newer writes from here before it asks the server.
+        self._unread: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self._taken = 0
+
+    def taken(self, count: int) -> None:
+        """The applier took `count` more events off the stream."""
+        self._taken += count
+        while self._unread and self._unread[0][0] <= self._taken:
+            self._unread.popleft()
+
+    def unread(self) -> tuple[list[dict[str, Any]], Mapping[str, Any] | None]:
+        """Events handed over but not taken yet, oldest first, and the resume token after which
+        the server holds the rest (the newest event handed over)."""
+        return [event for seq, event in self._unread if seq > self._taken], self.last_token
 
     def _watch_target(self) -> Any:
         # One database: a database-level stream needs only that database's privileges.
@@ -139,6 +155,7 @@ class StreamReader:
                                 fragments = []
                             await send.send(event)
                             self.sent += 1
+                            self._unread.append((self.sent, event))
                             self.last_token = event["_id"]
                             self.invalidated = event["operationType"] == "invalidate"
                             if self.invalidated:
