@@ -12,9 +12,8 @@ import asyncio
 import bisect
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import bson
 from bson import Int64, ObjectId, Timestamp
@@ -38,11 +37,12 @@ _COMPACT_AT = 1024
 Lookup = Callable[[str, str, dict[str, Any]], "dict[str, Any] | None"]
 
 
-@dataclass(frozen=True)
-class ChangeRecord:
+class ChangeRecord(NamedTuple):
     """One committed write, as the core reports it to the history.
 
-    The history keeps the documents by reference: they must not be mutated afterwards.
+    The history keeps the documents by reference: they must not be mutated afterwards. (A
+    named tuple: as immutable as a frozen dataclass, and made in a third of the time, once per
+    written document.)
     """
 
     op: str

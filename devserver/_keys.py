@@ -52,12 +52,13 @@ def id_key(doc_id: Any) -> bytes:
     """A hashable key for an `_id` value, equal for MongoDB-equal ids."""
     kind = type(doc_id)
     if kind is ObjectId:
-        return _OBJECTID_KEY_HEAD + doc_id.binary + b"\x00"
+        binary: bytes = doc_id.binary
+        return _OBJECTID_KEY_HEAD + binary + b"\x00"
     if kind is int and -(2**31) <= doc_id < 2**31:
         return _INT_KEY_HEAD + _INT32.pack(doc_id) + b"\x00"
     if kind is str:
         try:
-            text = doc_id.encode()
+            text: bytes = doc_id.encode()
         except UnicodeEncodeError:
             return bson.encode({"k": doc_id})  # raises as bson would
         return _INT32_ELEMENT.pack(len(text) + 13, b"\x02k\x00", len(text) + 1) + text + b"\x00\x00"

@@ -247,7 +247,11 @@ def _op_msg_payload(body: dict[str, Any], name: str, sequence: bytes) -> bytes:
 
 def test_document_sequence_is_decoded_with_each_documents_size() -> None:
     """A document sequence decodes to its documents in order, with the byte size of each."""
-    docs = [{"_id": 1}, {"_id": "two", "pad": "x" * 300}, {"n": [1, 2, {"a": None}]}]
+    docs: list[dict[str, Any]] = [
+        {"_id": 1},
+        {"_id": "two", "pad": "x" * 300},
+        {"n": [1, 2, {"a": None}]},
+    ]
     encoded = [bson.encode(d) for d in docs]
     payload = _op_msg_payload({"insert": "c", "$db": "d"}, "documents", b"".join(encoded))
     request = decode_message(7, OP_MSG, payload, b"\x00" * 16 + payload)
