@@ -73,6 +73,9 @@ class View:
 
     def _candidates(self, db: str, coll: str, filter_doc: dict[str, Any]) -> list[dict[str, Any]]:
         ids = id_equality(filter_doc)
+        if ids is not None and len(ids) == 1:
+            doc = self.get(db, coll, ids[0])
+            return [] if doc is None else [doc]
         if ids is not None:
             found = []
             seen: set[bytes] = set()

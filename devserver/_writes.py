@@ -365,10 +365,13 @@ async def update_matching(
         return result
     meta = ctx.state.storage.meta(db, coll)
     for before in found:
-        # Another statement may have changed the document since it matched (multi updates).
-        current = view.get(db, coll, before["_id"])
-        if current is None or (current is not before and not matches(query, current)):
-            continue
+        current = before
+        if multi:
+            # An earlier document's write may have changed this one since it matched.
+            latest = view.get(db, coll, before["_id"])
+            if latest is None or (latest is not before and not matches(query, latest)):
+                continue
+            current = latest
         result.matched += 1
         new_doc = engine.apply_update(current, query, update, array_filters)
         result.before.append(current)
