@@ -16,7 +16,7 @@ from typing import Any
 
 from bson import Int64, ObjectId
 
-__all__ = ["Compiled", "compile_event_filter", "compile_filter", "UNKNOWN"]
+__all__ = ["compile_event_filter", "compile_filter", "UNKNOWN"]
 
 UNKNOWN = None
 _MISSING = object()

@@ -271,11 +271,13 @@ class Storage:
 
     def get(self, db: str, coll: str, doc_id: Any) -> dict[str, Any] | None:
         """The stored document with this `_id` (do not mutate it), or None."""
-        if (db, coll) not in self._meta:
-            return None
-        documents = self._store(db, coll)._documents
+        store = self._stores.get((db, coll))  # held only for collections that exist
+        if store is None:
+            if (db, coll) not in self._meta:
+                return None
+            store = self._store(db, coll)
         try:
-            doc: dict[str, Any] | None = documents.get(store_key(doc_id))
+            doc: dict[str, Any] | None = store._documents.get(store_key(doc_id))
         except TypeError:  # unhashable _id value (never stored)
             return None
         return doc

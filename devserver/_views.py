@@ -7,7 +7,7 @@ from typing import Any
 from bson import ObjectId
 
 from devserver._engine import Engine, matches, sort_documents
-from devserver._fastfilter import UNKNOWN, Compiled, compile_filter
+from devserver._fastfilter import compile_filter
 from devserver._keys import id_key
 from devserver._sessions import SessionTable, Transaction
 from devserver._storage import IndexSpec, Storage
@@ -38,24 +38,7 @@ def id_equality(filter_doc: dict[str, Any]) -> list[Any] | None:
 
 
 # `_id` types whose Python equality is MongoDB's equality when both sides have the same type.
-_PLAIN_ID_TYPES = (str, int, ObjectId)
-
-
-def _id_match(filter_doc: dict[str, Any]) -> Compiled | None:
-    """For `{_id: value}` filters: a test that is sure when the candidate's `_id` has the
-    value's own plain type (found by `_id`, it then matches), and unsure otherwise."""
-    if len(filter_doc) != 1 or "_id" not in filter_doc:
-        return None
-    wanted = filter_doc["_id"]
-    kind = type(wanted)
-    if kind not in _PLAIN_ID_TYPES:
-        return None
-
-    def test(doc: dict[str, Any]) -> bool | None:
-        doc_id = doc.get("_id")
-        return True if type(doc_id) is kind and doc_id == wanted else UNKNOWN
-
-    return test
+_PLAIN_ID_TYPES = frozenset({str, int, ObjectId})
 
 
 class View:
@@ -101,6 +84,17 @@ class View:
         limit: int = 0,
     ) -> list[dict[str, Any]]:
         """Documents matching `filter_doc` (treat them as read-only), optionally sorted/limited."""
+        if len(filter_doc) == 1 and type(filter_doc.get("_id")) in _PLAIN_ID_TYPES:
+            # `{_id: value}`, the commonest write filter: one lookup, and mongomock only when
+            # the stored `_id` is of another type (1 finds 1.0 by hash; does it match?).
+            wanted = filter_doc["_id"]
+            doc = self.get(db, coll, wanted)
+            if doc is None:
+                return []
+            doc_id = doc["_id"]
+            if not (type(doc_id) is type(wanted) and doc_id == wanted or matches(filter_doc, doc)):
+                return []
+            return sort_documents([doc], sort) if sort else [doc]
         candidates = self._candidates(db, coll, filter_doc)
         if not candidates:
             matches(filter_doc, {})  # still reject an invalid filter
@@ -110,7 +104,7 @@ class View:
         else:
             found = []
             stop_at = 0 if sort else limit
-            fast = compile_filter(filter_doc) if len(candidates) > 8 else _id_match(filter_doc)
+            fast = compile_filter(filter_doc) if len(candidates) > 8 else None
             for doc in candidates:
                 verdict = fast(doc) if fast is not None else None
                 if verdict is None:
