@@ -280,7 +280,7 @@ async def insert_one(
     if view.get(db, coll, doc_id) is not None:
         raise duplicate_key_error(db, coll, ID_INDEX, {"_id": doc_id})
     meta = ctx.state.storage.meta(db, coll)
-    _check_document(ctx, view, db, coll, doc, meta=meta)
+    _check_document(ctx, view, db, coll, doc, meta=meta, size=size)
     _hold(ctx, db, coll, doc_id)
     record = _record(meta, "insert", db, coll, doc_id, after=doc, after_size=size)
     _apply(ctx, view, db, coll, record, doc_id, doc)
@@ -349,7 +349,8 @@ async def update_matching(
             break
         new_doc = prepare_insert(engine.upsert_document(query, update, array_filters))
         try:
-            await insert_one(ctx, db, coll, new_doc, deadline, view=view)
+            size = len(bson.encode(new_doc))
+            await insert_one(ctx, db, coll, new_doc, deadline, view=view, size=size)
         except CommandError as exc:
             # Another write inserted the document while this upsert waited (for a
             # transaction holding its _id): mongod (4.2+) retries the upsert, which now

@@ -7,9 +7,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import bson
 import pytest
 from bson import Int64, Timestamp
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient, MongoClient, ReplaceOne
 from pymongo.change_stream import ChangeStream
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -367,6 +368,31 @@ def test_history_lost(devserver_factory: Any) -> None:
             idle.try_next()
         assert later.value.code == 286
         idle.close()
+
+
+def test_history_sizes_writes_through_the_wire_as_bson_does(devserver_factory: Any) -> None:
+    """Entry sizes estimated from the request's bytes (inserts with and without `_id`, upserts,
+    replaces, in and out of a transaction) add up to the entries' encoded size."""
+    server = devserver_factory()
+    with MongoClient(server.uri) as client:
+        coll = client["sized"]["items"]
+        coll.insert_many([{"_id": i, "name": f"n{i}", "tags": ["a", i]} for i in range(20)])
+        coll.insert_many([{"name": "generated", "n": i} for i in range(5)])
+        coll.insert_one({"name": "after", "_id": "k\u00e9y"})
+        coll.bulk_write(
+            [ReplaceOne({"_id": i}, {"v": i, "pad": "x" * i}, upsert=True) for i in range(15, 25)]
+        )
+        coll.update_one({"_id": 3}, {"$set": {"name": "changed"}})
+        with client.start_session() as session, session.start_transaction():
+            coll.bulk_write(
+                [ReplaceOne({"_id": i}, {"w": i}, upsert=True) for i in range(0, 30, 3)],
+                session=session,
+            )
+            coll.insert_one({"_id": Int64(2**40), "big": True}, session=session)
+    history = server.state.history
+    entries = history.retained
+    assert len(entries) == 20 + 5 + 1 + 10 + 1 + 10 + 1
+    assert history.size_bytes == sum(len(bson.encode(entry)) for entry in entries)
 
 
 def test_history_survives_restart(devserver_factory: Any, tmp_path: Any) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import bson
 import pytest
 from bson import Decimal128, Int64, ObjectId, Timestamp
 from bson.binary import Binary
 from pymongo import MongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.topology_description import TOPOLOGY_TYPE
+
+from devserver._writes import prepare_insert, stored_size
 
 Client = MongoClient[dict[str, Any]]
 
@@ -212,3 +215,18 @@ def test_update_by_id_matches_by_mongodb_equality(
         {"_id": 2.0, "v": 3},
         {"_id": "3", "v": 4},
     ]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        pytest.param({"a": 1}, id="without-id"),
+        pytest.param({"a": 1, "_id": "late"}, id="id-not-first"),
+        pytest.param({"_id": ObjectId(), "a": [1, {"b": None}]}, id="id-first"),
+    ],
+)
+def test_stored_size_is_the_size_of_the_stored_document(doc: dict[str, Any]) -> None:
+    """The size of a document as stored (with a generated `_id` when it had none) follows from
+    its size in the request without encoding it again."""
+    wire_size = len(bson.encode(doc))
+    assert stored_size(doc, wire_size) == len(bson.encode(prepare_insert(doc)))
