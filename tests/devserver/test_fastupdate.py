@@ -194,8 +194,8 @@ def test_inc_agrees_with_mongomock_on_numbers(fields: Doc, increments: Doc) -> N
         assert bson.encode(fast) == bson.encode(reference_update(doc, {"$inc": increments}))
 
 
-def test_generated_updates_mostly_take_the_fast_path() -> None:
-    """The property above checks something: most generated updates are simple ones."""
+def test_generated_updates_often_take_the_fast_path() -> None:
+    """The property above checks something: over a fifth of the generated updates are simple."""
     taken = 0
     samples = 200
 
