@@ -1,10 +1,11 @@
 """A compiled fast path for the commonest filters: comparisons of top-level fields to scalars.
 
 mongomock interprets a filter afresh for every document (about 10 us each). Filters made only
-of equality, $eq/$ne/$gt/$gte/$lt/$lte and $in on top-level fields against numbers, strings,
-ObjectIds or dates compile here to plain Python comparisons. Whenever a document's value is of
-another kind (missing, null, array, sub-document, another type) the compiled test answers
-"unknown" and the caller asks mongomock, so results never differ from mongomock's.
+of equality, $eq/$ne/$gt/$gte/$lt/$lte, $in and $nin on top-level fields against numbers,
+strings, ObjectIds or dates (and binary values, for equality only) compile here to plain Python
+comparisons. Whenever a document's value is of another kind (missing, null, array,
+sub-document, another type) the compiled test answers "unknown" and the caller asks mongomock,
+so results never differ from mongomock's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from bson import Int64, ObjectId
+from bson import Binary, Int64, ObjectId
 
 __all__ = ["compile_event_filter", "compile_filter", "UNKNOWN"]
 
@@ -36,6 +37,8 @@ _FAMILIES: dict[type, str] = {
     str: "string",
     ObjectId: "objectid",
     datetime: "date",
+    # Session ids (`lsid.id`) are UUIDs: equal exactly when subtype and bytes are.
+    Binary: "binary",
 }
 
 Test = tuple[str, str, Any, str]
@@ -55,14 +58,14 @@ def _compile_condition(path: str, condition: Any) -> list[Test] | None:
         for op, operand in condition.items():
             if op in _COMPARE:
                 family = _family(operand)
-                if family is None:
-                    return None
+                if family is None or (family == "binary" and op not in ("$eq", "$ne")):
+                    return None  # MongoDB orders binary data by length first
                 tests.append((path, op, operand, family))
-            elif op == "$in" and isinstance(operand, list) and operand:
+            elif op in ("$in", "$nin") and isinstance(operand, list) and operand:
                 families = {_family(v) for v in operand}
                 if len(families) != 1 or None in families:
                     return None
-                tests.append((path, "$in", frozenset(operand), families.pop() or ""))
+                tests.append((path, op, frozenset(operand), families.pop() or ""))
             else:
                 return None
         return tests
@@ -86,10 +89,15 @@ def compile_filter(filter_doc: dict[str, Any]) -> Compiled | None:
     def test(doc: dict[str, Any]) -> bool | None:
         for path, op, operand, family in tests:
             value = doc.get(path, _MISSING)
+            if op == "$nin" and value is _MISSING:
+                continue  # $nin matches documents without the field
             if _FAMILIES.get(type(value)) != family:
                 return UNKNOWN
             if op == "$in":
                 if value not in operand:
+                    return False
+            elif op == "$nin":
+                if value in operand:
                     return False
             elif not _COMPARE[op](value, operand):
                 return False
@@ -146,10 +154,14 @@ def _field_test(test: Test) -> Compiled:
 
     def check(doc: dict[str, Any]) -> bool | None:
         value = _dotted(doc, steps)
+        if op == "$nin" and value is _MISSING:
+            return True  # $nin matches documents without the field
         if _FAMILIES.get(type(value)) != family:
             return UNKNOWN
         if op == "$in":
             return value in operand
+        if op == "$nin":
+            return value not in operand
         return bool(_COMPARE[op](value, operand))
 
     return check

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bson import Binary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mongomock import filtering
@@ -65,3 +66,19 @@ def test_namespace_filter_is_compiled() -> None:
     event = {"operationType": "update", "ns": {"db": "shop", "coll": "customers"}}
     assert compiled({**event, "documentKey": {"_id": 2}}) is True
     assert compiled({**event, "documentKey": {"_id": 3}}) is False
+
+
+def test_session_filter_is_compiled_and_answers_for_events_without_a_session() -> None:
+    """The worker's filter leaving out its own sessions' events takes the fast path, and an
+    event without `lsid` (a write outside a transaction) passes it without asking mongomock."""
+    own, other = Binary(b"\x01" * 16, 4), Binary(b"\x02" * 16, 4)
+    filter_doc = {"lsid.id": {"$nin": [own]}}
+    compiled = compile_event_filter(filter_doc)
+    assert compiled is not None
+    for event, expected in [
+        ({"operationType": "insert"}, True),
+        ({"operationType": "insert", "lsid": {"id": other}}, True),
+        ({"operationType": "insert", "lsid": {"id": own}}, False),
+    ]:
+        assert compiled(event) is expected
+        assert filtering.filter_applies(filter_doc, event) is expected

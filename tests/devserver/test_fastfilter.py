@@ -6,7 +6,7 @@ import datetime
 from typing import Any
 
 import pytest
-from bson import Int64, ObjectId
+from bson import Binary, Int64, ObjectId
 from mongomock.filtering import filter_applies
 
 from devserver._fastfilter import compile_filter
@@ -14,6 +14,8 @@ from devserver._fastfilter import compile_filter
 OID_A = ObjectId("0123456789ab0123456789ab")
 OID_B = ObjectId("0123456789ab0123456789ac")
 DAY = datetime.datetime(2024, 5, 1)
+UUID_A = Binary(b"\x01" * 16, 4)
+UUID_B = Binary(b"\x02" * 16, 4)
 
 DOCUMENTS: list[dict[str, Any]] = [
     {},
@@ -35,6 +37,10 @@ DOCUMENTS: list[dict[str, Any]] = [
     {"v": DAY + datetime.timedelta(days=1)},
     {"v": 1, "w": "a"},
     {"v": 2, "w": "b"},
+    {"v": UUID_A},
+    {"v": UUID_B},
+    {"v": Binary(b"\x01" * 16, 3)},
+    {"v": b"\x01" * 16},
 ]
 
 
@@ -51,6 +57,12 @@ DOCUMENTS: list[dict[str, Any]] = [
         pytest.param({"v": {"$gt": OID_A}}, id="gt-objectid"),
         pytest.param({"v": {"$lt": DAY + datetime.timedelta(hours=1)}}, id="lt-date"),
         pytest.param({"v": {"$eq": 2}, "w": "b"}, id="two-fields"),
+        pytest.param({"v": {"$nin": [1, 2]}}, id="nin-numbers"),
+        pytest.param({"v": {"$nin": ["b"]}, "w": "a"}, id="nin-and-eq"),
+        pytest.param({"v": UUID_A}, id="eq-binary"),
+        pytest.param({"v": {"$ne": UUID_A}}, id="ne-binary"),
+        pytest.param({"v": {"$nin": [UUID_A]}}, id="nin-binary"),
+        pytest.param({"v": {"$in": [UUID_A, UUID_B]}}, id="in-binary"),
     ],
 )
 def test_fast_path_agrees_with_mongomock(filter_doc: dict[str, Any]) -> None:
@@ -72,6 +84,7 @@ def test_fast_path_agrees_with_mongomock(filter_doc: dict[str, Any]) -> None:
         pytest.param({"v": None}, id="null"),
         pytest.param({"v": {"$in": [1, "a"]}}, id="mixed-in"),
         pytest.param({"v": float("nan")}, id="nan"),
+        pytest.param({"v": {"$gt": UUID_A}}, id="binary-order"),
     ],
 )
 def test_unsupported_filters_are_not_compiled(filter_doc: dict[str, Any]) -> None:

@@ -373,7 +373,7 @@ async def _lease_fence_above(state: Any, fence: int) -> int:
 async def _settle(
     stream: Any, state: Any, worker: WorkerProcess, within: float = 60.0
 ) -> tuple[Counter[tuple[str, Any]], Counter[tuple[str, Any]]]:
-    """Wait until the worker's checkpoint covers every event and no new event comes.
+    """Wait until the worker's checkpoint covers every client event and no new event comes.
 
     Returns client and worker change events per (collection, document id). The stream is read
     after the checkpoint each round, so a worker write committed with that checkpoint is seen.
@@ -389,11 +389,16 @@ async def _settle(
         new = 0
         while (event := await stream.try_next()) is not None:
             new += 1
-            latest[0] = event["clusterTime"]
             if event["operationType"] not in ("insert", "update", "replace", "delete"):
                 continue
             key = (event["ns"]["coll"], event["documentKey"]["_id"])
-            (workers if event.get("lsid") else clients)[key] += 1
+            if event.get("lsid"):
+                workers[key] += 1
+            else:
+                # The worker's stream may leave its own writes out (session tags): its
+                # checkpoint reaches the last client change, whose worker write committed with it.
+                clients[key] += 1
+                latest[0] = event["clusterTime"]
         return new == 0 and latest[0] is not None and reached is not None and reached >= latest[0]
 
     await eventually(caught_up, within=within, what="the worker to catch up")

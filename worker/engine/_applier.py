@@ -133,6 +133,11 @@ class Applier:
             list[tuple[tuple[str, Any], frozenset[str]]],
         ] = ({}, [])
         self._pairs = {pair.original: pair for pair in registry.pairs}
+        # With session tags and no chains, the worker's own writes need no attribution: the
+        # stream can leave them out server-side (see `StreamReader.skip_sessions`). A chain
+        # needs them: a paused pair holds the echo of the other pair's write for later.
+        namespaces = [ns for pair in registry.pairs for ns in (pair.original, pair.partner)]
+        self.echoes_filtered = self.transactions and len(namespaces) == len(set(namespaces))
         # The stream reader's events not yet taken and the token after which the server holds
         # the rest (set by the runner): a batch from `apply` looks for newer writes there first.
         self.unread: Callable[[], tuple[Sequence[Mapping[str, Any]], Any]] | None = None
@@ -573,6 +578,11 @@ class Applier:
             operations.setdefault(namespace, []).append(write_operation(write, tag=self._tag()))
             echoes_expected.append(((namespace, key), write_owners))
             result.writes += 1
+            if self.echoes_filtered:
+                # The stream leaves this write's event out: its echo is skipped right here.
+                for owner in write_owners:
+                    tallies.setdefault(owner, _PairTally()).echoes_skipped += 1
+                result.echoes += 1
         for namespace, ops in operations.items():
             try:
                 await self._collection(namespace).bulk_write(ops, ordered=True, session=session)
@@ -580,7 +590,7 @@ class Applier:
                 if refused is None and not _is_transient(exc):
                     raise _Permanent(exc) from exc
                 raise
-        self._echoes_after_commit = (pending, echoes_expected)
+        self._echoes_after_commit = (pending, [] if self.echoes_filtered else echoes_expected)
 
         base_ops: list[Any] = []
         for pair_original, key in touched_bases:
@@ -686,8 +696,11 @@ class Applier:
         ]
         databases = {ns.partition(".")[0] for ns in targets}
         watched: Any = self.client[next(iter(databases))] if len(databases) == 1 else self.client
+        match: dict[str, Any] = {"$or": clauses}
+        if self.transactions and self.own_sessions:
+            match["lsid.id"] = {"$nin": list(self.own_sessions)}
         async with await watched.watch(
-            [{"$match": {"$or": clauses}}],
+            [{"$match": match}],
             resume_after=after,
             max_await_time_ms=1,
             batch_size=PEEK_BATCH,

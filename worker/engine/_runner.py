@@ -252,7 +252,10 @@ class Worker:
     async def _sync(self, applier: Applier, position: StreamPosition) -> None:
         namespaces = {ns for pair in self.registry.pairs for ns in (pair.original, pair.partner)}
         reader = StreamReader(
-            self.client, namespaces, batch_size=max(self.config.batch.max_docs, 1)
+            self.client,
+            namespaces,
+            batch_size=max(self.config.batch.max_docs, 1),
+            skip_sessions=applier.own_sessions if applier.echoes_filtered else (),
         )
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](
             max_buffer_size=max(self.config.batch.max_docs * 2, READ_AHEAD_EVENTS)

@@ -8,7 +8,7 @@ and reopens it after a lost connection from the last event it handed over.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +61,11 @@ class StreamReader:
         *,
         batch_size: int,
         max_await_ms: int = 200,
+        skip_sessions: Sequence[Any] = (),
     ) -> None:
         self.client = client
+        # Session ids whose transactions' events the server leaves out (the worker's own writes).
+        self.skip_sessions = list(skip_sessions)
         self.namespaces = frozenset(namespaces)
         self.batch_size = batch_size
         self.max_await_ms = max_await_ms
@@ -124,6 +127,8 @@ class StreamReader:
                 elif position.start_at is not None:
                     options["start_at_operation_time"] = position.start_at
                 pipeline: list[dict[str, Any]] = [namespace_filter(self.namespaces)]
+                if self.skip_sessions:
+                    pipeline.append({"$match": {"lsid.id": {"$nin": self.skip_sessions}}})
                 if self.split_large_events:
                     pipeline.append({"$changeStreamSplitLargeEvent": {}})
                 try:
