@@ -3,41 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 from devserver._loop import PollingSelector, new_event_loop
 
 
-def _pair(selector: PollingSelector) -> tuple[socket.socket, socket.socket]:
+@contextlib.contextmanager
+def _watched(max_poll_s: float) -> Iterator[tuple[PollingSelector, socket.socket, socket.socket]]:
+    """A polling selector watching the reading end of a socket pair; all closed afterwards."""
+    selector = PollingSelector(max_poll_s=max_poll_s)
     left, right = socket.socketpair()
     right.setblocking(False)
     selector.register(right, selectors.EVENT_READ)
-    return left, right
-
-
-def test_ready_events_come_back_at_once_and_keep_the_window() -> None:
-    selector = PollingSelector(max_poll_s=0.05)
-    left, right = _pair(selector)
     try:
-        left.send(b"x")
-        started = time.perf_counter()
-        ready = selector.select(None)
-        assert [key.fileobj for key, _ in ready] == [right]
-        assert time.perf_counter() - started < 0.05
-        assert selector.window_s == 0.05
+        yield selector, left, right
     finally:
         selector.close()
         left.close()
         right.close()
 
 
+def test_ready_events_come_back_at_once_and_keep_the_window() -> None:
+    with _watched(0.05) as (selector, left, right):
+        left.send(b"x")
+        started = time.perf_counter()
+        ready = selector.select(None)
+        assert [key.fileobj for key, _ in ready] == [right]
+        assert time.perf_counter() - started < 0.05
+        assert selector.window_s == 0.05
+
+
 def test_a_sleep_without_events_closes_the_window_and_a_quick_event_reopens_it() -> None:
-    selector = PollingSelector(max_poll_s=0.05)
-    left, right = _pair(selector)
-    try:
+    with _watched(0.05) as (selector, left, right):
         # Nothing arrives within the timeout: polling did not pay, so the window closes.
         assert selector.select(0.2) == []
         assert selector.window_s == 0.0
@@ -49,26 +51,16 @@ def test_a_sleep_without_events_closes_the_window_and_a_quick_event_reopens_it()
         sender.join()
         assert [key.fileobj for key, _ in ready] == [right]
         assert selector.window_s == 0.05
-    finally:
-        selector.close()
-        left.close()
-        right.close()
 
 
 def test_a_late_event_closes_the_window() -> None:
-    selector = PollingSelector(max_poll_s=0.01)
-    left, right = _pair(selector)
-    try:
+    with _watched(0.01) as (selector, left, right):
         sender = threading.Timer(0.3, left.send, args=(b"x",))
         sender.start()
         ready = selector.select(5)
         sender.join()
         assert [key.fileobj for key, _ in ready] == [right]
         assert selector.window_s == 0.0
-    finally:
-        selector.close()
-        left.close()
-        right.close()
 
 
 def test_timeouts_are_kept_while_polling() -> None:

@@ -671,21 +671,31 @@ class Applier:
             return True
 
         after: Mapping[str, Any] | None = None
+        past_snapshot = False
         if read_ahead and self.unread is not None:
             unread, after = self.unread()
             if any(event.get("operationType") == "invalidate" for event in unread):
                 after = None  # a stream cannot resume after an invalidate: read from the batch
-            for event in unread:
-                if not note(event):
-                    # The reader is already past the snapshot: nothing newer to ask for.
-                    return {key: frozenset(paths) for key, paths in found.items()}
-        if after is None and checkpoint is not None:
-            after = checkpoint[0]
-        elif after is None:
-            stored = await self.store.checkpoint()
-            after = (stored or {}).get("resume_token")
-        if not after:
-            return {key: frozenset(paths) for key, paths in found.items()}
+            # `all` stops at the first event past the snapshot: nothing newer to ask for then.
+            past_snapshot = not all(note(event) for event in unread)
+        if not past_snapshot:
+            if after is None and checkpoint is not None:
+                after = checkpoint[0]
+            elif after is None:
+                stored = await self.store.checkpoint()
+                after = (stored or {}).get("resume_token")
+            if after:
+                await self._read_newer_writes(targets, after, note)
+        return {key: frozenset(paths) for key, paths in found.items()}
+
+    async def _read_newer_writes(
+        self,
+        targets: Mapping[str, Mapping[Any, Any]],
+        after: Mapping[str, Any],
+        note: Callable[[Mapping[str, Any]], bool],
+    ) -> None:
+        """Pass the server's events after `after` on these target documents to `note`, until
+        it returns False (past the snapshot) or the stream has nothing more."""
         clauses = [
             {
                 "ns.db": ns.partition(".")[0],
@@ -709,7 +719,6 @@ class Applier:
                 event = await stream.try_next()
                 if event is None or not note(event):
                     break
-        return {key: frozenset(paths) for key, paths in found.items()}
 
     def _remember_echoes(self) -> None:
         """After a commit: the echoes consumed by the batch are gone, its own writes expected."""
