@@ -98,3 +98,15 @@ async def eventually(
         raise AssertionError(
             f"timed out after {within}s waiting for {what}; last value: {last[0]!r}"
         ) from None
+
+
+async def next_events(stream: Any, count: int, *, tries: int = 200) -> list[dict[str, Any]]:
+    """The next `count` events of an open change stream (a bounded number of reads)."""
+    events: list[dict[str, Any]] = []
+    for _ in range(tries):
+        event = await stream.try_next()
+        if event is not None:
+            events.append(event)
+        if len(events) == count:
+            return events
+    raise AssertionError(f"saw {len(events)} of {count} change events")

@@ -13,21 +13,18 @@ from pymongo import AsyncMongoClient
 from transforms import load_registry
 from worker.engine._applier import Applier
 from worker.engine._lease import Lease
+from worker.engine._stream import UnreadEvents
 from worker.metrics import Metrics
 from worker.state import StateStore, id_key
 
-from .engine_helpers import PEOPLE_MODULE, write_module
+from .engine_helpers import PEOPLE_MODULE, next_events, write_module
 
 
-async def _events(stream: Any, count: int) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    for _ in range(200):
-        event = await stream.try_next()
-        if event is not None:
-            events.append(event)
-        if len(events) == count:
-            return events
-    raise AssertionError(f"saw {len(events)} of {count} change events")
+def _unread(*events: dict[str, Any]) -> UnreadEvents:
+    unread = UnreadEvents()
+    for event in events:
+        unread.add(event)
+    return unread
 
 
 async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
@@ -55,30 +52,79 @@ async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
             await db.people_v2.update_one({"_id": 1}, {"$set": {"full_name": "newer"}})
             await db.people_v2.update_one({"_id": 2}, {"$set": {"full_name": "not a target"}})
             await db.people_v2.update_one({"_id": 1}, {"$set": {"loyalty": 5}})
-            batch_event, newer, other, tail = await _events(stream, 4)
+            batch_event, newer, other, tail = await next_events(stream, 4)
         work = [(pair, "original", batch_event, 0)]
         checkpoint = (batch_event["_id"], batch_event["clusterTime"])
         target = (pair.partner, id_key(1))
         # The reader holds `newer` (reported here with a path the server's event does not
         # have, to tell which copy was read) and `other`; the server holds `tail` after them.
         held = {**newer, "updateDescription": {"updatedFields": {"marker": 1}, "removedFields": []}}
-        applier.unread = lambda: ([held, other], other["_id"])
+        applier.unread = _unread(held, other)
         async with applier.opened():
             assert applier.session is not None
-            await client.admin.command("ping", session=applier.session)  # the snapshot's time
-            read_ahead = await applier._peek_ahead(work, checkpoint, read_ahead=True)
-            from_server = await applier._peek_ahead(work, checkpoint, read_ahead=False)
-            # An unread event past the snapshot ends the look-ahead: nothing newer is asked for.
+            await client.admin.command("ping", session=applier.session)  # the read's time
             horizon = applier.session.operation_time
             assert horizon is not None
+            read_ahead = await applier._peek_ahead(work, checkpoint, read_ahead=True, until=horizon)
+            from_server = await applier._peek_ahead(
+                work, checkpoint, read_ahead=False, until=horizon
+            )
+            # Only what came after `since`: the second look, once the writes hold the targets.
+            since_newer = await applier._peek_ahead(
+                work, checkpoint, read_ahead=False, since=newer["clusterTime"], until=horizon
+            )
+            # An unread event past the horizon ends the look-ahead: nothing newer is asked for.
             late = {**held, "clusterTime": Timestamp(horizon.time + 60, 1)}
-            applier.unread = lambda: ([late, other], other["_id"])
-            past_snapshot = await applier._peek_ahead(work, checkpoint, read_ahead=True)
+            applier.unread = _unread(other, late)
+            past_snapshot = await applier._peek_ahead(
+                work, checkpoint, read_ahead=True, until=horizon
+            )
+            # Events of the same delivery after a split batch come before the reader's.
+            beyond = await applier._peek_ahead(
+                work, checkpoint, read_ahead=True, beyond=[held], until=horizon
+            )
         assert read_ahead == {target: frozenset({"marker", "loyalty"})}
         assert from_server == {target: frozenset({"full_name", "loyalty"})}
+        assert since_newer == {target: frozenset({"loyalty"})}
         assert past_snapshot == {}
+        assert beyond == {target: frozenset({"marker"})}
         assert tail["documentKey"] == {"_id": 1}
     finally:
         await client.drop_database(name)
         await client.drop_database(f"{name}_state")
         await client.close()
+
+
+def _change(n: int, doc: int, op: str = "update", coll: str = "c") -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "_id": {"_data": f"{n:04d}"},
+        "operationType": op,
+        "clusterTime": Timestamp(1000, n),
+        "ns": {"db": "db", "coll": coll},
+    }
+    if op != "invalidate":
+        event["documentKey"] = {"_id": doc}
+    return event
+
+
+def test_unread_events_are_found_by_document_and_forgotten_once_taken() -> None:
+    """The reader's unread events answer per document, oldest first; taken events (even ones
+    taken before the reader recorded them) are gone; invalidates and the newest time are known."""
+    unread = UnreadEvents()
+    events = [_change(1, 1), _change(2, 2), _change(3, 1, coll="d"), _change(4, 1)]
+    unread.taken(1)  # the applier took the first event before the reader recorded it
+    for event in events:
+        unread.add(event)
+    assert len(unread) == 3
+    assert unread.for_documents([("db.c", id_key(1)), ("db.d", id_key(1))]) == events[2:]
+    assert unread.for_documents([("db.c", id_key(2))]) == [events[1]]
+    assert unread.last_token == events[-1]["_id"]
+    assert unread.newest_time() == Timestamp(1000, 4)
+    assert not unread.has_invalidate()
+    unread.add(_change(5, 0, op="invalidate"))
+    assert unread.has_invalidate()
+    unread.taken(2)
+    assert unread.for_documents([("db.c", id_key(1)), ("db.c", id_key(2))]) == [events[3]]
+    unread.taken(2)
+    assert len(unread) == 0 and not unread.has_invalidate() and unread.newest_time() is None
+    assert unread.for_documents([("db.c", id_key(1))]) == []

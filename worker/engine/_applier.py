@@ -1,11 +1,16 @@
 """The applier: one transaction per batch holding the patches, the merge base and the checkpoint.
 
 For each batch it loads the merge base and the current documents the batch touches, plans every
-event in stream order with the pure core (`_plan.plan_event`), writes one net change per target
-document, and stores merge base, counters, dead letters and the checkpoint in the same
-transaction, fenced by the lease. A write conflict (a client wrote a document inside the
-transaction's window) retries the batch; a write the server refuses for good (validation, size,
-duplicate key) is retried one event at a time and the refused event goes to dead letters.
+event in stream order with the pure core (`_plan.plan_event`), then opens the transaction,
+writes one net change per target document, and stores merge base, counters, dead letters and
+the checkpoint in it, fenced by the lease. The reads and the planning come before the
+transaction so that its window for write conflicts is only as long as its target writes; a
+client write that landed on a written path between the reads and the writes is found in the
+stream once the writes hold their documents, and the batch is planned again (a chain's batches
+read inside the transaction, see `Applier.reads_in_transaction`). A write conflict
+retries the batch in smaller transactions (`batch_limit`); a write the server refuses for good
+(validation, size, duplicate key) is retried one event at a time and the refused event goes to
+dead letters.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from worker.engine._plan import (
     changed_paths,
     direction_of,
     other_side,
+    overlaps,
     plan_event,
 )
-from worker.engine._writes import plan_target_write, write_operation
+from worker.engine._stream import UnreadEvents
+from worker.engine._writes import TargetWrite, plan_target_write, write_operation
 from worker.errors import LeaseLost
 from worker.logs import get_logger
 from worker.metrics import Metrics
@@ -55,6 +62,10 @@ LIFECYCLE_EVENTS = frozenset({"drop", "rename", "dropDatabase"})
 REMEMBERED_SESSIONS = 16
 # Bound on remembered outstanding echoes (document keys), so lost events cannot grow memory.
 MAX_PENDING_ECHOES = 200_000
+# MongoDB's WriteConflict: a client wrote a document of the transaction after its snapshot.
+WRITE_CONFLICT = 112
+# Past this, a grown `batch_limit` no longer bounds anything and is dropped.
+MAX_BATCH_LIMIT = 100_000
 # Events per server round trip when a batch looks ahead in the change stream.
 PEEK_BATCH = 10_000
 # Marks an event made up for a chain's other pair from a worker write (never on the wire).
@@ -100,6 +111,18 @@ class _Permanent(Exception):
         self.error = error
 
 
+class _Split(Exception):
+    """The batch met client writes; apply it in smaller transactions (see `batch_limit`)."""
+
+
+class _StaleRead(Exception):
+    """A client wrote a path of a target document between the batch's read and its write."""
+
+    def __init__(self, documents: Sequence[tuple[str, Any]]) -> None:
+        super().__init__(f"{len(documents)} target document(s) changed while the batch was planned")
+        self.documents = documents
+
+
 class Applier:
     """Applies batches of change events for every pair of a registry."""
 
@@ -137,10 +160,19 @@ class Applier:
         # stream can leave them out server-side (see `StreamReader.skip_sessions`). A chain
         # needs them: a paused pair holds the echo of the other pair's write for later.
         namespaces = [ns for pair in registry.pairs for ns in (pair.original, pair.partner)]
-        self.echoes_filtered = self.transactions and len(namespaces) == len(set(namespaces))
-        # The stream reader's events not yet taken and the token after which the server holds
-        # the rest (set by the runner): a batch from `apply` looks for newer writes there first.
-        self.unread: Callable[[], tuple[Sequence[Mapping[str, Any]], Any]] | None = None
+        self.chained = len(namespaces) != len(set(namespaces))
+        self.echoes_filtered = self.transactions and not self.chained
+        # Without chains a batch reads and plans before its transaction starts, so the window
+        # for write conflicts with clients is only its target writes. A chain's batch writes
+        # documents that it reads while planning (a write for one pair is a change for the
+        # other), so it reads them inside the transaction's snapshot, as one consistent view.
+        self.reads_in_transaction = self.chained
+        # The stream reader's events not yet taken (set by the runner): a batch from `apply`
+        # looks for newer writes to its targets there first.
+        self.unread: UnreadEvents | None = None
+        # Most events one transaction applies (None: a whole delivery). Halved when a batch
+        # conflicts with client writes, grown again by an eighth after every applied batch.
+        self.batch_limit: int | None = None
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[Applier]:
@@ -176,10 +208,33 @@ class Applier:
             # A pair not applied a moment ago may have become active since (a backfill or a
             # resume): its changes must not be passed over on a state up to a refresh old.
             await self.refresh_pairs()
-        last = events[-1]
-        return await self._apply_with_retries(
-            list(events), checkpoint=(last["_id"], last.get("clusterTime")), read_ahead=True
-        )
+        events = list(events)
+        total = BatchResult()
+        done = 0
+        while done < len(events):
+            size = len(events) - done
+            if self.batch_limit is not None:
+                size = min(size, self.batch_limit)
+            chunk = events[done : done + size]
+            last = chunk[-1]
+            try:
+                result = await self._apply_with_retries(
+                    chunk,
+                    checkpoint=(last["_id"], last.get("clusterTime")),
+                    read_ahead=True,
+                    beyond=events[done + size :],
+                    # A chain's batches are retried whole: split ones let the chain's
+                    # collections end apart under concurrent writes (test_chains, seed 6).
+                    splittable=not self.chained,
+                )
+            except _Split:
+                continue  # the limit was lowered: apply a smaller first part
+            _add_results(total, result)
+            done += size
+            if self.batch_limit is not None:
+                grown = self.batch_limit + max(1, self.batch_limit // 8)
+                self.batch_limit = None if grown >= MAX_BATCH_LIMIT else grown
+        return total
 
     def _touches_idle_pair(self, events: Sequence[Mapping[str, Any]]) -> bool:
         """Whether a document event belongs to a pair the worker last saw neither active nor
@@ -238,14 +293,20 @@ class Applier:
         held_ids: list[Any] | None = None,
         replay_pair: str | None = None,
         read_ahead: bool = False,
+        beyond: Sequence[Mapping[str, Any]] = (),
+        splittable: bool = False,
     ) -> BatchResult:
         """Apply `events` in one transaction, retrying transient failures.
 
         `read_ahead`: the events are the oldest the reader handed over and not applied (a
-        batch from `apply`), so the reader's unread events are the ones right after them.
+        batch from `apply`), so `beyond` and then the reader's unread events follow them.
+        `splittable`: on a conflict with client writes, lower `batch_limit` and raise _Split
+        instead of retrying the same events (a large transaction on busy documents would
+        conflict again and again).
         """
         delay = 0.01
         outage_logged = False
+        stale_reads = 0
         started = time.monotonic()
         while True:
             if not self.lease.held:
@@ -257,7 +318,16 @@ class Applier:
                     held_ids=held_ids,
                     replay_pair=replay_pair,
                     read_ahead=read_ahead,
+                    beyond=beyond,
                 )
+            except _StaleRead as exc:
+                log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
+                if splittable and len(events) > 1:
+                    self._lower_limit(len(events))
+                    raise _Split() from None
+                stale_reads += 1
+                if stale_reads == 1:
+                    continue  # the newer writes are known now: plan again at once
             except _Permanent as exc:
                 if len(events) > 1:
                     return await self._apply_one_by_one(events, checkpoint, held_ids, replay_pair)
@@ -272,6 +342,9 @@ class Applier:
                 if not _is_transient(exc):
                     raise
                 log.debug("batch_retry", code=exc.code, error=str(exc)[:200])
+                if exc.code == WRITE_CONFLICT and splittable and len(events) > 1:
+                    self._lower_limit(len(events))
+                    raise _Split() from None
             except (ConnectionFailure, PyMongoError) as exc:
                 if not outage_logged:
                     log.warning(
@@ -303,9 +376,13 @@ class Applier:
                 held_ids=[held_ids[index]] if held_ids else None,
                 replay_pair=replay_pair,
             )
-            for name in ("events", "applied", "echoes", "conflicts", "dead_letters", "writes"):
-                setattr(total, name, getattr(total, name) + getattr(result, name))
+            _add_results(total, result)
         return total
+
+    def _lower_limit(self, size: int) -> None:
+        """Halve the events per transaction after a conflict with client writes."""
+        self.batch_limit = max(1, size // 2)
+        log.debug("batch_limit_lowered", limit=self.batch_limit)
 
     # -- one attempt -------------------------------------------------------------------------------
 
@@ -318,13 +395,12 @@ class Applier:
         replay_pair: str | None,
         refused: OperationFailure | None = None,
         read_ahead: bool = False,
+        beyond: Sequence[Mapping[str, Any]] = (),
     ) -> BatchResult:
         session = self.session
         assert session is not None, "use `async with applier.opened()`"
         txn_session = session if self.transactions else None
         started = time.perf_counter()
-        if self.transactions:
-            await session.start_transaction()
         try:
             result, tallies = await self._body(
                 events,
@@ -334,6 +410,7 @@ class Applier:
                 replay_pair=replay_pair,
                 refused=refused,
                 read_ahead=read_ahead,
+                beyond=beyond,
             )
             if self.transactions:
                 await session.commit_transaction()
@@ -356,6 +433,7 @@ class Applier:
         replay_pair: str | None,
         refused: OperationFailure | None,
         read_ahead: bool = False,
+        beyond: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[BatchResult, dict[str, _PairTally]]:
         result = BatchResult(events=len(events))
         tallies: dict[str, _PairTally] = {}
@@ -410,7 +488,10 @@ class Applier:
                     (index, changed, echo_of)
                 )
 
-        # Load everything the batch touches, inside the transaction's snapshot.
+        if session is not None and self.reads_in_transaction:
+            await session.start_transaction()
+        # Load everything the batch touches (inside the transaction's snapshot when it has
+        # started already).
         ids_by_pair: dict[str, dict[Any, Any]] = {}
         for pair, _, event, _ in work:
             document_id = event["documentKey"]["_id"]
@@ -443,7 +524,12 @@ class Applier:
 
         for original, ids in ids_by_pair.items():
             await load(self._pairs[original], ids)
-        peeked = await self._peek_ahead(work, checkpoint, read_ahead=read_ahead)
+        read_at = self.session.operation_time if self.session is not None else None
+        if session is None:
+            read_at = None  # field tags: no session reads; the look-ahead reads to the end
+        peeked = await self._peek_ahead(
+            work, checkpoint, read_ahead=read_ahead, beyond=beyond, until=read_at
+        )
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 
@@ -567,6 +653,9 @@ class Applier:
             planned.append((frozenset(owners), namespace, key, before, after))
         echoes_expected: list[tuple[tuple[str, Any], frozenset[str]]] = []
         operations: dict[str, list[Any]] = {}
+        # Per target document written: the paths the write sets or unsets ("" for all).
+        written: dict[tuple[str, Any], frozenset[str]] = {}
+        written_ids: list[tuple[str, Any, Any]] = []
         for write_owners, namespace, key, before, after in planned:
             if before is None and after is None:
                 continue  # created and deleted again within the batch: nothing to write
@@ -576,6 +665,11 @@ class Applier:
             if write is None:
                 continue
             operations.setdefault(namespace, []).append(write_operation(write, tag=self._tag()))
+            # A chain may write one document several times in a batch: all their paths count.
+            written[(namespace, key)] = written.get((namespace, key), frozenset()) | (
+                _written_paths(write)
+            )
+            written_ids.append((namespace, key, write.document_id))
             echoes_expected.append(((namespace, key), write_owners))
             result.writes += 1
             if self.echoes_filtered:
@@ -583,6 +677,13 @@ class Applier:
                 for owner in write_owners:
                     tallies.setdefault(owner, _PairTally()).echoes_skipped += 1
                 result.echoes += 1
+        # The transaction starts here, not before the reads: its snapshot is taken at its first
+        # command, and a client write to a target document after the snapshot and before the
+        # worker's own write of it is a write conflict. Started at the writes, that window is
+        # one bulk write long instead of the whole batch's reads, look-ahead and planning.
+        # (A chain's batch started it before its reads: see `reads_in_transaction`.)
+        if session is not None and not session.in_transaction:
+            await session.start_transaction()
         for namespace, ops in operations.items():
             try:
                 await self._collection(namespace).bulk_write(ops, ordered=True, session=session)
@@ -590,6 +691,22 @@ class Applier:
                 if refused is None and not _is_transient(exc):
                     raise _Permanent(exc) from exc
                 raise
+        if session is not None and written and not self.reads_in_transaction:
+            # The documents were read before the transaction: a client write that landed
+            # between that read and these writes, on a path they set, is newer and must win.
+            # The written documents are held now, so the stream up to here has every such write.
+            newer = await self._peek_ahead(
+                work,
+                checkpoint,
+                read_ahead=read_ahead,
+                beyond=beyond,
+                since=read_at,
+                until=session.operation_time,
+                documents=written_ids,
+            )
+            overwritten = _overwritten(written, newer)
+            if overwritten:
+                raise _StaleRead(overwritten)
         self._echoes_after_commit = (pending, [] if self.echoes_filtered else echoes_expected)
 
         base_ops: list[Any] = []
@@ -634,18 +751,30 @@ class Applier:
         checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None,
         *,
         read_ahead: bool = False,
+        beyond: Sequence[Mapping[str, Any]] = (),
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        documents: Sequence[tuple[str, Any, Any]] | None = None,
     ) -> dict[tuple[str, Any], frozenset[str]]:
-        """Target paths that client writes not yet read from the stream have changed.
+        """Target paths that client writes after the batch, up to `until`, have changed.
 
-        Called after the transaction's first read, so together with the write conflicts of the
-        snapshot it covers every write newer than the batch: such a write wins (G2). With
-        `read_ahead`, the reader's unread events come first and the server is asked only for
-        what follows them; otherwise the server is read from the batch's end.
+        Called after the batch's documents were read (`until` is that read's time), so it
+        covers every write those documents reflect that is newer than the batch: such a write
+        wins (G2). Called again once the batch's target writes hold their documents, with
+        `since` the first call's `until`, it finds the writes that landed in between. `beyond`:
+        events of the same delivery after this batch (it was split). With `read_ahead`, the
+        reader's unread events come next and the server is asked only for what follows them;
+        otherwise the server is read from the batch's end. `documents` ((namespace, id key,
+        _id) each) replaces the batch's targets: the second call asks about every document
+        the batch wrote, a chain's other collections included.
         """
-        if not work:
+        if not work and not documents:
             return {}
         targets: dict[str, dict[Any, Any]] = {}
-        for pair, side, event, _ in work:
+        if documents is not None:
+            for namespace, key, document_id in documents:
+                targets.setdefault(namespace, {})[key] = document_id
+        for pair, side, event, _ in work if documents is None else ():
             target_ns = pair.partner if side == "original" else pair.original
             document_id = event["documentKey"]["_id"]
             targets.setdefault(target_ns, {})[id_key(document_id)] = document_id
@@ -654,13 +783,15 @@ class Applier:
         # "written ahead" dropped the batch's changes to targets nobody else wrote. A write
         # after the transaction's snapshot conflicts with the batch's own write of that
         # document (and the batch is retried), so the scan ends at the snapshot's time.
-        horizon = self.session.operation_time if self.session is not None else None
+        horizon = until
 
         def note(event: Mapping[str, Any]) -> bool:
-            """Record a newer client write to a target; False once past the snapshot."""
+            """Record a newer client write to a target; False once past the horizon."""
             stamp = event.get("clusterTime")
             if horizon is not None and stamp is not None and stamp > horizon:
                 return False
+            if since is not None and stamp is not None and stamp <= since:
+                return True
             if event.get("operationType") not in DOCUMENT_EVENTS or self._is_ours(event):
                 return True
             ns = event.get("ns") or {}
@@ -671,13 +802,19 @@ class Applier:
             return True
 
         after: Mapping[str, Any] | None = None
-        past_snapshot = False
-        if read_ahead and self.unread is not None:
-            unread, after = self.unread()
-            if any(event.get("operationType") == "invalidate" for event in unread):
+        # `all` stops at the first event past the horizon: nothing newer to ask for then.
+        past_snapshot = not all(note(event) for event in beyond)
+        if read_ahead and self.unread is not None and not past_snapshot:
+            unread = self.unread
+            after = unread.last_token
+            if unread.has_invalidate():
                 after = None  # a stream cannot resume after an invalidate: read from the batch
-            # `all` stops at the first event past the snapshot: nothing newer to ask for then.
-            past_snapshot = not all(note(event) for event in unread)
+            wanted = [(ns, key) for ns, ids in targets.items() for key in ids]
+            for event in unread.for_documents(wanted):
+                note(event)
+            # The reader holds an event past the horizon: the server has nothing newer for it.
+            newest = unread.newest_time()
+            past_snapshot = newest is not None and horizon is not None and newest > horizon
         if not past_snapshot:
             if after is None and checkpoint is not None:
                 after = checkpoint[0]
@@ -963,6 +1100,33 @@ def _ahead(
         if other_position > position and (echo_of is None or pair_original not in echo_of):
             paths.update(changed)
     return frozenset(paths)
+
+
+def _add_results(total: BatchResult, result: BatchResult) -> None:
+    for name in ("events", "applied", "echoes", "conflicts", "dead_letters", "held", "writes"):
+        setattr(total, name, getattr(total, name) + getattr(result, name))
+
+
+def _written_paths(write: TargetWrite) -> frozenset[str]:
+    """The paths a target write sets or unsets; "" when it writes the whole document."""
+    if write.kind != "update" or write.patch is None:
+        return frozenset({""})
+    return frozenset(write.patch.set) | frozenset(write.patch.unset)
+
+
+def _overwritten(
+    written: Mapping[tuple[str, Any], frozenset[str]],
+    newer: Mapping[tuple[str, Any], frozenset[str]],
+) -> list[tuple[str, Any]]:
+    """The written documents on which a newer client write changed a path the write touched."""
+    hit: list[tuple[str, Any]] = []
+    for document, changed in newer.items():
+        paths = written.get(document)
+        if paths is None:
+            continue
+        if "" in paths or "" in changed or any(overlaps(path, changed) for path in paths):
+            hit.append(document)
+    return hit
 
 
 def _tally_update(tally: _PairTally) -> dict[str, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "changed_paths",
     "direction_of",
     "other_side",
+    "overlaps",
     "plan_event",
     "value_at",
 ]
@@ -250,7 +251,7 @@ def _owned(pair: Pair, direction: Direction, tag_field: str | None) -> Callable[
     return owns
 
 
-def _overlaps(path: str, others: frozenset[str]) -> bool:
+def overlaps(path: str, others: frozenset[str]) -> bool:
     """True when `path` is, contains, or lies inside one of `others` (dotted paths)."""
     for other in others:
         if path == other or path.startswith(other + ".") or other.startswith(path + "."):
@@ -269,12 +270,12 @@ def _guard(
     kept_set: dict[str, Any] = {}
     kept_unset: list[str] = []
     for path, value in patch.set.items():
-        if _overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
+        if overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
             conflicts.append(path)
         elif not _equal(value_at(current, path), value):
             kept_set[path] = value
     for path in patch.unset:
-        if _overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
+        if overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
             conflicts.append(path)
         elif value_at(current, path) is not _MISSING:
             kept_unset.append(path)

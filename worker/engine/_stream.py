@@ -21,8 +21,9 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from worker.errors import HistoryLost
 from worker.logs import get_logger
+from worker.state import id_key
 
-__all__ = ["StreamPosition", "StreamReader", "namespace_filter"]
+__all__ = ["StreamPosition", "StreamReader", "UnreadEvents", "namespace_filter"]
 
 log = get_logger(__name__)
 
@@ -37,6 +38,83 @@ class StreamPosition:
 
     resume_after: Mapping[str, Any] | None = None
     start_at: Timestamp | None = None
+
+
+class UnreadEvents:
+    """Events the reader handed over and the applier has not taken yet, indexed by document.
+
+    A batch's look-ahead asks for the newer writes to its own target documents; the index
+    answers in the time of those documents' events, however far the reader runs ahead (a scan
+    of everything unread made each batch slower the further the worker fell behind).
+    """
+
+    def __init__(self) -> None:
+        self._events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self._by_document: dict[tuple[str, Any], collections.deque[tuple[int, dict[str, Any]]]] = {}
+        self._added = 0
+        self._taken = 0
+        self._invalidates = 0
+        #: The newest handed-over event's resume token: the server holds what follows it.
+        self.last_token: Mapping[str, Any] | None = None
+
+    def add(self, event: dict[str, Any]) -> None:
+        """The reader handed `event` over (after every event before it)."""
+        self._added += 1
+        self._events.append((self._added, event))
+        key = _document_of(event)
+        if key is not None:
+            self._by_document.setdefault(key, collections.deque()).append((self._added, event))
+        if event.get("operationType") == "invalidate":
+            self._invalidates += 1
+        self.last_token = event["_id"]
+        self._drop_taken()
+
+    def taken(self, count: int) -> None:
+        """The applier took `count` more events off the stream."""
+        self._taken += count
+        self._drop_taken()
+
+    def _drop_taken(self) -> None:
+        # The applier may take an event before the reader has added it (the memory stream
+        # hands it over first): such an event is dropped as soon as it is added.
+        while self._events and self._events[0][0] <= self._taken:
+            seq, event = self._events.popleft()
+            key = _document_of(event)
+            if key is not None:
+                queue = self._by_document[key]
+                queue.popleft()
+                if not queue:
+                    del self._by_document[key]
+            if event.get("operationType") == "invalidate":
+                self._invalidates -= 1
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def has_invalidate(self) -> bool:
+        """Whether an unread event is an invalidate (a stream cannot resume after one)."""
+        return self._invalidates > 0
+
+    def newest_time(self) -> Timestamp | None:
+        """The cluster time of the newest unread event."""
+        return self._events[-1][1].get("clusterTime") if self._events else None
+
+    def for_documents(self, documents: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+        """The unread events on these (namespace, id_key) documents, oldest first."""
+        found: list[tuple[int, dict[str, Any]]] = []
+        for document in documents:
+            found.extend(self._by_document.get(document, ()))
+        found.sort(key=lambda item: item[0])
+        return [event for _, event in found]
+
+
+def _document_of(event: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """(namespace, id_key) of a document event; None for the others."""
+    key = event.get("documentKey")
+    if not key or "_id" not in key:
+        return None
+    ns = event.get("ns") or {}
+    return f"{ns.get('db')}.{ns.get('coll')}", id_key(key["_id"])
 
 
 def namespace_filter(namespaces: Iterable[str]) -> dict[str, Any]:
@@ -79,21 +157,13 @@ class StreamReader:
         # it was idle: a checkpoint there skips nothing once that many events are applied.
         self.sent = 0
         self.idle_token: tuple[Mapping[str, Any], int] | None = None
-        # Events handed over that the applier has not taken yet, with their sequence numbers:
-        # the batch in flight reads newer writes from here before it asks the server.
-        self._unread: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
-        self._taken = 0
+        # Events handed over that the applier has not taken yet: the batch in flight reads
+        # newer writes from here before it asks the server.
+        self.unread = UnreadEvents()
 
     def taken(self, count: int) -> None:
         """The applier took `count` more events off the stream."""
-        self._taken += count
-        while self._unread and self._unread[0][0] <= self._taken:
-            self._unread.popleft()
-
-    def unread(self) -> tuple[list[dict[str, Any]], Mapping[str, Any] | None]:
-        """Events handed over but not taken yet, oldest first, and the resume token after which
-        the server holds the rest (the newest event handed over)."""
-        return [event for seq, event in self._unread if seq > self._taken], self.last_token
+        self.unread.taken(count)
 
     def _watch_target(self) -> Any:
         # One database: a database-level stream needs only that database's privileges.
@@ -160,7 +230,7 @@ class StreamReader:
                                 fragments = []
                             await send.send(event)
                             self.sent += 1
-                            self._unread.append((self.sent, event))
+                            self.unread.add(event)
                             self.last_token = event["_id"]
                             self.invalidated = event["operationType"] == "invalidate"
                             if self.invalidated:
