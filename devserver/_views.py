@@ -37,6 +37,19 @@ def id_equality(filter_doc: dict[str, Any]) -> list[Any] | None:
     return [value]
 
 
+def _pins_sub_document_ids(filter_doc: dict[str, Any]) -> bool:
+    """Whether the filter is only `_id` equal to sub-documents (one, or `$in` of several).
+
+    The candidates of such a filter are found by the ids' canonical BSON, which is MongoDB's
+    equality for sub-documents (field order counts, 1 equals 1.0): each of them matches. The
+    interpreter would compare them as Python dicts, field order ignored.
+    """
+    if len(filter_doc) != 1:
+        return False
+    ids = id_equality(filter_doc)
+    return bool(ids) and all(type(value) is dict for value in ids or ())
+
+
 # `_id` types whose Python equality is MongoDB's equality when both sides have the same type.
 _PLAIN_ID_TYPES = frozenset({str, int, ObjectId})
 
@@ -99,7 +112,7 @@ class View:
         if not candidates:
             matches(filter_doc, {})  # still reject an invalid filter
             return []
-        if not filter_doc:
+        if not filter_doc or _pins_sub_document_ids(filter_doc):
             found = candidates
         else:
             found = []

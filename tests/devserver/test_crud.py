@@ -230,3 +230,28 @@ def test_stored_size_is_the_size_of_the_stored_document(doc: dict[str, Any]) -> 
     its size in the request without encoding it again."""
     wire_size = len(bson.encode(doc))
     assert stored_size(doc, wire_size) == len(bson.encode(prepare_insert(doc)))
+
+
+def test_sub_document_ids_match_by_mongodb_equality(client: Client, db_name: str) -> None:
+    """An `_id` that is a sub-document is found by its value (numbers compared by value), in
+    finds, `$in`, updates, replacements and transactions alike."""
+    coll = client[db_name].subids
+    coll.insert_many([{"_id": {"a": 1, "b": 2}, "v": 1}, {"_id": {"a": 2, "b": 2}, "v": 2}])
+    assert [d["v"] for d in coll.find({"_id": {"a": 1, "b": 2}})] == [1]
+    assert [d["v"] for d in coll.find({"_id": {"a": 1.0, "b": Int64(2)}})] == [1]
+    assert coll.count_documents({"_id": {"a": 1, "b": 3}}) == 0
+    assert coll.count_documents({"_id": {"a": 1}}) == 0
+    found = coll.find({"_id": {"$in": [{"a": 2, "b": 2}, {"a": 3, "b": 2}, {"a": 1, "b": 2}]}})
+    assert sorted(d["v"] for d in found) == [1, 2]
+    assert coll.update_one({"_id": {"a": 1, "b": 2.0}}, {"$set": {"w": 1}}).modified_count == 1
+    assert coll.replace_one({"_id": {"a": 2, "b": 2}}, {"v": 3}).modified_count == 1
+    assert coll.update_one({"_id": {"a": 9, "b": 2}}, {"$set": {"w": 1}}).matched_count == 0
+    with client.start_session() as session, session.start_transaction():
+        coll.update_one({"_id": {"a": 1, "b": 2}}, {"$inc": {"v": 10}}, session=session)
+        inside = coll.find_one({"_id": {"a": 1, "b": 2}}, session=session)
+        assert inside is not None and inside["v"] == 11
+        assert coll.find_one({"_id": {"$in": [{"a": 1, "b": 2}]}}, session=session) == inside
+    assert list(coll.find({}, sort=[("v", 1)])) == [
+        {"_id": {"a": 2, "b": 2}, "v": 3},
+        {"_id": {"a": 1, "b": 2}, "v": 11, "w": 1},
+    ]

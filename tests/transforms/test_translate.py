@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.transforms.pairs import build_reference_pair
+from tests.transforms.pairs import build_reference_pair, update_bases, update_descriptions
 from transforms import (
     Direction,
     Pair,
@@ -175,77 +175,6 @@ def test_translate_does_not_mutate_inputs(reference_pair: Pair) -> None:
 
 # -- properties ---------------------------------------------------------------------------------
 
-_ORIGINAL_PATHS = [
-    "name", "zip", "geo", "geo.city", "geo.country", "age", "price", "tier", "first", "last",
-    "legacy_flag", "tags", "tags.1", "tags.4", "address", "address.street", "address.zip",
-    "full_name", "loyalty", "display_name", "city", "other", "other.x", "p", "q", "pq",
-    "pq.pair", "meta", "meta.x",
-]  # fmt: skip
-_PARTNER_PATHS = [
-    "full_name", "address", "address.zip", "address.zip.plus4", "address.street", "city", "age",
-    "price_cents", "tier", "display_name", "loyalty", "legacy_flag", "name", "zip", "geo",
-    "geo.city", "first", "tags", "tags.0", "other", "pq", "pq.pair", "pq.x", "meta.count", "meta",
-    "meta.loyalty", "meta.x", "p",
-]  # fmt: skip
-
-_plain = st.one_of(st.none(), st.text(alphabet="ab ", max_size=3), st.booleans())
-_any_value = st.recursive(
-    _plain,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3),
-        st.dictionaries(st.sampled_from(["zip", "city", "x", "plus4"]), inner, max_size=2),
-    ),
-    max_leaves=4,
-)
-
-
-def _value_for(path: str, direction: Direction) -> st.SearchStrategy[Any]:
-    """Values a path can hold without making a user function raise (those are tested apart)."""
-    leaf = path.rsplit(".", 1)[-1]
-    if direction is FORWARD and path == "age":
-        return st.one_of(st.none(), st.integers(0, 120).map(str))
-    if direction is FORWARD and path == "price":
-        return st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False))
-    if direction is BACKWARD and path in ("age", "price_cents"):
-        return st.one_of(st.none(), st.integers(-1000, 1000))
-    if path in ("first", "last", "display_name"):
-        return st.one_of(st.none(), st.text(alphabet="ab ", max_size=4))
-    del leaf
-    return _any_value
-
-
-def _documents(direction: Direction) -> st.SearchStrategy[dict[str, Any]]:
-    paths = _ORIGINAL_PATHS if direction is FORWARD else _PARTNER_PATHS
-
-    @st.composite
-    def build(draw: st.DrawFn) -> dict[str, Any]:
-        chosen = draw(st.lists(st.sampled_from(paths), unique=True, max_size=8))
-        updates = {path: draw(_value_for(path, direction)) for path in chosen}
-        return apply_update_description({"_id": 1}, updates, [], [])
-
-    return build()
-
-
-def _events(direction: Direction) -> st.SearchStrategy[tuple[dict[str, Any], list[str], list[Any]]]:
-    paths = _ORIGINAL_PATHS if direction is FORWARD else _PARTNER_PATHS
-
-    @st.composite
-    def build(draw: st.DrawFn) -> tuple[dict[str, Any], list[str], list[Any]]:
-        touched = draw(st.lists(st.sampled_from(paths), unique=True, min_size=1, max_size=3))
-        updated: dict[str, Any] = {}
-        removed: list[str] = []
-        for path in touched:
-            if draw(st.booleans()):
-                updated[path] = draw(_value_for(path, direction))
-            else:
-                removed.append(path)
-        truncated = (
-            [{"field": "tags", "newSize": draw(st.integers(0, 2))}] if draw(st.booleans()) else []
-        )
-        return updated, removed, truncated
-
-    return build()
-
 
 def _naive(pair: Pair, direction: Direction, base: dict[str, Any], event: Any) -> Patch:
     updated = apply_update_description(base, *event)
@@ -286,8 +215,8 @@ def test_fast_path_equals_naive_diff(
     """translate_update equals target_patch(convert(base), convert(updated)): the owned part of
     their diff."""
     pair = _PAIRS[unmapped]
-    base = data.draw(_documents(direction), label="base")
-    event = data.draw(_events(direction), label="event")
+    base = data.draw(update_bases(direction), label="base")
+    event = data.draw(update_descriptions(direction), label="event")
     fast = pair.translate_update(direction, base, *event)
     assert _same_patch(fast, _naive(pair, direction, base, event))
 
@@ -299,9 +228,9 @@ def test_patches_of_successive_updates_compose(direction: Direction, data: st.Da
     """Applying the patches of two successive updates to the converted base gives the converted
     final document."""
     pair = _PAIRS["keep"]
-    base = data.draw(_documents(direction), label="base")
-    first = data.draw(_events(direction), label="first")
-    second = data.draw(_events(direction), label="second")
+    base = data.draw(update_bases(direction), label="base")
+    first = data.draw(update_descriptions(direction), label="first")
+    second = data.draw(update_descriptions(direction), label="second")
     middle = apply_update_description(base, *first)
     final = apply_update_description(middle, *second)
     target = pair.convert(base, direction)

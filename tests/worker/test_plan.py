@@ -8,8 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.transforms.pairs import build_reference_pair, update_bases, update_descriptions
 from transforms import Direction, Pair, apply_patch
 from worker.engine import changed_paths, plan_event, plan_target_write
+from worker.engine._plan import direction_of
 
 
 def make_pair() -> Pair:
@@ -442,3 +444,58 @@ def test_nested_field_the_target_keeps_survives_a_new_sub_document() -> None:
         current_target=target_now,
     )
     assert plan.target_after == {"_id": 1, "address": {"geo": [1, 2], "zip": "2"}}
+
+
+REFERENCE_PAIRS = {unmapped: build_reference_pair(unmapped) for unmapped in ("keep", "drop")}
+
+
+@pytest.mark.parametrize("unmapped", ["keep", "drop"])
+@pytest.mark.parametrize("side", ["original", "partner"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_path_of_an_update_plans_what_whole_conversions_plan(
+    side: str, unmapped: str, data: st.DataObject
+) -> None:
+    """An update of a document both sides know, planned from the touched mappings only, gives
+    the target, merge base, conflicts and failures that converting whole documents gives, with
+    newer target writes ahead or not and the target holding fields of its own."""
+    pair = REFERENCE_PAIRS[unmapped]
+    direction = direction_of(side)
+    base = data.draw(update_bases(direction), label="base")
+    updated, removed, truncated = data.draw(update_descriptions(direction), label="event")
+    known = pair.convert(base, direction)
+    current = data.draw(st.sampled_from([known, {**known, "own": 1}]), label="current")
+    ahead = data.draw(st.sampled_from([frozenset(), frozenset({next(iter(known), "_id")})]))
+    event = {
+        "operationType": "update",
+        "documentKey": {"_id": base["_id"]},
+        "updateDescription": {
+            "updatedFields": updated,
+            "removedFields": removed,
+            "truncatedArrays": truncated,
+        },
+    }
+    plans = [
+        plan_event(
+            pair,
+            side,
+            event,
+            base_source=base,
+            base_target=known,
+            current_source=None,
+            current_target=current,
+            ahead=ahead,
+            fast_path=fast,
+        )
+        for fast in (True, False)
+    ]
+    fast, full = plans
+    assert fast.target_after == full.target_after
+    assert fast.base_target == full.base_target
+    assert fast.base_source == full.base_source
+    assert sorted(fast.conflict_paths) == sorted(full.conflict_paths)
+    assert (fast.applied, fast.echo, fast.failure is None) == (
+        full.applied,
+        full.echo,
+        full.failure is None,
+    )

@@ -137,11 +137,13 @@ def plan_event(
     current_target: Mapping[str, Any] | None,
     tag_field: str | None = None,
     ahead: frozenset[str] = frozenset(),
+    fast_path: bool = True,
 ) -> EventPlan:
     """Plan one insert, update, replace or delete event of `pair` that happened on `side`.
 
     `ahead` names the target paths that client writes still ahead in the stream have changed
-    ("" for the whole document): they are newer than this event and win over it.
+    ("" for the whole document): they are newer than this event and win over it. `fast_path`
+    False converts whole documents for updates too (tests hold both ways equal).
     """
     direction = direction_of(side)
     cur_target = _strip(current_target, tag_field)
@@ -168,6 +170,26 @@ def plan_event(
         )
 
     owns = _owned(pair, direction, tag_field)
+    if (
+        fast_path
+        and event["operationType"] == "update"
+        and base_src is not None
+        and source_after is not None
+        and cur_target is not None
+        and known_target is not None
+        and "" not in ahead
+    ):
+        # The common case, an update of a document both sides know: only the mappings the
+        # update touches run (`Pair.translate_update` equals the diff of the two conversions).
+        fast = _translated_update(pair, direction, event, base_src, tag_field)
+        if fast is not None:
+            plan = EventPlan(
+                source_after=source_after,
+                target_after=cur_target,
+                base_source=source_after,
+                base_target=known_target,
+            )
+            return _patched(plan, fast.restricted(owns), cur_target, known_target, ahead)
     try:
         target_new = pair.convert(source_after, direction) if source_after is not None else None
     except TransformFailed as exc:
@@ -231,15 +253,53 @@ def plan_event(
         plan.conflict_paths = ["<document>"]
         plan.reason = "target replaced or re-created after this change; the later write wins"
         return plan
-    guarded, conflicts = _guard(patch, cur_target, known_target, ahead)
+    return _patched(plan, patch, cur_target, known_target, ahead)
+
+
+def _patched(
+    plan: EventPlan,
+    patch: Patch,
+    current: dict[str, Any],
+    known: dict[str, Any],
+    ahead: frozenset[str],
+) -> EventPlan:
+    """`plan` with the guarded part of `patch` applied to the target and its merge base."""
+    guarded, conflicts = _guard(patch, current, known, ahead)
     plan.conflict_paths = conflicts
     if conflicts:
         plan.reason = "target field changed after this change; the later write wins"
     if not guarded.is_empty():
-        plan.target_after = apply_patch(cur_target, guarded)
-        plan.base_target = apply_patch(known_target, guarded)
-        plan.applied = plan.target_after != cur_target
+        plan.target_after = apply_patch(current, guarded)
+        plan.base_target = apply_patch(known, guarded)
+        plan.applied = plan.target_after != current
     return plan
+
+
+def _translated_update(
+    pair: Pair,
+    direction: Direction,
+    event: Mapping[str, Any],
+    base_source: Mapping[str, Any],
+    tag_field: str | None,
+) -> Patch | None:
+    """The target patch of an update event by the fast path; None to take the full one (a
+    transform failed: the full conversion decides between dead letter and merge)."""
+    description = event.get("updateDescription") or {}
+    updated: Mapping[str, Any] = description.get("updatedFields") or {}
+    removed: list[str] = list(description.get("removedFields") or [])
+    truncated: list[Mapping[str, Any]] = list(description.get("truncatedArrays") or [])
+    if tag_field:
+
+        def untagged(path: str) -> bool:
+            return path != tag_field and not path.startswith(tag_field + ".")
+
+        updated = {path: value for path, value in updated.items() if untagged(path)}
+        removed = [path for path in removed if untagged(path)]
+        truncated = [entry for entry in truncated if untagged(str(entry.get("field", "")))]
+    try:
+        return pair.translate_update(direction, base_source, updated, removed, truncated)
+    except TransformFailed:
+        return None
 
 
 def _owned(pair: Pair, direction: Direction, tag_field: str | None) -> Callable[[str], bool]:
