@@ -568,8 +568,18 @@ class ChangeStreamCursor:
     def _render(self, entry: dict[str, Any], seq: int) -> list[Shown]:
         history = self._history
         token, token_hex = history._token(seq)
+        pipeline = self._pipeline
+        options = self._options
+        if (
+            not pipeline.reads_images
+            and options.full_document != "required"
+            and options.full_document_before_change != "required"
+            and pipeline.rejects_early(self._event(entry, token_hex, images=False))
+        ):
+            # Dropped by a `$match` that reads no image: no post-image lookup for it.
+            return []
         event = self._event(entry, token_hex)
-        shown = self._pipeline.apply(event)
+        shown = pipeline.apply(event)
         if shown is None:
             return []
         if (
@@ -580,7 +590,7 @@ class ChangeStreamCursor:
             return _split(token, shown, allowed=self._pipeline.splits_large_events)
         return [(token, shown, history._size(seq))]
 
-    def _event(self, entry: dict[str, Any], token_hex: str) -> dict[str, Any]:
+    def _event(self, entry: dict[str, Any], token_hex: str, images: bool = True) -> dict[str, Any]:
         op = entry["op"]
         event: dict[str, Any] = {}
         # mongod puts the transaction's identity first, ahead of the resume token.
@@ -595,7 +605,7 @@ class ChangeStreamCursor:
         options = self._options
         if op in ("insert", "replace"):
             event["fullDocument"] = entry["fullDocument"]
-        elif op == "update" and options.full_document != "default":
+        elif op == "update" and options.full_document != "default" and images:
             event["fullDocument"] = self._post_image(entry)
         ns: dict[str, Any] = {"db": entry["db"]}
         if "coll" in entry:
@@ -605,7 +615,7 @@ class ChangeStreamCursor:
             event["documentKey"] = entry["documentKey"]
         if op == "update":
             event["updateDescription"] = entry["updateDescription"]
-        if op in _IMAGE_OPS and options.full_document_before_change != "off":
+        if op in _IMAGE_OPS and options.full_document_before_change != "off" and images:
             event["fullDocumentBeforeChange"] = self._pre_image(entry)
         if op == "rename":
             event["to"] = entry["to"]

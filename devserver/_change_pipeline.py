@@ -14,7 +14,7 @@ from bson import Timestamp
 from mongomock import OperationFailure, aggregate, filtering, helpers
 
 from devserver._errors import CommandError
-from devserver._fastfilter import compile_event_filter
+from devserver._fastfilter import Compiled, compile_event_filter
 
 __all__ = ["EventPipeline", "MAX_EVENT_BYTES", "SPLIT_STAGE"]
 
@@ -57,6 +57,9 @@ class EventPipeline:
         self._stages: list[Stage] = []
         self._copies = False
         self.splits_large_events = False
+        # The leading `$match` stages' compiled tests when none reads an image field: they
+        # decide on an event without its images, before the post-image lookup is paid for.
+        self._early: list[Compiled] | None = []
         for position, stage in enumerate(stages):
             if not isinstance(stage, Mapping) or len(stage) != 1:
                 raise CommandError(
@@ -97,6 +100,10 @@ class EventPipeline:
             return
         if name == "$match":
             self._stages.append(_match_stage(argument))
+            if self._early is not None and len(self._early) == len(self._stages) - 1:
+                early = _early_test(argument)
+                if early is not None:
+                    self._early.append(early)
             return
         if name == "$redact":
             raise CommandError(
@@ -109,6 +116,19 @@ class EventPipeline:
             self._copies = self._copies or any("." in str(k) for k in argument)
         self._stages.append(_transform_stage(name, argument))
 
+    @property
+    def reads_images(self) -> bool:
+        """Whether the stages may need an event's images to decide whether it is shown."""
+        return not self._early
+
+    def rejects_early(self, event: dict[str, Any]) -> bool:
+        """True when the leading `$match` stages drop `event`, which lacks its images; False
+        when it passes them or they cannot tell (the whole pipeline decides then)."""
+        for test in self._early or ():
+            if test(event) is False:
+                return True
+        return False
+
     def apply(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event after the user's stages, or None when a `$match` dropped it."""
         token = event["_id"]
@@ -120,6 +140,39 @@ class EventPipeline:
         if current is not None and current.get("_id") != token:
             raise CommandError(280, "ChangeStreamFatalError", _MODIFIED_ID_MESSAGE)
         return current
+
+
+# Event fields that hold documents the server looks up or copies for the event.
+_IMAGE_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange"})
+
+
+def _early_test(spec: Any) -> Compiled | None:
+    """The compiled test of a `$match` whose paths avoid the image fields, or None."""
+    if not isinstance(spec, Mapping):
+        return None
+    paths = _filter_paths(spec)
+    if paths is None or any(path.split(".", 1)[0] in _IMAGE_FIELDS for path in paths):
+        return None
+    if _contains_timestamp(spec):
+        return None
+    return compile_event_filter(_patch_datetimes(dict(spec)))
+
+
+def _filter_paths(spec: Mapping[str, Any]) -> set[str] | None:
+    """The field paths a filter reads (through `$and` / `$or`), or None for other operators."""
+    paths: set[str] = set()
+    for key, condition in spec.items():
+        if key in ("$and", "$or") and isinstance(condition, list):
+            for clause in condition:
+                inner = _filter_paths(clause) if isinstance(clause, Mapping) else None
+                if inner is None:
+                    return None
+                paths |= inner
+        elif key.startswith("$"):
+            return None
+        else:
+            paths.add(key)
+    return paths
 
 
 def _match_stage(spec: Any) -> Stage:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from bson import Binary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mongomock import filtering
 
+from devserver._change_pipeline import EventPipeline
 from devserver._fastfilter import compile_event_filter
 
 names = st.sampled_from(["a", "b", "c"])
@@ -82,3 +84,47 @@ def test_session_filter_is_compiled_and_answers_for_events_without_a_session() -
     ]:
         assert compiled(event) is expected
         assert filtering.filter_applies(filter_doc, event) is expected
+
+
+@pytest.mark.parametrize(
+    ("stages", "reads_images"),
+    [
+        pytest.param([{"$match": {"documentKey._id": {"$in": [1, 2]}}}], False, id="key"),
+        pytest.param(
+            [{"$match": {"$or": [{"ns.coll": "a"}, {"operationType": "drop"}]}}],
+            False,
+            id="or-of-namespaces",
+        ),
+        pytest.param([{"$match": {"fullDocument.x": 1}}], True, id="post-image-field"),
+        pytest.param(
+            [{"$match": {"$or": [{"ns.coll": "a"}, {"fullDocumentBeforeChange": None}]}}],
+            True,
+            id="pre-image-inside-or",
+        ),
+        pytest.param([{"$match": {"$expr": {"$eq": [1, 1]}}}], True, id="expression"),
+        pytest.param(
+            [{"$addFields": {"k": 1}}, {"$match": {"ns.coll": "a"}}], True, id="after-a-stage"
+        ),
+    ],
+)
+def test_pipeline_decides_before_images_only_on_leading_matches_that_read_none(
+    stages: list[dict[str, Any]], reads_images: bool
+) -> None:
+    """A stream skips the post-image lookup of an event only when leading `$match` stages that
+    read no image field drop it; anything else is decided on the whole event."""
+    pipeline = EventPipeline(stages)
+    assert pipeline.reads_images is reads_images
+
+
+def test_early_rejection_agrees_with_the_whole_pipeline() -> None:
+    """An event the early test rejects is one the whole pipeline drops; one it keeps (or
+    cannot judge) goes on to the whole pipeline."""
+    pipeline = EventPipeline(
+        [{"$match": {"ns.coll": "a", "documentKey._id": {"$in": [1, 2]}}}, {"$project": {"x": 0}}]
+    )
+    kept = {"_id": {"_data": "01"}, "ns": {"db": "d", "coll": "a"}, "documentKey": {"_id": 1}}
+    dropped = {**kept, "documentKey": {"_id": 3}}
+    unknown = {**kept, "documentKey": {"_id": [1]}}
+    assert not pipeline.rejects_early(kept) and pipeline.apply(kept) is not None
+    assert pipeline.rejects_early(dropped) and pipeline.apply(dropped) is None
+    assert not pipeline.rejects_early(unknown)

@@ -91,6 +91,7 @@ async def test_failing_command_is_retried_and_the_pair_converges(
     tmp_path: Path,
     fail_point: Any,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
     command: str,
     mode: str,
 ) -> None:
@@ -99,6 +100,12 @@ async def test_failing_command_is_retried_and_the_pair_converges(
     dead-letters the poison document once, and reports a dropped connection once, not once
     per attempt."""
     caplog.set_level(logging.INFO)
+    if command == "aggregate":
+        # The look-ahead asks the server (an aggregate) only for what the stream reader has
+        # not reached yet; here the reader never seems to have reached it, so it always asks.
+        monkeypatch.setattr("worker.engine._stream.UnreadEvents.covers", lambda *_: False)
+    # Counted through the test's own client, which the fail point leaves alone.
+    dead_letters = StateStore(aclient[f"{db_name}_state"])
     module = write_module(tmp_path, "people_faults", PEOPLE_MODULE, db=db_name)
     config = _config(mongo_uri, db_name, module)
     original = aclient[db_name]["people"]
@@ -139,7 +146,7 @@ async def test_failing_command_is_retried_and_the_pair_converges(
                 and moved is not None
                 and moved.get("city") == "Oslo"
                 and await _find(original, 2) is None
-                and await worker.store.dead_letter_count() == 1
+                and await dead_letters.dead_letter_count() == 1
             )
 
         await eventually(converged, within=30, what="convergence after the fault")

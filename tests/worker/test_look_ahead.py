@@ -7,13 +7,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 from bson import Timestamp
 from pymongo import AsyncMongoClient
 
 from transforms import load_registry
 from worker.engine._applier import Applier
 from worker.engine._lease import Lease
-from worker.engine._stream import UnreadEvents
+from worker.engine._stream import UnreadEvents, token_time
 from worker.metrics import Metrics
 from worker.state import StateStore, id_key
 
@@ -128,3 +129,38 @@ def test_unread_events_are_found_by_document_and_forgotten_once_taken() -> None:
     unread.taken(2)
     assert len(unread) == 0 and not unread.has_invalidate() and unread.newest_time() is None
     assert unread.for_documents([("db.c", id_key(1))]) == []
+
+
+def test_resume_tokens_give_their_cluster_time() -> None:
+    """A resume token's leading Timestamp is read back; other formats give None."""
+    assert token_time({"_data": "826B0E7C68000003FB8000000000000000"}) == Timestamp(
+        0x6B0E7C68, 0x3FB
+    )
+    assert token_time({"_data": "01ABCDEF"}) is None
+    assert token_time({"_data": "82zz"}) is None
+    assert token_time(None) is None
+
+
+async def test_look_ahead_waits_for_a_busy_reader_to_pass_its_horizon() -> None:
+    """The reader covers a cluster time once it handed over a later event, or reached a later
+    position; a busy reader is waited for, an idle one is not (the server answers then)."""
+    unread = UnreadEvents()
+    horizon = Timestamp(1000, 5)
+    assert not await unread.wait_covers(horizon, within=0.01)  # idle: no wait
+    unread.add(_change(4, 1))
+    assert not unread.covers(horizon)
+
+    async def reader() -> None:
+        await anyio.sleep(0.01)
+        unread.add(_change(5, 2))  # the horizon's own time: not past it yet
+        await anyio.sleep(0.01)
+        unread.reached({"_data": "82000003E8000000068000"})  # position (1000, 6)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(reader)
+        with anyio.fail_after(5):
+            assert await unread.wait_covers(horizon, within=5)
+    assert unread.covers(horizon)
+    assert not unread.covers(Timestamp(1000, 6))
+    unread.add(_change(7, 1))
+    assert unread.covers(Timestamp(1000, 6))

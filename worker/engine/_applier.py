@@ -66,6 +66,8 @@ MAX_PENDING_ECHOES = 200_000
 WRITE_CONFLICT = 112
 # Past this, a grown `batch_limit` no longer bounds anything and is dropped.
 MAX_BATCH_LIMIT = 100_000
+# Longest a batch's look-ahead waits for a busy stream reader to pass its horizon.
+READER_WAIT_S = 0.02
 # Events per server round trip when a batch looks ahead in the change stream.
 PEEK_BATCH = 10_000
 # Marks an event made up for a chain's other pair from a worker write (never on the wire).
@@ -806,15 +808,16 @@ class Applier:
         past_snapshot = not all(note(event) for event in beyond)
         if read_ahead and self.unread is not None and not past_snapshot:
             unread = self.unread
+            # A busy reader passes the horizon within a round trip or two: then every newer
+            # write up to it is in memory, and the server is not asked at all.
+            if horizon is not None:
+                past_snapshot = await unread.wait_covers(horizon, within=READER_WAIT_S)
             after = unread.last_token
             if unread.has_invalidate():
                 after = None  # a stream cannot resume after an invalidate: read from the batch
             wanted = [(ns, key) for ns, ids in targets.items() for key in ids]
             for event in unread.for_documents(wanted):
                 note(event)
-            # The reader holds an event past the horizon: the server has nothing newer for it.
-            newest = unread.newest_time()
-            past_snapshot = newest is not None and horizon is not None and newest > horizon
         if not past_snapshot:
             if after is None and checkpoint is not None:
                 after = checkpoint[0]

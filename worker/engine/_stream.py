@@ -2,12 +2,16 @@
 
 The reader owns the stream: it opens it where the checkpoint says, filters server-side to the
 pairs' namespaces, hands events to the applier through a bounded memory stream (backpressure),
-and reopens it after a lost connection from the last event it handed over.
+and reopens it after a lost connection from the last event it handed over. It also keeps the
+events handed over but not yet applied, by document, and how far into the stream it has read
+(`UnreadEvents`): a batch's look-ahead for newer writes reads them there, and asks the server
+only for what the reader has not reached.
 """
 
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +27,13 @@ from worker.errors import HistoryLost
 from worker.logs import get_logger
 from worker.state import id_key
 
-__all__ = ["StreamPosition", "StreamReader", "UnreadEvents", "namespace_filter"]
+__all__ = ["StreamPosition", "StreamReader", "UnreadEvents", "namespace_filter", "token_time"]
 
 log = get_logger(__name__)
+
+# A reader that handed over an event or a position this recently is receiving events: the
+# look-ahead waits for it rather than asking the server.
+READER_BUSY_S = 0.05
 
 # Server codes that mean the resume point is gone: ChangeStreamHistoryLost, and the older
 # CappedPositionLost / OplogQueryMinTsMissing some versions report instead.
@@ -56,6 +64,12 @@ class UnreadEvents:
         self._invalidates = 0
         #: The newest handed-over event's resume token: the server holds what follows it.
         self.last_token: Mapping[str, Any] | None = None
+        # Every event of a cluster time before this one has been handed over: the newest
+        # event's time, or the stream's post-batch resume token's once the reader drained it.
+        self._seen_before: Timestamp | None = None
+        self._last_event_time: Timestamp | None = None
+        self._moved = anyio.Event()
+        self._moved_at = -1e9
 
     def add(self, event: dict[str, Any]) -> None:
         """The reader handed `event` over (after every event before it)."""
@@ -67,7 +81,41 @@ class UnreadEvents:
         if event.get("operationType") == "invalidate":
             self._invalidates += 1
         self.last_token = event["_id"]
+        stamp = event.get("clusterTime")
+        if isinstance(stamp, Timestamp):
+            self._last_event_time = stamp
         self._drop_taken()
+        self._advanced()
+
+    def reached(self, resume_token: Mapping[str, Any] | None) -> None:
+        """The stream's resume token once every event the reader received is handed over."""
+        stamp = token_time(resume_token)
+        if stamp is not None and (self._seen_before is None or stamp > self._seen_before):
+            self._seen_before = stamp
+            self._advanced()
+
+    def _advanced(self) -> None:
+        self._moved.set()
+        self._moved = anyio.Event()
+        self._moved_at = time.monotonic()
+
+    def covers(self, horizon: Timestamp) -> bool:
+        """Whether every event up to cluster time `horizon` has been handed over."""
+        last = self._last_event_time
+        seen = self._seen_before
+        return (last is not None and last > horizon) or (seen is not None and seen > horizon)
+
+    async def wait_covers(self, horizon: Timestamp, *, within: float) -> bool:
+        """Wait up to `within` seconds for `covers(horizon)`, if the reader is receiving
+        events (an idle reader sits in a long getMore: the server answers sooner)."""
+        if self.covers(horizon):
+            return True
+        if time.monotonic() - self._moved_at > READER_BUSY_S:
+            return False
+        with anyio.move_on_after(within):
+            while not self.covers(horizon):
+                await self._moved.wait()
+        return self.covers(horizon)
 
     def taken(self, count: int) -> None:
         """The applier took `count` more events off the stream."""
@@ -106,6 +154,21 @@ class UnreadEvents:
             found.extend(self._by_document.get(document, ()))
         found.sort(key=lambda item: item[0])
         return [event for _, event in found]
+
+
+def token_time(token: Mapping[str, Any] | None) -> Timestamp | None:
+    """The cluster time a resume token starts with, or None for a format not known here.
+
+    MongoDB's tokens (and the development server's) are hex strings whose first byte 0x82
+    tags the Timestamp that follows as 4 + 4 big-endian bytes.
+    """
+    data = (token or {}).get("_data")
+    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
+        return None
+    try:
+        return Timestamp(int(data[2:10], 16), int(data[10:18], 16))
+    except ValueError:
+        return None
 
 
 def _document_of(event: Mapping[str, Any]) -> tuple[str, Any] | None:
@@ -220,6 +283,7 @@ class StreamReader:
                                 if not fragments and stream.resume_token is not None:
                                     # Everything before this point has been handed over.
                                     self.idle_token = (stream.resume_token, self.sent)
+                                    self.unread.reached(stream.resume_token)
                                 continue
                             split = event.get("splitEvent")
                             if split is not None:
@@ -232,6 +296,9 @@ class StreamReader:
                             self.sent += 1
                             self.unread.add(event)
                             self.last_token = event["_id"]
+                            if not fragments:
+                                # After the last event of a batch: the post-batch token.
+                                self.unread.reached(stream.resume_token)
                             self.invalidated = event["operationType"] == "invalidate"
                             if self.invalidated:
                                 # The stream is over; start again after the invalidate.
