@@ -45,7 +45,7 @@ from worker.engine._plan import (
     overlaps,
     plan_event,
 )
-from worker.engine._stream import UnreadEvents
+from worker.engine._stream import UnreadEvents, document_of
 from worker.engine._writes import TargetWrite, plan_target_write, write_operation
 from worker.errors import LeaseLost
 from worker.logs import get_logger
@@ -804,9 +804,15 @@ class Applier:
             return True
 
         after: Mapping[str, Any] | None = None
-        # `all` stops at the first event past the horizon: nothing newer to ask for then.
-        past_snapshot = not all(note(event) for event in beyond)
-        if read_ahead and self.unread is not None and not past_snapshot:
+        past_snapshot = False
+        if since is None:
+            # `beyond` came before the reads: only the first look needs it, and only the
+            # events on this batch's targets (a delivery split in many parts repeats it).
+            for event in beyond:
+                document = document_of(event)
+                if document is not None and document[1] in targets.get(document[0], ()):
+                    note(event)
+        if read_ahead and self.unread is not None:
             unread = self.unread
             # A busy reader passes the horizon within a round trip or two: then every newer
             # write up to it is in memory, and the server is not asked at all.

@@ -27,7 +27,14 @@ from worker.errors import HistoryLost
 from worker.logs import get_logger
 from worker.state import id_key
 
-__all__ = ["StreamPosition", "StreamReader", "UnreadEvents", "namespace_filter", "token_time"]
+__all__ = [
+    "StreamPosition",
+    "StreamReader",
+    "UnreadEvents",
+    "document_of",
+    "namespace_filter",
+    "token_time",
+]
 
 log = get_logger(__name__)
 
@@ -75,7 +82,7 @@ class UnreadEvents:
         """The reader handed `event` over (after every event before it)."""
         self._added += 1
         self._events.append((self._added, event))
-        key = _document_of(event)
+        key = document_of(event)
         if key is not None:
             self._by_document.setdefault(key, collections.deque()).append((self._added, event))
         if event.get("operationType") == "invalidate":
@@ -127,7 +134,7 @@ class UnreadEvents:
         # hands it over first): such an event is dropped as soon as it is added.
         while self._events and self._events[0][0] <= self._taken:
             seq, event = self._events.popleft()
-            key = _document_of(event)
+            key = document_of(event)
             if key is not None:
                 queue = self._by_document[key]
                 queue.popleft()
@@ -171,7 +178,7 @@ def token_time(token: Mapping[str, Any] | None) -> Timestamp | None:
         return None
 
 
-def _document_of(event: Mapping[str, Any]) -> tuple[str, Any] | None:
+def document_of(event: Mapping[str, Any]) -> tuple[str, Any] | None:
     """(namespace, id_key) of a document event; None for the others."""
     key = event.get("documentKey")
     if not key or "_id" not in key:
