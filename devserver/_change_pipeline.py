@@ -99,11 +99,12 @@ class EventPipeline:
             self.splits_large_events = True
             return
         if name == "$match":
-            self._stages.append(_match_stage(argument))
-            if self._early is not None and len(self._early) == len(self._stages) - 1:
-                early = _early_test(argument)
-                if early is not None:
-                    self._early.append(early)
+            stage, fast = _match_stage(argument)
+            self._stages.append(stage)
+            early = self._early
+            leading = early is not None and len(early) == len(self._stages) - 1
+            if early is not None and leading and fast is not None and _reads_no_image(argument):
+                early.append(fast)
             return
         if name == "$redact":
             raise CommandError(
@@ -146,16 +147,10 @@ class EventPipeline:
 _IMAGE_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange"})
 
 
-def _early_test(spec: Any) -> Compiled | None:
-    """The compiled test of a `$match` whose paths avoid the image fields, or None."""
-    if not isinstance(spec, Mapping):
-        return None
+def _reads_no_image(spec: Mapping[str, Any]) -> bool:
+    """Whether every path a `$match` filter reads lies outside the image fields."""
     paths = _filter_paths(spec)
-    if paths is None or any(path.split(".", 1)[0] in _IMAGE_FIELDS for path in paths):
-        return None
-    if _contains_timestamp(spec):
-        return None
-    return compile_event_filter(_patch_datetimes(dict(spec)))
+    return paths is not None and all(path.split(".", 1)[0] not in _IMAGE_FIELDS for path in paths)
 
 
 def _filter_paths(spec: Mapping[str, Any]) -> set[str] | None:
@@ -175,7 +170,8 @@ def _filter_paths(spec: Mapping[str, Any]) -> set[str] | None:
     return paths
 
 
-def _match_stage(spec: Any) -> Stage:
+def _match_stage(spec: Any) -> tuple[Stage, Compiled | None]:
+    """The stage, and its compiled fast test when the filter has one."""
     if not isinstance(spec, Mapping):
         raise CommandError(
             15959, "Location15959", "the match filter must be an expression in an object"
@@ -200,7 +196,7 @@ def _match_stage(spec: Any) -> Stage:
         document = _timestamps_as_ints(event) if has_timestamps else event
         return event if _run(lambda: _filter_applies(patched, document)) else None
 
-    return match
+    return match, fast
 
 
 def _contains_timestamp(value: Any) -> bool:

@@ -1,6 +1,6 @@
 """Errors the development server turns into MongoDB-shaped error replies.
 
-CommandError        a command failed; becomes {ok: 0, errmsg, code, codeName, errorLabels}
+    CommandError        a command failed; becomes {ok: 0, errmsg, code, codeName, errorLabels}
 """
 
 from __future__ import annotations

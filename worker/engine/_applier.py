@@ -7,7 +7,7 @@ the checkpoint in it, fenced by the lease. The reads and the planning come befor
 transaction so that its window for write conflicts is only as long as its target writes; a
 client write that landed on a written path between the reads and the writes is found in the
 stream once the writes hold their documents, and the batch is planned again (a chain's batches
-read inside the transaction, see `Applier.reads_in_transaction`). A write conflict
+read inside the transaction, see `Applier.chained`). A write conflict
 retries the batch in smaller transactions (`batch_limit`); a write the server refuses for good
 (validation, size, duplicate key) is retried one event at a time and the refused event goes to
 dead letters.
@@ -162,13 +162,13 @@ class Applier:
         # stream can leave them out server-side (see `StreamReader.skip_sessions`). A chain
         # needs them: a paused pair holds the echo of the other pair's write for later.
         namespaces = [ns for pair in registry.pairs for ns in (pair.original, pair.partner)]
+        # A collection in two pairs. Without chains a batch reads and plans before its
+        # transaction starts, so the window for write conflicts with clients is only its
+        # target writes. A chain's batch writes documents that it reads while planning (a write
+        # for one pair is a change for the other), so it reads them inside the transaction's
+        # snapshot, as one consistent view, and is retried whole.
         self.chained = len(namespaces) != len(set(namespaces))
         self.echoes_filtered = self.transactions and not self.chained
-        # Without chains a batch reads and plans before its transaction starts, so the window
-        # for write conflicts with clients is only its target writes. A chain's batch writes
-        # documents that it reads while planning (a write for one pair is a change for the
-        # other), so it reads them inside the transaction's snapshot, as one consistent view.
-        self.reads_in_transaction = self.chained
         # The stream reader's events not yet taken (set by the runner): a batch from `apply`
         # looks for newer writes to its targets there first.
         self.unread: UnreadEvents | None = None
@@ -324,9 +324,8 @@ class Applier:
                 )
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
-                if splittable and len(events) > 1:
-                    self._lower_limit(len(events))
-                    raise _Split() from None
+                if splittable:
+                    self._split_smaller(events)
                 stale_reads += 1
                 if stale_reads == 1:
                     continue  # the newer writes are known now: plan again at once
@@ -344,9 +343,8 @@ class Applier:
                 if not _is_transient(exc):
                     raise
                 log.debug("batch_retry", code=exc.code, error=str(exc)[:200])
-                if exc.code == WRITE_CONFLICT and splittable and len(events) > 1:
-                    self._lower_limit(len(events))
-                    raise _Split() from None
+                if exc.code == WRITE_CONFLICT and splittable:
+                    self._split_smaller(events)
             except (ConnectionFailure, PyMongoError) as exc:
                 if not outage_logged:
                     log.warning(
@@ -381,10 +379,13 @@ class Applier:
             _add_results(total, result)
         return total
 
-    def _lower_limit(self, size: int) -> None:
-        """Halve the events per transaction after a conflict with client writes."""
-        self.batch_limit = max(1, size // 2)
-        log.debug("batch_limit_lowered", limit=self.batch_limit)
+    def _split_smaller(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """After a conflict with client writes, halve the events per transaction and raise
+        _Split for `apply` to take a smaller first part (a lone event is retried as it is)."""
+        if len(events) > 1:
+            self.batch_limit = max(1, len(events) // 2)
+            log.debug("batch_limit_lowered", limit=self.batch_limit)
+            raise _Split()
 
     # -- one attempt -------------------------------------------------------------------------------
 
@@ -490,7 +491,7 @@ class Applier:
                     (index, changed, echo_of)
                 )
 
-        if session is not None and self.reads_in_transaction:
+        if session is not None and self.chained:
             await session.start_transaction()
         # Load everything the batch touches (inside the transaction's snapshot when it has
         # started already).
@@ -526,9 +527,8 @@ class Applier:
 
         for original, ids in ids_by_pair.items():
             await load(self._pairs[original], ids)
-        read_at = self.session.operation_time if self.session is not None else None
-        if session is None:
-            read_at = None  # field tags: no session reads; the look-ahead reads to the end
+        # Field tags read without the session: the look-ahead then reads to the stream's end.
+        read_at = session.operation_time if session is not None else None
         peeked = await self._peek_ahead(
             work, checkpoint, read_ahead=read_ahead, beyond=beyond, until=read_at
         )
@@ -683,7 +683,7 @@ class Applier:
         # command, and a client write to a target document after the snapshot and before the
         # worker's own write of it is a write conflict. Started at the writes, that window is
         # one bulk write long instead of the whole batch's reads, look-ahead and planning.
-        # (A chain's batch started it before its reads: see `reads_in_transaction`.)
+        # (A chain's batch started it before its reads: see `chained`.)
         if session is not None and not session.in_transaction:
             await session.start_transaction()
         for namespace, ops in operations.items():
@@ -693,7 +693,7 @@ class Applier:
                 if refused is None and not _is_transient(exc):
                     raise _Permanent(exc) from exc
                 raise
-        if session is not None and written and not self.reads_in_transaction:
+        if session is not None and written and not self.chained:
             # The documents were read before the transaction: a client write that landed
             # between that read and these writes, on a path they set, is newer and must win.
             # The written documents are held now, so the stream up to here has every such write.
@@ -785,12 +785,11 @@ class Applier:
         # "written ahead" dropped the batch's changes to targets nobody else wrote. A write
         # after the transaction's snapshot conflicts with the batch's own write of that
         # document (and the batch is retried), so the scan ends at the snapshot's time.
-        horizon = until
 
         def note(event: Mapping[str, Any]) -> bool:
             """Record a newer client write to a target; False once past the horizon."""
             stamp = event.get("clusterTime")
-            if horizon is not None and stamp is not None and stamp > horizon:
+            if until is not None and stamp is not None and stamp > until:
                 return False
             if since is not None and stamp is not None and stamp <= since:
                 return True
@@ -816,8 +815,8 @@ class Applier:
             unread = self.unread
             # A busy reader passes the horizon within a round trip or two: then every newer
             # write up to it is in memory, and the server is not asked at all.
-            if horizon is not None:
-                past_snapshot = await unread.wait_covers(horizon, within=READER_WAIT_S)
+            if until is not None:
+                past_snapshot = await unread.wait_covers(until, within=READER_WAIT_S)
             after = unread.last_token
             if unread.has_invalidate():
                 after = None  # a stream cannot resume after an invalidate: read from the batch
