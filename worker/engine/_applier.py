@@ -20,13 +20,15 @@ import contextlib
 import datetime as dt
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
 import bson
 from bson import Timestamp
+from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient, DeleteOne, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import (
@@ -496,37 +498,90 @@ class Applier:
         # Load everything the batch touches (inside the transaction's snapshot when it has
         # started already).
         ids_by_pair: dict[str, dict[Any, Any]] = {}
-        for pair, _, event, _ in work:
+        # Per pair and namespace: documents the batch reads only as a source, each with
+        # whether an update without a post-image needs it (when the merge base lacks it).
+        only_source: dict[str, dict[str, dict[Any, bool]]] = {}
+        targets_read: set[tuple[str, Any]] = set()
+        for pair, side, event, _ in work:
             document_id = event["documentKey"]["_id"]
-            ids_by_pair.setdefault(pair.original, {})[id_key(document_id)] = document_id
+            key = id_key(document_id)
+            ids_by_pair.setdefault(pair.original, {})[key] = document_id
+            source_ns = pair.original if side == "original" else pair.partner
+            targets_read.add((pair.partner if side == "original" else pair.original, key))
+            needs = event.get("operationType") == "update" and event.get("fullDocument") is None
+            sources = only_source.setdefault(pair.original, {}).setdefault(source_ns, {})
+            sources[key] = sources.get(key, False) or needs
+        for by_namespace in only_source.values():
+            for namespace, sources in by_namespace.items():
+                for key in [k for k in sources if (namespace, k) in targets_read]:
+                    del sources[key]
         bases: dict[tuple[str, Any], dict[str, Any]] = {}
         docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
         initial: dict[tuple[str, Any], dict[str, Any] | None] = {}
         loaded: set[tuple[str, Any]] = set()
 
-        async def load(pair: Pair, ids: Mapping[Any, Any]) -> None:
-            """Merge base and both current documents of these ids, once per pair and id."""
-            wanted = {k: v for k, v in ids.items() if (pair.original, k) not in loaded}
-            if not wanted:
-                return
-            records = await self.store.load_bases(pair.original, wanted.values(), session=session)
+        # Outside a transaction the batch's reads are independent: they go out side by side,
+        # each on a session of its own, and `session` takes the newest of their times.
+        side_by_side = session is None or not session.in_transaction
+
+        async def read_bases(pair: Pair, ids: list[Any], read_session: Any) -> None:
+            records = await self.store.load_bases(pair.original, ids, session=read_session)
             for key, record in records.items():
                 bases[(pair.original, key)] = record
+
+        async def read_documents(namespace: str, fetch: dict[Any, Any], read_session: Any) -> None:
+            for key in fetch:
+                docs[(namespace, key)] = None
+            query = {"_id": {"$in": list(fetch.values())}}
+            async for document in self._collection(namespace).find(query, session=read_session):
+                docs[(namespace, id_key(document["_id"]))] = document
+            for key in fetch:
+                initial[(namespace, key)] = docs[(namespace, key)]
+
+        async def load(
+            pair: Pair,
+            ids: Mapping[Any, Any],
+            sources: Mapping[str, Mapping[Any, bool]] | None = None,
+        ) -> None:
+            """Merge base and current documents of these ids, each read once per batch.
+
+            `sources` (namespace -> id key -> needed without a merge base): documents the batch
+            reads only as a source. Planning takes an insert's or replace's source from the
+            event, and an update's from the merge base and the event; such a document is read
+            only for an update the merge base cannot place, once the base has been read.
+            Without `sources`, both sides of every id are read (a chain's hop into its next
+            pair).
+            """
+            sources = sources or {}
+            reads: list[Callable[[Any], Coroutine[Any, Any, None]]] = []
+            wanted = [v for k, v in ids.items() if (pair.original, k) not in loaded]
+            if wanted:
+                reads.append(partial(read_bases, pair, wanted))
+                loaded.update((pair.original, key) for key in ids)
             for namespace in (pair.original, pair.partner):
-                fetch = {k: v for k, v in wanted.items() if (namespace, k) not in docs}
-                if not fetch:
-                    continue
-                for key in fetch:
-                    docs[(namespace, key)] = None
-                query = {"_id": {"$in": list(fetch.values())}}
-                async for document in self._collection(namespace).find(query, session=session):
-                    docs[(namespace, id_key(document["_id"]))] = document
-                for key in fetch:
-                    initial[(namespace, key)] = docs[(namespace, key)]
-            loaded.update((pair.original, key) for key in wanted)
+                as_source = sources.get(namespace, {})
+                fetch = {
+                    k: v
+                    for k, v in ids.items()
+                    if (namespace, k) not in docs and k not in as_source
+                }
+                if fetch:
+                    reads.append(partial(read_documents, namespace, fetch))
+            await self._read_all(reads, session, side_by_side)
+            for namespace, side_field in ((pair.original, "o"), (pair.partner, "p")):
+                as_source = sources.get(namespace, {})
+                fetch = {
+                    k: ids[k]
+                    for k, needed in as_source.items()
+                    if needed
+                    and (namespace, k) not in docs
+                    and (bases.get((pair.original, k)) or {}).get(side_field) is None
+                }
+                if fetch:
+                    await read_documents(namespace, fetch, session)
 
         for original, ids in ids_by_pair.items():
-            await load(self._pairs[original], ids)
+            await load(self._pairs[original], ids, only_source.get(original, {}))
         # Field tags read without the session: the look-ahead then reads to the stream's end.
         read_at = session.operation_time if session is not None else None
         peeked = await self._peek_ahead(
@@ -716,13 +771,16 @@ class Applier:
             stored = bases[(pair_original, key)]
             if stored.get("o") is None and stored.get("p") is None:
                 base_ops.append(DeleteOne({"_id": stored["_id"]}))
-            elif _bson_size(stored) > MAX_BASE_BYTES:
-                # Both sides of a very large document do not fit one record: keep none, so
-                # the document syncs without the newer-write guard rather than not at all.
-                log.warning("merge_base_too_large", pair=pair_original, document_id=key)
-                base_ops.append(DeleteOne({"_id": stored["_id"]}))
             else:
-                base_ops.append(ReplaceOne({"_id": stored["_id"]}, stored, upsert=True))
+                # Measured by encoding it, and the encoding is what is sent.
+                encoded = RawBSONDocument(bson.encode(stored))
+                if len(encoded.raw) > MAX_BASE_BYTES:
+                    # Both sides of a very large document do not fit one record: keep none,
+                    # so the document syncs without the newer-write guard rather than not at all.
+                    log.warning("merge_base_too_large", pair=pair_original, document_id=key)
+                    base_ops.append(DeleteOne({"_id": stored["_id"]}))
+                else:
+                    base_ops.append(ReplaceOne({"_id": stored["_id"]}, encoded, upsert=True))
         if base_ops:
             await self.store.merge_base.bulk_write(base_ops, ordered=False, session=session)
         if dead_letters:
@@ -746,6 +804,38 @@ class Applier:
         return result, tallies
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    async def _read_all(
+        self,
+        reads: Sequence[Callable[[Any], Coroutine[Any, Any, None]]],
+        session: AsyncClientSession | None,
+        side_by_side: bool,
+    ) -> None:
+        """Run `reads` (each given the session to read on): inside a transaction one after the
+        other on `session`; outside one, side by side on sessions of their own, after which
+        `session`'s operation time is the newest of theirs (the time every read reflects)."""
+        if not side_by_side or len(reads) < 2:
+            for read in reads:
+                await read(session)
+            return
+        if session is None:
+            async with anyio.create_task_group() as group:
+                for read in reads:
+                    group.start_soon(read, None)
+            return
+        helpers = [self.client.start_session(causal_consistency=False) for _ in reads]
+        try:
+            async with anyio.create_task_group() as group:
+                for read, helper in zip(reads, helpers, strict=True):
+                    group.start_soon(read, helper)
+            for helper in helpers:
+                if helper.operation_time is not None:
+                    session.advance_operation_time(helper.operation_time)
+                if helper.cluster_time is not None:
+                    session.advance_cluster_time(helper.cluster_time)
+        finally:
+            for helper in helpers:
+                await helper.end_session()
 
     async def _peek_ahead(
         self,

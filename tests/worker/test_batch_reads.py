@@ -1,0 +1,160 @@
+"""What a batch reads before it plans: the merge base and the target of every event, and a
+source document only when the event and the merge base cannot tell what it holds."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+
+from transforms import load_registry
+from worker.engine._applier import Applier
+from worker.engine._lease import Lease
+from worker.metrics import Metrics
+from worker.state import StateStore
+
+from .engine_helpers import PEOPLE_MODULE, next_events, write_module
+
+
+class _Finds(monitoring.CommandListener):
+    """The collections of the `find` commands sent while `recording`."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.collections: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.recording and event.command_name == "find":
+            self.collections.append(event.command["find"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def people(mongo_uri: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """A RUNNING pair `people` <-> `people_v2` and an applier whose finds are recorded."""
+    name = f"reads_{uuid.uuid4().hex[:8]}"
+    registry = load_registry(
+        [write_module(tmp_path, name, PEOPLE_MODULE, db=name)], entry_points=False
+    )
+    finds = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_uri, tz_aware=True, event_listeners=[finds]
+    )
+    store = StateStore(client[f"{name}_state"])
+    await store.ensure_collections()
+    await store.register(registry)
+    await store.set_state(registry.pairs[0].original, "RUNNING")
+    lease = Lease(store, "batch-reads-test", 30.0)
+    assert await lease.try_acquire()
+    applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
+    await applier.refresh_pairs()
+    try:
+        yield {"db": client[name], "applier": applier, "finds": finds}
+    finally:
+        await client.drop_database(name)
+        await client.drop_database(f"{name}_state")
+        await client.close()
+
+
+async def _events(db: Any, count: int, write: Any) -> list[dict[str, Any]]:
+    async with await db.watch(max_await_time_ms=50) as stream:
+        await write()
+        return await next_events(stream, count, tries=count * 20)
+
+
+async def _apply_recording(people: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
+    finds: _Finds = people["finds"]
+    finds.collections.clear()
+    finds.recording = True
+    try:
+        await people["applier"].apply(events)
+    finally:
+        finds.recording = False
+    # The look-ahead and the checkpoint are not reads of the batch's documents.
+    return sorted(c for c in finds.collections if c in ("people", "people_v2", "merge_base"))
+
+
+async def test_update_with_a_merge_base_reads_the_target_and_the_base_only(
+    people: dict[str, Any],
+) -> None:
+    db = people["db"]
+    async with people["applier"].opened():
+        inserted = await _events(
+            db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
+        )
+        # An insert carries its whole source document: the source is not read either.
+        assert await _apply_recording(people, inserted) == ["merge_base", "people_v2"]
+        updated = await _events(
+            db, 1, lambda: db.people.update_one({"_id": 1}, {"$set": {"email": "ada@x"}})
+        )
+        assert await _apply_recording(people, updated) == ["merge_base", "people_v2"]
+    target = await db.people_v2.find_one({"_id": 1})
+    assert target is not None and target["email"] == "ada@x" and target["full_name"] == "Ada"
+
+
+async def test_update_without_a_merge_base_reads_its_source(people: dict[str, Any]) -> None:
+    """A document older than the sync: the update's fields alone do not make the target, so
+    the source document is read and copied whole."""
+    db = people["db"]
+    await db.people.insert_one({"_id": 2, "name": "Grace", "email": "g@x"})
+    async with people["applier"].opened():
+        updated = await _events(
+            db, 1, lambda: db.people.update_one({"_id": 2}, {"$set": {"email": "grace@x"}})
+        )
+        assert await _apply_recording(people, updated) == ["merge_base", "people", "people_v2"]
+    target = await db.people_v2.find_one({"_id": 2})
+    assert target is not None and target["full_name"] == "Grace" and target["email"] == "grace@x"
+
+
+async def test_documents_written_on_both_sides_in_one_batch_are_read_on_both(
+    people: dict[str, Any],
+) -> None:
+    """Each side is the other's target: both are read, and each change reaches the other."""
+    db = people["db"]
+    async with people["applier"].opened():
+        seed = await _events(
+            db, 1, lambda: db.people.insert_one({"_id": 3, "name": "Lin", "email": "l@x"})
+        )
+        await people["applier"].apply(seed)
+
+        async def both() -> None:
+            await db.people.update_one({"_id": 3}, {"$set": {"email": "lin@x"}})
+            await db.people_v2.update_one({"_id": 3}, {"$set": {"full_name": "Lin Z"}})
+
+        events = await _events(db, 2, both)
+        assert await _apply_recording(people, events) == ["merge_base", "people", "people_v2"]
+    original = await db.people.find_one({"_id": 3})
+    target = await db.people_v2.find_one({"_id": 3})
+    assert original is not None and original["name"] == "Lin Z"
+    assert target is not None and target["email"] == "lin@x"
+
+
+async def test_merge_base_too_large_for_one_record_is_not_kept(people: dict[str, Any]) -> None:
+    """Both sides of an 8 MiB document exceed a record: the document is synced all the same,
+    and the merge base is left out (an older one removed) instead of failing the batch."""
+    db, applier = people["db"], people["applier"]
+    async with applier.opened():
+        small = await _events(
+            db, 1, lambda: db.people.insert_one({"_id": 4, "name": "Big", "email": "b@x"})
+        )
+        await applier.apply(small)
+        assert await applier.store.load_bases(applier.registry.pairs[0].original, [4])
+        grown = await _events(
+            db,
+            1,
+            lambda: db.people.update_one({"_id": 4}, {"$set": {"notes": "x" * (8 << 20)}}),
+        )
+        result = await applier.apply(grown)
+    assert result.applied == 1
+    target = await db.people_v2.find_one({"_id": 4})
+    assert target is not None and len(target["notes"]) == 8 << 20
+    assert await applier.store.load_bases(applier.registry.pairs[0].original, [4]) == {}
