@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -302,6 +302,7 @@ class Worker:
                         max_delay_s=batch_cfg.max_delay_ms / 1000,
                         idle_s=REFRESH_INTERVAL_S,
                         stopping=self.stopping,
+                        arrived_at=reader.oldest_arrival,
                     )
                 except anyio.EndOfStream:
                     # The reader stopped (history lost, a lost connection): its own error ends
@@ -399,14 +400,19 @@ async def _collect(
     max_delay_s: float,
     idle_s: float,
     stopping: anyio.Event,
+    arrived_at: Callable[[], float | None] = lambda: None,
 ) -> list[dict[str, Any]]:
-    """Up to `max_docs` events, waiting at most `max_delay_s` after the first one arrives."""
+    """Up to `max_docs` events, waiting for more until the first one has waited `max_delay_s`
+    since it arrived (`arrived_at`: when the first event not yet taken was read; without it,
+    since the first event is received). Events that queued up while the previous batch was
+    applied have waited already: the batch takes what is there and goes."""
     batch: list[dict[str, Any]] = []
     with anyio.move_on_after(idle_s):
         batch.append(await receive.receive())
     if not batch or stopping.is_set():
         return batch
-    deadline = anyio.current_time() + max_delay_s
+    arrived = arrived_at()
+    deadline = (anyio.current_time() if arrived is None else arrived) + max_delay_s
     while len(batch) < max_docs:
         try:
             batch.append(receive.receive_nowait())

@@ -230,10 +230,19 @@ class StreamReader:
         # Events handed over that the applier has not taken yet: the batch in flight reads
         # newer writes from here before it asks the server.
         self.unread = UnreadEvents()
+        # When each event handed over and not taken yet was read (anyio clock), oldest first:
+        # a batch waits for more events only until its first event's wait reaches the delay.
+        self.arrivals: collections.deque[float] = collections.deque()
 
     def taken(self, count: int) -> None:
         """The applier took `count` more events off the stream."""
         self.unread.taken(count)
+        for _ in range(min(count, len(self.arrivals))):
+            self.arrivals.popleft()
+
+    def oldest_arrival(self) -> float | None:
+        """When the oldest event the applier has not taken yet was read, if there is one."""
+        return self.arrivals[0] if self.arrivals else None
 
     def _watch_target(self) -> Any:
         # One database: a database-level stream needs only that database's privileges.
@@ -299,6 +308,7 @@ class StreamReader:
                                     continue
                                 event = _reassemble(fragments)
                                 fragments = []
+                            self.arrivals.append(anyio.current_time())
                             await send.send(event)
                             self.sent += 1
                             self.unread.add(event)
