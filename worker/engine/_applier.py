@@ -227,9 +227,7 @@ class Applier:
                     checkpoint=(last["_id"], last.get("clusterTime")),
                     read_ahead=True,
                     beyond=events[done + size :],
-                    # A chain's batches are retried whole: split ones let the chain's
-                    # collections end apart under concurrent writes (test_chains, seed 6).
-                    splittable=not self.chained,
+                    splittable=True,
                 )
             except _Split:
                 continue  # the limit was lowered: apply a smaller first part
@@ -869,7 +867,12 @@ class Applier:
         for pair, side, event, _ in work if documents is None else ():
             target_ns = pair.partner if side == "original" else pair.original
             document_id = event["documentKey"]["_id"]
-            targets.setdefault(target_ns, {})[id_key(document_id)] = document_id
+            # A chain's batch writes the collections further along too (a write to the target
+            # is a change for its other pair): their newer client writes count as well. Missed,
+            # a client's insert and delete there after the batch's event let the batch re-create
+            # the document with the event's older content, and the chain's ends stayed apart.
+            for namespace in self._chain_from(target_ns) if self.chained else (target_ns,):
+                targets.setdefault(namespace, {})[id_key(document_id)] = document_id
         found: dict[tuple[str, Any], set[str]] = {}
         # Every newer write must be seen: giving up after N events and calling every target
         # "written ahead" dropped the batch's changes to targets nobody else wrote. A write
@@ -954,6 +957,16 @@ class Applier:
                 event = await stream.try_next()
                 if event is None or not note(event):
                     break
+
+    def _chain_from(self, namespace: str) -> list[str]:
+        """`namespace` and every collection a write to it reaches along the chain."""
+        reached = [namespace]
+        for current in reached:
+            for pair, _ in self.registry.by_namespace(current):
+                for other in (pair.original, pair.partner):
+                    if other not in reached:
+                        reached.append(other)
+        return reached
 
     def _remember_echoes(self) -> None:
         """After a commit: the echoes consumed by the batch are gone, its own writes expected."""
