@@ -168,7 +168,7 @@ class Applier:
         # transaction starts, so the window for write conflicts with clients is only its
         # target writes. A chain's batch writes documents that it reads while planning (a write
         # for one pair is a change for the other), so it reads them inside the transaction's
-        # snapshot, as one consistent view, and is retried whole.
+        # snapshot, as one consistent view; its look-ahead covers every collection it reaches.
         self.chained = len(namespaces) != len(set(namespaces))
         self.echoes_filtered = self.transactions and not self.chained
         # The stream reader's events not yet taken (set by the runner): a batch from `apply`
