@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from pymongo import AsyncMongoClient
 from transforms import Registry, load_registry
 from worker.config import BatchConfig, Config, HttpConfig, LeaseConfig
 from worker.engine import Worker
+from worker.engine._applier import Applier
+from worker.engine._lease import Lease
+from worker.metrics import Metrics
+from worker.state import StateStore
 
 PEOPLE_MODULE = """
 from transforms import Pair
@@ -110,3 +115,38 @@ async def next_events(stream: Any, count: int, *, tries: int = 200) -> list[dict
         if len(events) == count:
             return events
     raise AssertionError(f"saw {len(events)} of {count} change events")
+
+
+@contextlib.asynccontextmanager
+async def applier_in_process(
+    uri: str, tmp_path: Path, source: str, *, prefix: str, **client_options: Any
+) -> AsyncIterator[tuple[Any, Applier]]:
+    """The pairs of transform module `source` in a database of their own, all RUNNING, and an
+    applier holding their lease: (database, applier). Both databases are dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    registry = load_registry([write_module(tmp_path, name, source, db=name)], entry_points=False)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        uri, tz_aware=True, **client_options
+    )
+    try:
+        store = StateStore(client[f"{name}_state"])
+        await store.ensure_collections()
+        await store.register(registry)
+        for pair in registry.pairs:
+            await store.set_state(pair.original, "RUNNING")
+        lease = Lease(store, f"{prefix}-test", 30.0)
+        assert await lease.try_acquire()
+        applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
+        await applier.refresh_pairs()
+        yield client[name], applier
+    finally:
+        await client.drop_database(name)
+        await client.drop_database(f"{name}_state")
+        await client.close()
+
+
+async def events_of(db: Any, count: int, write: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """The change events on `db` of the writes `write()` makes (at least `count` of them)."""
+    async with await db.watch(max_await_time_ms=50) as stream:
+        await write()
+        return await next_events(stream, count, tries=count * 20)

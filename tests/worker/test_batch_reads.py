@@ -3,21 +3,14 @@ source document only when the event and the merge base cannot tell what it holds
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import monitoring
 
-from transforms import load_registry
-from worker.engine._applier import Applier
-from worker.engine._lease import Lease
-from worker.metrics import Metrics
-from worker.state import StateStore
-
-from .engine_helpers import PEOPLE_MODULE, next_events, write_module
+from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
 
 
 class _Finds(monitoring.CommandListener):
@@ -41,34 +34,11 @@ class _Finds(monitoring.CommandListener):
 @pytest.fixture
 async def people(mongo_uri: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """A RUNNING pair `people` <-> `people_v2` and an applier whose finds are recorded."""
-    name = f"reads_{uuid.uuid4().hex[:8]}"
-    registry = load_registry(
-        [write_module(tmp_path, name, PEOPLE_MODULE, db=name)], entry_points=False
-    )
     finds = _Finds()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongo_uri, tz_aware=True, event_listeners=[finds]
-    )
-    store = StateStore(client[f"{name}_state"])
-    await store.ensure_collections()
-    await store.register(registry)
-    await store.set_state(registry.pairs[0].original, "RUNNING")
-    lease = Lease(store, "batch-reads-test", 30.0)
-    assert await lease.try_acquire()
-    applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
-    await applier.refresh_pairs()
-    try:
-        yield {"db": client[name], "applier": applier, "finds": finds}
-    finally:
-        await client.drop_database(name)
-        await client.drop_database(f"{name}_state")
-        await client.close()
-
-
-async def _events(db: Any, count: int, write: Any) -> list[dict[str, Any]]:
-    async with await db.watch(max_await_time_ms=50) as stream:
-        await write()
-        return await next_events(stream, count, tries=count * 20)
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="reads", event_listeners=[finds]
+    ) as (db, applier):
+        yield {"db": db, "applier": applier, "finds": finds}
 
 
 async def _apply_recording(people: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
@@ -88,12 +58,12 @@ async def test_update_with_a_merge_base_reads_the_target_and_the_base_only(
 ) -> None:
     db = people["db"]
     async with people["applier"].opened():
-        inserted = await _events(
+        inserted = await events_of(
             db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
         )
         # An insert carries its whole source document: the source is not read either.
         assert await _apply_recording(people, inserted) == ["merge_base", "people_v2"]
-        updated = await _events(
+        updated = await events_of(
             db, 1, lambda: db.people.update_one({"_id": 1}, {"$set": {"email": "ada@x"}})
         )
         assert await _apply_recording(people, updated) == ["merge_base", "people_v2"]
@@ -107,7 +77,7 @@ async def test_update_without_a_merge_base_reads_its_source(people: dict[str, An
     db = people["db"]
     await db.people.insert_one({"_id": 2, "name": "Grace", "email": "g@x"})
     async with people["applier"].opened():
-        updated = await _events(
+        updated = await events_of(
             db, 1, lambda: db.people.update_one({"_id": 2}, {"$set": {"email": "grace@x"}})
         )
         assert await _apply_recording(people, updated) == ["merge_base", "people", "people_v2"]
@@ -121,7 +91,7 @@ async def test_documents_written_on_both_sides_in_one_batch_are_read_on_both(
     """Each side is the other's target: both are read, and each change reaches the other."""
     db = people["db"]
     async with people["applier"].opened():
-        seed = await _events(
+        seed = await events_of(
             db, 1, lambda: db.people.insert_one({"_id": 3, "name": "Lin", "email": "l@x"})
         )
         await people["applier"].apply(seed)
@@ -130,7 +100,7 @@ async def test_documents_written_on_both_sides_in_one_batch_are_read_on_both(
             await db.people.update_one({"_id": 3}, {"$set": {"email": "lin@x"}})
             await db.people_v2.update_one({"_id": 3}, {"$set": {"full_name": "Lin Z"}})
 
-        events = await _events(db, 2, both)
+        events = await events_of(db, 2, both)
         assert await _apply_recording(people, events) == ["merge_base", "people", "people_v2"]
     original = await db.people.find_one({"_id": 3})
     target = await db.people_v2.find_one({"_id": 3})
@@ -143,12 +113,12 @@ async def test_merge_base_too_large_for_one_record_is_not_kept(people: dict[str,
     and the merge base is left out (an older one removed) instead of failing the batch."""
     db, applier = people["db"], people["applier"]
     async with applier.opened():
-        small = await _events(
+        small = await events_of(
             db, 1, lambda: db.people.insert_one({"_id": 4, "name": "Big", "email": "b@x"})
         )
         await applier.apply(small)
         assert await applier.store.load_bases(applier.registry.pairs[0].original, [4])
-        grown = await _events(
+        grown = await events_of(
             db,
             1,
             lambda: db.people.update_one({"_id": 4}, {"$set": {"notes": "x" * (8 << 20)}}),

@@ -3,47 +3,24 @@ through v2 in the same transaction, so a client's newer writes on v3 must be kno
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
-from transforms import load_registry
-from worker.engine._applier import Applier
-from worker.engine._lease import Lease
-from worker.metrics import Metrics
-from worker.state import StateStore
-
-from .engine_helpers import next_events, write_module
+from .engine_helpers import applier_in_process, events_of
 from .test_chains import CHAIN_MODULE
 
 
 @pytest.fixture
 async def chain(mongo_uri: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """v1 <-> v2 <-> v3, both pairs RUNNING, and an applier in this process."""
-    name = f"chain_{uuid.uuid4().hex[:8]}"
-    registry = load_registry(
-        [write_module(tmp_path, name, CHAIN_MODULE, db=name)], entry_points=False
-    )
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    store = StateStore(client[f"{name}_state"])
-    await store.ensure_collections()
-    await store.register(registry)
-    for pair in registry.pairs:
-        await store.set_state(pair.original, "RUNNING")
-    lease = Lease(store, "chain-look-ahead-test", 30.0)
-    assert await lease.try_acquire()
-    applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
-    await applier.refresh_pairs()
-    try:
-        yield {"db": client[name], "applier": applier}
-    finally:
-        await client.drop_database(name)
-        await client.drop_database(f"{name}_state")
-        await client.close()
+    async with applier_in_process(mongo_uri, tmp_path, CHAIN_MODULE, prefix="chain") as (
+        db,
+        applier,
+    ):
+        yield {"db": db, "applier": applier}
 
 
 async def test_batch_does_not_recreate_a_document_deleted_further_along_the_chain(
@@ -60,9 +37,7 @@ async def test_batch_does_not_recreate_a_document_deleted_further_along_the_chai
         await db.v3.insert_one({"_id": 7, "display": "from v3"})
         await db.v3.delete_one({"_id": 7})
 
-    async with await db.watch(max_await_time_ms=50) as stream:
-        await writes()
-        events = await next_events(stream, 3, tries=60)
+    events = await events_of(db, 3, writes)
     async with applier.opened():
         # The insert alone, as the first part of a split delivery: v3's writes are ahead of
         # it in the stream (read from the server here, as no reader runs).

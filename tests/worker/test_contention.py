@@ -4,22 +4,19 @@ that conflicts with client writes is applied in smaller transactions."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import MongoClient
 
-from transforms import Pair, Patch, load_registry
-from worker.engine._applier import Applier, _overwritten, _written_paths
-from worker.engine._lease import Lease
+from transforms import Patch
+from worker.engine._applier import _overwritten, _written_paths
 from worker.engine._writes import TargetWrite
-from worker.metrics import Metrics
-from worker.state import StateStore, id_key
+from worker.state import id_key
 
-from .engine_helpers import PEOPLE_MODULE, next_events, write_module
+from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
 
 APP = "contention-test"
 
@@ -61,35 +58,10 @@ def test_written_paths_of_each_kind_of_target_write() -> None:
 @pytest.fixture
 async def people(mongo_uri: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """A pair `people` <-> `people_v2` in a database of its own, RUNNING, with an applier."""
-    name = f"busy_{uuid.uuid4().hex[:8]}"
-    registry = load_registry(
-        [write_module(tmp_path, name, PEOPLE_MODULE, db=name)], entry_points=False
-    )
-    separator = "&" if "?" in mongo_uri else "?"
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        f"{mongo_uri}{separator}appName={APP}", tz_aware=True
-    )
-    store = StateStore(client[f"{name}_state"])
-    await store.ensure_collections()
-    await store.register(registry)
-    pair: Pair = registry.pairs[0]
-    await store.set_state(pair.original, "RUNNING")
-    lease = Lease(store, "contention-test", 30.0)
-    assert await lease.try_acquire()
-    applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
-    try:
-        yield {"client": client, "db": client[name], "applier": applier, "pair": pair}
-    finally:
-        await client.drop_database(name)
-        await client.drop_database(f"{name}_state")
-        await client.close()
-
-
-async def _events(db: Any, count: int, write: Any) -> list[dict[str, Any]]:
-    """The change events of the writes `write()` makes (at least `count` of them)."""
-    async with await db.watch(max_await_time_ms=50) as stream:
-        await write()
-        return await next_events(stream, count, tries=count * 20)
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="busy", appname=APP
+    ) as (db, applier):
+        yield {"db": db, "applier": applier}
 
 
 async def test_client_write_between_the_batch_read_and_its_write_is_not_overwritten(
@@ -100,12 +72,12 @@ async def test_client_write_between_the_batch_read_and_its_write_is_not_overwrit
     value stays; the batch's change to another field still goes through."""
     db, applier = people["db"], people["applier"]
     await applier.refresh_pairs()
-    seed = await _events(
+    seed = await events_of(
         db, 1, lambda: db.people.insert_one({"_id": 1, "name": "old", "email": "old@x"})
     )
     async with applier.opened():
         await applier.apply(seed)
-        batch = await _events(
+        batch = await events_of(
             db,
             1,
             lambda: db.people.update_one(
@@ -142,7 +114,7 @@ async def test_batch_that_conflicts_with_client_writes_is_applied_in_smaller_tra
     db, applier = people["db"], people["applier"]
     count = 40
     await applier.refresh_pairs()
-    batch = await _events(
+    batch = await events_of(
         db,
         count,
         lambda: db.people.insert_many([{"_id": i, "name": f"n{i}"} for i in range(count)]),
