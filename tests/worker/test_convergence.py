@@ -401,7 +401,14 @@ async def _settle(
                 latest[0] = event["clusterTime"]
         return new == 0 and latest[0] is not None and reached is not None and reached >= latest[0]
 
-    await eventually(caught_up, within=within, what="the worker to catch up")
+    try:
+        await eventually(caught_up, within=within, what="the worker to catch up")
+    except AssertionError as exc:
+        checkpoint = await state["checkpoints"].find_one({"_id": "default"}) or {}
+        raise AssertionError(
+            f"{exc}: checkpoint at {checkpoint.get('cluster_time')}, last client change at"
+            f" {latest[0]}\n{worker.tail()}"
+        ) from None
     return clients, workers
 
 
