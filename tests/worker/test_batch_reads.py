@@ -128,3 +128,27 @@ async def test_merge_base_too_large_for_one_record_is_not_kept(people: dict[str,
     target = await db.people_v2.find_one({"_id": 4})
     assert target is not None and len(target["notes"]) == 8 << 20
     assert await applier.store.load_bases(applier.registry.pairs[0].original, [4]) == {}
+
+
+async def test_reads_side_by_side_leave_the_batch_session_at_their_newest_time(
+    people: dict[str, Any],
+) -> None:
+    """The batch's look-ahead starts from its session's operation time: reads made on
+    sessions of their own must leave it at the newest of their times (or newer writes that
+    the reads reflect would be taken for older ones)."""
+    db, applier = people["db"], people["applier"]
+    times: list[Any] = []
+
+    async def read(read_session: Any) -> None:
+        await db.people.find_one({}, session=read_session)
+        times.append(read_session.operation_time)
+
+    async def write_then_read(read_session: Any) -> None:
+        await db.scratch.insert_one({"n": 1}, session=read_session)
+        await db.people.find_one({}, session=read_session)
+        times.append(read_session.operation_time)
+
+    async with applier.client.start_session(causal_consistency=False) as session:
+        await applier._read_all([read, write_then_read], session, side_by_side=True)
+        assert len(times) == 2 and None not in times
+        assert session.operation_time == max(times)

@@ -170,6 +170,8 @@ class Applier:
         # for one pair is a change for the other), so it reads them inside the transaction's
         # snapshot, as one consistent view; its look-ahead covers every collection it reaches.
         self.chained = len(namespaces) != len(set(namespaces))
+        # Per namespace, every collection a write to it reaches along a chain (itself first).
+        self._reach = {ns: _chain_from(registry, ns) for ns in namespaces}
         self.echoes_filtered = self.transactions and not self.chained
         # The stream reader's events not yet taken (set by the runner): a batch from `apply`
         # looks for newer writes to its targets there first.
@@ -496,23 +498,19 @@ class Applier:
         # Load everything the batch touches (inside the transaction's snapshot when it has
         # started already).
         ids_by_pair: dict[str, dict[Any, Any]] = {}
-        # Per pair and namespace: documents the batch reads only as a source, each with
-        # whether an update without a post-image needs it (when the merge base lacks it).
-        only_source: dict[str, dict[str, dict[Any, bool]]] = {}
+        # Per (namespace, id key) the batch reads as a source: whether an update without a
+        # post-image needs the document (when the merge base lacks it). A target is read anyway.
+        as_source: dict[tuple[str, Any], bool] = {}
         targets_read: set[tuple[str, Any]] = set()
         for pair, side, event, _ in work:
             document_id = event["documentKey"]["_id"]
             key = id_key(document_id)
             ids_by_pair.setdefault(pair.original, {})[key] = document_id
-            source_ns = pair.original if side == "original" else pair.partner
+            source = (pair.original if side == "original" else pair.partner, key)
             targets_read.add((pair.partner if side == "original" else pair.original, key))
             needs = event.get("operationType") == "update" and event.get("fullDocument") is None
-            sources = only_source.setdefault(pair.original, {}).setdefault(source_ns, {})
-            sources[key] = sources.get(key, False) or needs
-        for by_namespace in only_source.values():
-            for namespace, sources in by_namespace.items():
-                for key in [k for k in sources if (namespace, k) in targets_read]:
-                    del sources[key]
+            as_source[source] = as_source.get(source, False) or needs
+        only_source = {doc: needs for doc, needs in as_source.items() if doc not in targets_read}
         bases: dict[tuple[str, Any], dict[str, Any]] = {}
         docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
         initial: dict[tuple[str, Any], dict[str, Any] | None] = {}
@@ -539,11 +537,11 @@ class Applier:
         async def load(
             pair: Pair,
             ids: Mapping[Any, Any],
-            sources: Mapping[str, Mapping[Any, bool]] | None = None,
+            sources: Mapping[tuple[str, Any], bool] | None = None,
         ) -> None:
             """Merge base and current documents of these ids, each read once per batch.
 
-            `sources` (namespace -> id key -> needed without a merge base): documents the batch
+            `sources` ((namespace, id key) -> needed without a merge base): documents the batch
             reads only as a source. Planning takes an insert's or replace's source from the
             event, and an update's from the merge base and the event; such a document is read
             only for an update the merge base cannot place, once the base has been read.
@@ -557,21 +555,19 @@ class Applier:
                 reads.append(partial(read_bases, pair, wanted))
                 loaded.update((pair.original, key) for key in ids)
             for namespace in (pair.original, pair.partner):
-                as_source = sources.get(namespace, {})
                 fetch = {
                     k: v
                     for k, v in ids.items()
-                    if (namespace, k) not in docs and k not in as_source
+                    if (namespace, k) not in docs and (namespace, k) not in sources
                 }
                 if fetch:
                     reads.append(partial(read_documents, namespace, fetch))
             await self._read_all(reads, session, side_by_side)
             for namespace, side_field in ((pair.original, "o"), (pair.partner, "p")):
-                as_source = sources.get(namespace, {})
                 fetch = {
-                    k: ids[k]
-                    for k, needed in as_source.items()
-                    if needed
+                    k: v
+                    for k, v in ids.items()
+                    if sources.get((namespace, k))
                     and (namespace, k) not in docs
                     and (bases.get((pair.original, k)) or {}).get(side_field) is None
                 }
@@ -579,7 +575,7 @@ class Applier:
                     await read_documents(namespace, fetch, session)
 
         for original, ids in ids_by_pair.items():
-            await load(self._pairs[original], ids, only_source.get(original, {}))
+            await load(self._pairs[original], ids, only_source)
         # Field tags read without the session: the look-ahead then reads to the stream's end.
         read_at = session.operation_time if session is not None else None
         peeked = await self._peek_ahead(
@@ -871,7 +867,7 @@ class Applier:
             # is a change for its other pair): their newer client writes count as well. Missed,
             # a client's insert and delete there after the batch's event let the batch re-create
             # the document with the event's older content, and the chain's ends stayed apart.
-            for namespace in self._chain_from(target_ns) if self.chained else (target_ns,):
+            for namespace in self._reach[target_ns] if self.chained else (target_ns,):
                 targets.setdefault(namespace, {})[id_key(document_id)] = document_id
         found: dict[tuple[str, Any], set[str]] = {}
         # Every newer write must be seen: giving up after N events and calling every target
@@ -957,16 +953,6 @@ class Applier:
                 event = await stream.try_next()
                 if event is None or not note(event):
                     break
-
-    def _chain_from(self, namespace: str) -> list[str]:
-        """`namespace` and every collection a write to it reaches along the chain."""
-        reached = [namespace]
-        for current in reached:
-            for pair, _ in self.registry.by_namespace(current):
-                for other in (pair.original, pair.partner):
-                    if other not in reached:
-                        reached.append(other)
-        return reached
 
     def _remember_echoes(self) -> None:
         """After a commit: the echoes consumed by the batch are gone, its own writes expected."""
@@ -1211,6 +1197,17 @@ def _ahead(
         if other_position > position and (echo_of is None or pair_original not in echo_of):
             paths.update(changed)
     return frozenset(paths)
+
+
+def _chain_from(registry: Registry, namespace: str) -> list[str]:
+    """`namespace` and every collection a write to it reaches along the chain."""
+    reached = [namespace]
+    for current in reached:
+        for pair, _ in registry.by_namespace(current):
+            for other in (pair.original, pair.partner):
+                if other not in reached:
+                    reached.append(other)
+    return reached
 
 
 def _add_results(total: BatchResult, result: BatchResult) -> None:
