@@ -369,7 +369,14 @@ class ChangeStreamCursor:
         self._history = history
         self._options = options
         self._pipeline = pipeline
-        self._measure_events = pipeline.splits_large_events
+        # An event can outgrow its history entry only through the stages or the images it is
+        # given: without either, one from an entry under _LARGE_ENTRY cannot reach 16 MiB, and
+        # encoding it to learn its size (once per event read) is skipped.
+        self._measure_events = pipeline.splits_large_events and not (
+            pipeline.filters_only
+            and options.full_document == "default"
+            and options.full_document_before_change == "off"
+        )
         self._db = db
         self._coll = coll
         self.batch_size = batch_size

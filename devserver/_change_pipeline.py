@@ -57,6 +57,8 @@ class EventPipeline:
         self._stages: list[Stage] = []
         self._copies = False
         self.splits_large_events = False
+        #: Every stage is a `$match`: an event leaves the pipeline as it came in, or not at all.
+        self.filters_only = True
         # The leading `$match` stages' compiled tests when none reads an image field: they
         # decide on an event without its images, before the post-image lookup is paid for.
         self._early: list[Compiled] | None = []
@@ -115,6 +117,7 @@ class EventPipeline:
         if name in ("$addFields", "$set") and isinstance(argument, Mapping):
             # mongomock writes dotted fields into the nested documents it was given.
             self._copies = self._copies or any("." in str(k) for k in argument)
+        self.filters_only = False
         self._stages.append(_transform_stage(name, argument))
 
     @property

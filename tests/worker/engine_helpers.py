@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from transforms import Registry, load_registry
 from worker.config import BatchConfig, Config, HttpConfig, LeaseConfig
@@ -150,3 +150,13 @@ async def events_of(db: Any, count: int, write: Callable[[], Awaitable[Any]]) ->
     async with await db.watch(max_await_time_ms=50) as stream:
         await write()
         return await next_events(stream, count, tries=count * 20)
+
+
+class CommandStarts(monitoring.CommandListener):
+    """A command listener for tests that look only at the commands sent (`started`)."""
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from pymongo import monitoring
 
-from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
+from .engine_helpers import PEOPLE_MODULE, CommandStarts, applier_in_process, events_of
 
 
-class _Finds(monitoring.CommandListener):
+class _Finds(CommandStarts):
     """The collections of the `find` commands sent while `recording`."""
 
     def __init__(self) -> None:
@@ -23,12 +23,6 @@ class _Finds(monitoring.CommandListener):
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if self.recording and event.command_name == "find":
             self.collections.append(event.command["find"])
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 @pytest.fixture

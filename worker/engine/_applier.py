@@ -38,6 +38,7 @@ from pymongo.errors import (
 )
 
 from transforms import Pair, Registry, diff_documents
+from worker.engine._ahead import AHEAD_LIMIT, WritesAhead
 from worker.engine._lease import Lease
 from worker.engine._plan import (
     EventPlan,
@@ -176,6 +177,20 @@ class Applier:
         # The stream reader's events not yet taken (set by the runner): a batch from `apply`
         # looks for newer writes to its targets there first.
         self.unread: UnreadEvents | None = None
+        # The client writes past the reader, read once for the batches of a worker far behind.
+        self._ahead: WritesAhead | None = None
+        # A summary gave up (too large) at this cluster time: none again until the reader is there.
+        self._ahead_refused: Timestamp | None = None
+        self.ahead_limit = AHEAD_LIMIT
+        # Summaries are for a reader held back by a full buffer (set by the runner to half the
+        # buffer): a reader close behind passes a batch's horizon soon, and the batch's own
+        # filtered read of that short stretch costs less than reading all of it.
+        self.ahead_after_unread = 0
+        # Events read into summaries so far (they replace a server read per batch).
+        self.ahead_events_read = 0
+        self._namespaces = frozenset(namespaces)
+        databases = {ns.partition(".")[0] for ns in namespaces}
+        self._watched: Any = client[next(iter(databases))] if len(databases) == 1 else client
         # Most events one transaction applies (None: a whole delivery). Halved when a batch
         # conflicts with client writes, grown again by an eighth after every applied batch.
         self.batch_limit: int | None = None
@@ -767,7 +782,7 @@ class Applier:
                 base_ops.append(DeleteOne({"_id": stored["_id"]}))
             else:
                 # Measured by encoding it, and the encoding is what is sent.
-                encoded = RawBSONDocument(bson.encode(stored))
+                encoded = _EncodedRecord(bson.encode(stored))
                 if len(encoded.raw) > MAX_BASE_BYTES:
                     # Both sides of a very large document do not fit one record: keep none,
                     # so the document syncs without the newer-write guard rather than not at all.
@@ -912,6 +927,19 @@ class Applier:
             wanted = [(ns, key) for ns, ids in targets.items() for key in ids]
             for event in unread.for_documents(wanted):
                 note(event)
+        if read_ahead and self.unread is not None and until is not None:
+            answer = await self._writes_ahead(
+                self.unread,
+                past_snapshot=past_snapshot,
+                targets=targets,
+                batch_time=checkpoint[1] if checkpoint is not None else None,
+                since=since,
+                until=until,
+            )
+            if answer is not None:
+                for document, paths in answer.items():
+                    found.setdefault(document, set()).update(paths)
+                past_snapshot = True
         if not past_snapshot:
             if after is None and checkpoint is not None:
                 after = checkpoint[0]
@@ -921,6 +949,57 @@ class Applier:
             if after:
                 await self._read_newer_writes(targets, after, note)
         return {key: frozenset(paths) for key, paths in found.items()}
+
+    async def _writes_ahead(
+        self,
+        unread: UnreadEvents,
+        *,
+        past_snapshot: bool,
+        targets: Mapping[str, Mapping[Any, Any]],
+        batch_time: Timestamp | None,
+        since: Timestamp | None,
+        until: Timestamp,
+    ) -> dict[tuple[str, Any], set[str]] | None:
+        """The newer writes past the reader from the summary of that history (`WritesAhead`),
+        or None when the server must be asked for this batch's documents alone."""
+        ahead = self._ahead
+        passed = ahead is not None and ahead.covered is not None and unread.covers(ahead.covered)
+        if ahead is not None and (ahead.unread is not unread or passed):
+            # The reader has passed all of it (or is a new reader): the events are in memory.
+            self._ahead = ahead = None
+        if past_snapshot or unread.has_invalidate() or unread.last_token is None:
+            return None
+        if ahead is None and len(unread) < self.ahead_after_unread:
+            return None
+        if ahead is None:
+            if self._ahead_refused is not None and not unread.covers(self._ahead_refused):
+                return None
+            ahead = self._ahead = WritesAhead(
+                unread,
+                self._watched,
+                self._namespaces,
+                unread.last_token,
+                skip_sessions=list(self.own_sessions) if self.transactions else [],
+                is_ours=self._is_ours,
+                keeps_documents=self.tag_field is not None,
+                limit=self.ahead_limit,
+            )
+        before = ahead.events_read
+        extended = await ahead.extend(until)
+        self.ahead_events_read += ahead.events_read - before
+        if not extended:
+            if ahead.broken is not None:
+                log.info("writes_ahead_dropped", reason=ahead.broken, events=ahead.events_read)
+                self._ahead_refused = until
+                self._ahead = None
+            return None
+        return ahead.newer(
+            targets,
+            batch_time=batch_time,
+            batch_time_handed_over=batch_time is not None and unread.covers(batch_time),
+            since=since,
+            until=until,
+        )
 
     async def _read_newer_writes(
         self,
@@ -1146,6 +1225,14 @@ class Applier:
                 dead_letters=result.dead_letters,
                 seconds=round(seconds, 4),
             )
+
+
+class _EncodedRecord(RawBSONDocument):
+    """A merge-base record as sent. It is never empty, and PyMongo's replacement check tests its
+    truth, which for a RawBSONDocument decodes the whole record to count its fields."""
+
+    def __bool__(self) -> bool:
+        return True
 
 
 def _virtual_event(

@@ -257,10 +257,10 @@ class Worker:
             batch_size=max(self.config.batch.max_docs, 1),
             skip_sessions=applier.own_sessions if applier.echoes_filtered else (),
         )
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](
-            max_buffer_size=max(self.config.batch.max_docs * 2, READ_AHEAD_EVENTS)
-        )
+        buffered = max(self.config.batch.max_docs * 2, READ_AHEAD_EVENTS)
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=buffered)
         applier.unread = reader.unread
+        applier.ahead_after_unread = buffered // 2
         with _unwrapped(HistoryLost, LeaseLost, PyMongoError):
             async with anyio.create_task_group() as group:
                 await group.start(reader.run, position, send)
