@@ -17,7 +17,10 @@ the write's completion to the moment a watcher sees the converted value on the o
 the worker's RSS is sampled every second.
 
     .venv/bin/python bench/sync.py [--seconds 20] [--rate 1000] [--backlog 5000] [--docs 2000]
-                                   [--only engine|naive]
+                                   [--only engine|naive] [--round-trip-ms 0]
+
+`--round-trip-ms` makes the development server add that much to every round trip, as the
+network to a real server would; every client of the run pays it, the benchmark's own included.
 """
 
 from __future__ import annotations
@@ -208,9 +211,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(oplog_mb: int, profile: str | None = None) -> Any:
+def server(oplog_mb: int, profile: str | None = None, round_trip_ms: float = 0.0) -> Any:
     """MONGODB_URI, or a development server subprocess for this block (under cProfile when
-    `profile` names an output file; it is written when the server stops)."""
+    `profile` names an output file; it is written when the server stops), adding
+    `round_trip_ms` to each of its round trips."""
     external = os.environ.get("MONGODB_URI")
     if external:
         yield Server(external)
@@ -220,6 +224,7 @@ def server(oplog_mb: int, profile: str | None = None) -> Any:
             sys.executable,
             *(["-m", "cProfile", "-o", profile] if profile else []),
             *("-m", "devserver", "--port", "0", "--oplog-size-mb", str(oplog_mb)),
+            *("--round-trip-ms", str(round_trip_ms)),
         ],
         stdout=subprocess.PIPE,
         cwd=ROOT,
@@ -519,12 +524,15 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
             os.makedirs(workdir, exist_ok=True)
         else:
             workdir = stack.enter_context(tempfile.TemporaryDirectory())
-        where = stack.enter_context(server(options.oplog_mb, options.server_profile))
+        where = stack.enter_context(
+            server(options.oplog_mb, options.server_profile, options.round_trip_ms)
+        )
         uri = where.uri
         client: Client = AsyncMongoClient(uri, maxPoolSize=64)
         try:
             await client.drop_database(DB)
             await client.drop_database(STATE_DB)
+            ping_ms = await round_trip_ms(client)
             contender = Contender(
                 name,
                 uri,
@@ -543,13 +551,25 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
                 contender.stop()
         finally:
             await client.close()
-    return {"throughput": rate, "lag": result}
+    return {"throughput": rate, "lag": result, "ping_ms": ping_ms}
+
+
+async def round_trip_ms(client: Client, pings: int = 50) -> float:
+    """The median time of a `ping` from this process, in milliseconds."""
+    await client.admin.command("ping")
+    times = []
+    for _ in range(pings):
+        started = time.perf_counter()
+        await client.admin.command("ping")
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 def report(name: str, figures: dict[str, Any]) -> None:
     result: LagResult = figures["lag"]
     lags_ms = [value * 1000 for value in result.lags]
     print(f"{name}:")
+    print(f"  ping round trip       {figures['ping_ms']:10.2f} ms (median of 50, before the run)")
     speed: Throughput = figures["throughput"]
     print(f"  backlog applied       {speed.rate:10.0f} client changes/s")
     if speed.changes and speed.contender_cpu_s is not None:
@@ -582,6 +602,10 @@ async def main_async(options: argparse.Namespace) -> None:
         f"docs {options.docs}, backlog {options.backlog}, rate {options.rate}/s,"
         f" {options.seconds}s per lag phase, load average {os.getloadavg()[0]:.1f}"
     )
+    if options.round_trip_ms and os.environ.get("MONGODB_URI"):
+        print("--round-trip-ms is ignored: MONGODB_URI is set")
+    elif options.round_trip_ms:
+        print(f"every round trip to the development server takes {options.round_trip_ms} ms more")
     for name in names:
         results[name] = await measure(name, options)
         report(name, results[name])
@@ -598,6 +622,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=2000, help="documents in the collection")
     parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
     parser.add_argument("--only", choices=["engine", "naive"])
+    parser.add_argument(
+        "--round-trip-ms",
+        type=float,
+        default=0.0,
+        help="add this much to every round trip to the development server, as a network would",
+    )
     parser.add_argument("--profile", metavar="FILE", help="run the engine under cProfile")
     parser.add_argument(
         "--server-profile", metavar="FILE", help="run the development server under cProfile"

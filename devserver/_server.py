@@ -72,6 +72,7 @@ class DevServer:
         replset: str = "rs0",
         oplog_size_mb: float = 64,
         allow_remote: bool = False,
+        round_trip_ms: float = 0.0,
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise RemoteBindRefused(
@@ -86,6 +87,7 @@ class DevServer:
             replset=replset,
             oplog_size_mb=oplog_size_mb,
             allow_remote=allow_remote,
+            round_trip_s=round_trip_ms / 1000,
         )
         self.state: ServerState | None = None
         self._server: asyncio.Server | None = None
@@ -230,6 +232,9 @@ class DevServer:
         writer: asyncio.StreamWriter,
     ) -> None:
         reply_ids = 0
+        # A modelled network's round trip, paid before each reply (the client waits for the
+        # reply either way). One timer per trip: epoll sleeps whole milliseconds.
+        round_trip = state.config.round_trip_s
         while True:
             header = await reader.readexactly(HEADER.size)
             length, request_id, _, op_code = HEADER.unpack(header)
@@ -240,6 +245,8 @@ class DevServer:
             reply = await self._answer(state, conn, request)
             if request.more_to_come:
                 continue
+            if round_trip:
+                await asyncio.sleep(round_trip)
             reply_ids += 1
             if request.op_code == OP_QUERY:
                 data = encode_op_reply(reply_ids, request_id, reply)

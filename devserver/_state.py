@@ -49,6 +49,8 @@ class ServerConfig:
     replset: str = "rs0"
     oplog_size_mb: float = 64
     allow_remote: bool = False
+    #: Added to every round trip, as a network between client and server would (seconds).
+    round_trip_s: float = 0.0
 
 
 @dataclass

@@ -31,5 +31,6 @@ def test_help_lists_every_option() -> None:
         "--replset",
         "--oplog-size-mb",
         "--allow-remote",
+        "--round-trip-ms",
     ):
         assert option in result.output

@@ -273,3 +273,18 @@ def test_malformed_document_sequence_is_a_protocol_error(sequence: bytes) -> Non
     payload = _op_msg_payload({"insert": "c", "$db": "d"}, "documents", sequence)
     with pytest.raises(ProtocolError):
         decode_message(7, OP_MSG, payload, b"\x00" * 16 + payload)
+
+
+def test_round_trip_delay_is_added_to_every_reply(devserver_factory: Any) -> None:
+    """`round_trip_ms` (`--round-trip-ms`) makes each command's reply come that much later, as a
+    network would; the commands still work."""
+    handle = devserver_factory(port=0, round_trip_ms=40)
+    with MongoClient(handle.uri, serverSelectionTimeoutMS=10_000) as slow:
+        slow.admin.command("ping")  # connection set up
+        collection = slow.get_database("trip").get_collection("c")
+        started = time.perf_counter()
+        collection.insert_one({"_id": 1})
+        found = collection.find_one({"_id": 1})
+        elapsed = time.perf_counter() - started
+    assert found == {"_id": 1}
+    assert elapsed >= 0.075, f"two round trips took {elapsed:.3f}s"
