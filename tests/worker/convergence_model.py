@@ -153,11 +153,12 @@ class Writer:
     attempts: int = 0
     _serial: int = 0
 
-    async def step(self) -> None:
-        """Make one random write and record it if it changed something."""
+    async def step(self, op: str | None = None, document_id: int | None = None) -> bool:
+        """Make one random write (of kind `op` on `document_id` when given) and record it if it
+        changed something; whether it did."""
         self.attempts += 1
-        op = self.rng.choices(_OPERATIONS, _OPERATION_WEIGHTS)[0]
-        document_id = self.rng.choice(self.ids)
+        op = op or self.rng.choices(_OPERATIONS, _OPERATION_WEIGHTS)[0]
+        document_id = self.rng.choice(self.ids) if document_id is None else document_id
         query = {"_id": document_id}
         before: dict[str, Any] | None
         after: dict[str, Any] | None
@@ -185,7 +186,7 @@ class Writer:
             )
             after = apply(before) if before is not None else None
         if (before is None and op != "insert") or before == after:
-            return  # nothing changed: no change event, so not a write the engine can see
+            return False  # nothing changed: no change event, so not a write the engine can see
         at = session.operation_time
         assert at is not None, "a causally consistent session reports each write's time"
         old, new = logical_values(self.side, before), logical_values(self.side, after)
@@ -195,6 +196,7 @@ class Writer:
             if self.side in LOGICAL_FIELDS[name] and old.get(name) != new.get(name)
         }
         self.writes.append(Write(self.side, self.name, op, document_id, at, changed))
+        return True
 
     def _token(self) -> str:
         self._serial += 1

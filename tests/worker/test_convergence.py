@@ -316,6 +316,11 @@ async def _write_while_crashing(
                         _write, writer, scenario.writes_per_writer, scenario.pause_s, progress
                     )
             crashing.cancel_scope.cancel()
+        # One field update per side after every other write: G2 always has a field whose last
+        # write is an update to check, whatever the interleaving left last (often a replace or
+        # a delete).
+        for writer in (writers[0], writers[-1]):
+            await _closing_update(writer)
         if not worker.alive():
             await worker.start()
         client_events, worker_events = await _settle(stream, state, worker)
@@ -328,6 +333,16 @@ async def _write_while_crashing(
             attempts=progress.count,
             crashes=crashes,
         )
+
+
+async def _closing_update(writer: Writer) -> None:
+    """A field update by `writer` on a document that exists on its side (bounded tries)."""
+    for document_id in writer.ids:
+        if await writer.collection.find_one({"_id": document_id}, session=writer.session) is None:
+            continue
+        for _ in range(5):
+            if await writer.step(op="update", document_id=document_id):
+                return
 
 
 async def _pair_running(state: Any, original: str) -> bool:
