@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from worker.config import BatchConfig
 from worker.engine import _runner
-from worker.engine._applier import Applier
+from worker.engine._applier import AHEAD_AFTER_SECONDS, Applier
 from worker.engine._stream import UnreadEvents
 
 from .engine_helpers import (
@@ -230,3 +231,38 @@ async def test_a_worker_far_behind_its_reader_converges_with_the_last_writes(
 
 async def _count(collection: Any, wanted: int) -> bool:
     return await collection.count_documents({}) == wanted
+
+
+async def test_a_reader_seconds_behind_uses_a_summary_before_its_buffer_fills(
+    people: dict[str, Any],
+) -> None:
+    """The buffer is far from half full, as when a backlog has just started: a reader close
+    behind the batch's read time leaves the look-ahead to the batch's own filtered read; one
+    `AHEAD_AFTER_SECONDS` behind gets a summary."""
+    db, applier, opens = people["db"], people["applier"], people["opens"]
+    applier.ahead_after_unread = 1_000
+
+    async def close_behind() -> None:
+        await db.people.update_one({"_id": 1}, {"$set": {"name": "close"}})
+        await db.people_v2.update_one({"_id": 1}, {"$set": {"loyalty": 1}})
+
+    first, _ = await events_of(db, 2, close_behind)
+    unread = applier.unread = UnreadEvents()
+    async with applier.opened():
+        await applier.apply(_hand_over(unread, first))
+    assert applier._ahead is None
+    assert opens.per_batch >= 1
+
+    async def far_behind() -> None:
+        await db.people.update_one({"_id": 2}, {"$set": {"name": "far"}})
+        await anyio.sleep(AHEAD_AFTER_SECONDS + 0.5)
+        await db.people_v2.update_one({"_id": 2}, {"$set": {"loyalty": 2}})
+
+    first, _ = await events_of(db, 2, far_behind)
+    opens.per_batch = 0
+    unread = applier.unread = UnreadEvents()
+    async with applier.opened():
+        await applier.apply(_hand_over(unread, first))
+    assert applier._ahead is not None
+    assert opens.per_batch == 0
+    assert await _names(db, 2) == ("far", "far")

@@ -71,6 +71,9 @@ WRITE_CONFLICT = 112
 MAX_BATCH_LIMIT = 100_000
 # Longest a batch's look-ahead waits for a busy stream reader to pass its horizon.
 READER_WAIT_S = 0.02
+# A reader this many seconds of cluster time behind a batch's read time has a long stretch of
+# history still to read (a backlog starting, before its buffer has filled): a summary is read.
+AHEAD_AFTER_SECONDS = 2
 # Events per server round trip when a batch looks ahead in the change stream.
 PEEK_BATCH = 10_000
 # Marks an event made up for a chain's other pair from a worker write (never on the wire).
@@ -183,8 +186,8 @@ class Applier:
         self._ahead_refused: Timestamp | None = None
         self.ahead_limit = AHEAD_LIMIT
         # Summaries are for a reader held back by a full buffer (set by the runner to half the
-        # buffer): a reader close behind passes a batch's horizon soon, and the batch's own
-        # filtered read of that short stretch costs less than reading all of it.
+        # buffer) or far behind in time: a reader close behind passes a batch's horizon soon,
+        # and the batch's own filtered read of that short stretch costs less than reading all.
         self.ahead_after_unread = 0
         # Events read into summaries so far (they replace a server read per batch).
         self.ahead_events_read = 0
@@ -969,7 +972,11 @@ class Applier:
             self._ahead = ahead = None
         if past_snapshot or unread.has_invalidate() or unread.last_token is None:
             return None
-        if ahead is None and len(unread) < self.ahead_after_unread:
+        if (
+            ahead is None
+            and len(unread) < self.ahead_after_unread
+            and unread.seconds_behind(until) < AHEAD_AFTER_SECONDS
+        ):
             return None
         if ahead is None:
             if self._ahead_refused is not None and not unread.covers(self._ahead_refused):

@@ -112,6 +112,13 @@ class UnreadEvents:
         seen = self._seen_before
         return (last is not None and last > horizon) or (seen is not None and seen > horizon)
 
+    def seconds_behind(self, horizon: Timestamp) -> int:
+        """Whole seconds of cluster time between what has been handed over and `horizon`."""
+        known = [t for t in (self._last_event_time, self._seen_before) if t is not None]
+        if not known:
+            return 0
+        return max(0, horizon.time - max(known).time)
+
     async def wait_covers(self, horizon: Timestamp, *, within: float) -> bool:
         """Wait up to `within` seconds for `covers(horizon)`, if the reader is receiving
         events (an idle reader sits in a long getMore: the server answers sooner)."""
