@@ -15,70 +15,52 @@ def _event(number: int) -> dict[str, Any]:
     return {"_id": {"_data": f"{number:04d}"}, "operationType": "insert"}
 
 
+async def _collect_with_a_late_change(
+    buffered: int, *, max_docs: int, read_at: float | None
+) -> list[dict[str, Any]]:
+    """`_collect` (5 s delay) with `buffered` changes waiting and one more sent 50 ms later."""
+    send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=10)
+    for number in range(buffered):
+        send.send_nowait(_event(number))
+
+    async def later() -> None:
+        await anyio.sleep(0.05)
+        send.send_nowait(_event(buffered))
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(later)
+                return await _collect(
+                    receive,
+                    max_docs=max_docs,
+                    max_delay_s=5.0,
+                    idle_s=5.0,
+                    stopping=anyio.Event(),
+                    arrived_at=lambda: read_at,
+                )
+    finally:
+        send.close()
+        receive.close()
+
+
 async def test_changes_that_queued_during_the_previous_batch_do_not_wait_again() -> None:
     """Read long ago (they waited while the previous batch was applied): the batch takes
-    what is buffered and goes, instead of waiting the whole delay for more."""
-    send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=10)
-    read_at = anyio.current_time() - 6.0
-    for number in range(3):
-        send.send_nowait(_event(number))
-    with anyio.fail_after(10):
-        started = anyio.current_time()
-        batch = await _collect(
-            receive,
-            max_docs=100,
-            max_delay_s=5.0,
-            idle_s=5.0,
-            stopping=anyio.Event(),
-            arrived_at=lambda: read_at,
-        )
-        took = anyio.current_time() - started
+    what is buffered and goes, instead of waiting the whole delay for the late change."""
+    batch = await _collect_with_a_late_change(3, max_docs=100, read_at=anyio.current_time() - 6.0)
     assert [event["_id"]["_data"] for event in batch] == ["0000", "0001", "0002"]
-    # Not the 5 s delay again: its first change has waited 6 s already.
-    assert took < 2.0
-    send.close()
-    receive.close()
 
 
 async def test_a_fresh_change_waits_for_its_batch_to_fill() -> None:
     """Just read: more changes arriving within the delay join its batch."""
-    send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=10)
-    send.send_nowait(_event(0))
-    read_at = anyio.current_time()
-
-    async def later() -> None:
-        await anyio.sleep(0.05)
-        send.send_nowait(_event(1))
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as group:
-            group.start_soon(later)
-            batch = await _collect(
-                receive,
-                max_docs=2,
-                max_delay_s=5.0,
-                idle_s=5.0,
-                stopping=anyio.Event(),
-                arrived_at=lambda: read_at,
-            )
+    batch = await _collect_with_a_late_change(1, max_docs=2, read_at=anyio.current_time())
     assert len(batch) == 2
-    send.close()
-    receive.close()
 
 
 async def test_without_arrival_times_the_delay_counts_from_the_first_change() -> None:
-    send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=10)
-    send.send_nowait(_event(0))
-    with anyio.fail_after(10):
-        started = anyio.current_time()
-        batch = await _collect(
-            receive, max_docs=10, max_delay_s=0.2, idle_s=5.0, stopping=anyio.Event()
-        )
-        took = anyio.current_time() - started
-    assert len(batch) == 1
-    assert took >= 0.2
-    send.close()
-    receive.close()
+    """No arrival time known: the batch waits the delay from its first change."""
+    batch = await _collect_with_a_late_change(1, max_docs=2, read_at=None)
+    assert len(batch) == 2
 
 
 def test_the_reader_forgets_arrival_times_of_taken_events() -> None:
