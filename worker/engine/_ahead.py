@@ -19,7 +19,7 @@ from bson import Timestamp
 from pymongo.errors import OperationFailure
 
 from worker.engine._plan import changed_paths
-from worker.engine._stream import UnreadEvents, namespace_filter
+from worker.engine._stream import UnreadEvents, stream_filters
 from worker.logs import get_logger
 from worker.state import id_key
 
@@ -81,9 +81,7 @@ class WritesAhead:
             return False
         if self.covered is not None and until <= self.covered:
             return until == self.covered
-        pipeline: list[dict[str, Any]] = [namespace_filter(self.namespaces)]
-        if self.skip_sessions:
-            pipeline.append({"$match": {"lsid.id": {"$nin": self.skip_sessions}}})
+        pipeline = stream_filters(self.namespaces, self.skip_sessions)
         if not self.keeps_documents:
             pipeline.append({"$project": {"fullDocument": 0}})
         try:

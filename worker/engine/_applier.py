@@ -48,7 +48,7 @@ from worker.engine._plan import (
     overlaps,
     plan_event,
 )
-from worker.engine._stream import UnreadEvents, document_of
+from worker.engine._stream import UnreadEvents, document_of, watch_target
 from worker.engine._writes import TargetWrite, plan_target_write, write_operation
 from worker.errors import LeaseLost
 from worker.logs import get_logger
@@ -192,8 +192,7 @@ class Applier:
         # Events read into summaries so far (they replace a server read per batch).
         self.ahead_events_read = 0
         self._namespaces = frozenset(namespaces)
-        databases = {ns.partition(".")[0] for ns in namespaces}
-        self._watched: Any = client[next(iter(databases))] if len(databases) == 1 else client
+        self._watched = watch_target(client, namespaces)
         # Most events one transaction applies (None: a whole delivery). Halved when a batch
         # conflicts with client writes, grown again by an eighth after every applied batch.
         self.batch_limit: int | None = None
@@ -1024,8 +1023,7 @@ class Applier:
             }
             for ns, ids in targets.items()
         ]
-        databases = {ns.partition(".")[0] for ns in targets}
-        watched: Any = self.client[next(iter(databases))] if len(databases) == 1 else self.client
+        watched = watch_target(self.client, targets)
         match: dict[str, Any] = {"$or": clauses}
         if self.transactions and self.own_sessions:
             match["lsid.id"] = {"$nin": list(self.own_sessions)}

@@ -206,6 +206,22 @@ def namespace_filter(namespaces: Iterable[str]) -> dict[str, Any]:
     return {"$match": {"$or": clauses}}
 
 
+def stream_filters(namespaces: Iterable[str], skip_sessions: Sequence[Any]) -> list[dict[str, Any]]:
+    """The stages that keep these namespaces' events and leave out the transactions of these
+    sessions (the worker's own writes)."""
+    stages: list[dict[str, Any]] = [namespace_filter(namespaces)]
+    if skip_sessions:
+        stages.append({"$match": {"lsid.id": {"$nin": list(skip_sessions)}}})
+    return stages
+
+
+def watch_target(client: AsyncMongoClient[dict[str, Any]], namespaces: Iterable[str]) -> Any:
+    """What to open a stream on for these namespaces: their database when they share one (a
+    database-level stream needs only that database's privileges), else the whole cluster."""
+    databases = {ns.partition(".")[0] for ns in namespaces}
+    return client[next(iter(databases))] if len(databases) == 1 else client
+
+
 class StreamReader:
     """Reads the change stream into `send` until cancelled; reconnects on lost connections."""
 
@@ -224,7 +240,6 @@ class StreamReader:
         self.namespaces = frozenset(namespaces)
         self.batch_size = batch_size
         self.max_await_ms = max_await_ms
-        self.databases = {ns.partition(".")[0] for ns in self.namespaces}
         self.last_token: Mapping[str, Any] | None = None
         self.is_open = False
         self.invalidated = False
@@ -251,12 +266,6 @@ class StreamReader:
         """When the oldest event the applier has not taken yet was read, if there is one."""
         return self.arrivals[0] if self.arrivals else None
 
-    def _watch_target(self) -> Any:
-        # One database: a database-level stream needs only that database's privileges.
-        if len(self.databases) == 1:
-            return self.client[next(iter(self.databases))]
-        return self.client
-
     async def run(
         self,
         position: StreamPosition,
@@ -282,13 +291,13 @@ class StreamReader:
                     options["resume_after"] = position.resume_after
                 elif position.start_at is not None:
                     options["start_at_operation_time"] = position.start_at
-                pipeline: list[dict[str, Any]] = [namespace_filter(self.namespaces)]
-                if self.skip_sessions:
-                    pipeline.append({"$match": {"lsid.id": {"$nin": self.skip_sessions}}})
+                pipeline = stream_filters(self.namespaces, self.skip_sessions)
                 if self.split_large_events:
                     pipeline.append({"$changeStreamSplitLargeEvent": {}})
                 try:
-                    async with await self._watch_target().watch(pipeline, **options) as stream:
+                    async with await watch_target(self.client, self.namespaces).watch(
+                        pipeline, **options
+                    ) as stream:
                         self.is_open = True
                         if not started:
                             started = True
