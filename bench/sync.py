@@ -442,6 +442,8 @@ class LagResult:
     client_rate: float
     rss_kib: list[int]
     peak_rss_kib: int
+    # (seconds into the lag phase the probe was written, its lag), per probe
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
 
 async def lag(
@@ -452,6 +454,7 @@ async def lag(
     # probe document -> [(token, side written, time written)], oldest first
     pending: dict[int, list[tuple[str, str, float]]] = {}
     lags: list[float] = []
+    timeline: list[tuple[float, float]] = []
     probe_ids = list(range(docs, docs + PROBE_DOCS))
     match = {"$match": {"documentKey._id": {"$in": probe_ids}}}
     rss: list[int] = []
@@ -473,6 +476,7 @@ async def lag(
                     if probe == token and side != written_on:
                         seen = time.monotonic()
                         lags.extend(seen - at for _, _, at in queue[: index + 1])
+                        timeline.extend((at, seen - at) for _, _, at in queue[: index + 1])
                         del queue[: index + 1]
                         break
 
@@ -504,7 +508,8 @@ async def lag(
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(watcher, 30)
     missing = sum(len(queue) for queue in pending.values())
-    return LagResult(lags, missing, load.done / elapsed, rss, peak)
+    timeline = [(at - started, value) for at, value in timeline]
+    return LagResult(lags, missing, load.done / elapsed, rss, peak, timeline)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -585,6 +590,13 @@ def report(name: str, figures: dict[str, Any]) -> None:
         f" / {max(lags_ms, default=float('nan')):.0f} ms over {len(lags_ms)} probes,"
         f" {result.missing} not applied within 30 s after the load stopped"
     )
+    if result.timeline:
+        # Whether the slowest probes were written together (one stall) or spread out.
+        slowest = sorted(result.timeline, key=lambda probe: -probe[1])[:5]
+        print(
+            "  slowest probes        "
+            + ", ".join(f"{value * 1000:.0f} ms at {at:+.1f} s" for at, value in slowest)
+        )
     if result.rss_kib:
         rss = [k / 1024 for k in result.rss_kib if k]
         tenth = max(1, len(rss) // 10)

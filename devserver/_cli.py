@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import sys
@@ -12,6 +11,7 @@ from functools import partial
 
 import click
 
+from devserver._heap import HeapKeeper
 from devserver._loop import new_event_loop
 from devserver._server import DbpathInUse, DevServer, RemoteBindRefused
 
@@ -23,11 +23,18 @@ async def _run(server: DevServer) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with server:
-        # The URI is the first stdout line: scripts and tests read it to connect.
-        click.echo(server.uri)
-        sys.stdout.flush()
-        await stop.wait()
+    heap = HeapKeeper(loop)
+    heap.install()
+    sweeper = asyncio.create_task(heap.sweep_when_idle())
+    try:
+        async with server:
+            # The URI is the first stdout line: scripts and tests read it to connect.
+            click.echo(server.uri)
+            sys.stdout.flush()
+            await stop.wait()
+    finally:
+        sweeper.cancel()
+        heap.uninstall()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signum)
@@ -102,9 +109,6 @@ def command(
         )
     except RemoteBindRefused as exc:
         raise click.UsageError(str(exc)) from exc
-    # The server process holds every document as Python objects; the default collector
-    # thresholds make full collections sweep them all every few thousand allocations.
-    gc.set_threshold(50_000, 20, 100)
     try:
         # A modelled round trip is a timer per reply: a polling loop would spin through each
         # one, taking the CPU its clients need. Waking up costs little next to a round trip.

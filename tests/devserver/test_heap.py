@@ -1,0 +1,128 @@
+"""The server process's collector policy: survivors frozen, the frozen heap swept when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from devserver._heap import HeapKeeper
+
+
+class _Node:
+    """An object that can sit in a reference cycle and be watched through a weak reference."""
+
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+@pytest.fixture(autouse=True)
+def _restore_collector() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    callbacks = list(gc.callbacks)
+    yield
+    gc.callbacks[:] = callbacks
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+    gc.collect()
+
+
+async def _until(check: object, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+def test_the_survivors_of_a_collection_are_frozen() -> None:
+    """After a collection, what it left alive is frozen from the event loop (not in the
+    collector's own callback), so later collections no longer walk it."""
+
+    async def scenario() -> None:
+        keeper = HeapKeeper(asyncio.get_running_loop())
+        keeper.install()
+        try:
+            kept = [{"n": n} for n in range(5000)]
+            before = gc.get_freeze_count()
+            gc.collect(0)
+            assert keeper.freezes == 0, "frozen inside the collector's callback"
+            await asyncio.sleep(0)
+            assert keeper.freezes == 1
+            assert gc.get_freeze_count() >= before + len(kept)
+            # Freed by reference count as usual: freezing keeps nothing alive.
+            probe = _Node()
+            watched = weakref.ref(probe)
+            gc.collect(0)
+            await asyncio.sleep(0)
+            del probe
+            assert watched() is None
+        finally:
+            keeper.uninstall()
+
+    asyncio.run(scenario())
+
+
+def test_a_cycle_frozen_before_it_became_garbage_waits_for_a_sweep() -> None:
+    async def scenario() -> None:
+        keeper = HeapKeeper(asyncio.get_running_loop())
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a
+        watched = weakref.ref(a)
+        gc.freeze()
+        del a, b
+        gc.collect()
+        assert watched() is not None, "a frozen cycle is out of a collection's sight"
+        keeper.sweep()
+        assert watched() is None
+        assert keeper.sweeps == 1
+        assert not keeper.sweep_due(), "nothing has grown since the sweep"
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_server_sweeps_its_frozen_heap_and_a_busy_one_does_not() -> None:
+    async def scenario() -> None:
+        keeper = HeapKeeper(asyncio.get_running_loop())
+        watched = _cycle_frozen()
+        sweeper = asyncio.create_task(keeper.sweep_when_idle(check_s=0.05))
+        try:
+            # Busy: the process spends its time working, with the loop turning all along.
+            end = time.monotonic() + 0.4
+            while time.monotonic() < end:
+                sum(range(20_000))
+                await asyncio.sleep(0)
+            assert keeper.sweeps == 0
+            assert watched() is not None
+            # Idle: within a few periods the frozen heap (grown since no sweep yet) is swept.
+            assert await _until(lambda: keeper.sweeps >= 1, within=5.0)
+            assert watched() is None
+        finally:
+            sweeper.cancel()
+
+    asyncio.run(scenario())
+
+
+def _cycle_frozen() -> weakref.ref[_Node]:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gc.freeze()
+    return weakref.ref(a)
+
+
+def test_install_raises_the_young_threshold_and_uninstall_removes_the_callback() -> None:
+    async def scenario() -> None:
+        keeper = HeapKeeper(asyncio.get_running_loop())
+        keeper.install()
+        assert gc.get_threshold()[0] > 700
+        keeper.uninstall()
+        gc.collect(0)
+        await asyncio.sleep(0)
+        assert keeper.freezes == 0
+
+    asyncio.run(scenario())
