@@ -54,6 +54,7 @@ async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
             await db.people_v2.update_one({"_id": 2}, {"$set": {"full_name": "not a target"}})
             await db.people_v2.update_one({"_id": 1}, {"$set": {"loyalty": 5}})
             batch_event, newer, other, tail = await next_events(stream, 4)
+            past_tail = stream.resume_token
         work = [(pair, "original", batch_event, 0)]
         checkpoint = (batch_event["_id"], batch_event["clusterTime"])
         target = (pair.partner, id_key(1))
@@ -84,11 +85,26 @@ async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
             beyond = await applier._peek_ahead(
                 work, checkpoint, read_ahead=True, beyond=[held], until=horizon
             )
+            # A reader that drained its stream reports a position past its last event (past
+            # writes its filters left out): the server is read from there, not from the event.
+            applier.unread = _unread(held, other)
+            applier.unread.reached(past_tail)
+            from_reached = await applier._peek_ahead(
+                work, checkpoint, read_ahead=True, until=horizon
+            )
+            # The same for a batch's own read, when no summary of the history is kept.
+            applier._ahead = None
+            applier.ahead_after_unread = 1_000
+            per_batch_from_reached = await applier._peek_ahead(
+                work, checkpoint, read_ahead=True, until=horizon
+            )
         assert read_ahead == {target: frozenset({"marker", "loyalty"})}
         assert from_server == {target: frozenset({"full_name", "loyalty"})}
         assert since_newer == {target: frozenset({"loyalty"})}
         assert past_snapshot == {}
         assert beyond == {target: frozenset({"marker"})}
+        assert from_reached == {target: frozenset({"marker"})}
+        assert per_batch_from_reached == {target: frozenset({"marker"})}
         assert tail["documentKey"] == {"_id": 1}
     finally:
         await client.drop_database(name)
@@ -129,6 +145,30 @@ def test_unread_events_are_found_by_document_and_forgotten_once_taken() -> None:
     unread.taken(2)
     assert len(unread) == 0 and not unread.has_invalidate() and unread.newest_time() is None
     assert unread.for_documents([("db.c", id_key(1))]) == []
+
+
+def _token(seconds: int, increment: int) -> dict[str, str]:
+    return {"_data": f"82{seconds:08X}{increment:08X}2B0229296E04"}
+
+
+def test_the_history_beyond_the_reader_starts_at_the_newest_position_it_reached() -> None:
+    """After the newest handed-over event, or after the stream's post-batch token when the
+    reader drained the stream past events its filters left out; a later event takes over."""
+    unread = UnreadEvents()
+    assert unread.resume_point is None
+    first = {**_change(4, 1), "_id": _token(1000, 4)}
+    unread.add(first)
+    assert unread.resume_point == first["_id"]
+    unread.reached(_token(1000, 4))  # the post-batch token of that event's batch
+    assert unread.resume_point == first["_id"]
+    drained = _token(1000, 9)  # an empty getMore, past the worker's own writes
+    unread.reached(drained)
+    assert unread.resume_point == drained
+    later = {**_change(12, 1), "_id": _token(1000, 12)}
+    unread.add(later)
+    assert unread.resume_point == later["_id"]
+    unread.reached(_token(1000, 11))  # older than what it knows: ignored
+    assert unread.resume_point == later["_id"]
 
 
 def test_resume_tokens_give_their_cluster_time() -> None:

@@ -923,7 +923,7 @@ class Applier:
             # write up to it is in memory, and the server is not asked at all.
             if until is not None:
                 past_snapshot = await unread.wait_covers(until, within=READER_WAIT_S)
-            after = unread.last_token
+            after = unread.resume_point
             if unread.has_invalidate():
                 after = None  # a stream cannot resume after an invalidate: read from the batch
             wanted = [(ns, key) for ns, ids in targets.items() for key in ids]
@@ -969,7 +969,7 @@ class Applier:
         if ahead is not None and (ahead.unread is not unread or passed):
             # The reader has passed all of it (or is a new reader): the events are in memory.
             self._ahead = ahead = None
-        if past_snapshot or unread.has_invalidate() or unread.last_token is None:
+        if past_snapshot or unread.has_invalidate() or unread.resume_point is None:
             return None
         if (
             ahead is None
@@ -984,7 +984,7 @@ class Applier:
                 unread,
                 self._watched,
                 self._namespaces,
-                unread.last_token,
+                unread.resume_point,
                 skip_sessions=list(self.own_sessions) if self.transactions else [],
                 is_ours=self._is_ours,
                 keeps_documents=self.tag_field is not None,
