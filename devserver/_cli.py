@@ -25,7 +25,7 @@ async def _run(server: DevServer) -> None:
         loop.add_signal_handler(signum, stop.set)
     heap = HeapKeeper(loop)
     heap.install()
-    sweeper = asyncio.create_task(heap.sweep_when_idle())
+    sweeper = asyncio.create_task(heap.maintain())
     try:
         async with server:
             # The URI is the first stdout line: scripts and tests read it to connect.

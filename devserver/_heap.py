@@ -10,6 +10,10 @@ So after each young collection the survivors are frozen (`gc.freeze`), out of si
 collections. Frozen objects that lose their last reference are still freed at once; only a
 cycle that became unreachable after it was frozen is not found. Those are swept up once the
 server has been idle for a while: the frozen heap is then collected in full, and frozen again.
+
+Young collections also run on a timer. The collector counts allocations net of deallocations,
+and once the history is full every new entry frees an old one: the count hardly moves, the
+young generation grew for minutes, and its collection then took half a second.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ __all__ = ["HeapKeeper"]
 
 #: Net new container objects between young collections (CPython's default is 700).
 YOUNG_THRESHOLD = 10_000
+#: How often the young generation is collected (and its survivors frozen) whatever the count.
+YOUNG_INTERVAL_S = 0.5
 #: How often idleness is checked, and the CPU share under which the server counts as idle.
 IDLE_CHECK_S = 5.0
 IDLE_CPU_SHARE = 0.02
@@ -77,14 +83,21 @@ class HeapKeeper:
         frozen = gc.get_freeze_count()
         return frozen >= max(self._swept_at * SWEEP_GROWTH, self._swept_at + SWEEP_MIN_OBJECTS)
 
-    async def sweep_when_idle(self, check_s: float = IDLE_CHECK_S) -> None:
-        """Run forever: sweep after a `check_s` period in which the process used (almost) no
-        CPU, when the frozen heap has grown since the last sweep."""
-        used = time.process_time()
+    async def maintain(
+        self, young_s: float = YOUNG_INTERVAL_S, idle_check_s: float = IDLE_CHECK_S
+    ) -> None:
+        """Run forever: collect the young generation every `young_s` (its survivors are then
+        frozen), and sweep the frozen heap after an `idle_check_s` period in which the process
+        used (almost) no CPU, when that heap has grown since the last sweep."""
+        used, checked = time.process_time(), time.monotonic()
         while True:
-            await asyncio.sleep(check_s)
-            now = time.process_time()
-            if now - used < IDLE_CPU_SHARE * check_s and self.sweep_due():
+            await asyncio.sleep(young_s)
+            gc.collect(0)
+            now = time.monotonic()
+            if now - checked < idle_check_s:
+                continue
+            cpu = time.process_time()
+            if cpu - used < IDLE_CPU_SHARE * (now - checked) and self.sweep_due():
                 self.sweep()
-                now = time.process_time()
-            used = now
+                cpu = time.process_time()
+            used, checked = cpu, now

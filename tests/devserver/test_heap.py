@@ -90,7 +90,7 @@ def test_an_idle_server_sweeps_its_frozen_heap_and_a_busy_one_does_not() -> None
     async def scenario() -> None:
         keeper = HeapKeeper(asyncio.get_running_loop())
         watched = _cycle_frozen()
-        sweeper = asyncio.create_task(keeper.sweep_when_idle(check_s=0.05))
+        sweeper = asyncio.create_task(keeper.maintain(young_s=0.01, idle_check_s=0.05))
         try:
             # Busy: the process spends its time working, with the loop turning all along.
             end = time.monotonic() + 0.4
@@ -124,5 +124,26 @@ def test_install_raises_the_young_threshold_and_uninstall_removes_the_callback()
         gc.collect(0)
         await asyncio.sleep(0)
         assert keeper.freezes == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_young_generation_is_collected_and_frozen_on_a_timer() -> None:
+    """Survivors are frozen even when the allocation count never reaches the threshold (a full
+    history frees an old entry for every new one, and the count stands still)."""
+
+    async def scenario() -> None:
+        keeper = HeapKeeper(asyncio.get_running_loop())
+        keeper.install()
+        gc.set_threshold(10**9)  # the count alone would never start a collection
+        task = asyncio.create_task(keeper.maintain(young_s=0.01, idle_check_s=60))
+        try:
+            before = gc.get_freeze_count()
+            kept = [{"n": n} for n in range(2000)]
+            assert await _until(lambda: gc.get_freeze_count() >= before + len(kept), within=5.0)
+            assert keeper.freezes >= 1 and keeper.sweeps == 0
+        finally:
+            task.cancel()
+            keeper.uninstall()
 
     asyncio.run(scenario())
