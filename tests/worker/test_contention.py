@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 
 from transforms import Patch
 from worker.engine._applier import _overwritten, _written_paths
 from worker.engine._writes import TargetWrite
 from worker.state import id_key
 
-from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
+from .engine_helpers import PEOPLE_MODULE, CommandStarts, applier_in_process, events_of
 
 APP = "contention-test"
 
@@ -144,3 +144,41 @@ async def test_batch_that_conflicts_with_client_writes_is_applied_in_smaller_tra
     assert checkpoint is not None and checkpoint["resume_token"] == batch[-1]["_id"]
     # Halved to 20, then grown by an eighth after each of the two transactions.
     assert applier.batch_limit == 24
+
+
+class _TargetWrites(CommandStarts):
+    """The collections of the target `update`/`insert`/`delete` commands in transactions."""
+
+    def __init__(self, targets: set[str]) -> None:
+        self.targets = targets
+        self.order: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        name = event.command_name
+        collection = event.command.get(name)
+        if name in ("update", "insert", "delete") and collection in self.targets:
+            self.order.append(collection)
+
+
+async def test_the_namespace_with_more_writes_is_written_first(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The transaction's snapshot is taken at its first command: only the documents of later
+    commands can meet a client write after it, so the larger bulk write goes first."""
+    writes = _TargetWrites({"people", "people_v2"})
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="order", event_listeners=[writes]
+    ) as (db, applier):
+        await applier.refresh_pairs()
+
+        async def both_sides() -> None:
+            await db.people_v2.insert_one({"_id": 100, "full_name": "one partner write"})
+            await db.people.insert_many([{"_id": i, "name": f"n{i}"} for i in range(3)])
+
+        batch = await events_of(db, 4, both_sides)
+        assert batch[0]["ns"]["coll"] == "people_v2"  # the smaller side comes first in the batch
+        async with applier.opened():
+            writes.order.clear()
+            await applier.apply(batch)
+    # Three partner writes (from the original's inserts) before the one original write.
+    assert writes.order == ["people_v2", "people"]

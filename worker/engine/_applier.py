@@ -752,7 +752,9 @@ class Applier:
         # (A chain's batch started it before its reads: see `chained`.)
         if session is not None and not session.in_transaction:
             await session.start_transaction()
-        for namespace, ops in operations.items():
+        # The namespace with the most writes first: the snapshot is taken at the first command,
+        # and a later command's documents stay open to a conflicting client write for longer.
+        for namespace, ops in sorted(operations.items(), key=lambda item: -len(item[1])):
             try:
                 await self._collection(namespace).bulk_write(ops, ordered=True, session=session)
             except OperationFailure as exc:
