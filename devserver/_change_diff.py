@@ -65,15 +65,16 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def describe_update(
-    before: dict[str, Any], after: dict[str, Any], update_spec: Any
+    before: dict[str, Any], after: dict[str, Any], update_spec: Any, *, changed: bool = False
 ) -> UpdateDescription | None:
     """The description of an update, or None when the oplog would record a replacement.
 
-    Returns an empty description for a no-op (callers drop the event).
+    Returns an empty description for a no-op (callers drop the event). `changed`: the caller
+    has compared the documents' bytes already and they differ.
     """
     # MongoDB's no-op test is on the documents' bytes; encoding is C, a Python walk of two
     # equal documents was a twentieth of the server's time under a sync's load.
-    if before is after or bson.encode(before) == bson.encode(after):
+    if not changed and (before is after or bson.encode(before) == bson.encode(after)):
         return UpdateDescription()
     if _is_operator_update(update_spec):
         described = _describe_operators(before, after, update_spec)

@@ -57,6 +57,9 @@ class ChangeRecord(NamedTuple):
     # BSON size of `after` when the caller knows it (the document's bytes in the request); the
     # history then estimates the entry's size instead of encoding it.
     after_size: int | None = None
+    # The writer compared the encoded documents before and after and they differ (an update is
+    # then no no-op, and its description need not test that again).
+    changed: bool = False
 
 
 def history_lost() -> CommandError:
@@ -323,7 +326,9 @@ def _make_entry(
         if op == "update":
             if record.before is None or record.after is None:
                 raise ValueError("an update record needs the documents before and after")
-            description = describe_update(record.before, record.after, record.update_spec)
+            description = describe_update(
+                record.before, record.after, record.update_spec, changed=record.changed
+            )
             if description is None:
                 op = entry["op"] = "replace"
             elif description.is_empty():

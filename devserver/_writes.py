@@ -210,6 +210,7 @@ def _record(
     after: dict[str, Any] | None = None,
     update_spec: Any = None,
     after_size: int | None = None,
+    changed: bool = False,
 ) -> ChangeRecord:
     """The change record of one document write."""
     return ChangeRecord(
@@ -222,6 +223,7 @@ def _record(
         update_spec=update_spec,
         images_enabled=meta is not None and meta.images_enabled,
         after_size=after_size,
+        changed=changed,
     )
 
 
@@ -393,6 +395,7 @@ async def update_matching(
             after=new_doc,
             update_spec=update,
             after_size=len(encoded),
+            changed=True,  # a no-op was skipped above, on the same bytes
         )
         _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
         result.modified += 1

@@ -19,7 +19,7 @@ from bson import Timestamp
 from pymongo.errors import OperationFailure
 
 from worker.engine._plan import changed_paths
-from worker.engine._stream import UnreadEvents, stream_filters
+from worker.engine._stream import DOCUMENT_EVENTS, UnreadEvents, stream_filters
 from worker.logs import get_logger
 from worker.state import id_key
 
@@ -33,7 +33,6 @@ AHEAD_LIMIT = 250_000
 # Events per server round trip while the summary is read.
 AHEAD_BATCH = 2_000
 _RETRIED_LABELS = ("ResumableChangeStreamError", "TransientTransactionError", "RetryableWriteError")
-_DOCUMENT_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 
 
 class WritesAhead:
@@ -119,7 +118,7 @@ class WritesAhead:
         if kind == "invalidate":
             self.broken = "an invalidate"
             return False
-        if kind not in _DOCUMENT_EVENTS or self.is_ours(event):
+        if kind not in DOCUMENT_EVENTS or self.is_ours(event):
             return True
         stamp = event.get("clusterTime")
         if not isinstance(stamp, Timestamp):
@@ -127,9 +126,7 @@ class WritesAhead:
             return False
         ns = event.get("ns") or {}
         document = (f"{ns.get('db')}.{ns.get('coll')}", id_key(event["documentKey"]["_id"]))
-        paths = self.paths.get(document)
-        if paths is None:
-            paths = self.paths[document] = {}
+        paths = self.paths.setdefault(document, {})
         for path in changed_paths(event):
             if path not in paths:
                 self.size += 1

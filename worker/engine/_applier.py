@@ -48,7 +48,7 @@ from worker.engine._plan import (
     overlaps,
     plan_event,
 )
-from worker.engine._stream import UnreadEvents, document_of, watch_target
+from worker.engine._stream import DOCUMENT_EVENTS, UnreadEvents, document_of, watch_target
 from worker.engine._writes import TargetWrite, plan_target_write, write_operation
 from worker.errors import LeaseLost
 from worker.logs import get_logger
@@ -59,7 +59,6 @@ __all__ = ["Applier", "BatchResult"]
 
 log = get_logger(__name__)
 
-DOCUMENT_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 LIFECYCLE_EVENTS = frozenset({"drop", "rename", "dropDatabase"})
 # How many worker session ids to remember, so echoes written before a restart are still known.
 REMEMBERED_SESSIONS = 16
@@ -971,7 +970,8 @@ class Applier:
         if ahead is not None and (ahead.unread is not unread or passed):
             # The reader has passed all of it (or is a new reader): the events are in memory.
             self._ahead = ahead = None
-        if past_snapshot or unread.has_invalidate() or unread.resume_point is None:
+        start = unread.resume_point
+        if past_snapshot or unread.has_invalidate() or start is None:
             return None
         if (
             ahead is None
@@ -986,7 +986,7 @@ class Applier:
                 unread,
                 self._watched,
                 self._namespaces,
-                unread.resume_point,
+                start,
                 skip_sessions=list(self.own_sessions) if self.transactions else [],
                 is_ours=self._is_ours,
                 keeps_documents=self.tag_field is not None,

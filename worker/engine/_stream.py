@@ -28,6 +28,7 @@ from worker.logs import get_logger
 from worker.state import id_key
 
 __all__ = [
+    "DOCUMENT_EVENTS",
     "StreamPosition",
     "StreamReader",
     "UnreadEvents",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+# The change events that carry one document's write.
+DOCUMENT_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 
 # A reader that handed over an event or a position this recently is receiving events: the
 # look-ahead waits for it rather than asking the server.
@@ -110,11 +114,8 @@ class UnreadEvents:
         event, or after the stream's post-batch resume token when that is newer (the reader
         drained the stream past writes its filters leave out, the worker's own above all).
         A look-ahead read from the last event instead scanned all of those again."""
-        reached = self._reached_token
-        if reached is None or self._seen_before is None:
-            return self.last_token
-        last = self._last_event_time
-        if self.last_token is None or last is None or self._seen_before > last:
+        reached, seen, last = self._reached_token, self._seen_before, self._last_event_time
+        if reached is not None and seen is not None and (last is None or seen > last):
             return reached
         return self.last_token
 
