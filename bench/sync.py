@@ -18,6 +18,7 @@ the worker's RSS is sampled every second.
 
     .venv/bin/python bench/sync.py [--seconds 20] [--rate 1000] [--backlog 5000] [--docs 2000]
                                    [--only engine|naive] [--round-trip-ms 0]
+                                   [--mongodb-version 7.0|8.0]
 
 `--round-trip-ms` makes the development server add that much to every round trip, as the
 network to a real server would; every client of the run pays it, the benchmark's own included.
@@ -212,10 +213,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(oplog_mb: int, profile: str | None = None, round_trip_ms: float = 0.0) -> Any:
+def server(
+    oplog_mb: int,
+    profile: str | None = None,
+    round_trip_ms: float = 0.0,
+    mongodb_version: str | None = None,
+) -> Any:
     """MONGODB_URI, or a development server subprocess for this block (under cProfile when
     `profile` names an output file; it is written when the server stops), adding
-    `round_trip_ms` to each of its round trips."""
+    `round_trip_ms` to each of its round trips, speaking `mongodb_version` when given."""
     external = os.environ.get("MONGODB_URI")
     if external:
         yield Server(external)
@@ -226,6 +232,7 @@ def server(oplog_mb: int, profile: str | None = None, round_trip_ms: float = 0.0
             *(["-m", "cProfile", "-o", profile] if profile else []),
             *("-m", "devserver", "--port", "0", "--oplog-size-mb", str(oplog_mb)),
             *("--round-trip-ms", str(round_trip_ms)),
+            *(("--mongodb-version", mongodb_version) if mongodb_version else ()),
         ],
         stdout=subprocess.PIPE,
         cwd=ROOT,
@@ -534,7 +541,12 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
         else:
             workdir = stack.enter_context(tempfile.TemporaryDirectory())
         where = stack.enter_context(
-            server(options.oplog_mb, options.server_profile, options.round_trip_ms)
+            server(
+                options.oplog_mb,
+                options.server_profile,
+                options.round_trip_ms,
+                options.mongodb_version,
+            )
         )
         uri = where.uri
         client: Client = AsyncMongoClient(uri, maxPoolSize=64)
@@ -542,6 +554,7 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
             await client.drop_database(DB)
             await client.drop_database(STATE_DB)
             ping_ms = await round_trip_ms(client)
+            version = (await client.admin.command("buildInfo")).get("version", "?")
             contender = Contender(
                 name,
                 uri,
@@ -560,7 +573,7 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
                 contender.stop()
         finally:
             await client.close()
-    return {"throughput": rate, "lag": result, "ping_ms": ping_ms}
+    return {"throughput": rate, "lag": result, "ping_ms": ping_ms, "version": version}
 
 
 async def round_trip_ms(client: Client, pings: int = 50) -> float:
@@ -578,6 +591,7 @@ def report(name: str, figures: dict[str, Any]) -> None:
     result: LagResult = figures["lag"]
     lags_ms = [value * 1000 for value in result.lags]
     print(f"{name}:")
+    print(f"  server                MongoDB {figures['version']}")
     print(f"  ping round trip       {figures['ping_ms']:10.2f} ms (median of 50, before the run)")
     speed: Throughput = figures["throughput"]
     print(f"  backlog applied       {speed.rate:10.0f} client changes/s")
@@ -643,6 +657,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="add this much to every round trip to the development server, as a network would",
+    )
+    parser.add_argument(
+        "--mongodb-version",
+        choices=["7.0", "8.0"],
+        help="the release the development server speaks (its default: 8.0); before 8.0 the"
+        " engine sends a batch's writes as one command per collection instead of one bulkWrite",
     )
     parser.add_argument("--profile", metavar="FILE", help="run the engine under cProfile")
     parser.add_argument(

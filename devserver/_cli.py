@@ -14,6 +14,7 @@ import click
 from devserver._heap import HeapKeeper
 from devserver._loop import new_event_loop
 from devserver._server import DbpathInUse, DevServer, RemoteBindRefused
+from devserver._versions import DEFAULT_MONGODB_VERSION, MONGODB_VERSIONS
 
 __all__ = ["command", "main"]
 
@@ -76,6 +77,13 @@ async def _run(server: DevServer) -> None:
     help="Add this much to every round trip, as a network would (for benchmarks).",
 )
 @click.option(
+    "--mongodb-version",
+    default=DEFAULT_MONGODB_VERSION,
+    show_default=True,
+    type=click.Choice(sorted(MONGODB_VERSIONS)),
+    help="The MongoDB release to present itself as (7.0 has no bulkWrite command).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -89,6 +97,7 @@ def command(
     oplog_size_mb: float,
     allow_remote: bool,
     round_trip_ms: float,
+    mongodb_version: str,
     log_level: str,
 ) -> None:
     """Start the MongoDB-compatible development server (NOT for production: no authentication)."""
@@ -106,6 +115,7 @@ def command(
             oplog_size_mb=oplog_size_mb,
             allow_remote=allow_remote,
             round_trip_ms=round_trip_ms,
+            mongodb_version=mongodb_version,
         )
     except RemoteBindRefused as exc:
         raise click.UsageError(str(exc)) from exc

@@ -16,10 +16,8 @@ from devserver._command import Context, command
 from devserver._engine import matches
 from devserver._errors import CommandError
 
-__all__ = ["hello_reply", "MAX_WIRE_VERSION", "SERVER_VERSION"]
+__all__ = ["hello_reply"]
 
-MAX_WIRE_VERSION = 21  # MongoDB 7.0
-SERVER_VERSION = "7.0.0"
 ELECTION_ID = ObjectId("7fffffff0000000000000001")
 TOPOLOGY_COUNTER = 0
 
@@ -52,7 +50,7 @@ def hello_reply(ctx: Context, *, legacy: bool) -> dict[str, Any]:
         "logicalSessionTimeoutMinutes": 30,
         "connectionId": ctx.conn.id,
         "minWireVersion": 0,
-        "maxWireVersion": MAX_WIRE_VERSION,
+        "maxWireVersion": state.version.max_wire_version,
         "readOnly": False,
     }
     if ctx.body.get("helloOk"):
@@ -96,10 +94,11 @@ async def ping(ctx: Context) -> dict[str, Any]:
 
 @command("buildInfo", "buildinfo")
 async def build_info(ctx: Context) -> dict[str, Any]:
+    version = ctx.state.version
     return {
-        "version": SERVER_VERSION,
+        "version": version.version,
         "gitVersion": "partner-sync-devserver",
-        "versionArray": [7, 0, 0, 0],
+        "versionArray": version.version_array,
         "modules": [],
         "allocator": "system",
         "javascriptEngine": "none",
@@ -119,7 +118,7 @@ async def server_status(ctx: Context) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
         "host": state.address,
-        "version": SERVER_VERSION,
+        "version": state.version.version,
         "process": "devserver",
         "pid": Int64(os.getpid()),
         "uptime": (now - state.started).total_seconds(),
@@ -142,15 +141,13 @@ async def server_status(ctx: Context) -> dict[str, Any]:
     }
 
 
-_EXTRA_PARAMETERS: dict[str, Any] = {
-    "featureCompatibilityVersion": {"version": "7.0"},
-    "enableTestCommands": True,
-}
-
-
 @command("getParameter")
 async def get_parameter(ctx: Context) -> dict[str, Any]:
-    params = {**_EXTRA_PARAMETERS, **ctx.state.parameters}
+    params = {
+        "featureCompatibilityVersion": {"version": ctx.state.version.name},
+        "enableTestCommands": True,
+        **ctx.state.parameters,
+    }
     requested = ctx.body["getParameter"]
     if requested == "*" or (isinstance(requested, dict) and requested.get("allParameters")):
         return dict(params)

@@ -101,7 +101,7 @@ async def drop(ctx: Context) -> dict[str, Any]:
     storage = ctx.state.storage
     meta = storage.meta(ctx.db, coll)
     if meta is None:
-        # MongoDB 7.0 reports success for a collection that does not exist.
+        # MongoDB (7.0 and later) reports success for a collection that does not exist.
         return {"ns": f"{ctx.db}.{coll}"}
     n_indexes = len(meta.indexes)
     storage.drop_collection(ctx.db, coll)

@@ -18,7 +18,7 @@ from devserver._writes import (
     update_matching,
 )
 
-__all__: list[str] = []
+__all__ = ["reject_collation", "run_statements"]
 
 
 def _statements(ctx: Context, key: str) -> list[Any]:
@@ -48,27 +48,44 @@ def _write_error(index: int, error: CommandError) -> dict[str, Any]:
     return entry
 
 
-async def _run_batch(
+async def run_statements(
     ctx: Context,
     statements: list[Any],
     run_one: Callable[[int, Any], Awaitable[None]],
-) -> list[dict[str, Any]]:
-    """Run statements in order; a statement's error becomes a writeError, ordered stops at it."""
+    failed: Callable[[int, CommandError], None],
+) -> None:
+    """Run statements in order; a statement's error goes to `failed`, and ordered (or any
+    statement in a transaction) stops at it. Errors that fail the whole command are raised.
+
+    The batch loop of insert, update, delete and bulkWrite.
+    """
     ordered = ctx.body.get("ordered", True) is not False
-    errors = []
     for index, statement in enumerate(statements):
         try:
             await run_one(index, statement)
         except CommandError as error:
             if error.code in TOP_LEVEL_CODES or ctx.txn is not None and error.code == 112:
                 raise
-            errors.append(_write_error(index, error))
+            failed(index, error)
             if ordered or ctx.txn is not None:
                 break
+
+
+async def _run_batch(
+    ctx: Context,
+    statements: list[Any],
+    run_one: Callable[[int, Any], Awaitable[None]],
+) -> list[dict[str, Any]]:
+    """Run statements in order; a statement's error becomes a writeError, ordered stops at it."""
+    errors: list[dict[str, Any]] = []
+    await run_statements(
+        ctx, statements, run_one, lambda index, error: errors.append(_write_error(index, error))
+    )
     return errors
 
 
-def _reject_collation(statement: dict[str, Any]) -> None:
+def reject_collation(statement: dict[str, Any]) -> None:
+    """Refuse a statement's non-simple collation: strings compare here by code point only."""
     collation = statement.get("collation")
     if collation and collation.get("locale", "simple") != "simple":
         raise CommandError(
@@ -111,7 +128,7 @@ async def update(ctx: Context) -> dict[str, Any]:
         nonlocal matched, modified
         if not isinstance(statement, dict) or "q" not in statement or "u" not in statement:
             raise CommandError(9, "FailedToParse", "each update statement needs 'q' and 'u'")
-        _reject_collation(statement)
+        reject_collation(statement)
         result = await update_matching(
             ctx,
             ctx.db,
@@ -154,7 +171,7 @@ async def delete(ctx: Context) -> dict[str, Any]:
             raise CommandError(
                 9, "FailedToParse", "The limit field in delete objects must be 0 or 1"
             )
-        _reject_collation(statement)
+        reject_collation(statement)
         removed = await delete_matching(
             ctx,
             ctx.db,
@@ -179,7 +196,7 @@ async def find_and_modify(ctx: Context) -> dict[str, Any]:
     sort = sort_arg(body.get("sort"))
     remove = bool(body.get("remove", False))
     update_spec = body.get("update")
-    _reject_collation(body)
+    reject_collation(body)
     if remove == (update_spec is not None):
         raise CommandError(9, "FailedToParse", "Either an update or remove=true must be specified")
     if remove and (body.get("new") or body.get("upsert")):

@@ -83,13 +83,18 @@ class CommandSpec:
     write: bool = False  # retryable write (txnNumber outside a transaction)
     in_transaction: bool = False  # allowed inside a multi-document transaction
     admin_only: bool = False
+    since: str | None = None  # the MongoDB release that added it; unknown to earlier ones
 
 
 REGISTRY: dict[str, CommandSpec] = {}
 
 
 def command(
-    *names: str, write: bool = False, in_transaction: bool = False, admin_only: bool = False
+    *names: str,
+    write: bool = False,
+    in_transaction: bool = False,
+    admin_only: bool = False,
+    since: str | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register a handler under one or more command names."""
 
@@ -101,6 +106,7 @@ def command(
                 write=write,
                 in_transaction=in_transaction,
                 admin_only=admin_only,
+                since=since,
             )
         return handler
 

@@ -9,7 +9,7 @@ from typing import Any
 from bson import Binary, Int64, Timestamp
 
 # Importing the command modules registers their handlers.
-from devserver import _cmd_admin, _cmd_ddl, _cmd_read, _cmd_txn, _cmd_write  # noqa: F401
+from devserver import _cmd_admin, _cmd_bulk, _cmd_ddl, _cmd_read, _cmd_txn, _cmd_write  # noqa: F401
 from devserver._command import REGISTRY, CommandSpec, Connection, Context
 from devserver._errors import CommandError
 from devserver._failpoints import RETRYABLE_CODES, FailAction
@@ -172,7 +172,8 @@ async def run_command(
         )
     name = next(iter(body))
     spec = REGISTRY.get(name)
-    if spec is None:
+    # A command added after the release the server presents itself as is unknown, as there.
+    if spec is None or spec.since is not None and not state.version.at_least(spec.since):
         error = CommandError(59, "CommandNotFound", f"no such command: '{name}'")
         return _with_cluster_time(state, error.to_reply(), None)
     if name in ("hello", "isMaster", "ismaster") and isinstance(body.get("client"), dict):
@@ -237,7 +238,8 @@ async def _run(ctx: Context, spec: CommandSpec) -> dict[str, Any]:
             state.clock.advance_to(read_concern["afterClusterTime"])
         reply = await spec.handler(ctx)
         reply.setdefault("ok", 1.0)
-        if ctx.txn is not None and reply.get("writeErrors") and ctx.txn.is_open:
+        failed_writes = reply.get("writeErrors") or reply.get("nErrors")  # nErrors: bulkWrite
+        if ctx.txn is not None and failed_writes and ctx.txn.is_open:
             state.abort(ctx.txn, "a write in the transaction failed")
         if retry_number is not None and ctx.session is not None:
             ctx.session.retry_replies[retry_number] = dict(reply)

@@ -17,6 +17,7 @@ from devserver._dispatch import CloseConnection, run_command
 from devserver._errors import CommandError
 from devserver._persistence import DbpathInUse, open_journal
 from devserver._state import ServerConfig, ServerState
+from devserver._versions import DEFAULT_MONGODB_VERSION, parse_mongodb_version
 from devserver._wire import (
     HEADER,
     MAX_MESSAGE_BYTES,
@@ -61,6 +62,7 @@ class DevServer:
     """A MongoDB-compatible development server: a one-node replica set over the wire protocol.
 
     Not for production: no authentication, data kept in memory (journaled with `dbpath`).
+    `mongodb_version` is the release it presents itself as: "8.0" (default) or "7.0".
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class DevServer:
         oplog_size_mb: float = 64,
         allow_remote: bool = False,
         round_trip_ms: float = 0.0,
+        mongodb_version: str = DEFAULT_MONGODB_VERSION,
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise RemoteBindRefused(
@@ -80,6 +83,7 @@ class DevServer:
                 "anyone who can reach it can read and change every database. Bind to 127.0.0.1, "
                 "or pass --allow-remote if you accept that."
             )
+        parse_mongodb_version(mongodb_version)  # an unknown release fails here, not at start()
         self.config = ServerConfig(
             host=host,
             port=port,
@@ -88,6 +92,7 @@ class DevServer:
             oplog_size_mb=oplog_size_mb,
             allow_remote=allow_remote,
             round_trip_s=round_trip_ms / 1000,
+            mongodb_version=mongodb_version,
         )
         self.state: ServerState | None = None
         self._server: asyncio.Server | None = None
@@ -391,6 +396,7 @@ class ServerThread:
             replset=config.replset,
             oplog_size_mb=config.oplog_size_mb,
             allow_remote=config.allow_remote,
+            mongodb_version=config.mongodb_version,
         )
         self._start()
 

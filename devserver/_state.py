@@ -19,6 +19,7 @@ from devserver._engine import Engine
 from devserver._failpoints import FailCommand
 from devserver._sessions import SessionTable, Transaction
 from devserver._storage import Storage
+from devserver._versions import DEFAULT_MONGODB_VERSION, MongoDBVersion, parse_mongodb_version
 
 __all__ = ["ServerConfig", "ServerState", "Journal"]
 
@@ -51,6 +52,8 @@ class ServerConfig:
     allow_remote: bool = False
     #: Added to every round trip, as a network between client and server would (seconds).
     round_trip_s: float = 0.0
+    #: The MongoDB release the server presents itself as ("7.0" or "8.0").
+    mongodb_version: str = DEFAULT_MONGODB_VERSION
 
 
 @dataclass
@@ -71,6 +74,7 @@ class ServerState:
     address: str = ""
     journal: Journal | None = None
     history: ChangeHistory = field(init=False)
+    version: MongoDBVersion = field(init=False)
     connections_created: int = 0
     connections_current: int = 0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -81,6 +85,7 @@ class ServerState:
     _wall: datetime = field(default=datetime.min, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.version = parse_mongodb_version(self.config.mongodb_version)
         self.history = ChangeHistory(
             max_bytes=int(self.config.oplog_size_mb * 1024 * 1024), lookup=self._lookup
         )

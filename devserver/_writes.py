@@ -36,6 +36,9 @@ __all__ = [
 
 MAX_BSON_SIZE = 16 * 1024 * 1024
 
+# Commands whose unmeasured documents are inserts, as they came in the request.
+_INSERTING = ("insert", "bulkWrite")
+
 # Errors that fail the whole command rather than one statement.
 TOP_LEVEL_CODES = frozenset({50, 112, 251, 225, 263})
 
@@ -135,7 +138,7 @@ def _check_document(
     if size is None:
         # A document from a request smaller than the limit cannot exceed it (inserts are
         # checked that way; updates may grow a document, so they always measure).
-        small_request = 0 < ctx.message_bytes <= MAX_BSON_SIZE and ctx.name == "insert"
+        small_request = 0 < ctx.message_bytes <= MAX_BSON_SIZE and ctx.name in _INSERTING
         size = 0 if small_request else len(bson.encode(doc))
     if size > MAX_BSON_SIZE:
         raise CommandError(

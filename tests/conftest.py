@@ -24,13 +24,37 @@ ServerFactory = Callable[..., ServerThread]
 
 
 @pytest.fixture(scope="session")
-def mongo_uri() -> Iterator[str]:
-    """MONGODB_URI when set (a real MongoDB replica set), else an in-process development server."""
+def mongo_uri(request: pytest.FixtureRequest) -> str:
+    """MONGODB_URI when set (a real MongoDB replica set), else an in-process development server.
+
+    Parametrized indirectly with "7.0" (`BOTH_VERSIONS` in tests/worker/engine_helpers.py), a
+    development server speaking MongoDB 7.0 instead (skipped when MONGODB_URI is set)."""
+    if getattr(request, "param", "current") == "7.0":
+        return str(request.getfixturevalue("mongo_uri_7_0"))
+    return str(request.getfixturevalue("server_uri"))
+
+
+@pytest.fixture(scope="session")
+def server_uri() -> Iterator[str]:
+    """The server under test: MONGODB_URI, or an in-process development server."""
     external = os.environ.get("MONGODB_URI")
     if external:
         yield external
         return
     handle = DevServer(host="127.0.0.1", port=0).start_in_thread()
+    try:
+        yield handle.uri
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri_7_0() -> Iterator[str]:
+    """A development server speaking MongoDB 7.0 (no cross-collection bulkWrite), for the code
+    paths kept for servers before 8.0. Skips when MONGODB_URI is set."""
+    if os.environ.get("MONGODB_URI"):
+        pytest.skip("needs its own development server (MONGODB_URI is set)")
+    handle = DevServer(host="127.0.0.1", port=0, mongodb_version="7.0").start_in_thread()
     try:
         yield handle.uri
     finally:

@@ -190,9 +190,17 @@ class StateStore:
         query: dict[str, Any] = {"_id": original}
         if expect is not None:
             query["state"] = {"$in": list(expect)}
-        update = {"$set": {"state": state, "updated_at": utcnow(), **fields}}
-        result = await self.pairs.update_one(query, update, session=session)
+        result = await self.pairs.update_one(
+            query, self.state_update(state, **fields), session=session
+        )
         return result.matched_count == 1
+
+    @staticmethod
+    def state_update(state: str, **fields: Any) -> dict[str, Any]:
+        """The update that moves a pair's record to `state` (with `fields` beside it)."""
+        if state not in STATES:
+            raise ValueError(f"unknown pair state {state!r}")
+        return {"$set": {"state": state, "updated_at": utcnow(), **fields}}
 
     # -- checkpoint ----------------------------------------------------------------------------
 

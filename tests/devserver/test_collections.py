@@ -116,7 +116,7 @@ def test_drop_and_drop_database(client: Client, db_name: str) -> None:
 
 
 def test_server_information_commands(client: Client) -> None:
-    """buildInfo, serverStatus, getParameter answer like a 7.0 server."""
+    """buildInfo, serverStatus, getParameter answer like an 8.0 server."""
     info = client.admin.command("buildInfo")
     assert info["versionArray"][0] >= 7
     status = client.admin.command("serverStatus")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,19 +10,6 @@ from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, OperationFailure, WriteConcernError
 
 Client = MongoClient[dict[str, Any]]
-
-
-@pytest.fixture
-def fail_point(client: Client) -> Iterator[Any]:
-    """Configure failCommand; always switched off afterwards."""
-
-    def configure(mode: Any, **data: Any) -> dict[str, Any]:
-        return client.admin.command("configureFailPoint", "failCommand", mode=mode, data=data)
-
-    try:
-        yield configure
-    finally:
-        client.admin.command("configureFailPoint", "failCommand", mode="off")
 
 
 def test_times_mode_fails_exactly_n_commands(client: Client, db_name: str, fail_point: Any) -> None:

@@ -44,6 +44,12 @@ def from_display(display_name):
 """
 
 
+# `@pytest.mark.parametrize("mongo_uri", BOTH_VERSIONS, indirect=True)` runs a test on the
+# server under test and on a development server speaking MongoDB 7.0 (the worker's path for
+# servers before 8.0, which have no cross-collection bulkWrite); see tests/conftest.py.
+BOTH_VERSIONS = ["current", "7.0"]
+
+
 def write_module(tmp_path: Path, name: str, source: str, **values: str) -> str:
     """Write a transform module into tmp_path and return its file path."""
     path = tmp_path / f"{name}.py"

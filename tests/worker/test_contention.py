@@ -16,7 +16,15 @@ from worker.engine._applier import _overwritten, _written_paths
 from worker.engine._writes import TargetWrite
 from worker.state import id_key
 
-from .engine_helpers import PEOPLE_MODULE, CommandStarts, applier_in_process, events_of
+from .engine_helpers import (
+    BOTH_VERSIONS,
+    PEOPLE_MODULE,
+    CommandStarts,
+    applier_in_process,
+    events_of,
+)
+
+BOTH = pytest.mark.parametrize("mongo_uri", BOTH_VERSIONS, indirect=True)
 
 APP = "contention-test"
 
@@ -64,6 +72,7 @@ async def people(mongo_uri: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]
         yield {"db": db, "applier": applier}
 
 
+@BOTH
 async def test_client_write_between_the_batch_read_and_its_write_is_not_overwritten(
     people: dict[str, Any],
 ) -> None:
@@ -106,6 +115,7 @@ async def test_client_write_between_the_batch_read_and_its_write_is_not_overwrit
     assert len(looks) == 4 and looks[1] is not None
 
 
+@BOTH
 async def test_batch_that_conflicts_with_client_writes_is_applied_in_smaller_transactions(
     people: dict[str, Any], mongo_uri: str
 ) -> None:
@@ -127,7 +137,8 @@ async def test_batch_that_conflicts_with_client_writes_is_applied_in_smaller_tra
                 "failCommand",
                 mode={"times": 1},
                 data={
-                    "failCommands": ["update"],
+                    # The target writes' command: one bulkWrite from MongoDB 8.0.
+                    "failCommands": ["bulkWrite" if applier.combined_writes else "update"],
                     "errorCode": 112,
                     "errorLabels": ["TransientTransactionError"],
                     "appName": APP,
@@ -147,7 +158,8 @@ async def test_batch_that_conflicts_with_client_writes_is_applied_in_smaller_tra
 
 
 class _TargetWrites(CommandStarts):
-    """The collections of the target `update`/`insert`/`delete` commands in transactions."""
+    """The target collections written, in the order of the writes: by `update`/`insert`/
+    `delete` commands, or by the operations of a `bulkWrite` (consecutive repeats once)."""
 
     def __init__(self, targets: set[str]) -> None:
         self.targets = targets
@@ -155,11 +167,20 @@ class _TargetWrites(CommandStarts):
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         name = event.command_name
-        collection = event.command.get(name)
-        if name in ("update", "insert", "delete") and collection in self.targets:
+        if name == "bulkWrite":
+            namespaces = [info["ns"].partition(".")[2] for info in event.command["nsInfo"]]
+            for op in event.command["ops"]:
+                kind = next(k for k in ("insert", "update", "delete") if k in op)
+                self._note(namespaces[op[kind]])
+        elif name in ("update", "insert", "delete"):
+            self._note(event.command.get(name))
+
+    def _note(self, collection: str) -> None:
+        if collection in self.targets and (not self.order or self.order[-1] != collection):
             self.order.append(collection)
 
 
+@BOTH
 async def test_the_namespace_with_more_writes_is_written_first(
     mongo_uri: str, tmp_path: Path
 ) -> None:

@@ -3,7 +3,8 @@
 For each batch it loads the merge base and the current documents the batch touches, plans every
 event in stream order with the pure core (`_plan.plan_event`), then opens the transaction,
 writes one net change per target document, and stores merge base, counters, dead letters and
-the checkpoint in it, fenced by the lease. The reads and the planning come before the
+the checkpoint in it, fenced by the lease: all in one bulkWrite command from MongoDB 8.0, one
+command per collection before (`_commands`). The reads and the planning come before the
 transaction so that its window for write conflicts is only as long as its target writes; a
 client write that landed on a written path between the reads and the writes is found in the
 stream once the writes hold their documents, and the batch is planned again (a chain's batches
@@ -29,7 +30,7 @@ import anyio
 import bson
 from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
-from pymongo import AsyncMongoClient, DeleteOne, ReplaceOne
+from pymongo import AsyncMongoClient, DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import (
     ConnectionFailure,
@@ -39,6 +40,7 @@ from pymongo.errors import (
 
 from transforms import Pair, Registry, diff_documents
 from worker.engine._ahead import AHEAD_LIMIT, WritesAhead
+from worker.engine._commands import BatchWrites, Refused, is_transient, supports_bulk_write
 from worker.engine._lease import Lease
 from worker.engine._plan import (
     EventPlan,
@@ -108,14 +110,6 @@ class _PairTally:
     dead_letters: int = 0
     last_client_write: dict[str, dt.datetime] = field(default_factory=dict)
     lag_seconds: float | None = None
-
-
-class _Permanent(Exception):
-    """A write the server refused for good; carries the driver error."""
-
-    def __init__(self, error: OperationFailure) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class _Split(Exception):
@@ -195,12 +189,16 @@ class Applier:
         # Most events one transaction applies (None: a whole delivery). Halved when a batch
         # conflicts with client writes, grown again by an eighth after every applied batch.
         self.batch_limit: int | None = None
+        # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
+        # `_commands`). Found out when the applier opens.
+        self.combined_writes = False
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[Applier]:
         """Open the worker's session (its writes' origin tag) for the applier's lifetime."""
         checkpoint = await self.store.checkpoint()
         remembered = list((checkpoint or {}).get("sessions", []))
+        self.combined_writes = await supports_bulk_write(self.client)
         async with self.client.start_session(causal_consistency=False) as session:
             self.session = session
             own_id = session.session_id["id"]
@@ -347,7 +345,7 @@ class Applier:
                 stale_reads += 1
                 if stale_reads == 1:
                     continue  # the newer writes are known now: plan again at once
-            except _Permanent as exc:
+            except Refused as exc:
                 if len(events) > 1:
                     return await self._apply_one_by_one(events, checkpoint, held_ids, replay_pair)
                 return await self._attempt(
@@ -358,7 +356,7 @@ class Applier:
                     refused=exc.error,
                 )
             except OperationFailure as exc:
-                if not _is_transient(exc):
+                if not is_transient(exc):
                     raise
                 log.debug("batch_retry", code=exc.code, error=str(exc)[:200])
                 if exc.code == WRITE_CONFLICT and splittable:
@@ -731,7 +729,9 @@ class Applier:
             )
             if write is None:
                 continue
-            operations.setdefault(namespace, []).append(write_operation(write, tag=self._tag()))
+            operations.setdefault(namespace, []).append(
+                write_operation(write, tag=self._tag(), namespace=namespace)
+            )
             # A chain may write one document several times in a batch: all their paths count.
             written[(namespace, key)] = written.get((namespace, key), frozenset()) | (
                 _written_paths(write)
@@ -751,19 +751,19 @@ class Applier:
         # (A chain's batch started it before its reads: see `chained`.)
         if session is not None and not session.in_transaction:
             await session.start_transaction()
+        writes = BatchWrites(self.client, combined=self.combined_writes)
         # The namespace with the most writes first: the snapshot is taken at the first command,
-        # and a later command's documents stay open to a conflicting client write for longer.
+        # and a later command's documents stay open to a conflicting client write for longer
+        # (with one combined command, none do).
         for namespace, ops in sorted(operations.items(), key=lambda item: -len(item[1])):
-            try:
-                await self._collection(namespace).bulk_write(ops, ordered=True, session=session)
-            except OperationFailure as exc:
-                if refused is None and not _is_transient(exc):
-                    raise _Permanent(exc) from exc
-                raise
-        if session is not None and written and not self.chained:
-            # The documents were read before the transaction: a client write that landed
-            # between that read and these writes, on a path they set, is newer and must win.
-            # The written documents are held now, so the stream up to here has every such write.
+            writes.add(namespace, ops, refusable=True)
+
+        async def check_overwritten() -> None:
+            """The documents were read before the transaction: a client write that landed
+            between that read and these writes, on a path they set, is newer and must win.
+            The written documents are held now, so the stream up to here has every such write."""
+            if session is None or not written or self.chained:
+                return
             newer = await self._peek_ahead(
                 work,
                 checkpoint,
@@ -776,13 +776,19 @@ class Applier:
             overwritten = _overwritten(written, newer)
             if overwritten:
                 raise _StaleRead(overwritten)
-        self._echoes_after_commit = (pending, [] if self.echoes_filtered else echoes_expected)
 
+        if not writes.combined:
+            # Separate commands: the target writes first, and the batch's other writes only
+            # once no newer client write makes it plan again.
+            await self._send(writes, session, refused)
+            await check_overwritten()
+
+        bases_ns = _ns(self.store.merge_base)
         base_ops: list[Any] = []
         for pair_original, key in touched_bases:
             stored = bases[(pair_original, key)]
             if stored.get("o") is None and stored.get("p") is None:
-                base_ops.append(DeleteOne({"_id": stored["_id"]}))
+                base_ops.append(DeleteOne({"_id": stored["_id"]}, namespace=bases_ns))
             else:
                 # Measured by encoding it, and the encoding is what is sent.
                 encoded = _EncodedRecord(bson.encode(stored))
@@ -790,30 +796,51 @@ class Applier:
                     # Both sides of a very large document do not fit one record: keep none,
                     # so the document syncs without the newer-write guard rather than not at all.
                     log.warning("merge_base_too_large", pair=pair_original, document_id=key)
-                    base_ops.append(DeleteOne({"_id": stored["_id"]}))
+                    base_ops.append(DeleteOne({"_id": stored["_id"]}, namespace=bases_ns))
                 else:
-                    base_ops.append(ReplaceOne({"_id": stored["_id"]}, encoded, upsert=True))
-        if base_ops:
-            await self.store.merge_base.bulk_write(base_ops, ordered=False, session=session)
-        if dead_letters:
-            await self.store.dead_letters.insert_many(dead_letters, session=session)
-        if held:
-            await self.store.held_events.insert_many(held, session=session)
-            result.held = len(held)
+                    base_ops.append(
+                        ReplaceOne({"_id": stored["_id"]}, encoded, upsert=True, namespace=bases_ns)
+                    )
+        store = self.store
+        writes.add(bases_ns, base_ops)
+        writes.add(_ns(store.dead_letters), [_insert(store.dead_letters, d) for d in dead_letters])
+        writes.add(_ns(store.held_events), [_insert(store.held_events, h) for h in held])
+        result.held = len(held)
         if held_ids:
-            await self.store.held_events.delete_many({"_id": {"$in": held_ids}}, session=session)
+            writes.add(
+                _ns(store.held_events),
+                [DeleteMany({"_id": {"$in": held_ids}}, namespace=_ns(store.held_events))],
+            )
+        pairs_ns = _ns(store.pairs)
         for original, reason in resync.items():
             log.error("resync_required", pair=original, reason=reason)
-            await self.store.set_state(
-                original, "RESYNC_REQUIRED", session=session, resync_reason=reason
-            )
+            update = store.state_update("RESYNC_REQUIRED", resync_reason=reason)
+            writes.add(pairs_ns, [UpdateOne({"_id": original}, update, namespace=pairs_ns)])
         for original, tally in tallies.items():
-            await self.store.pairs.update_one(
-                {"_id": original}, _tally_update(tally), session=session
-            )
+            update = _tally_update(tally)
+            writes.add(pairs_ns, [UpdateOne({"_id": original}, update, namespace=pairs_ns)])
         if checkpoint is not None:
-            await self._save_checkpoint(checkpoint, session)
+            self._queue_checkpoint(writes, checkpoint)
+        await self._send(writes, session, refused)
+        if writes.combined:
+            await check_overwritten()
+        self._echoes_after_commit = (pending, [] if self.echoes_filtered else echoes_expected)
         return result, tallies
+
+    async def _send(
+        self,
+        writes: BatchWrites,
+        session: AsyncClientSession | None,
+        refused: OperationFailure | None,
+    ) -> None:
+        """Send the queued writes; a target refusing one for good raises `Refused`, except on
+        the attempt that already dead-letters the refused event (`refused`)."""
+        try:
+            await writes.send(session)
+        except Refused as exc:
+            if refused is not None:
+                raise exc.error from exc
+            raise
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -1172,14 +1199,14 @@ class Applier:
             "retries": 0,
         }
 
-    async def _save_checkpoint(
-        self,
-        checkpoint: tuple[Mapping[str, Any], Timestamp | None],
-        session: AsyncClientSession | None,
-    ) -> None:
+    def _checkpoint_write(
+        self, checkpoint: tuple[Mapping[str, Any], Timestamp | None]
+    ) -> tuple[UpdateOne, Callable[[int], None]]:
+        """The checkpoint's write, fenced by the lease, and the check of its matched count."""
         token, cluster_time = checkpoint
         fence = self.lease.fence
-        result = await self.store.checkpoints.update_one(
+        namespace = _ns(self.store.checkpoints)
+        write = UpdateOne(
             {"_id": self.store.stream, "fence": fence},
             {
                 "$set": {
@@ -1189,13 +1216,32 @@ class Applier:
                     "updated_at": utcnow(),
                 }
             },
-            session=session,
+            namespace=namespace,
         )
-        if result.matched_count != 1:
-            raise LeaseLost(
-                f"the checkpoint is fenced by a newer lease holder (our fence {fence});"
-                " another worker took over"
-            )
+
+        def check(matched: int) -> None:
+            if matched != 1:
+                raise LeaseLost(
+                    f"the checkpoint is fenced by a newer lease holder (our fence {fence});"
+                    " another worker took over"
+                )
+
+        return write, check
+
+    def _queue_checkpoint(
+        self, writes: BatchWrites, checkpoint: tuple[Mapping[str, Any], Timestamp | None]
+    ) -> None:
+        write, check = self._checkpoint_write(checkpoint)
+        writes.add(_ns(self.store.checkpoints), [write], check=check)
+
+    async def _save_checkpoint(
+        self,
+        checkpoint: tuple[Mapping[str, Any], Timestamp | None],
+        session: AsyncClientSession | None,
+    ) -> None:
+        write, check = self._checkpoint_write(checkpoint)
+        result = await self.store.checkpoints.bulk_write([write], session=session)
+        check(result.matched_count)
 
     def _record_metrics(
         self,
@@ -1353,12 +1399,12 @@ def _tally_update(tally: _PairTally) -> dict[str, Any]:
     return update
 
 
-def _is_transient(exc: OperationFailure) -> bool:
-    return (
-        exc.has_error_label("TransientTransactionError")
-        or exc.has_error_label("UnknownTransactionCommitResult")
-        or exc.code in (112, 251, 24, 262, 189, 91, 11600, 11602, 10107, 13435, 13436)
-    )
+def _ns(collection: Any) -> str:
+    return f"{collection.database.name}.{collection.name}"
+
+
+def _insert(collection: Any, document: Mapping[str, Any]) -> InsertOne[Any]:
+    return InsertOne(document, namespace=_ns(collection))
 
 
 def _document_id(final: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> Any:

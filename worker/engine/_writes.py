@@ -67,16 +67,19 @@ def plan_target_write(
 
 
 def write_operation(
-    write: TargetWrite, *, tag: Mapping[str, Any] | None = None
+    write: TargetWrite, *, tag: Mapping[str, Any] | None = None, namespace: str | None = None
 ) -> DeleteOne | ReplaceOne[dict[str, Any]] | UpdateOne:
-    """The planned write as a bulk-write operation, for sending many in one round trip."""
+    """The planned write as a bulk-write operation, for sending many in one round trip.
+
+    `namespace` ("db.collection") is for a client-level bulk write; a collection's ignores it.
+    """
     if write.kind == "delete":
-        return DeleteOne({"_id": write.document_id})
+        return DeleteOne({"_id": write.document_id}, namespace=namespace)
     if write.kind == "insert":
         document = {**(write.document or {}), **(tag or {})}
-        return ReplaceOne({"_id": write.document_id}, document, upsert=True)
+        return ReplaceOne({"_id": write.document_id}, document, upsert=True, namespace=namespace)
     assert write.patch is not None
     update = write.patch.to_update()
     if tag:
         update.setdefault("$set", {}).update(tag)
-    return UpdateOne({"_id": write.document_id}, update)
+    return UpdateOne({"_id": write.document_id}, update, namespace=namespace)
