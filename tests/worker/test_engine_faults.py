@@ -242,6 +242,42 @@ async def test_idle_worker_survives_a_lost_connection(
     assert not _events(caplog, "lease_lost")
 
 
+async def test_bulk_write_refused_to_the_worker_falls_back_to_per_collection_commands(
+    mongo_uri: str,
+    aclient: Any,
+    db_name: str,
+    tmp_path: Path,
+    fail_point: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server with bulkWrite that refuses it to the worker (Unauthorized: a role without the
+    action): the worker says so once, applies the same batch with one command per collection,
+    and goes on that way."""
+    if not await supports_bulk_write(aclient):
+        pytest.skip("the server has no bulkWrite command")
+    caplog.set_level(logging.INFO)
+    module = write_module(tmp_path, "people_unauthorized", PEOPLE_MODULE, db=db_name)
+    config = _config(mongo_uri, db_name, module)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config) as worker:
+        await fail_point("alwaysOn", failCommands=["bulkWrite"], errorCode=13)
+        await original.insert_one({"_id": 1, "name": "Ann", "age": "30"})
+
+        async def copied(document_id: int) -> bool:
+            found = await _find(partner, document_id)
+            return found is not None and found.get("full_name") is not None
+
+        await eventually(lambda: copied(1), within=15, what="the change applied without bulkWrite")
+        await original.insert_one({"_id": 2, "name": "Bo", "age": "4"})
+        await eventually(lambda: copied(2), within=15, what="a later change applied too")
+        fired = await fail_point("off")
+        assert worker.applier is not None and not worker.applier.combined_writes
+    assert fired == 1, f"bulkWrite was sent {fired} times after its refusal"
+    refusals = _events(caplog, "bulk_write_refused")
+    assert len(refusals) == 1 and getattr(refusals[0], "event_fields", {}).get("code") == 13
+
+
 async def test_document_the_target_refuses_is_a_dead_letter(
     mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
 ) -> None:

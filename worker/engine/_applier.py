@@ -66,6 +66,9 @@ LIFECYCLE_EVENTS = frozenset({"drop", "rename", "dropDatabase"})
 REMEMBERED_SESSIONS = 16
 # Bound on remembered outstanding echoes (document keys), so lost events cannot grow memory.
 MAX_PENDING_ECHOES = 200_000
+# The server refusing the bulkWrite command itself: Unauthorized, CommandNotFound,
+# CommandNotSupported (not one of its writes, which are write errors).
+BULK_WRITE_REFUSED = frozenset({13, 59, 115})
 # MongoDB's WriteConflict: a client wrote a document of the transaction after its snapshot.
 WRITE_CONFLICT = 112
 # Past this, a grown `batch_limit` no longer bounds anything and is dropped.
@@ -114,6 +117,10 @@ class _PairTally:
 
 class _Split(Exception):
     """The batch met client writes; apply it in smaller transactions (see `batch_limit`)."""
+
+
+class _CombinedRefused(Exception):
+    """The server refused the combined bulkWrite command itself: send per-collection commands."""
 
 
 class _StaleRead(Exception):
@@ -338,6 +345,8 @@ class Applier:
                     read_ahead=read_ahead,
                     beyond=beyond,
                 )
+            except _CombinedRefused:
+                continue  # the same batch again, one command per collection
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
                 if splittable:
@@ -841,6 +850,20 @@ class Applier:
             if refused is not None:
                 raise exc.error from exc
             raise
+        except OperationFailure as exc:
+            if not writes.combined or exc.code not in BULK_WRITE_REFUSED:
+                raise
+            # A server that has the command may still refuse it to this user (a role without
+            # the bulkWrite action) or have it disabled: the per-collection commands need
+            # only the privileges the operations guide lists.
+            log.warning(
+                "bulk_write_refused",
+                code=exc.code,
+                error=str(exc)[:300],
+                action="sending one command per collection from now on",
+            )
+            self.combined_writes = False
+            raise _CombinedRefused() from exc
 
     # -- helpers -----------------------------------------------------------------------------------
 
