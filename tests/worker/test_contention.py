@@ -115,6 +115,74 @@ async def test_client_write_between_the_batch_read_and_its_write_is_not_overwrit
     assert len(looks) == 4 and looks[1] is not None
 
 
+async def _apply_with_client_writes_during(
+    people: dict[str, Any], count: int, client_writes_at: set[int]
+) -> tuple[Any, list[Any]]:
+    """Apply a batch of `count` updates; right after the look-ahead calls numbered in
+    `client_writes_at` (1: the first attempt's, after its reads), a client writes the target
+    of the event of that number. Returns the result and the look-ahead calls' `since`."""
+    db, applier = people["db"], people["applier"]
+    await applier.refresh_pairs()
+    seed = await events_of(
+        db,
+        count,
+        lambda: db.people.insert_many([{"_id": i, "name": f"n{i}"} for i in range(count)]),
+    )
+    async with applier.opened():
+        await applier.apply(seed)
+
+        async def updates() -> None:
+            for i in range(count):
+                await db.people.update_one({"_id": i}, {"$set": {"name": f"batch {i}"}})
+
+        batch = await events_of(db, count, updates)
+        looks: list[Any] = []
+        original_peek = applier._peek_ahead
+
+        async def peek_then_client_writes(*args: Any, **kwargs: Any) -> Any:
+            found = await original_peek(*args, **kwargs)
+            looks.append(kwargs.get("since"))
+            if len(looks) in client_writes_at:
+                await db.people_v2.update_one(
+                    {"_id": len(looks)}, {"$set": {"full_name": f"client {len(looks)}"}}
+                )
+            return found
+
+        applier._peek_ahead = peek_then_client_writes  # type: ignore[method-assign]
+        result = await applier.apply(batch)
+    return result, looks
+
+
+@BOTH
+async def test_a_stale_read_plans_the_whole_batch_again_at_once(people: dict[str, Any]) -> None:
+    """A batch's first stale read is not a sign of a busy stretch: the newer write is known
+    once found, so the same events are planned again in one transaction, not split."""
+    db, applier = people["db"], people["applier"]
+    result, looks = await _apply_with_client_writes_during(people, 10, {1})
+    # The event on document 1 only changed the name, which the newer client write wins.
+    assert (result.applied, result.conflicts) == (9, 1)
+    # Two attempts of the whole batch, two looks each (before planning, after the writes).
+    assert len(looks) == 4
+    assert applier.batch_limit is None
+    names = {doc["_id"]: doc["full_name"] async for doc in db.people_v2.find()}
+    assert names == {i: "client 1" if i == 1 else f"batch {i}" for i in range(10)}
+
+
+@BOTH
+async def test_a_second_stale_read_splits_the_batch(people: dict[str, Any]) -> None:
+    """Client writes that land again in the second attempt's window: the batch is halved, as
+    after a write conflict, and every event is still applied once (or lost to a newer write)."""
+    db, applier = people["db"], people["applier"]
+    result, _ = await _apply_with_client_writes_during(people, 10, {1, 3})
+    assert (result.applied, result.conflicts) == (8, 2)
+    # Halved to 5, then grown by one after each of the two transactions.
+    assert applier.batch_limit == 7
+    names = {doc["_id"]: doc["full_name"] async for doc in db.people_v2.find()}
+    expected = {i: f"batch {i}" for i in range(10)}
+    expected.update({1: "client 1", 3: "client 3"})
+    assert names == expected
+
+
 @BOTH
 async def test_batch_that_conflicts_with_client_writes_is_applied_in_smaller_transactions(
     people: dict[str, Any], mongo_uri: str
