@@ -21,7 +21,6 @@ from pymongo import (
     UpdateOne,
     monitoring,
 )
-from pymongo.change_stream import ChangeStream
 from pymongo.client_session import ClientSession
 from pymongo.errors import (
     ClientBulkWriteException,
@@ -33,6 +32,7 @@ from pymongo.write_concern import WriteConcern
 
 from devserver import DevServer
 from devserver._cli import command as devserver_command
+from tests.change_events import next_event
 
 Client = MongoClient[dict[str, Any]]
 Doc = dict[str, Any]
@@ -51,15 +51,6 @@ async def async_client(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[Doc]]:
 def _write_errors(error: ClientBulkWriteException) -> list[Doc]:
     """The failed operations' entries (documents, whatever PyMongo's annotation says)."""
     return list(error.details.get("writeErrors", []))
-
-
-def _next_event(stream: ChangeStream[Doc], timeout: float = 10) -> Doc:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        event = stream.try_next()
-        if event is not None:
-            return event
-    raise AssertionError(f"no change event within {timeout} s")
 
 
 def test_hello_and_build_info_report_mongodb_8(client: Client) -> None:
@@ -421,7 +412,7 @@ def test_change_events_match_the_per_collection_commands(
                 else:
                     writes(client, f"{db_name}.{name}", None)
                 lsid = session.session_id if in_transaction else None
-                events = [_next_event(stream) for _ in range(6)]
+                events = [next_event(stream) for _ in range(6)]
                 assert {event["ns"]["coll"] for event in events} == {name}
                 shapes[name] = [_event_shape(event, lsid) for event in events]
     assert shapes["bulk"] == shapes["per"]

@@ -16,17 +16,9 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
+from tests.change_events import next_event
+
 Doc = dict[str, Any]
-
-
-def next_event(stream: ChangeStream[Doc], timeout: float = 10) -> Doc:
-    """The next event, waiting at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        event = stream.try_next()
-        if event is not None:
-            return event
-    raise AssertionError(f"no change event within {timeout} s")
 
 
 def events(stream: ChangeStream[Doc], count: int, timeout: float = 10) -> list[Doc]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -14,12 +13,12 @@ from bson import Decimal128, Int64, ObjectId, Timestamp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo import MongoClient, UpdateOne
-from pymongo.change_stream import ChangeStream
 from pymongo.collection import Collection
 
 import devserver._engine as engine_module
 from devserver._engine import Engine
 from devserver._fastupdate import fast_update
+from tests.change_events import next_event
 
 Doc = dict[str, Any]
 ENGINE = Engine()
@@ -357,16 +356,6 @@ def test_engine_uses_fast_path_without_array_filters_only() -> None:
 
 
 # ---- through the wire ----------------------------------------------------------------------
-
-
-def next_event(stream: ChangeStream[Doc], timeout: float = 10) -> Doc:
-    """The next change event, waiting at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        event = stream.try_next()
-        if event is not None:
-            return event
-    raise AssertionError(f"no change event within {timeout} s")
 
 
 @pytest.fixture
