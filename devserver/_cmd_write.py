@@ -29,7 +29,7 @@ def _statements(ctx: Context, key: str) -> list[Any]:
         )
     if len(statements) > 100_000:
         raise CommandError(
-            10334,
+            16,
             "InvalidLength",
             f"Write batch sizes must be between 1 and 100000. Got {len(statements)} operations.",
         )

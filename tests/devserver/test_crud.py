@@ -142,6 +142,16 @@ def test_unordered_bulk_reports_each_error(client: Client, db_name: str) -> None
     assert caught.value.details["nInserted"] == 2
 
 
+def test_a_write_batch_over_the_limit_is_invalid_length(client: Client, db_name: str) -> None:
+    """More statements than hello's maxWriteBatchSize in one command: InvalidLength (16), and
+    nothing is written."""
+    with pytest.raises(OperationFailure) as caught:
+        client[db_name].command({"insert": "c", "documents": [{"_id": i} for i in range(100_001)]})
+    assert (caught.value.code, caught.value.details.get("codeName")) == (16, "InvalidLength")
+    assert "between 1 and 100000" in str(caught.value)
+    assert client[db_name].c.count_documents({}) == 0
+
+
 def test_unknown_command_is_command_not_found(client: Client) -> None:
     """An unknown command is error 59 CommandNotFound and the server goes on."""
     with pytest.raises(OperationFailure) as caught:
