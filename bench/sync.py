@@ -490,6 +490,7 @@ async def lag(
 
     async def probe() -> None:
         n = 0
+        first = time.monotonic()
         while not stop.is_set():
             n += 1
             key = probe_ids[n % PROBE_DOCS]
@@ -497,7 +498,8 @@ async def lag(
             token = f"p{n}"
             await db[side].update_one({"_id": key}, {"$set": {"probe": token}})
             pending.setdefault(key, []).append((token, side, time.monotonic()))
-            await asyncio.sleep(1 / PROBES_PER_S)
+            # On a fixed schedule: a sleep after each write made it fewer than PROBES_PER_S.
+            await asyncio.sleep(max(0.0, first + n / PROBES_PER_S - time.monotonic()))
 
     async def sample_memory() -> None:
         while not stop.is_set():
