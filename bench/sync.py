@@ -459,18 +459,21 @@ async def lag(
 ) -> LagResult:
     """Lag of probe writes while clients write at `rate`/s on both sides for `seconds`."""
     db = client[DB]
-    # probe document -> [(token, side written, time written)], oldest first
-    pending: dict[int, list[tuple[str, str, float]]] = {}
+    # probe document -> [[token, side written, time written]], oldest first
+    pending: dict[int, list[list[Any]]] = {}
     lags: list[float] = []
     timeline: list[tuple[float, float]] = []
     probe_ids = list(range(docs, docs + PROBE_DOCS))
     match = {"$match": {"documentKey._id": {"$in": probe_ids}}}
     rss: list[int] = []
     stop = asyncio.Event()
+    probes_done = asyncio.Event()
 
     async def watch() -> None:
         async with await db.watch([match], full_document="updateLookup") as stream:
-            while not stop.is_set() or any(pending.values()):
+            # Until the last probe is written and seen (pending can be empty while the probe
+            # loop waits for its last write's reply).
+            while not probes_done.is_set() or any(pending.values()):
                 event = await stream.try_next()
                 if event is None:
                     continue
@@ -496,8 +499,12 @@ async def lag(
             key = probe_ids[n % PROBE_DOCS]
             side = ORIGINAL if n % 2 else PARTNER
             token = f"p{n}"
+            # Known before it is written: the watcher may see it synced before this coroutine
+            # runs again. Timed from the write's completion; from its start if seen before that.
+            entry = [token, side, time.monotonic()]
+            pending.setdefault(key, []).append(entry)
             await db[side].update_one({"_id": key}, {"$set": {"probe": token}})
-            pending.setdefault(key, []).append((token, side, time.monotonic()))
+            entry[2] = max(entry[2], time.monotonic())
             # On a fixed schedule: a sleep after each write made it fewer than PROBES_PER_S.
             await asyncio.sleep(max(0.0, first + n / PROBES_PER_S - time.monotonic()))
 
@@ -517,6 +524,7 @@ async def lag(
     elapsed = time.monotonic() - started
     stop.set()
     await asyncio.gather(*tasks)
+    probes_done.set()
     peak = contender.rss_kib()[1]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(watcher, 30)
