@@ -8,8 +8,8 @@ command per collection before (`_commands`). The reads and the planning come bef
 transaction so that its window for write conflicts is only as long as its target writes; a
 client write that landed on a written path between the reads and the writes is found in the
 stream once the writes hold their documents, and the batch is planned again (a chain's batches
-read inside the transaction, see `Applier.chained`). A write conflict, or a second such stale
-read, retries the batch in smaller transactions (`batch_limit`); a write the server refuses for good
+read inside the transaction, see `Applier.chained`). A write conflict, or such a stale read,
+retries the batch in smaller transactions (`batch_limit`); a write the server refuses for good
 (validation, size, duplicate key) is retried one event at a time and the refused event goes to
 dead letters.
 """
@@ -349,10 +349,10 @@ class Applier:
                 continue  # the same batch again, one command per collection
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
-                # The first: the newer writes are known now and the same batch is planned again
-                # at once (halving after each made the next several batches small, and the
-                # lag's tail came from those stretches). A second: the documents are busy.
-                if splittable and stale_reads:
+                # Halved even the first time: a large batch planned again whole meets another
+                # client write in its longer window as often as not, and a worker behind on
+                # busy documents stayed behind (see docs/benchmarks.md, "Tried and not kept").
+                if splittable:
                     self._split_smaller(events)
                 stale_reads += 1
                 if stale_reads == 1:
