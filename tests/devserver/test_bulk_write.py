@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -33,6 +32,7 @@ from pymongo.write_concern import WriteConcern
 from devserver import DevServer
 from devserver._cli import command as devserver_command
 from tests.change_events import next_event
+from tests.waiting import wait_until
 
 Client = MongoClient[dict[str, Any]]
 Doc = dict[str, Any]
@@ -351,10 +351,7 @@ def test_unacknowledged_bulk_write_applies(client: Client, db_name: str) -> None
         ordered=False,
     )
     assert not result.acknowledged
-    deadline = time.monotonic() + 10
-    while client[db_name].c.count_documents({}) < 5:
-        assert time.monotonic() < deadline, "the unacknowledged writes did not apply"
-        time.sleep(0.01)
+    wait_until(lambda: client[db_name].c.count_documents({}) >= 5, what="the unacknowledged writes")
 
 
 def _event_shape(event: Doc, lsid: Mapping[str, Any] | None) -> Doc:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,15 +12,9 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from tests.waiting import wait_until
+
 Client = MongoClient[dict[str, Any]]
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def test_writes_are_invisible_until_commit_then_all_visible(client: Client, db_name: str) -> None:
@@ -190,15 +182,16 @@ def test_transaction_lifetime_limit_aborts(client: Client, db_name: str) -> None
         with client.start_session() as session:
             session.start_transaction()
             coll.insert_one({"_id": 1}, session=session)
-            deadline = time.monotonic() + 10
-            while True:
+
+            def aborted() -> bool:
                 try:
                     coll.find_one({}, session=session)
                 except OperationFailure as exc:
                     assert exc.code == 251
-                    break
-                assert time.monotonic() < deadline, "transaction was never aborted"
-                time.sleep(0.05)
+                    return True
+                return False
+
+            wait_until(aborted, what="the transaction to be aborted")
             with pytest.raises(OperationFailure):
                 session.commit_transaction()
         assert coll.count_documents({}) == 0
@@ -275,7 +268,9 @@ def test_unique_index_is_enforced_inside_a_transaction(client: Client, db_name: 
         assert caught.value.code == 11000
         with pytest.raises(OperationFailure):
             session.commit_transaction()
-    _wait_until(lambda: coll.count_documents({}) == 1)
+    wait_until(
+        lambda: coll.count_documents({}) == 1, what="the document inserted before the transaction"
+    )
 
 
 def test_transaction_reads_its_snapshot(client: Client, db_name: str) -> None:

@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient, MongoClient
 from pymongo.write_concern import WriteConcern
 
 from devserver._wire import ProtocolError, crc32c, decode_message
+from tests.waiting import wait_until
 
 Client = MongoClient[dict[str, Any]]
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
@@ -163,10 +164,7 @@ def test_unacknowledged_driver_write(client: Client, db_name: str) -> None:
     """w=0 writes from the driver are applied."""
     coll = client[db_name].get_collection("c", write_concern=WriteConcern(w=0))
     coll.insert_one({"_id": 1})
-    deadline = time.monotonic() + 5
-    while client[db_name].c.count_documents({}) != 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: client[db_name].c.count_documents({}) == 1, what="the w=0 insert")
 
 
 def test_legacy_op_query_handshake(raw: RawConnection) -> None:

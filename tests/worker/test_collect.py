@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from anyio import wait_all_tasks_blocked
 
 from worker.engine._runner import _collect
 from worker.engine._stream import StreamReader
@@ -18,13 +19,14 @@ def _event(number: int) -> dict[str, Any]:
 async def _collect_with_a_late_change(
     buffered: int, *, max_docs: int, read_at: float | None
 ) -> list[dict[str, Any]]:
-    """`_collect` (5 s delay) with `buffered` changes waiting and one more sent 50 ms later."""
+    """`_collect` (5 s delay) with `buffered` changes waiting, and one more sent once the
+    collector waits for more (at once when it does not wait)."""
     send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=10)
     for number in range(buffered):
         send.send_nowait(_event(number))
 
     async def later() -> None:
-        await anyio.sleep(0.05)
+        await wait_all_tasks_blocked()
         send.send_nowait(_event(buffered))
 
     try:

@@ -356,6 +356,7 @@ async def _write(writer: Writer, count: int, pause_s: float, progress: Progress)
     for _ in range(count):
         await writer.step()
         progress.note()
+        # Spread the writes over the crashes (load shaping, not synchronisation).
         await anyio.sleep(writer.rng.uniform(0, 2 * pause_s))
 
 

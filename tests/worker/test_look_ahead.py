@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio import wait_all_tasks_blocked
 from bson import Timestamp
 from pymongo import AsyncMongoClient
 
@@ -191,9 +192,10 @@ async def test_look_ahead_waits_for_a_busy_reader_to_pass_its_horizon() -> None:
     assert not unread.covers(horizon)
 
     async def reader() -> None:
-        await anyio.sleep(0.01)
+        # Each step once the look-ahead waits for the reader.
+        await wait_all_tasks_blocked()
         unread.add(_change(5, 2))  # the horizon's own time: not past it yet
-        await anyio.sleep(0.01)
+        await wait_all_tasks_blocked()
         unread.reached({"_data": "82000003E8000000068000"})  # position (1000, 6)
 
     async with anyio.create_task_group() as group:

@@ -255,6 +255,9 @@ async def test_a_reader_seconds_behind_uses_a_summary_before_its_buffer_fills(
 
     async def far_behind() -> None:
         await db.people.update_one({"_id": 2}, {"$set": {"name": "far"}})
+        # The input is two writes this far apart in cluster time, which follows the wall clock
+        # (a server's cluster time does not move while nothing is written, so there is no
+        # condition to wait on instead).
         await anyio.sleep(AHEAD_AFTER_SECONDS + 0.5)
         await db.people_v2.update_one({"_id": 2}, {"$set": {"loyalty": 2}})
 
