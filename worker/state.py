@@ -185,14 +185,11 @@ class StateStore:
         **fields: Any,
     ) -> bool:
         """Move a pair to `state` (only from one of `expect` states when given)."""
-        if state not in STATES:
-            raise ValueError(f"unknown pair state {state!r}")
+        update = self.state_update(state, **fields)  # refuses an unknown state first
         query: dict[str, Any] = {"_id": original}
         if expect is not None:
             query["state"] = {"$in": list(expect)}
-        result = await self.pairs.update_one(
-            query, self.state_update(state, **fields), session=session
-        )
+        result = await self.pairs.update_one(query, update, session=session)
         return result.matched_count == 1
 
     @staticmethod

@@ -795,7 +795,7 @@ class Applier:
             await self._send(writes, session, refused)
             await check_overwritten()
 
-        bases_ns = _ns(self.store.merge_base)
+        bases_ns = self.store.merge_base.full_name
         base_ops: list[Any] = []
         for pair_original, key in touched_bases:
             stored = bases[(pair_original, key)]
@@ -815,15 +815,21 @@ class Applier:
                     )
         store = self.store
         writes.add(bases_ns, base_ops)
-        writes.add(_ns(store.dead_letters), [_insert(store.dead_letters, d) for d in dead_letters])
-        writes.add(_ns(store.held_events), [_insert(store.held_events, h) for h in held])
+        writes.add(
+            store.dead_letters.full_name,
+            [InsertOne(d, namespace=store.dead_letters.full_name) for d in dead_letters],
+        )
+        writes.add(
+            store.held_events.full_name,
+            [InsertOne(h, namespace=store.held_events.full_name) for h in held],
+        )
         result.held = len(held)
         if held_ids:
             writes.add(
-                _ns(store.held_events),
-                [DeleteMany({"_id": {"$in": held_ids}}, namespace=_ns(store.held_events))],
+                store.held_events.full_name,
+                [DeleteMany({"_id": {"$in": held_ids}}, namespace=store.held_events.full_name)],
             )
-        pairs_ns = _ns(store.pairs)
+        pairs_ns = store.pairs.full_name
         for original, reason in resync.items():
             log.error("resync_required", pair=original, reason=reason)
             update = store.state_update("RESYNC_REQUIRED", resync_reason=reason)
@@ -1231,7 +1237,7 @@ class Applier:
         """The checkpoint's write, fenced by the lease, and the check of its matched count."""
         token, cluster_time = checkpoint
         fence = self.lease.fence
-        namespace = _ns(self.store.checkpoints)
+        namespace = self.store.checkpoints.full_name
         write = UpdateOne(
             {"_id": self.store.stream, "fence": fence},
             {
@@ -1258,7 +1264,7 @@ class Applier:
         self, writes: BatchWrites, checkpoint: tuple[Mapping[str, Any], Timestamp | None]
     ) -> None:
         write, check = self._checkpoint_write(checkpoint)
-        writes.add(_ns(self.store.checkpoints), [write], check=check)
+        writes.add(self.store.checkpoints.full_name, [write], check=check)
 
     async def _save_checkpoint(
         self,
@@ -1423,14 +1429,6 @@ def _tally_update(tally: _PairTally) -> dict[str, Any]:
             f"last_client_write.{side}": when for side, when in tally.last_client_write.items()
         }
     return update
-
-
-def _ns(collection: Any) -> str:
-    return f"{collection.database.name}.{collection.name}"
-
-
-def _insert(collection: Any, document: Mapping[str, Any]) -> InsertOne[Any]:
-    return InsertOne(document, namespace=_ns(collection))
 
 
 def _document_id(final: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> Any:
