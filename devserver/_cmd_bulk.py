@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
+from bson import Decimal128
 
 from devserver._cmd_read import cursor_reply
 from devserver._cmd_write import reject_collation, run_statements
 from devserver._command import Context, command, cursor_batch_size, sort_arg
 from devserver._cursors import DocumentCursor, take_batch
-from devserver._errors import CommandError
+from devserver._errors import CommandError, bson_type_name
 from devserver._keys import format_key_value
 from devserver._storage import validate_namespace
 from devserver._writes import Deadline, delete_matching, insert_one, prepare_insert, update_matching
@@ -158,39 +157,12 @@ class _BulkResults:
         }
 
 
-_TYPE_NAMES: list[tuple[type | tuple[type, ...], str]] = [
-    (bool, "bool"),  # before int: a bool is an int to Python
-    (Int64, "long"),  # before int, for the same reason
-    (int, "int"),
-    (float, "double"),
-    (str, "string"),
-    (dict, "object"),
-    (list, "array"),
-    (ObjectId, "objectId"),
-    (datetime, "date"),
-    ((Binary, bytes), "binData"),
-    (Decimal128, "decimal"),
-    (Timestamp, "timestamp"),
-    (Regex, "regex"),
-]
-
-
-def _type_name(value: Any) -> str:
-    """The BSON type name mongod's messages use for a value."""
-    if value is None:
-        return "null"
-    for types, name in _TYPE_NAMES:
-        if isinstance(value, types):
-            return name
-    return type(value).__name__
-
-
 def _wrong_type(path: str, value: Any, expected: str) -> CommandError:
     plural = "s" if expected.startswith("[") else ""
     return CommandError(
         14,
         "TypeMismatch",
-        f"BSON field '{path}' is the wrong type '{_type_name(value)}', expected type{plural} "
+        f"BSON field '{path}' is the wrong type '{bson_type_name(value)}', expected type{plural} "
         f"'{expected}'",
     )
 

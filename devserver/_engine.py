@@ -20,11 +20,18 @@ from mongomock import aggregate as mm_aggregate
 from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import OperationFailure
 
-from devserver._errors import CommandError
+from devserver._errors import CommandError, bson_type_name
 from devserver._fastupdate import fast_update
 from devserver._keys import store_key
 
-__all__ = ["Engine", "engine_errors", "matches", "is_operator_update", "sort_documents"]
+__all__ = [
+    "Engine",
+    "check_update_operators",
+    "engine_errors",
+    "is_operator_update",
+    "matches",
+    "sort_documents",
+]
 
 T = TypeVar("T")
 
@@ -110,6 +117,49 @@ def _sorted_by(docs: list[dict[str, Any]], key: str, reverse: bool) -> list[dict
 
 def is_operator_update(update: Any) -> bool:
     return isinstance(update, dict) and bool(update) and next(iter(update)).startswith("$")
+
+
+# mongod's update modifiers (its modifier table).
+UPDATE_OPERATORS = frozenset(
+    {
+        "$addToSet",
+        "$bit",
+        "$currentDate",
+        "$inc",
+        "$max",
+        "$min",
+        "$mul",
+        "$pop",
+        "$pull",
+        "$pullAll",
+        "$push",
+        "$rename",
+        "$set",
+        "$setOnInsert",
+        "$unset",
+    }
+)
+
+
+def check_update_operators(update: dict[str, Any]) -> None:
+    """Refuse an operator update that names an unknown modifier, or gives one a non-document
+    operand, as mongod does when it parses the statement (before it matches any document)."""
+    for name, operand in update.items():
+        if name not in UPDATE_OPERATORS:
+            raise CommandError(
+                9,
+                "FailedToParse",
+                f"Unknown modifier: {name}. Expected a valid update modifier or pipeline-style"
+                " update specified as an array",
+            )
+        if not isinstance(operand, dict):
+            shown = f'"{operand}"' if isinstance(operand, str) else repr(operand)
+            raise CommandError(
+                9,
+                "FailedToParse",
+                f"Modifiers operate on fields but we found type {bson_type_name(operand)}"
+                f" instead. For example: {{$mod: {{<field>: ...}}}} not {{{name}: {shown}}}",
+            )
 
 
 class Engine:

@@ -1,13 +1,17 @@
 """Errors the development server turns into MongoDB-shaped error replies.
 
-    CommandError        a command failed; becomes {ok: 0, errmsg, code, codeName, errorLabels}
+CommandError        a command failed; becomes {ok: 0, errmsg, code, codeName, errorLabels}
+bson_type_name      the BSON type name mongod's messages use for a value
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-__all__ = ["CommandError"]
+from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
+
+__all__ = ["CommandError", "bson_type_name"]
 
 
 class CommandError(Exception):
@@ -41,3 +45,30 @@ class CommandError(Exception):
             reply["errorLabels"] = list(self.labels)
         reply.update(self.extra)
         return reply
+
+
+_TYPE_NAMES: list[tuple[type | tuple[type, ...], str]] = [
+    (bool, "bool"),  # before int: a bool is an int to Python
+    (Int64, "long"),  # before int, for the same reason
+    (int, "int"),
+    (float, "double"),
+    (str, "string"),
+    (dict, "object"),
+    (list, "array"),
+    (ObjectId, "objectId"),
+    (datetime, "date"),
+    ((Binary, bytes), "binData"),
+    (Decimal128, "decimal"),
+    (Timestamp, "timestamp"),
+    (Regex, "regex"),
+]
+
+
+def bson_type_name(value: Any) -> str:
+    """The BSON type name mongod's messages use for a value."""
+    if value is None:
+        return "null"
+    for types, name in _TYPE_NAMES:
+        if isinstance(value, types):
+            return name
+    return type(value).__name__

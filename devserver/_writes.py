@@ -16,7 +16,7 @@ from bson import ObjectId
 
 from devserver._changes import ChangeRecord
 from devserver._command import Context
-from devserver._engine import is_operator_update, matches
+from devserver._engine import check_update_operators, is_operator_update, matches
 from devserver._errors import CommandError
 from devserver._keys import id_key
 from devserver._sessions import Transaction
@@ -334,6 +334,8 @@ async def update_matching(
     if not isinstance(update, dict | list):
         raise CommandError(14, "TypeMismatch", "update 'u' must be an object or an array")
     replacing = isinstance(update, dict) and not is_operator_update(update)
+    if isinstance(update, dict) and not replacing:
+        check_update_operators(update)
     if replacing and multi:
         raise CommandError(
             9, "FailedToParse", "multi update is not supported for replacement-style update"

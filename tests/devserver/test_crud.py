@@ -132,6 +132,45 @@ def test_unique_index_error_shape(client: Client, db_name: str) -> None:
     assert details["keyValue"] == {"name": "x"}
 
 
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        pytest.param(
+            {"$bogus": {"a": 1}},
+            "Unknown modifier: $bogus. Expected a valid update modifier or pipeline-style update"
+            " specified as an array",
+            id="unknown-modifier",
+        ),
+        pytest.param(
+            {"$set": {"a": 1}, "b": 2},
+            "Unknown modifier: b. Expected a valid update modifier",
+            id="a-plain-field-beside-operators",
+        ),
+        pytest.param(
+            {"$set": "x"},
+            "Modifiers operate on fields but we found type string instead",
+            id="operand-not-a-document",
+        ),
+    ],
+)
+def test_a_malformed_update_is_failed_to_parse_before_any_match(
+    client: Client, db_name: str, update: dict[str, Any], message: str
+) -> None:
+    """mongod parses an update before it matches documents: an unknown modifier or a modifier
+    whose operand is not a document is FailedToParse (9), whether or not anything matches."""
+    coll = client[db_name].c
+    coll.insert_one({"_id": 1, "a": 0})
+    for query in ({"_id": 1}, {"_id": "nothing"}):
+        with pytest.raises(OperationFailure) as caught:
+            coll.update_one(query, update)
+        assert caught.value.code == 9
+        assert message in str(caught.value.details.get("errmsg"))
+    with pytest.raises(OperationFailure) as caught:
+        coll.find_one_and_update({"_id": 1}, update)
+    assert caught.value.code == 9
+    assert coll.find_one({"_id": 1}) == {"_id": 1, "a": 0}
+
+
 def test_unordered_bulk_reports_each_error(client: Client, db_name: str) -> None:
     """An unordered insert goes on past errors and reports each with its index."""
     coll = client[db_name].c
