@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["HeapKeeper"]
@@ -43,8 +44,14 @@ class HeapKeeper:
     For a process that is a server and nothing else: freezing is process-wide.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         self._loop = loop
+        # The server's CPU seconds: its loop's thread's (see `maintain`).
+        self._cpu_clock = cpu_clock
         self._freeze_scheduled = False
         self._swept_at = 0  # frozen objects after the last full sweep
         self.freezes = 0
@@ -93,15 +100,15 @@ class HeapKeeper:
         The server does all its work on this loop's thread, so its CPU time is the server's;
         the process's would count threads that share it (a server started in a test's process,
         next to its clients' monitors) and keep it from ever looking idle."""
-        used, checked = time.thread_time(), time.monotonic()
+        used, checked = self._cpu_clock(), time.monotonic()
         while True:
             await asyncio.sleep(young_s)
             gc.collect(0)
             now = time.monotonic()
             if now - checked < idle_check_s:
                 continue
-            cpu = time.thread_time()
+            cpu = self._cpu_clock()
             if cpu - used < IDLE_CPU_SHARE * (now - checked) and self.sweep_due():
                 self.sweep()
-                cpu = time.thread_time()
+                cpu = self._cpu_clock()
             used, checked = cpu, now
