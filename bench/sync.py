@@ -18,10 +18,15 @@ the worker's RSS is sampled every second.
 
     .venv/bin/python bench/sync.py [--seconds 20] [--rate 1000] [--backlog 5000] [--docs 2000]
                                    [--only engine|naive] [--round-trip-ms 0]
-                                   [--mongodb-version 7.0|8.0]
+                                   [--mongodb-version 7.0|8.0] [--load-client wire|driver]
 
 `--round-trip-ms` makes the development server add that much to every round trip, as the
 network to a real server would; every client of the run pays it, the benchmark's own included.
+
+The client writes go out as bare commands (`bench/_wire.py`, `--load-client wire`, the default
+on the development server): through PyMongo (`--load-client driver`, and always with
+MONGODB_URI), 1,000 writes a second took half a core of this machine's two from the server and
+the sync, which applications writing from machines of their own do not take.
 """
 
 from __future__ import annotations
@@ -39,11 +44,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _wire import WireConnection  # bench/, the script's own directory
 from bson import Timestamp
 from pymongo import AsyncMongoClient
 
@@ -297,15 +303,52 @@ def field_update(rng: random.Random, forward: bool) -> dict[str, Any]:
     return {"$set": rng.choice(choices)}
 
 
+Write = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[Timestamp]]
+
+
 @dataclass
 class Load:
-    """Client writes on both sides at a target rate, each with the cluster time it got."""
+    """Client writes on both sides at a target rate, each with the cluster time it got.
+
+    `wire`: the server's URI, to send them as bare commands on sockets of their own
+    (`bench/_wire.py`) instead of through the driver, whose CPU on this machine is not the
+    applications' on theirs.
+    """
 
     client: Client
     docs: int
     rng: random.Random
     times: list[Timestamp] = field(default_factory=list)
     done: int = 0
+    wire: str | None = None
+
+    @contextlib.asynccontextmanager
+    async def writer(self) -> AsyncIterator[Write]:
+        """One writer's `write(collection, query, update)`, returning the write's cluster time."""
+        if self.wire is not None:
+            connection = await WireConnection.open(self.wire)
+            try:
+
+                async def on_wire(
+                    collection: str, query: dict[str, Any], update: dict[str, Any]
+                ) -> Timestamp:
+                    return await connection.update_one(DB, collection, query, update)
+
+                yield on_wire
+            finally:
+                await connection.close()
+            return
+        db = self.client[DB]
+        async with self.client.start_session(causal_consistency=True) as session:
+
+            async def by_driver(
+                collection: str, query: dict[str, Any], update: dict[str, Any]
+            ) -> Timestamp:
+                await db[collection].update_one(query, update, session=session)
+                assert session.operation_time is not None
+                return session.operation_time
+
+            yield by_driver
 
     async def run(self, count: int | None, rate: float | None, seconds: float | None) -> None:
         """`count` writes (or until `seconds` pass) at `rate`/s (None: as fast as it goes)."""
@@ -314,8 +357,7 @@ class Load:
 
         async def task() -> None:
             nonlocal next_index
-            db = self.client[DB]
-            async with self.client.start_session(causal_consistency=True) as session:
+            async with self.writer() as write:
                 while True:
                     index = next_index
                     if count is not None and index >= count:
@@ -330,14 +372,13 @@ class Load:
                         if delay > 0:
                             await asyncio.sleep(delay)
                     forward = self.rng.random() < 0.5
-                    collection = db[ORIGINAL if forward else PARTNER]
-                    await collection.update_one(
-                        {"_id": self.rng.randrange(self.docs)},
-                        field_update(self.rng, forward),
-                        session=session,
+                    self.times.append(
+                        await write(
+                            ORIGINAL if forward else PARTNER,
+                            {"_id": self.rng.randrange(self.docs)},
+                            field_update(self.rng, forward),
+                        )
                     )
-                    assert session.operation_time is not None
-                    self.times.append(session.operation_time)
                     self.done += 1
 
         await asyncio.gather(*(task() for _ in range(32)))
@@ -400,7 +441,12 @@ class Throughput:
 
 
 async def throughput(
-    client: Client, contender: Contender, backlog: int, docs: int, server_pid: int | None
+    client: Client,
+    contender: Contender,
+    backlog: int,
+    docs: int,
+    server_pid: int | None,
+    wire: str | None,
 ) -> Throughput:
     """Client changes/s while the contender works off a backlog written while it was stopped.
 
@@ -408,7 +454,7 @@ async def throughput(
     contender's start-up is not in them.
     """
     contender.stop()
-    load = Load(client, docs, random.Random(11))
+    load = Load(client, docs, random.Random(11), wire=wire)
     await load.run(backlog, None, None)
     contender.start()
     assert contender.process is not None
@@ -452,10 +498,17 @@ class LagResult:
     peak_rss_kib: int
     # (seconds into the lag phase the probe was written, its lag), per probe
     timeline: list[tuple[float, float]] = field(default_factory=list)
+    # This process's CPU during the lag phase, in cores (its load, probes and watcher).
+    own_cpu: float = float("nan")
 
 
 async def lag(
-    client: Client, contender: Contender, rate: float, seconds: float, docs: int
+    client: Client,
+    contender: Contender,
+    rate: float,
+    seconds: float,
+    docs: int,
+    wire: str | None,
 ) -> LagResult:
     """Lag of probe writes while clients write at `rate`/s on both sides for `seconds`."""
     db = client[DB]
@@ -518,10 +571,12 @@ async def lag(
 
     watcher = asyncio.create_task(watch())
     tasks = [asyncio.create_task(probe()), asyncio.create_task(sample_memory())]
-    load = Load(client, docs, random.Random(13))
+    load = Load(client, docs, random.Random(13), wire=wire)
     started = time.monotonic()
+    cpu_started = time.process_time()
     await load.run(None, rate, seconds)
     elapsed = time.monotonic() - started
+    own_cpu = (time.process_time() - cpu_started) / elapsed
     stop.set()
     await asyncio.gather(*tasks)
     probes_done.set()
@@ -530,7 +585,7 @@ async def lag(
         await asyncio.wait_for(watcher, 30)
     missing = sum(len(queue) for queue in pending.values())
     timeline = [(at - started, value) for at, value in timeline]
-    return LagResult(lags, missing, load.done / elapsed, rss, peak, timeline)
+    return LagResult(lags, missing, load.done / elapsed, rss, peak, timeline, own_cpu)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -577,13 +632,25 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
             try:
                 await wait_until(lambda: contender.ready(client), 60, f"{name} to start")
                 await seed(client, contender, options.docs)
-                rate = await throughput(client, contender, options.backlog, options.docs, where.pid)
-                result = await lag(client, contender, options.rate, options.seconds, options.docs)
+                # Bare commands reach the development server only (no authentication, no TLS).
+                wire = uri if options.load_client == "wire" and where.pid is not None else None
+                rate = await throughput(
+                    client, contender, options.backlog, options.docs, where.pid, wire
+                )
+                result = await lag(
+                    client, contender, options.rate, options.seconds, options.docs, wire
+                )
             finally:
                 contender.stop()
         finally:
             await client.close()
-    return {"throughput": rate, "lag": result, "ping_ms": ping_ms, "version": version}
+    return {
+        "throughput": rate,
+        "lag": result,
+        "ping_ms": ping_ms,
+        "version": version,
+        "load_client": "wire" if wire else "driver",
+    }
 
 
 async def round_trip_ms(client: Client, pings: int = 50) -> float:
@@ -612,7 +679,10 @@ def report(name: str, figures: dict[str, Any]) -> None:
         if speed.server_cpu_s is not None:
             line += f", {speed.server_cpu_s / speed.changes * 1e6:.0f} us server"
         print(line + "")
-    print(f"  client writes         {result.client_rate:10.0f} /s achieved during the lag phase")
+    print(
+        f"  client writes         {result.client_rate:10.0f} /s achieved during the lag phase,"
+        f" through the {figures['load_client']}; this process used {result.own_cpu:.2f} cores"
+    )
     print(
         f"  lag p50 / p99 / max   {percentile(lags_ms, 0.5):8.0f} / {percentile(lags_ms, 0.99):.0f}"
         f" / {max(lags_ms, default=float('nan')):.0f} ms over {len(lags_ms)} probes,"
@@ -681,6 +751,15 @@ def main() -> None:
     parser.add_argument("--workdir", metavar="DIR", help="keep configs and logs here")
     parser.add_argument("--log-level", default="warning", help="the engine's log level")
     parser.add_argument("--max-docs", type=int, default=500, help="the engine's batch.max_docs")
+    parser.add_argument(
+        "--load-client",
+        choices=["driver", "wire"],
+        default="wire",
+        help="how the client writes are sent: as bare commands on sockets of their own (the"
+        " default; about half the CPU on this machine, where the applications' writes would"
+        " come from machines of their own), or through PyMongo; with MONGODB_URI they always"
+        " go through PyMongo",
+    )
     parser.add_argument("--naive-trigger", metavar="URI", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.naive_trigger:

@@ -116,11 +116,12 @@ async def test_client_write_between_the_batch_read_and_its_write_is_not_overwrit
 
 
 async def _apply_with_client_writes_during(
-    people: dict[str, Any], count: int, client_writes_at: set[int]
-) -> tuple[Any, list[Any]]:
-    """Apply a batch of `count` updates; right after the look-ahead calls numbered in
-    `client_writes_at` (1: the first attempt's, after its reads), a client writes the target
-    of the event of that number. Returns the result and the look-ahead calls' `since`."""
+    people: dict[str, Any], count: int, client_writes: dict[int, int]
+) -> tuple[Any, list[tuple[Any, int]]]:
+    """Apply a batch of `count` updates, one per document 0 to `count - 1`; right after the
+    look-ahead call numbered N in `client_writes` (1: the first attempt's, after its reads), a
+    client writes the target of document `client_writes[N]`. Returns the result and, per
+    look-ahead call, its `since` and how many events its attempt planned."""
     db, applier = people["db"], people["applier"]
     await applier.refresh_pairs()
     seed = await events_of(
@@ -136,15 +137,16 @@ async def _apply_with_client_writes_during(
                 await db.people.update_one({"_id": i}, {"$set": {"name": f"batch {i}"}})
 
         batch = await events_of(db, count, updates)
-        looks: list[Any] = []
+        looks: list[tuple[Any, int]] = []
         original_peek = applier._peek_ahead
 
-        async def peek_then_client_writes(*args: Any, **kwargs: Any) -> Any:
-            found = await original_peek(*args, **kwargs)
-            looks.append(kwargs.get("since"))
-            if len(looks) in client_writes_at:
+        async def peek_then_client_writes(work: Any, *args: Any, **kwargs: Any) -> Any:
+            found = await original_peek(work, *args, **kwargs)
+            looks.append((kwargs.get("since"), len(work)))
+            document = client_writes.get(len(looks))
+            if document is not None:
                 await db.people_v2.update_one(
-                    {"_id": len(looks)}, {"$set": {"full_name": f"client {len(looks)}"}}
+                    {"_id": document}, {"$set": {"full_name": f"client {document}"}}
                 )
             return found
 
@@ -160,11 +162,13 @@ async def test_a_stale_read_splits_the_batch(people: dict[str, Any]) -> None:
     its longer window as often as not), and every event is still applied once or lost to the
     newer write."""
     db, applier = people["db"], people["applier"]
-    result, looks = await _apply_with_client_writes_during(people, 10, {1})
+    result, looks = await _apply_with_client_writes_during(people, 10, {1: 1})
     # The event on document 1 only changed the name, which the newer client write wins.
     assert (result.applied, result.conflicts) == (9, 1)
-    # The whole batch once (two looks: before planning, after the writes), then two halves.
-    assert len(looks) == 6
+    # Two looks per attempt (before planning, after the writes): the whole batch, stale, then
+    # its two halves.
+    assert [size for _, size in looks] == [10, 10, 5, 5, 5, 5]
+    assert looks[1][0] is not None
     # Halved to 5, then grown by one after each of the two transactions.
     assert applier.batch_limit == 7
     names = {doc["_id"]: doc["full_name"] async for doc in db.people_v2.find()}
