@@ -300,8 +300,13 @@ def replacement(doc_id: Any, update: dict[str, Any]) -> dict[str, Any]:
     """A replacement document keeping `doc_id` first, as MongoDB stores it."""
     for key in update:
         if key.startswith("$"):
+            # mongod: at execution, once a document is to be replaced (not at parse time).
             raise CommandError(
-                2, "BadValue", f"Unknown modifier: {key}. Expected a valid update modifier"
+                52,
+                "DollarPrefixedFieldName",
+                f"The dollar ($) prefixed field '{key}' in '{key}' is not allowed in the context"
+                " of an update's replacement document. Consider using an aggregation pipeline"
+                " with $replaceWith.",
             )
     if "_id" in update and update["_id"] != doc_id:
         raise CommandError(

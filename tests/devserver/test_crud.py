@@ -171,6 +171,27 @@ def test_a_malformed_update_is_failed_to_parse_before_any_match(
     assert coll.find_one({"_id": 1}) == {"_id": 1, "a": 0}
 
 
+def test_a_dollar_field_in_a_replacement_is_refused_when_a_document_is_replaced(
+    client: Client, db_name: str
+) -> None:
+    """A replacement (first key not an operator) with a `$` field later on: mongod refuses it
+    with DollarPrefixedFieldName (52) when it replaces a document, not when nothing matches."""
+    coll = client[db_name].c
+    coll.insert_one({"_id": 1, "a": 0})
+
+    def update(query: dict[str, Any]) -> dict[str, Any]:
+        # As a command: the driver's update_one and replace_one refuse this shape themselves.
+        statement = {"q": query, "u": {"z": 2, "$set": {"a": 1}}}
+        return client[db_name].command({"update": "c", "updates": [statement]})
+
+    errors = update({"_id": 1})["writeErrors"]
+    assert [e["code"] for e in errors] == [52]
+    assert "The dollar ($) prefixed field '$set' in '$set' is not allowed" in errors[0]["errmsg"]
+    missed = update({"_id": "nothing"})
+    assert (missed["n"], "writeErrors" in missed) == (0, False)
+    assert coll.find_one({"_id": 1}) == {"_id": 1, "a": 0}
+
+
 def test_unordered_bulk_reports_each_error(client: Client, db_name: str) -> None:
     """An unordered insert goes on past errors and reports each with its index."""
     coll = client[db_name].c
