@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import mongomock
 from bson import Int64, ObjectId
@@ -115,7 +115,7 @@ def _sorted_by(docs: list[dict[str, Any]], key: str, reverse: bool) -> list[dict
     )
 
 
-def is_operator_update(update: Any) -> bool:
+def is_operator_update(update: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(update, dict) and bool(update) and next(iter(update)).startswith("$")
 
 

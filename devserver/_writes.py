@@ -333,9 +333,11 @@ async def update_matching(
         raise CommandError(14, "TypeMismatch", "update 'q' must be an object")
     if not isinstance(update, dict | list):
         raise CommandError(14, "TypeMismatch", "update 'u' must be an object or an array")
-    replacing = isinstance(update, dict) and not is_operator_update(update)
-    if isinstance(update, dict) and not replacing:
-        check_update_operators(update)
+    if is_operator_update(update):
+        check_update_operators(update)  # parsed before any match, as mongod does
+        replacing = False
+    else:
+        replacing = isinstance(update, dict)
     if replacing and multi:
         raise CommandError(
             9, "FailedToParse", "multi update is not supported for replacement-style update"

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 from pymongo import MongoClient
 
+from tests.waiting import wait_until
 from worker.cli import main
 from worker.config import Config, load_config
 
@@ -38,16 +38,7 @@ people.partner_only("loyalty", default=0)
 
 def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(delay)  # polling a condition with a deadline, not synchronising by sleep
-        delay = min(0.25, delay * 2)
+    return wait_until(condition, within=timeout, what=what or str(condition))
 
 
 def _toml(value: Any) -> str:
