@@ -16,6 +16,7 @@ from typing import Any, TypeGuard, TypeVar
 
 import mongomock
 from bson import Int64, ObjectId
+from bson.errors import InvalidDocument
 from mongomock import aggregate as mm_aggregate
 from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import OperationFailure
@@ -52,7 +53,7 @@ def engine_errors(call: Callable[[], T]) -> T:
         raise CommandError(
             238, "NotImplemented", f"not supported by the development server: {exc}"
         ) from exc
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, InvalidDocument) as exc:
         raise CommandError(2, "BadValue", f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -160,6 +161,24 @@ def check_update_operators(update: dict[str, Any]) -> None:
                 f"Modifiers operate on fields but we found type {bson_type_name(operand)}"
                 f" instead. For example: {{$mod: {{<field>: ...}}}} not {{{name}: {shown}}}",
             )
+
+
+def check_modified_names(update: dict[str, Any]) -> None:
+    """Refuse an operator update of an existing document that names a `$`-prefixed top-level
+    field, as mongod does (an upsert that inserts may; a name further down the path may)."""
+    for name, fields in update.items():
+        if name == "$unset":
+            continue
+        for path in fields:
+            top = path.split(".", 1)[0] if isinstance(path, str) else ""
+            if top.startswith("$"):
+                raise CommandError(
+                    52,
+                    "DollarPrefixedFieldName",
+                    f"The dollar ($) prefixed field '{top}' in '{path}' is not allowed in the"
+                    " context of an update's replacement document. Consider using an aggregation"
+                    " pipeline with $replaceWith.",
+                )
 
 
 class Engine:

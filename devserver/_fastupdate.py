@@ -68,14 +68,19 @@ def _plan(update: Any) -> Node | None:
 
 
 def _path_parts(path: Any) -> list[str] | None:
-    """The components of a plain dotted path; None for `_id`, positional, numeric or empty ones."""
-    if not isinstance(path, str) or "$" in path or "\0" in path:
+    """The components of a plain dotted path; None for `_id`, positional, numeric or empty ones.
+
+    A component below the top level may be a `$`-prefixed field name (MongoDB 5.0 and later
+    store those, and an operator may name them); `$`, `$[]` and `$[name]` are positional
+    operators, and a top-level `$` name is refused by the caller.
+    """
+    if not isinstance(path, str) or "\0" in path:
         return None
     parts = path.split(".")
-    if parts[0] == "_id":
+    if parts[0] == "_id" or parts[0].startswith("$"):
         return None
     for part in parts:
-        if not part or part.isdigit():
+        if not part or part.isdigit() or part == "$" or part.startswith("$["):
             return None
     return parts
 
@@ -157,14 +162,14 @@ def _increment(existing: Any, operand: Any) -> Any:
 def _storable(value: Any) -> bool:
     """Whether a `$set` value is stored exactly as given.
 
-    Not so, and left to the other path: documents with `$`-prefixed names, an empty Timestamp
-    (filled in by the server), datetimes finer than milliseconds or with a time zone (BSON
-    keeps neither), tuples and subclasses of the container types.
+    Not so, and left to the other path: an empty Timestamp (filled in by the server), datetimes
+    finer than milliseconds or with a time zone (BSON keeps neither), tuples and subclasses of
+    the container types. Sub-documents may hold `$`-prefixed and dotted names (MongoDB 5.0).
     """
     kind = type(value)
     if kind is dict:
         for key, item in value.items():
-            if not isinstance(key, str) or key.startswith("$") or not _storable(item):
+            if not isinstance(key, str) or "\0" in key or not _storable(item):
                 return False
         return True
     if kind is list:

@@ -16,7 +16,12 @@ from bson import ObjectId
 
 from devserver._changes import ChangeRecord
 from devserver._command import Context
-from devserver._engine import check_update_operators, is_operator_update, matches
+from devserver._engine import (
+    check_modified_names,
+    check_update_operators,
+    is_operator_update,
+    matches,
+)
 from devserver._errors import CommandError
 from devserver._keys import id_key
 from devserver._sessions import Transaction
@@ -373,6 +378,8 @@ async def update_matching(
     result = UpdateResult()
     if not found:
         return result
+    if not replacing and isinstance(update, dict):
+        check_modified_names(update)
     meta = ctx.state.storage.meta(db, coll)
     for before in found:
         current = before

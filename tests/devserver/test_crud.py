@@ -192,6 +192,34 @@ def test_a_dollar_field_in_a_replacement_is_refused_when_a_document_is_replaced(
     assert coll.find_one({"_id": 1}) == {"_id": 1, "a": 0}
 
 
+def test_operators_reach_dollar_prefixed_names_below_the_top_level(
+    client: Client, db_name: str
+) -> None:
+    """MongoDB 5.0 stores `$`-prefixed and dotted names, and an operator update may name a
+    `$`-prefixed field below the top level (`loc.$street`); a `$`-prefixed top-level field
+    in a modifier update of an existing document is DollarPrefixedFieldName (52)."""
+    coll = client[db_name].c
+    coll.insert_one({"_id": 1, "loc": {"$db": "n", "$n": 1}, "n": 1})
+    coll.update_one({"_id": 1}, {"$set": {"loc.$street": "Elm"}, "$inc": {"loc.$n": 2}})
+    coll.update_one({"_id": 1}, {"$unset": {"loc.$db": ""}})
+    coll.update_one({"_id": 1}, {"$set": {"v": {"$ref": "a", "k.j": 1}}})
+    assert coll.find_one({"_id": 1}) == {
+        "_id": 1,
+        "loc": {"$n": 3, "$street": "Elm"},
+        "n": 1,
+        "v": {"$ref": "a", "k.j": 1},
+    }
+    with pytest.raises(OperationFailure) as caught:
+        coll.update_one({"_id": 1}, {"$set": {"$hotel": 1}})
+    assert caught.value.code == 52
+    assert "The dollar ($) prefixed field '$hotel' in '$hotel'" in str(caught.value)
+    # A path the server cannot apply is a write error of that statement, not a failed command.
+    with pytest.raises(OperationFailure) as caught:
+        coll.update_one({"_id": 1}, {"$set": {"loc.$": 1}})
+    assert caught.value.code == 2
+    assert coll.find_one({"_id": 1}, {"n": 1}) == {"_id": 1, "n": 1}
+
+
 def test_unordered_bulk_reports_each_error(client: Client, db_name: str) -> None:
     """An unordered insert goes on past errors and reports each with its index."""
     coll = client[db_name].c
