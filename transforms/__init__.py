@@ -11,7 +11,13 @@ from transforms._check import CheckStatus, MappingReport, check_pair
 from transforms._loader import ENTRY_POINT_GROUP, load_registry
 from transforms._mappings import Direction, FieldMapping, MappingKind
 from transforms._pair import Derivation, Pair
-from transforms._patch import Patch, apply_patch, apply_update_description, diff_documents
+from transforms._patch import (
+    Patch,
+    apply_patch,
+    apply_update_description,
+    diff_documents,
+    unaddressable_field,
+)
 from transforms._paths import MISSING
 from transforms._registry import Registry, Side
 from transforms.errors import TransformError, TransformFailed, TransformLoadError
@@ -37,4 +43,5 @@ __all__ = [
     "check_pair",
     "diff_documents",
     "load_registry",
+    "unaddressable_field",
 ]

@@ -10,11 +10,13 @@ from transforms._paths import MISSING, SCALAR_TYPES, copy_value, same_value, spl
 
 __all__ = [
     "Patch",
+    "addressable",
     "apply_patch",
     "apply_update_description",
     "diff_documents",
     "diff_into",
     "make_patch",
+    "unaddressable_field",
 ]
 
 
@@ -60,6 +62,34 @@ def _is_document(value: Any) -> bool:
     return kind is dict or (kind not in SCALAR_TYPES and isinstance(value, Mapping))
 
 
+def addressable(name: str) -> bool:
+    """Whether an update path can name this field: not empty, no `.` inside, no leading `$`.
+
+    MongoDB 5.0 stores other names too, but `$set: {"a.b": ...}` means field `b` of `a`, and a
+    `$`-prefixed component may be read as an operator or a positional `$`.
+    """
+    return bool(name) and "." not in name and name[0] != "$"
+
+
+def _addressable_fields(document: Mapping[str, Any]) -> bool:
+    return all(addressable(name) for name in document)
+
+
+def unaddressable_field(patch: Patch, *documents: Mapping[str, Any] | None) -> str | None:
+    """A path of `patch` that names a top-level field no update can name, or None.
+
+    `diff_into` sets a sub-document holding such names whole, so only top-level fields remain:
+    a `$`-prefixed (or empty) name, or a name with a `.` that is a field of one of `documents`
+    (the documents the patch was computed from; elsewhere a dotted path is a nested field).
+    """
+    for path in (*patch.set, *patch.unset):
+        if not path or path[0] == "$":
+            return path
+        if "." in path and any(doc is not None and path in doc for doc in documents):
+            return path
+    return None
+
+
 def diff_into(
     prefix: str,
     old: Mapping[str, Any],
@@ -71,7 +101,9 @@ def diff_into(
     """Add to `sets` / `unsets` what turns sub-document `old` into `new`, paths under `prefix`.
 
     A sub-document at a path in `leafwise` that appears or disappears is patched field by
-    field instead of whole, so fields of it the patch must not touch survive.
+    field instead of whole, so fields of it the patch must not touch survive. A sub-document
+    holding a name no update path can address (`addressable`) is set whole: inside it, the
+    last writer wins for the sub-document rather than field by field.
     """
     for key, value in new.items():
         if key == "_id" and not prefix:
@@ -79,20 +111,30 @@ def diff_into(
         before = old.get(key, MISSING)
         if before is MISSING:
             path = prefix + key
-            if leafwise and path in leafwise and _is_document(value):
+            if leafwise and path in leafwise and _is_document(value) and _addressable_fields(value):
                 diff_into(path + ".", {}, value, sets, unsets, leafwise)
             else:
                 sets[path] = copy_value(value)
         elif before is value:
             continue
-        elif _is_document(value) and _is_document(before):
+        elif (
+            _is_document(value)
+            and _is_document(before)
+            and _addressable_fields(value)
+            and _addressable_fields(before)
+        ):
             diff_into(f"{prefix}{key}.", before, value, sets, unsets, leafwise)
         elif not same_value(before, value):
             sets[prefix + key] = copy_value(value)
     for key, before in old.items():
         if key not in new and not (key == "_id" and not prefix):
             path = prefix + key
-            if leafwise and path in leafwise and _is_document(before):
+            if (
+                leafwise
+                and path in leafwise
+                and _is_document(before)
+                and _addressable_fields(before)
+            ):
                 diff_into(path + ".", before, {}, sets, unsets, leafwise)
             else:
                 unsets.append(path)

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import Patch, apply_patch, apply_update_description, diff_documents
+from transforms import (
+    Patch,
+    apply_patch,
+    apply_update_description,
+    diff_documents,
+    unaddressable_field,
+)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +34,36 @@ from transforms import Patch, apply_patch, apply_update_description, diff_docume
         pytest.param({"a": {"b": 1}}, {"a": 5}, Patch({"a": 5}, ()), id="type-changed"),
         pytest.param({"_id": 1}, {"_id": 2, "x": 1}, Patch({"x": 1}, ()), id="id-ignored"),
         pytest.param({"a": {"_id": 1}}, {"a": {"_id": 2}}, Patch({"a._id": 2}, ()), id="nested-id"),
+        pytest.param(
+            {"p": {"v1.2": 1, "k": 1}, "q": {"r": 1}},
+            {"p": {"v1.2": 2, "k": 1}, "q": {"r": 2}},
+            Patch({"p": {"v1.2": 2, "k": 1}, "q.r": 2}, ()),
+            id="dotted-name-sets-its-sub-document-whole",
+        ),
+        pytest.param(
+            {"p": {"$ref": "x", "k": 1}},
+            {"p": {"$ref": "x", "k": 2}},
+            Patch({"p": {"$ref": "x", "k": 2}}, ()),
+            id="dollar-name-sets-its-sub-document-whole",
+        ),
+        pytest.param(
+            {"p": {"s": {"a.b": 1}, "k": 1}},
+            {"p": {"s": {"a.b": 2}, "k": 1}},
+            Patch({"p.s": {"a.b": 2}}, ()),
+            id="only-the-sub-document-holding-the-name",
+        ),
+        pytest.param(
+            {"p": {"k": 1}},
+            {"p": {"k": 1, "a.b": 1}},
+            Patch({"p": {"k": 1, "a.b": 1}}, ()),
+            id="name-added",
+        ),
+        pytest.param(
+            {"p": {"k": 1, "a.b": 1}},
+            {"p": {"k": 1}},
+            Patch({"p": {"k": 1}}, ()),
+            id="name-removed",
+        ),
     ],
 )
 def test_diff_documents(old: dict[str, Any], new: dict[str, Any], expected: Patch) -> None:
@@ -99,3 +135,39 @@ def test_apply_diff_gives_new(old: dict[str, Any], new: dict[str, Any]) -> None:
     assert patched == new
     assert diff_documents(patched, new).is_empty()
     assert old == old_copy and new == new_copy
+
+
+_names = st.sampled_from(["a", "b", "v1.2", "$r"])
+_odd_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2), st.dictionaries(_names, inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    old=st.dictionaries(_keys, _odd_values, max_size=3),
+    new=st.dictionaries(_keys, _odd_values, max_size=3),
+)
+def test_diff_paths_name_only_addressable_fields(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """With dotted and `$`-prefixed names below the top level, every path of the diff is made
+    of names an update can address, and applying it still gives `new`."""
+    patch = diff_documents(old, new)
+    for path in (*patch.set, *patch.unset):
+        assert all(part and not part.startswith("$") for part in path.split(".")), path
+        assert len(path.split(".")) <= 1 or path.split(".")[0] in old
+    assert apply_patch(old, patch) == new
+    assert unaddressable_field(patch, old, new) is None
+
+
+def test_unaddressable_top_level_fields() -> None:
+    """A `$`-prefixed top-level name always; a dotted one when it is a field of the documents
+    (otherwise "a.b" is field `b` of `a`)."""
+    assert unaddressable_field(Patch({"$x": 1}, ())) == "$x"
+    assert unaddressable_field(Patch({}, ("$x",))) == "$x"
+    assert unaddressable_field(Patch({"a.b": 1}, ()), {"a.b": 0}) == "a.b"
+    assert unaddressable_field(Patch({"a.b": 1}, ()), {"a": {"b": 0}}) is None
+    assert unaddressable_field(Patch({"a.b": 1}, ()), None, {"a.b": 1}) == "a.b"

@@ -38,7 +38,7 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from transforms import Pair, Registry, diff_documents
+from transforms import Pair, Registry, TransformFailed, diff_documents
 from worker.engine._ahead import AHEAD_LIMIT, WritesAhead
 from worker.engine._commands import BatchWrites, Refused, is_transient, supports_bulk_write
 from worker.engine._lease import Lease
@@ -736,9 +736,14 @@ class Applier:
         for write_owners, namespace, key, before, after in planned:
             if before is None and after is None:
                 continue  # created and deleted again within the batch: nothing to write
-            write = plan_target_write(
-                before, after, self._owns_for_write, document_id=_document_id(after, before)
-            )
+            try:
+                write = plan_target_write(
+                    before, after, self._owns_for_write, document_id=_document_id(after, before)
+                )
+            except TransformFailed as exc:
+                # Planning dead-letters such a change event by event. Should one still reach
+                # the write, the batch goes one event at a time and it is dead-lettered there.
+                raise Refused(OperationFailure(str(exc))) from exc
             if write is None:
                 continue
             operations.setdefault(namespace, []).append(

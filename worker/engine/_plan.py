@@ -24,6 +24,7 @@ from transforms import (
     TransformFailed,
     apply_patch,
     apply_update_description,
+    unaddressable_field,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "other_side",
     "overlaps",
     "plan_event",
+    "unaddressable_failure",
     "value_at",
 ]
 
@@ -182,7 +184,8 @@ def plan_event(
         # The common case, an update of a document both sides know: only the mappings the
         # update touches run (`Pair.translate_update` equals the diff of the two conversions).
         fast = _translated_update(pair, direction, event, base_src, tag_field)
-        if fast is not None:
+        # A top-level name no update path can address: the full conversion dead-letters it.
+        if fast is not None and unaddressable_field(fast, cur_target, known_target) is None:
             plan = EventPlan(
                 source_after=source_after,
                 target_after=cur_target,
@@ -249,11 +252,28 @@ def plan_event(
     reference = target_old if target_old is not None and not whole else known_target
     # Field by field inside sub-documents that may hold fields the target keeps for itself.
     patch = pair.target_patch(reference, target_new, direction).restricted(owns)
+    unaddressable = unaddressable_field(patch, cur_target, known_target, target_new)
+    if unaddressable is not None:
+        plan.failure = unaddressable_failure(pair, unaddressable, event["documentKey"]["_id"])
+        return plan
     if "" in ahead:
         plan.conflict_paths = ["<document>"]
         plan.reason = "target replaced or re-created after this change; the later write wins"
         return plan
     return _patched(plan, patch, cur_target, known_target, ahead)
+
+
+def unaddressable_failure(pair: Pair | None, name: str, document_id: Any) -> TransformFailed:
+    """Why a change to top-level field `name` cannot be written field by field."""
+    return TransformFailed(
+        f"the change to top-level field {name!r} cannot be written: an update cannot name a"
+        " top-level field that starts with '$' or holds '.'; rename the field, or nest it in"
+        " a sub-document (which is then written whole)",
+        pair=pair.original if pair is not None else "(any)",
+        mapping="field names",
+        field=name,
+        document_id=document_id,
+    )
 
 
 def _patched(

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pymongo import DeleteOne, ReplaceOne, UpdateOne
 
-from transforms import Direction, Pair, Patch, apply_patch, diff_documents
+from transforms import Direction, Pair, Patch, apply_patch, diff_documents, unaddressable_field
+from worker.engine._plan import unaddressable_failure
 
 __all__ = ["TargetWrite", "plan_target_write", "write_operation"]
 
@@ -51,7 +52,8 @@ def plan_target_write(
     `desired` is the whole converted document (None: the logical document is deleted). Paths
     not owned keep the target's value, except when the document is created. Given the pair and
     direction, sub-documents that may hold fields the target keeps are patched field by field
-    (`Pair.target_patch`), so those fields survive.
+    (`Pair.target_patch`), so those fields survive. Raises TransformFailed when a changed
+    top-level field has a name no update can address (see `transforms.unaddressable_field`).
     """
     if desired is None:
         return None if current is None else TargetWrite("delete", document_id)
@@ -63,6 +65,9 @@ def plan_target_write(
         patch = diff_documents(current, desired).restricted(owns)
     if patch.is_empty():
         return None
+    unaddressable = unaddressable_field(patch, current, desired)
+    if unaddressable is not None:
+        raise unaddressable_failure(pair, unaddressable, document_id)
     return TargetWrite("update", document_id, patch=patch)
 
 

@@ -1,0 +1,116 @@
+"""Field names an update path cannot address: a `.` inside, or a leading `$` (MongoDB 5.0 and
+later store both). Below the top level such a sub-document is written whole; a change to such a
+top-level field is a dead letter, never a write to some other path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from tests.worker.engine_helpers import (
+    PEOPLE_MODULE,
+    eventually,
+    make_config,
+    running_worker,
+    write_module,
+)
+
+
+@pytest.fixture
+async def aclient(mongo_uri: str) -> Any:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield mongo
+    await mongo.close()
+
+
+def _without(document: dict[str, Any] | None, *names: str) -> dict[str, Any] | None:
+    if document is None:
+        return None
+    return {k: v for k, v in document.items() if k not in names}
+
+
+@pytest.mark.parametrize("origin_tag", ["session", "field"])
+async def test_sub_documents_with_dotted_and_dollar_names_sync_whole(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
+) -> None:
+    """A sub-document keyed by names such as "v1.2" or "$ref" reaches the other side exactly,
+    both ways: `$set: {"prices.v1.2": ...}` would have written field `2` of `prices.v1`."""
+    module = write_module(tmp_path, f"people_names_{origin_tag}", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module, origin_tag=origin_tag)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    tag = config.tag_field
+
+    async def partner_prices(expected: dict[str, Any]) -> bool:
+        found = await partner.find_one({"_id": 1})
+        return found is not None and found.get("prices") == expected
+
+    async def original_prices(expected: dict[str, Any]) -> bool:
+        found = await original.find_one({"_id": 1})
+        return found is not None and found.get("prices") == expected
+
+    async with running_worker(config) as worker:
+        await original.insert_one(
+            {"_id": 1, "name": "Ann", "prices": {"v1.2": 3, "$ref": "x", "k": 1}}
+        )
+        await eventually(
+            lambda: partner_prices({"v1.2": 3, "$ref": "x", "k": 1}), what="insert forward"
+        )
+        await original.replace_one(
+            {"_id": 1}, {"name": "Ann", "prices": {"v1.2": 4, "$ref": "x", "k": 1}}
+        )
+        await eventually(
+            lambda: partner_prices({"v1.2": 4, "$ref": "x", "k": 1}), what="replace forward"
+        )
+        await original.update_one({"_id": 1}, {"$set": {"prices.k": 2}})
+        await eventually(
+            lambda: partner_prices({"v1.2": 4, "$ref": "x", "k": 2}),
+            what="a plain field of the sub-document updated forward",
+        )
+        await partner.update_one({"_id": 1}, {"$set": {"prices": {"v1.2": 5, "$ref": "y", "k": 2}}})
+        await eventually(
+            lambda: original_prices({"v1.2": 5, "$ref": "y", "k": 2}), what="update backward"
+        )
+        await partner.update_one({"_id": 1}, {"$set": {"prices.$ref": "z"}})
+        await eventually(
+            lambda: original_prices({"v1.2": 5, "$ref": "z", "k": 2}),
+            what="a $-prefixed field of the sub-document updated backward",
+        )
+        before = _without(await original.find_one({"_id": 1}), tag)
+        assert before is not None and "v1" not in before["prices"]
+        assert [d async for d in worker.store.dead_letters.find({})] == []
+
+
+async def test_a_change_to_an_unaddressable_top_level_field_is_a_dead_letter(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """A document with a top-level "a.b" is copied whole when it is created; a later change
+    to that field cannot be written as a field patch, so its event becomes a dead letter that
+    names the field, the target keeps its value, and the stream goes on."""
+    module = write_module(tmp_path, "people_top_names", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config) as worker:
+        await original.insert_one({"_id": 1, "name": "Ann", "a.b": 1})
+
+        async def copied() -> Any:
+            return await partner.find_one({"_id": 1})
+
+        created = await eventually(copied, what="the insert copied whole")
+        assert created["a.b"] == 1 and "a" not in created
+        await original.replace_one({"_id": 1}, {"name": "Ann", "a.b": 2})
+        await original.insert_one({"_id": 2, "name": "Bo"})
+
+        async def bo_copied() -> bool:
+            return await partner.find_one({"_id": 2}) is not None
+
+        await eventually(bo_copied, what="the stream to go on")
+        letters = [d async for d in worker.store.dead_letters.find({})]
+        assert [(d["document_id"], d["field"]) for d in letters] == [(1, "a.b")]
+        assert "top-level field 'a.b'" in letters[0]["error"]
+        kept = await partner.find_one({"_id": 1})
+        assert kept is not None and kept["a.b"] == 1 and "a" not in kept
