@@ -114,3 +114,41 @@ async def test_a_change_to_an_unaddressable_top_level_field_is_a_dead_letter(
         assert "top-level field 'a.b'" in letters[0]["error"]
         kept = await partner.find_one({"_id": 1})
         assert kept is not None and kept["a.b"] == 1 and "a" not in kept
+
+
+async def test_such_a_sub_document_follows_its_last_writer_whole(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """Written whole, a sub-document with a dotted name is last-writer-wins as a whole: an
+    older change to `prices.v1.2` on one side loses to a newer write of `prices.k` on the
+    other, and both sides converge on the newer sub-document."""
+    module = write_module(tmp_path, "people_lww_names", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    async with running_worker(config):
+        await original.insert_one({"_id": 1, "name": "Ann", "prices": {"v1.2": 3, "k": 1}})
+
+        async def copied() -> bool:
+            return await partner.find_one({"_id": 1}) is not None
+
+        await eventually(copied, what="the insert copied")
+    # Both writes wait for the next worker, in this order.
+    await original.update_one({"_id": 1}, {"$set": {"prices": {"v1.2": 4, "k": 1}}})
+    await partner.update_one({"_id": 1}, {"$set": {"prices.k": 2}})
+    newer = {"v1.2": 3, "k": 2}
+
+    async def converged() -> bool:
+        left = await original.find_one({"_id": 1})
+        right = await partner.find_one({"_id": 1})
+        return (
+            left is not None
+            and right is not None
+            and left["prices"] == newer
+            and right["prices"] == newer
+        )
+
+    async with running_worker(config) as worker:
+        await eventually(converged, what="both sides on the newer sub-document")
+        status = await worker.store.pair_doc(f"{db_name}.people")
+        assert status is not None and status["counters"]["conflicts"] >= 1
