@@ -25,17 +25,40 @@ _DELTA_METADATA_BYTES = 15
 _ARRAY_MODIFIERS = frozenset({"$push", "$addToSet", "$pull", "$pullAll", "$pop"})
 
 
+Component = str | int
+
+
 @dataclass
 class UpdateDescription:
-    """The three lists of an update event's `updateDescription`."""
+    """The three lists of an update event's `updateDescription`, and each path's components
+    (field names as strings, array indexes as ints) for `disambiguatedPaths`."""
 
     updated_fields: dict[str, Any] = field(default_factory=dict)
     removed_fields: list[str] = field(default_factory=list)
     truncated_arrays: list[dict[str, Any]] = field(default_factory=list)
+    components: dict[str, list[Component]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         """True when the update changed nothing a client could see."""
         return not (self.updated_fields or self.removed_fields or self.truncated_arrays)
+
+    def disambiguated_paths(self) -> dict[str, list[Component]]:
+        """What a change stream with `showExpandedEvents` reports under `disambiguatedPaths`
+        (MongoDB 6.1): the components of every path that holds a field name with a `.` or
+        a numeric field name (not an array index), which the dotted path alone leaves open."""
+        paths = [
+            *self.updated_fields,
+            *self.removed_fields,
+            *(entry["field"] for entry in self.truncated_arrays),
+        ]
+        found: dict[str, list[Component]] = {}
+        for path in paths:
+            parts = self.components.get(path)
+            if parts is not None and any(
+                isinstance(part, str) and ("." in part or part.isdigit()) for part in parts
+            ):
+                found[path] = list(parts)
+        return found
 
     def document(self) -> dict[str, Any]:
         """The `updateDescription` sub-document of a change event."""
@@ -84,7 +107,7 @@ def describe_update(
     if len(bson.encode(delta)) + _DELTA_METADATA_BYTES >= _size(after):
         return None
     description = UpdateDescription()
-    _describe_delta(delta, "", description)
+    _describe_delta(delta, "", (), description)
     return description
 
 
@@ -143,9 +166,11 @@ def _cover_unnamed_changes(
     for name, value in after.items():
         if name not in named and (name not in before or not same_value(before[name], value)):
             description.updated_fields[name] = value
+            description.components[name] = [name]
     for name in before:
         if name not in after and name not in named:
             description.removed_fields.append(name)
+            description.components[name] = [name]
 
 
 def _append_mode(operator: str, argument: Any) -> str | int | None:
@@ -205,18 +230,17 @@ def _log_path(
             parent = _get(after, parts[:-1])
             if isinstance(parent, list):
                 # An element vanished from an array: only the whole array describes that.
-                _add_updated(".".join(parts[:-1]), parent, description, seen)
+                _add_updated(parts[:-1], parent, description, seen, after)
             else:
-                _add_removed(".".join(parts), description, seen)
+                _add_removed(parts, description, seen, before)
         return
     if created is not None:
         prefix = parts[: created + 1]
-        _add_updated(".".join(prefix), _get(after, prefix), description, seen)
+        _add_updated(prefix, _get(after, prefix), description, seen, after)
         return
     old = _get(before, parts)
     if same_value(old, new):
         return
-    path = ".".join(parts)
     if (
         mode is not None
         and isinstance(old, list)
@@ -226,21 +250,43 @@ def _log_path(
         and same_value(old, new[: len(old)])
     ):
         for i in range(len(old), len(new)):
-            _add_updated(f"{path}.{i}", new[i], description, seen)
+            _add_updated([*parts, str(i)], new[i], description, seen, after)
         return
-    _add_updated(path, new, description, seen)
+    _add_updated(parts, new, description, seen, after)
 
 
-def _add_updated(path: str, value: Any, description: UpdateDescription, seen: set[str]) -> None:
+def _add_updated(
+    parts: list[str], value: Any, description: UpdateDescription, seen: set[str], doc: Any
+) -> None:
+    path = ".".join(parts)
     if path not in seen:
         seen.add(path)
         description.updated_fields[path] = value
+        description.components[path] = _typed(parts, doc)
 
 
-def _add_removed(path: str, description: UpdateDescription, seen: set[str]) -> None:
+def _add_removed(
+    parts: list[str], description: UpdateDescription, seen: set[str], doc: Any
+) -> None:
+    path = ".".join(parts)
     if path not in seen:
         seen.add(path)
         description.removed_fields.append(path)
+        description.components[path] = _typed(parts, doc)
+
+
+def _typed(parts: list[str], doc: Any) -> list[Component]:
+    """`parts` with the components that index an array in `doc` as ints."""
+    typed: list[Component] = []
+    current = doc
+    for part in parts:
+        if isinstance(current, list) and part.isdigit():
+            typed.append(int(part))
+            current = current[int(part)] if int(part) < len(current) else _MISSING
+        else:
+            typed.append(part)
+            current = current.get(part, _MISSING) if isinstance(current, dict) else _MISSING
+    return typed
 
 
 def _drop_nested(description: UpdateDescription) -> None:
@@ -393,22 +439,32 @@ def _size(value: dict[str, Any] | list[Any]) -> int:
     return len(bson.encode(value))
 
 
-def _describe_delta(delta: Mapping[str, Any], prefix: str, out: UpdateDescription) -> None:
+def _describe_delta(
+    delta: Mapping[str, Any],
+    prefix: str,
+    parts: tuple[Component, ...],
+    out: UpdateDescription,
+) -> None:
+    """Add `delta`'s paths under `prefix` (components `parts`) to `out`."""
     if delta.get("a") is True:
         field_path = prefix[:-1]
         if "l" in delta:
             out.truncated_arrays.append({"field": field_path, "newSize": delta["l"]})
+            out.components[field_path] = list(parts)
         for key, value in delta.items():
             if key.startswith("u"):
                 out.updated_fields[prefix + key[1:]] = value
+                out.components[prefix + key[1:]] = [*parts, int(key[1:])]
             elif key.startswith("s"):
-                _describe_delta(value, f"{prefix}{key[1:]}.", out)
+                _describe_delta(value, f"{prefix}{key[1:]}.", (*parts, int(key[1:])), out)
         return
     for name in delta.get("d", {}):
         out.removed_fields.append(prefix + name)
+        out.components[prefix + name] = [*parts, name]
     for section in ("u", "i"):
         for name, value in delta.get(section, {}).items():
             out.updated_fields[prefix + name] = value
+            out.components[prefix + name] = [*parts, name]
     for key, value in delta.items():
         if key.startswith("s"):
-            _describe_delta(value, f"{prefix}{key[1:]}.", out)
+            _describe_delta(value, f"{prefix}{key[1:]}.", (*parts, key[1:]), out)

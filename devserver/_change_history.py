@@ -335,6 +335,9 @@ def _make_entry(
                 return None
             else:
                 entry["updateDescription"] = description.document()
+                disambiguated = description.disambiguated_paths()
+                if disambiguated:
+                    entry["disambiguatedPaths"] = disambiguated
         if op in ("insert", "replace") or (op == "update" and record.images_enabled):
             entry["fullDocument"] = record.after
         if record.images_enabled and op in _IMAGE_OPS:
@@ -627,6 +630,13 @@ class ChangeStreamCursor:
             event["documentKey"] = entry["documentKey"]
         if op == "update":
             event["updateDescription"] = entry["updateDescription"]
+            if options.show_expanded_events:
+                # MongoDB 6.1: with expanded events every update says which of its paths
+                # hold dotted or numeric field names, an empty document when none does.
+                event["updateDescription"] = {
+                    **entry["updateDescription"],
+                    "disambiguatedPaths": entry.get("disambiguatedPaths", {}),
+                }
         if op in _IMAGE_OPS and options.full_document_before_change != "off" and images:
             event["fullDocumentBeforeChange"] = self._pre_image(entry)
         if op == "rename":

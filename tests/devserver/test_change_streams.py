@@ -93,6 +93,43 @@ def test_pipeline_update_truncates_array(coll: Collection[Doc]) -> None:
     assert event["updateDescription"]["updatedFields"] == {}
 
 
+def test_expanded_events_disambiguate_dotted_and_numeric_names(coll: Collection[Doc]) -> None:
+    """With showExpandedEvents (MongoDB 6.1) each update event has `disambiguatedPaths`: the
+    components of every path holding a field name with a `.` or a numeric field name (array
+    indexes as ints), and an empty document when no path does; without it, no such field."""
+    large = "*" * 128
+    coll.insert_one(
+        {
+            "_id": 1,
+            "top": [{"sub": [0, 1, large]}],
+            "numeric": {"0": {"1": "n", "pad": large}},
+            "arr": [[{"0": "n", "pad": large}]],
+            "obj": {"sub.obj": {"b.c": 1, "pad": large}, "pad": large},
+        }
+    )
+    with (
+        coll.watch(max_await_time_ms=100, show_expanded_events=True) as expanded,
+        coll.watch(max_await_time_ms=100) as plain,
+    ):
+        coll.update_one({"_id": 1}, {"$set": {"a": 2, "top.0.sub.1": 3}})
+        coll.update_one({"_id": 1}, {"$set": {"numeric.0.1": "m"}})
+        coll.update_one({"_id": 1}, {"$set": {"arr.0.0.0": "m"}})
+        coll.update_one(
+            {"_id": 1},
+            [{"$set": {"obj": {"$literal": {"sub.obj": {"b.c": 2, "pad": large}, "pad": large}}}}],
+        )
+        described = [e["updateDescription"] for e in events(expanded, 4)]
+        unexpanded = [e["updateDescription"] for e in events(plain, 4)]
+    assert [d["disambiguatedPaths"] for d in described] == [
+        {},
+        {"numeric.0.1": ["numeric", "0", "1"]},
+        {"arr.0.0.0": ["arr", 0, 0, "0"]},
+        {"obj.sub.obj.b.c": ["obj", "sub.obj", "b.c"]},
+    ]
+    assert described[3]["updatedFields"] == {"obj.sub.obj.b.c": 2}
+    assert all("disambiguatedPaths" not in d for d in unexpanded)
+
+
 def test_no_op_update_has_no_event(coll: Collection[Doc]) -> None:
     """An update that changes nothing produces no change event."""
     coll.insert_one({"_id": 1, "a": 1})
