@@ -14,6 +14,7 @@ from tests.worker.engine_helpers import (
     PEOPLE_MODULE,
     eventually,
     make_config,
+    next_events,
     running_worker,
     write_module,
 )
@@ -152,3 +153,37 @@ async def test_such_a_sub_document_follows_its_last_writer_whole(
         await eventually(converged, what="both sides on the newer sub-document")
         status = await worker.store.pair_doc(f"{db_name}.people")
         assert status is not None and status["counters"]["conflicts"] >= 1
+
+
+@pytest.mark.parametrize("origin_tag", ["session", "field"])
+async def test_an_update_event_naming_a_dotted_field_is_placed_from_the_document(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
+) -> None:
+    """A pipeline update of one field of such a sub-document reports the path
+    `prices.v1.2`; its `disambiguatedPaths` (expanded events) says it names field "v1.2", so
+    the worker reads the document instead of applying the path to its merge base, where it
+    would have named field `2` of `prices.v1`."""
+    module = write_module(tmp_path, f"people_dotted_{origin_tag}", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module, origin_tag=origin_tag)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    pad = "*" * 256  # large enough that the server logs a field-level diff of `prices`
+
+    def pipeline(value: int) -> list[dict[str, Any]]:
+        return [{"$set": {"prices": {"$literal": {"v1.2": value, "pad": pad}}}}]
+
+    async def prices_are(collection: Any, value: int) -> bool:
+        found = await collection.find_one({"_id": 1})
+        return found is not None and found.get("prices") == {"v1.2": value, "pad": pad}
+
+    async with running_worker(config) as worker:
+        await original.insert_one({"_id": 1, "name": "Ann", "prices": {"v1.2": 3, "pad": pad}})
+        await eventually(lambda: prices_are(partner, 3), what="insert forward")
+        async with await original.watch(show_expanded_events=True) as stream:
+            await original.update_one({"_id": 1}, pipeline(4))
+            [event] = await next_events(stream, 1)
+        assert event["updateDescription"]["updatedFields"] == {"prices.v1.2": 4}
+        await eventually(lambda: prices_are(partner, 4), what="pipeline update forward")
+        await partner.update_one({"_id": 1}, pipeline(5))
+        await eventually(lambda: prices_are(original, 5), what="pipeline update backward")
+        assert [d async for d in worker.store.dead_letters.find({})] == []

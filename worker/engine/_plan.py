@@ -32,6 +32,7 @@ __all__ = [
     "Side",
     "changed_paths",
     "direction_of",
+    "names_dotted_fields",
     "other_side",
     "overlaps",
     "plan_event",
@@ -96,6 +97,22 @@ def _strip(document: Mapping[str, Any] | None, tag_field: str | None) -> dict[st
     return dict(document)
 
 
+def names_dotted_fields(event: Mapping[str, Any]) -> bool:
+    """Whether an update event changed a field whose name holds a `.`: its dotted paths then
+    do not say which fields they name, and the merge base cannot place the update.
+
+    Known from `disambiguatedPaths` (MongoDB 6.1, with expanded events). A numeric field name
+    listed there needs nothing: paths are walked by the type of each container.
+    """
+    description = event.get("updateDescription")
+    if not description:
+        return False
+    paths = description.get("disambiguatedPaths")
+    if not paths:
+        return False
+    return any(isinstance(part, str) and "." in part for parts in paths.values() for part in parts)
+
+
 def _source_after(
     event: Mapping[str, Any],
     base_source: Mapping[str, Any] | None,
@@ -111,7 +128,7 @@ def _source_after(
     if op != "update":
         raise ValueError(f"not a document event: {op}")
     description = event.get("updateDescription") or {}
-    if base_source is not None:
+    if base_source is not None and not names_dotted_fields(event):
         after = apply_update_description(
             base_source,
             description.get("updatedFields") or {},
@@ -119,8 +136,9 @@ def _source_after(
             description.get("truncatedArrays") or [],
         )
         return True, _strip(after, tag_field)
-    # No merge base yet (a document older than the sync): the event's own post-image, or the
-    # document as it is now. A newer state is safe: its own events will be no-ops on it.
+    # No merge base yet (a document older than the sync), or paths that do not say which
+    # fields they name: the event's own post-image, or the document as it is now. A newer
+    # state is safe: its own events will be no-ops on it.
     if event.get("fullDocument") is not None:
         return True, _strip(event["fullDocument"], tag_field)
     if current_source is not None:
@@ -176,6 +194,7 @@ def plan_event(
         fast_path
         and event["operationType"] == "update"
         and base_src is not None
+        and not names_dotted_fields(event)
         and source_after is not None
         and cur_target is not None
         and known_target is not None

@@ -270,6 +270,10 @@ class StreamReader:
         self.invalidated = False
         # Servers before 6.0.9 / 7.0 lack $changeStreamSplitLargeEvent; it is dropped on refusal.
         self.split_large_events = True
+        # Expanded events (MongoDB 6.0) add `disambiguatedPaths` to updates (6.1), which tell a
+        # field named "v1.2" from field 2 of v1; dropped on refusal. The DDL events they also
+        # bring are not document events and are passed over.
+        self.expanded_events = True
         # Events handed over so far, and the stream's latest resume token with that count when
         # it was idle: a checkpoint there skips nothing once that many events are applied.
         self.sent = 0
@@ -319,6 +323,8 @@ class StreamReader:
                 pipeline = stream_filters(self.namespaces, self.skip_sessions)
                 if self.split_large_events:
                     pipeline.append({"$changeStreamSplitLargeEvent": {}})
+                if self.expanded_events:
+                    options["show_expanded_events"] = True
                 try:
                     async with await watch_target(self.client, self.namespaces).watch(
                         pipeline, **options
@@ -367,6 +373,10 @@ class StreamReader:
                         log.info("split_large_events_unsupported", detail=str(exc)[:200])
                         self.split_large_events = False
                         continue
+                    if self.expanded_events and _expanded_unsupported(exc):
+                        log.info("expanded_events_unsupported", detail=str(exc)[:200])
+                        self.expanded_events = False
+                        continue
                     if exc.code in HISTORY_LOST_CODES or "history" in str(exc).lower():
                         raise HistoryLost(
                             f"the change stream cannot resume: {exc.details or exc}"
@@ -397,6 +407,11 @@ def _reassemble(fragments: list[dict[str, Any]]) -> dict[str, Any]:
 def _split_unsupported(exc: OperationFailure) -> bool:
     """The server does not know the $changeStreamSplitLargeEvent stage."""
     return "changeStreamSplitLargeEvent" in str(exc) and exc.code != 286
+
+
+def _expanded_unsupported(exc: OperationFailure) -> bool:
+    """The server does not know the showExpandedEvents option (before MongoDB 6.0)."""
+    return "showExpandedEvents" in str(exc) and exc.code != 286
 
 
 def _log_outage(already_logged: bool, exc: BaseException) -> bool:
