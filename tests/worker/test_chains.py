@@ -7,13 +7,11 @@ import contextlib
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
 from tests.worker.engine_helpers import eventually, make_config, running_worker, write_module
@@ -31,13 +29,6 @@ second.rename("full_name", "display")
 # The name field in each collection of the chain.
 NAME = {"v1": "name", "v2": "full_name", "v3": "display"}
 TAG_MODES = [pytest.param("session", id="session"), pytest.param("field", id="field")]
-
-
-@pytest.fixture
-async def aclient(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    yield mongo
-    await mongo.close()
 
 
 def _chain_config(mongo_uri: str, db_name: str, tmp_path: Path, origin_tag: str) -> Any:

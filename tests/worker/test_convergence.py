@@ -148,13 +148,6 @@ class Progress:
 
 
 @pytest.fixture
-async def aclient(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    yield mongo
-    await mongo.close()
-
-
-@pytest.fixture
 async def short_transactions(aclient: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[None]:
     """Reap a killed worker's open transaction within seconds instead of a minute."""
     admin = aclient.admin

@@ -7,12 +7,12 @@ The worker runs in process against the development server; its client names itse
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import MongoClient
 
 from tests.worker.engine_helpers import (
     BOTH_VERSIONS,
@@ -35,13 +35,6 @@ people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep")
 people.rename("name", "full_name")
 people.convert("age", forward=int, backward=str)
 """
-
-
-@pytest.fixture
-async def aclient(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    yield mongo
-    await mongo.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import random
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,6 @@ from pymongo.errors import DuplicateKeyError
 
 from tests.worker.engine_helpers import PEOPLE_MODULE, eventually, write_module
 from tests.worker.process_helpers import ProcessGroup, WorkerProcess, process_group
-
-
-@pytest.fixture
-async def aclient(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    yield mongo
-    await mongo.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from tests.worker.engine_helpers import (
     PEOPLE_MODULE,
@@ -18,13 +17,6 @@ from tests.worker.engine_helpers import (
     running_worker,
     write_module,
 )
-
-
-@pytest.fixture
-async def aclient(mongo_uri: str) -> Any:
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    yield mongo
-    await mongo.close()
 
 
 def _without(document: dict[str, Any] | None, *names: str) -> dict[str, Any] | None:
