@@ -1,12 +1,17 @@
-"""The stream options the reader asks for, and what it does when a server refuses one."""
+"""The stream options the reader asks for, what it does when a server refuses one, and the
+events expanded events bring."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
+from bson import Binary
 from pymongo.errors import OperationFailure
 
+from tests.worker.engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
 from worker.engine._stream import StreamPosition, StreamReader
 
 
@@ -56,3 +61,59 @@ async def test_the_reader_asks_for_expanded_events_and_drops_them_when_refused()
     receive.close()
     assert [options.get("show_expanded_events") for options in server.opened] == [True, None]
     assert reader.expanded_events is False
+
+
+def _expanded_ddl_events(db: str, coll: str, after: dict[str, Any]) -> list[dict[str, Any]]:
+    """The DDL events a stream with expanded events carries on MongoDB (not produced by the
+    development server), in MongoDB's shape, placed at `after`'s position in the history."""
+    common = {
+        "_id": after["_id"],
+        "clusterTime": after["clusterTime"],
+        "wallTime": after["wallTime"],
+        "ns": {"db": db, "coll": coll},
+        "collectionUUID": Binary(uuid.uuid4().bytes, 4),
+    }
+    return [
+        {**common, "operationType": "create", "operationDescription": {"idIndex": ID_INDEX}},
+        {
+            **common,
+            "operationType": "createIndexes",
+            "operationDescription": {"indexes": [{"v": 2, "key": {"email": 1}, "name": "e_1"}]},
+        },
+        {
+            **common,
+            "operationType": "modify",
+            "operationDescription": {"changeStreamPreAndPostImages": {"enabled": True}},
+            "stateBeforeChange": {"collectionOptions": {}},
+        },
+    ]
+
+
+ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+
+
+async def test_expanded_ddl_events_are_passed_over(mongo_uri: str, tmp_path: Path) -> None:
+    """Expanded events bring create, createIndexes and modify events on the pair's collections
+    into the batch: they are not document events, and the documents around them still sync."""
+    async with applier_in_process(mongo_uri, tmp_path, PEOPLE_MODULE, prefix="ddl") as (
+        db,
+        applier,
+    ):
+        async with applier.opened():
+            inserted = await events_of(
+                db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
+            )
+            updated = await events_of(
+                db, 1, lambda: db.people.update_one({"_id": 1}, {"$set": {"email": "ada@x"}})
+            )
+            batch = [
+                *inserted,
+                *_expanded_ddl_events(db.name, "people_v2", inserted[-1]),
+                *updated,
+            ]
+            result = await applier.apply(batch)
+        target = await db.people_v2.find_one({"_id": 1})
+        pair = await applier.store.pair_doc(f"{db.name}.people")
+    assert result.events == 5 and result.applied == 2 and result.dead_letters == 0
+    assert target is not None and target["full_name"] == "Ada" and target["email"] == "ada@x"
+    assert pair is not None and pair["state"] == "RUNNING"
