@@ -27,6 +27,8 @@ from devserver._errors import CommandError
 __all__ = ["ChangeHistory", "ChangeRecord", "ChangeStreamCursor", "history_lost"]
 
 DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
+# Events only a stream with `showExpandedEvents` shows (MongoDB 6.0).
+EXPANDED_OPS = frozenset({"create", "createIndexes", "dropIndexes"})
 _IMAGE_OPS = frozenset({"update", "replace", "delete"})
 _INTERNAL_DBS = frozenset({"admin", "config", "local"})
 _DEFAULT_AWAIT_MS = 1000
@@ -60,6 +62,8 @@ class ChangeRecord(NamedTuple):
     # The writer compared the encoded documents before and after and they differ (an update is
     # then no no-op, and its description need not test that again).
     changed: bool = False
+    # The `operationDescription` of a DDL event only expanded events show (create, ...).
+    description: dict[str, Any] | None = None
 
 
 def history_lost() -> CommandError:
@@ -347,6 +351,8 @@ def _make_entry(
         if record.to is None:
             raise ValueError("a rename record needs its target namespace")
         entry["to"] = {"db": record.to[0], "coll": record.to[1]}
+    elif op in EXPANDED_OPS:
+        entry["operationDescription"] = record.description or {}
     elif op not in ("drop", "dropDatabase"):
         raise ValueError(f"unknown change operation {op!r}")
     if lsid is not None:
@@ -566,6 +572,8 @@ class ChangeStreamCursor:
         coll = entry.get("coll")
         op = entry["op"]
         to = entry.get("to")
+        if op in EXPANDED_OPS and not self._options.show_expanded_events:
+            return False, False
         if self._coll is not None:
             if op in ("drop", "rename"):
                 hit = (db == self._db and coll == self._coll) or (
@@ -641,6 +649,8 @@ class ChangeStreamCursor:
             event["fullDocumentBeforeChange"] = self._pre_image(entry)
         if op == "rename":
             event["to"] = entry["to"]
+        if op in EXPANDED_OPS:
+            event["operationDescription"] = entry["operationDescription"]
         return event
 
     def _post_image(self, entry: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,6 +13,9 @@ from devserver._storage import IndexSpec, validate_namespace
 
 __all__: list[str] = []
 
+# The `_id` index every collection has, as expanded create events describe it.
+_ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+
 _CREATE_OPTIONS = {
     "validator",
     "validationLevel",
@@ -91,7 +94,10 @@ async def create(ctx: Context) -> dict[str, Any]:
     _check_images(options.get("changeStreamPreAndPostImages"))
     ctx.state.storage.create_collection(ctx.db, coll, options)
     # Creation inside a transaction takes effect at once here (it is never rolled back).
-    ctx.wrote(ctx.state.commit([]))
+    described: dict[str, Any] = {"idIndex": dict(_ID_INDEX), **options}
+    ctx.wrote(
+        ctx.state.commit([ChangeRecord(op="create", db=ctx.db, coll=coll, description=described)])
+    )
     return {}
 
 
@@ -230,11 +236,18 @@ async def create_indexes(ctx: Context) -> dict[str, Any]:
                     "CannotCreateIndex",
                     f"Values in the index key pattern must be 1, -1 or a string, got {direction!r}",
                 )
-    created = 0
+    created: list[dict[str, Any]] = []
     for spec in specs:
         if storage.create_index(ctx.db, coll, spec):
-            created += 1
-    ctx.wrote(ctx.state.commit([]))
+            created.append(spec.to_doc())
+    records = []
+    if created_collection:
+        id_index: dict[str, Any] = {"idIndex": dict(_ID_INDEX)}
+        records.append(ChangeRecord(op="create", db=ctx.db, coll=coll, description=id_index))
+    if created:
+        built: dict[str, Any] = {"indexes": created}
+        records.append(ChangeRecord(op="createIndexes", db=ctx.db, coll=coll, description=built))
+    ctx.wrote(ctx.state.commit(records))
     meta = storage.meta(ctx.db, coll)
     assert meta is not None
     reply: dict[str, Any] = {
@@ -287,7 +300,13 @@ async def drop_indexes(ctx: Context) -> dict[str, Any]:
             raise CommandError(72, "InvalidOptions", "cannot drop _id index")
         if name not in meta.indexes:
             raise CommandError(27, "IndexNotFound", f"index not found with name [{name}]")
+    dropped = [meta.indexes[name].to_doc() for name in names]
     for name in names:
         storage.drop_index(ctx.db, coll, name)
-    ctx.wrote(ctx.state.commit([]))
+    described = {"indexes": dropped}
+    ctx.wrote(
+        ctx.state.commit(
+            [ChangeRecord(op="dropIndexes", db=ctx.db, coll=coll, description=described)]
+        )
+    )
     return {"nIndexesWas": n_before}

@@ -93,6 +93,43 @@ def test_pipeline_update_truncates_array(coll: Collection[Doc]) -> None:
     assert event["updateDescription"]["updatedFields"] == {}
 
 
+def test_expanded_events_show_collection_and_index_changes(db: Database[Doc]) -> None:
+    """With showExpandedEvents a stream shows create, createIndexes and dropIndexes events
+    with their operationDescription (MongoDB 6.0); other streams never see them."""
+    with (
+        db.watch(max_await_time_ms=100, show_expanded_events=True) as expanded,
+        db.watch(max_await_time_ms=100) as plain,
+    ):
+        db.create_collection("made", validator={"a": {"$exists": True}})
+        db.fresh.create_index("email", unique=True)  # creates the collection too
+        db.fresh.insert_one({"_id": 1, "email": "a@x"})
+        db.fresh.drop_index("email_1")
+        shown = events(expanded, 5)
+        plain_events = events(plain, 1)
+    assert [(e["operationType"], e["ns"]["coll"]) for e in shown] == [
+        ("create", "made"),
+        ("create", "fresh"),
+        ("createIndexes", "fresh"),
+        ("insert", "fresh"),
+        ("dropIndexes", "fresh"),
+    ]
+    id_index = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+    assert shown[0]["operationDescription"] == {
+        "idIndex": id_index,
+        "validator": {"a": {"$exists": True}},
+    }
+    assert shown[1]["operationDescription"] == {"idIndex": id_index}
+    email = {"v": 2, "key": {"email": 1}, "name": "email_1", "unique": True}
+    assert shown[2]["operationDescription"] == {"indexes": [email]}
+    assert shown[4]["operationDescription"] == {"indexes": [email]}
+    assert [e["operationType"] for e in plain_events] == ["insert"]
+    # A stream resumes after such an event like after any other.
+    with db.watch(
+        max_await_time_ms=100, show_expanded_events=True, resume_after=shown[2]["_id"]
+    ) as resumed:
+        assert [e["operationType"] for e in events(resumed, 2)] == ["insert", "dropIndexes"]
+
+
 def test_expanded_events_disambiguate_dotted_and_numeric_names(coll: Collection[Doc]) -> None:
     """With showExpandedEvents (MongoDB 6.1) each update event has `disambiguatedPaths`: the
     components of every path holding a field name with a `.` or a numeric field name (array
