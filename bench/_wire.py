@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import struct
 import uuid
 from typing import Any
 
-import bson
 from bson import Timestamp
 from bson.binary import Binary, UuidRepresentation
 from pymongo import uri_parser
 
-OP_MSG = 2013
-_HEADER = struct.Struct("<iiii")
+from devserver._wire import HEADER, OP_MSG, ProtocolError, decode_message, encode_op_msg
+
 _request_ids = itertools.count(1)
 
 
@@ -46,15 +44,18 @@ class WireConnection:
         return cls(reader, writer)
 
     async def command(self, db: str, body: dict[str, Any]) -> dict[str, Any]:
-        payload = b"\x00\x00\x00\x00\x00" + bson.encode({**body, "$db": db, "lsid": self.lsid})
+        # A request is framed as the server frames its replies: one OP_MSG body section.
         request_id = next(_request_ids)
-        self.writer.write(_HEADER.pack(16 + len(payload), request_id, 0, OP_MSG) + payload)
-        header = await self.reader.readexactly(16)
-        length, _, response_to, op_code = _HEADER.unpack(header)
-        body_bytes = await self.reader.readexactly(length - 16)
-        if op_code != OP_MSG or response_to != request_id or body_bytes[4] != 0:
+        self.writer.write(encode_op_msg(request_id, 0, {**body, "$db": db, "lsid": self.lsid}))
+        header = await self.reader.readexactly(HEADER.size)
+        length, reply_id, response_to, op_code = HEADER.unpack(header)
+        payload = await self.reader.readexactly(length - HEADER.size)
+        if op_code != OP_MSG or response_to != request_id:
             raise CommandError(f"unexpected reply (opCode {op_code}, to {response_to})")
-        reply: dict[str, Any] = bson.decode(body_bytes[5:])
+        try:
+            reply = decode_message(reply_id, op_code, payload, header + payload).body
+        except ProtocolError as exc:
+            raise CommandError(f"unreadable reply: {exc}") from exc
         if not reply.get("ok"):
             code, name = reply.get("code"), reply.get("codeName")
             raise CommandError(f"{name} ({code}): {reply.get('errmsg')}")

@@ -49,11 +49,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _wire import WireConnection  # bench/, the script's own directory
 from bson import Timestamp
 from pymongo import AsyncMongoClient
 
-from transforms import Direction, Pair, load_registry
+# This directory holds a program named devserver.py: keep it off the import path, as that
+# program does, so that `import devserver` finds the package; the load client (whose OP_MSG
+# framing is the development server's) is imported from the repository root.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.append(str(_HERE.parent))
+from bench._wire import WireConnection  # noqa: E402
+from transforms import Direction, Pair, load_registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = "transforms.examples.customers"

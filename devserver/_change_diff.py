@@ -11,7 +11,7 @@ than the document MongoDB logs a replacement instead, which change streams show 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,35 +30,32 @@ Component = str | int
 
 @dataclass
 class UpdateDescription:
-    """The three lists of an update event's `updateDescription`, and each path's components
-    (field names as strings, array indexes as ints) for `disambiguatedPaths`."""
+    """The three lists of an update event's `updateDescription`, and the components (field
+    names as strings, array indexes as ints) of the paths the dotted form leaves open."""
 
     updated_fields: dict[str, Any] = field(default_factory=dict)
     removed_fields: list[str] = field(default_factory=list)
     truncated_arrays: list[dict[str, Any]] = field(default_factory=list)
-    components: dict[str, list[Component]] = field(default_factory=dict)
+    ambiguous: dict[str, list[Component]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         """True when the update changed nothing a client could see."""
         return not (self.updated_fields or self.removed_fields or self.truncated_arrays)
 
+    def note(self, path: str, parts: Sequence[Component]) -> None:
+        """Keep `path`'s components when a field name among them holds a `.` or is numeric
+        (not an array index): what `disambiguatedPaths` reports for it."""
+        if any(isinstance(part, str) and ("." in part or part.isdigit()) for part in parts):
+            self.ambiguous[path] = list(parts)
+
     def disambiguated_paths(self) -> dict[str, list[Component]]:
         """What a change stream with `showExpandedEvents` reports under `disambiguatedPaths`
-        (MongoDB 6.1): the components of every path that holds a field name with a `.` or
-        a numeric field name (not an array index), which the dotted path alone leaves open."""
-        paths = [
-            *self.updated_fields,
-            *self.removed_fields,
-            *(entry["field"] for entry in self.truncated_arrays),
-        ]
-        found: dict[str, list[Component]] = {}
-        for path in paths:
-            parts = self.components.get(path)
-            if parts is not None and any(
-                isinstance(part, str) and ("." in part or part.isdigit()) for part in parts
-            ):
-                found[path] = list(parts)
-        return found
+        (MongoDB 6.1), for the paths the description still holds."""
+        if not self.ambiguous:
+            return {}
+        held = {*self.updated_fields, *self.removed_fields}
+        held.update(entry["field"] for entry in self.truncated_arrays)
+        return {path: parts for path, parts in self.ambiguous.items() if path in held}
 
     def document(self) -> dict[str, Any]:
         """The `updateDescription` sub-document of a change event."""
@@ -166,11 +163,11 @@ def _cover_unnamed_changes(
     for name, value in after.items():
         if name not in named and (name not in before or not same_value(before[name], value)):
             description.updated_fields[name] = value
-            description.components[name] = [name]
+            description.note(name, [name])
     for name in before:
         if name not in after and name not in named:
             description.removed_fields.append(name)
-            description.components[name] = [name]
+            description.note(name, [name])
 
 
 def _append_mode(operator: str, argument: Any) -> str | int | None:
@@ -262,7 +259,7 @@ def _add_updated(
     if path not in seen:
         seen.add(path)
         description.updated_fields[path] = value
-        description.components[path] = _typed(parts, doc)
+        _note_typed(description, path, parts, doc)
 
 
 def _add_removed(
@@ -272,7 +269,14 @@ def _add_removed(
     if path not in seen:
         seen.add(path)
         description.removed_fields.append(path)
-        description.components[path] = _typed(parts, doc)
+        _note_typed(description, path, parts, doc)
+
+
+def _note_typed(description: UpdateDescription, path: str, parts: list[str], doc: Any) -> None:
+    """Note an operator's path: its components hold no `.`, so only a numeric one (a field
+    name, or an array index of `doc`) can make it ambiguous."""
+    if any(part.isdigit() for part in parts):
+        description.note(path, _typed(parts, doc))
 
 
 def _typed(parts: list[str], doc: Any) -> list[Component]:
@@ -450,21 +454,21 @@ def _describe_delta(
         field_path = prefix[:-1]
         if "l" in delta:
             out.truncated_arrays.append({"field": field_path, "newSize": delta["l"]})
-            out.components[field_path] = list(parts)
+            out.note(field_path, parts)
         for key, value in delta.items():
             if key.startswith("u"):
                 out.updated_fields[prefix + key[1:]] = value
-                out.components[prefix + key[1:]] = [*parts, int(key[1:])]
+                out.note(prefix + key[1:], (*parts, int(key[1:])))
             elif key.startswith("s"):
                 _describe_delta(value, f"{prefix}{key[1:]}.", (*parts, int(key[1:])), out)
         return
     for name in delta.get("d", {}):
         out.removed_fields.append(prefix + name)
-        out.components[prefix + name] = [*parts, name]
+        out.note(prefix + name, (*parts, name))
     for section in ("u", "i"):
         for name, value in delta.get(section, {}).items():
             out.updated_fields[prefix + name] = value
-            out.components[prefix + name] = [*parts, name]
+            out.note(prefix + name, (*parts, name))
     for key, value in delta.items():
         if key.startswith("s"):
             _describe_delta(value, f"{prefix}{key[1:]}.", (*parts, key[1:]), out)

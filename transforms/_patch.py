@@ -10,7 +10,6 @@ from transforms._paths import MISSING, SCALAR_TYPES, copy_value, same_value, spl
 
 __all__ = [
     "Patch",
-    "addressable",
     "apply_patch",
     "apply_update_description",
     "diff_documents",
@@ -62,17 +61,11 @@ def _is_document(value: Any) -> bool:
     return kind is dict or (kind not in SCALAR_TYPES and isinstance(value, Mapping))
 
 
-def addressable(name: str) -> bool:
-    """Whether an update path can name this field: not empty, no `.` inside, no leading `$`.
-
-    MongoDB 5.0 stores other names too, but `$set: {"a.b": ...}` means field `b` of `a`, and a
-    `$`-prefixed component may be read as an operator or a positional `$`.
-    """
-    return bool(name) and "." not in name and name[0] != "$"
-
-
 def _addressable_fields(document: Mapping[str, Any]) -> bool:
-    for name in document:  # `addressable` inlined: this runs for every sub-document diffed
+    """Whether an update path can name every field of `document`: none is empty, holds a `.`
+    or starts with `$`. MongoDB 5.0 stores such names, but `$set: {"a.b": ...}` means field `b`
+    of `a`, and a `$`-prefixed component may be read as an operator or a positional `$`."""
+    for name in document:
         if not name or "." in name or name[0] == "$":
             return False
     return True
@@ -105,7 +98,7 @@ def diff_into(
 
     A sub-document at a path in `leafwise` that appears or disappears is patched field by
     field instead of whole, so fields of it the patch must not touch survive. A sub-document
-    holding a name no update path can address (`addressable`) is set whole: inside it, the
+    holding a name no update path can address (`_addressable_fields`) is set whole: inside it, the
     last writer wins for the sub-document rather than field by field.
     """
     for key, value in new.items():
