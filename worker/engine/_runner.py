@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -289,7 +290,9 @@ class Worker:
         reader: StreamReader,
     ) -> None:
         batch_cfg = self.config.batch
-        last_refresh = anyio.current_time()
+        # The first batch waits for a refresh and a replay: events held before a stop (of a
+        # pair resumed meanwhile, or left for a replay that a crash cut off) go before it.
+        last_refresh = -math.inf
         applied = 0
         idle_saved: Any = None
         idle_saved_at = -IDLE_CHECKPOINT_S
