@@ -612,14 +612,17 @@ async def test_changed_transforms_are_refused_until_reconciled(
     await eventually(lambda: _copied(aclient, db_name, 2, postcode="9990"), what="new mapping")
 
 
-async def _metric(address: str, pair: str, state: str) -> bool:
-    """Whether the worker's /metrics reports `pair` in `state`."""
-
+async def _metrics_text(address: str) -> str:
     def fetch() -> str:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
             return str(reply.read().decode())
 
-    text = await anyio.to_thread.run_sync(fetch)
+    return await anyio.to_thread.run_sync(fetch)
+
+
+async def _metric(address: str, pair: str, state: str) -> bool:
+    """Whether the worker's /metrics reports `pair` in `state`."""
+    text = await _metrics_text(address)
     return f'partner_sync_state{{pair="{pair}",state="{state}"}} 1.0' in text
 
 
@@ -663,6 +666,44 @@ async def test_pause_and_resume_take_effect_at_once_and_lose_nothing(
     await eventually(lambda: _copied(aclient, db_name, 1, full_name="second"), what="in order")
     assert await _copied(aclient, db_name, 2, full_name="Bo")
     await eventually(lambda: _no_held(held, pair), what="held events consumed")
+    # Each change is counted once: when it was read (and held), not again when replayed.
+    counted = await _metrics_text(address)
+    for op, count in (("insert", 2), ("update", 2)):
+        line = f'partner_sync_events_total{{op="{op}",pair="{pair}",side="original"}} {count}.0'
+        assert line in counted, [x for x in counted.splitlines() if "events_total" in x]
+
+
+async def test_changes_held_before_a_restart_go_before_newer_ones(
+    people: ProcessGroup, aclient: Any, db_name: str
+) -> None:
+    """A pair resumed while no worker runs: the next worker replays the changes held for it
+    before it applies anything newer from the stream, so the newest value wins."""
+    worker = people.start()
+    await worker.wait_for("stream_open")
+    pair = f"{db_name}.people"
+    original = aclient[db_name]["people"]
+    await original.insert_one({"_id": 1, "name": "Ann"})
+    await eventually(lambda: _copied(aclient, db_name, 1, full_name="Ann"), what="copy")
+    assert (await people.command("pause", "--pair", pair)).code == 0
+    held = aclient[f"{db_name}_state"]["held_events"]
+
+    async def one_held() -> bool:
+        return bool(await held.count_documents({"pair": pair}) == 1)
+
+    # The worker may still apply the pair for up to a refresh: write until a change is held.
+    await original.update_one({"_id": 1}, {"$set": {"name": "held"}})
+    await eventually(one_held, what="a change held")
+    worker.send(signal.SIGTERM)
+    assert await worker.wait_exit(within=10) == 0
+    assert (await people.command("resume", "--pair", pair)).code == 0
+    await original.update_one({"_id": 1}, {"$set": {"name": "newer"}})
+
+    restarted = people.start()
+    await eventually(lambda: _no_held(held, pair), what="held change replayed")
+    await eventually(lambda: _copied(aclient, db_name, 1, full_name="newer"), what="newest wins")
+    restarted.send(signal.SIGTERM)
+    assert await restarted.wait_exit(within=10) == 0
+    assert await _copied(aclient, db_name, 1, full_name="newer")
 
 
 async def _no_held(held: Any, pair: str) -> bool:

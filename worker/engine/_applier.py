@@ -7,14 +7,11 @@ the checkpoint in it, fenced by the lease: all in one bulkWrite command from Mon
 command per collection before (`_commands`). The reads and the planning come before the
 transaction so that its window for write conflicts is only as long as its target writes; a
 client write that landed on a written path between the reads and the writes is found in the
-stream once the writes hold their documents (a chain's batches read inside the transaction,
-see `Applier.chained`). Such a stale read aborts the attempt, and the next one plans the batch
-again from the same reads without those documents' events: they are stored as held events in
-its transaction, which the checkpoint then covers, and replayed straight after it from new
-reads of those documents alone (`_Reads`). A write conflict, or stale reads in attempt after
-attempt, retries the batch in smaller transactions (`batch_limit`); a write the server refuses
-for good (validation, size, duplicate key) is retried one event at a time and the refused event
-goes to dead letters.
+stream once the writes hold their documents, and the batch is planned again (a chain's batches
+read inside the transaction, see `Applier.chained`). A write conflict, or such a stale read,
+retries the batch in smaller transactions (`batch_limit`); a write the server refuses for good
+(validation, size, duplicate key) is retried one event at a time and the refused event goes to
+dead letters.
 """
 
 from __future__ import annotations
@@ -66,9 +63,6 @@ __all__ = ["Applier", "BatchResult"]
 log = get_logger(__name__)
 
 LIFECYCLE_EVENTS = frozenset({"drop", "rename", "dropDatabase"})
-# A held event's `reason` when a client wrote its document while the batch was planned (it is
-# replayed straight after the batch); events held for a paused pair have none.
-DEFERRED = "written_while_planned"
 # How many worker session ids to remember, so echoes written before a restart are still known.
 REMEMBERED_SESSIONS = 16
 # Bound on remembered outstanding echoes (document keys), so lost events cannot grow memory.
@@ -95,9 +89,6 @@ MAX_CASCADES = 100_000
 MAX_BASE_BYTES = 15 * 1024 * 1024
 # Dead letters keep the error's first characters and events up to this size whole.
 MAX_ERROR_CHARS = 2000
-# Attempts of one batch that may leave documents a client wrote meanwhile for a replay, before
-# the batch is planned again from new reads.
-MAX_DEFERRALS = 3
 MAX_DEAD_LETTER_EVENT_BYTES = 4 * 1024 * 1024
 
 
@@ -112,9 +103,6 @@ class BatchResult:
     dead_letters: int = 0
     held: int = 0
     writes: int = 0
-    # Events held for a replay straight after the batch: a client wrote their document while
-    # the batch was planned (see `_StaleRead`).
-    deferred: int = 0
 
 
 @dataclass
@@ -139,26 +127,9 @@ class _CombinedRefused(Exception):
 class _StaleRead(Exception):
     """A client wrote a path of a target document between the batch's read and its write."""
 
-    def __init__(self, documents: Sequence[tuple[str, Any]], reads: _Reads | None = None) -> None:
+    def __init__(self, documents: Sequence[tuple[str, Any]]) -> None:
         super().__init__(f"{len(documents)} target document(s) changed while the batch was planned")
         self.documents = documents
-        self.reads = reads
-
-
-@dataclass
-class _Reads:
-    """What an attempt of a batch read: merge base records and documents as read, the cluster
-    time they reflect, and the newer client writes to its targets found up to that time.
-
-    After a stale read, the next attempt plans from these again, with the events of the
-    documents written in between held for a replay straight after it (`deferred`): the
-    rest of the batch needs no new reads, and its checkpoint covers the held events."""
-
-    bases: dict[tuple[str, Any], dict[str, Any]]
-    docs: dict[tuple[str, Any], dict[str, Any] | None]
-    loaded: set[tuple[str, Any]]
-    read_at: Timestamp | None
-    peeked: dict[tuple[str, Any], frozenset[str]]
 
 
 class Applier:
@@ -286,11 +257,6 @@ class Applier:
                 continue  # the limit was lowered: apply a smaller first part
             _add_results(total, result)
             done += size
-            if result.deferred:
-                # Before any later event of those documents: the held ones come first.
-                replayed = await self._replay_held(max(result.deferred, 1))
-                replayed.events = 0  # counted in the batch already
-                _add_results(total, replayed)
             if self.batch_limit is not None:
                 grown = self.batch_limit + max(1, self.batch_limit // 8)
                 self.batch_limit = None if grown >= MAX_BATCH_LIMIT else grown
@@ -320,10 +286,7 @@ class Applier:
 
     async def replay_held(self, max_docs: int) -> int:
         """Apply the held events of pairs that are active again; returns how many were replayed."""
-        return (await self._replay_held(max_docs)).events
-
-    async def _replay_held(self, max_docs: int) -> BatchResult:
-        total = BatchResult()
+        replayed = 0
         for original, doc in self.pair_states.items():
             if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
                 continue
@@ -337,15 +300,14 @@ class Applier:
                 if not held:
                     break
                 events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
-                result = await self._apply_with_retries(
+                await self._apply_with_retries(
                     events,
                     checkpoint=None,
                     held_ids=[h["_id"] for h in held],
                     replay_pair=original,
                 )
-                result.events = len(held)
-                _add_results(total, result)
-        return total
+                replayed += len(held)
+        return replayed
 
     # -- retry policy ------------------------------------------------------------------------------
 
@@ -371,11 +333,6 @@ class Applier:
         delay = 0.01
         outage_logged = False
         stale_reads = 0
-        # After a stale read: the first attempt's reads, and the documents whose events wait
-        # for a replay (see `_Reads`).
-        reads: _Reads | None = None
-        deferred: frozenset[tuple[str, Any]] = frozenset()
-        deferrals = 0
         started = time.monotonic()
         while True:
             if not self.lease.held:
@@ -388,23 +345,11 @@ class Applier:
                     replay_pair=replay_pair,
                     read_ahead=read_ahead,
                     beyond=beyond,
-                    reads=reads,
-                    deferred=deferred,
                 )
             except _CombinedRefused:
                 continue  # the same batch again, one command per collection
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
-                if splittable and exc.reads is not None and deferrals < MAX_DEFERRALS:
-                    # Only the documents a client wrote in between need new reads: the rest of
-                    # the batch is applied from this attempt's, and their events are replayed
-                    # straight after it. Planning the whole batch again from new reads (and
-                    # halving it) cost a worker behind on busy documents most of its headroom.
-                    deferrals += 1
-                    reads = exc.reads
-                    deferred = deferred | self._pair_documents(exc.documents)
-                    continue
-                reads, deferred = None, frozenset()
                 # Halved even the first time: a large batch planned again whole meets another
                 # client write in its longer window as often as not, and a worker behind on
                 # busy documents stayed behind (see docs/benchmarks.md, "Tried and not kept").
@@ -414,7 +359,6 @@ class Applier:
                 if stale_reads == 1:
                     continue  # the newer writes are known now: plan again at once
             except Refused as exc:
-                reads, deferred = None, frozenset()
                 if len(events) > 1:
                     return await self._apply_one_by_one(events, checkpoint, held_ids, replay_pair)
                 return await self._attempt(
@@ -427,12 +371,10 @@ class Applier:
             except OperationFailure as exc:
                 if not is_transient(exc):
                     raise
-                reads, deferred = None, frozenset()
                 log.debug("batch_retry", code=exc.code, error=str(exc)[:200])
                 if exc.code == WRITE_CONFLICT and splittable:
                     self._split_smaller(events)
             except (ConnectionFailure, PyMongoError) as exc:
-                reads, deferred = None, frozenset()
                 if not outage_logged:
                     log.warning(
                         "apply_interrupted", error=type(exc).__name__, detail=str(exc)[:300]
@@ -466,14 +408,6 @@ class Applier:
             _add_results(total, result)
         return total
 
-    def _pair_documents(self, documents: Sequence[tuple[str, Any]]) -> set[tuple[str, Any]]:
-        """(pair, document key) of each (target namespace, document key)."""
-        return {
-            (pair.original, key)
-            for namespace, key in documents
-            for pair, _ in self.registry.by_namespace(namespace)
-        }
-
     def _split_smaller(self, events: Sequence[Mapping[str, Any]]) -> None:
         """After a conflict with client writes, halve the events per transaction and raise
         _Split for `apply` to take a smaller first part (a lone event is retried as it is)."""
@@ -494,8 +428,6 @@ class Applier:
         refused: OperationFailure | None = None,
         read_ahead: bool = False,
         beyond: Sequence[Mapping[str, Any]] = (),
-        reads: _Reads | None = None,
-        deferred: frozenset[tuple[str, Any]] = frozenset(),
     ) -> BatchResult:
         session = self.session
         assert session is not None, "use `async with applier.opened()`"
@@ -511,8 +443,6 @@ class Applier:
                 refused=refused,
                 read_ahead=read_ahead,
                 beyond=beyond,
-                reads=reads,
-                deferred=deferred,
             )
             if self.transactions:
                 await session.commit_transaction()
@@ -522,7 +452,7 @@ class Applier:
                 with contextlib.suppress(PyMongoError), anyio.CancelScope(shield=True):
                     await session.abort_transaction()
             raise
-        # A replay's events were counted when they were read.
+        # A replay's events were counted when they were read and held.
         self._record_metrics(
             events if held_ids is None else (), result, tallies, time.perf_counter() - started
         )
@@ -539,12 +469,7 @@ class Applier:
         refused: OperationFailure | None,
         read_ahead: bool = False,
         beyond: Sequence[Mapping[str, Any]] = (),
-        reads: _Reads | None = None,
-        deferred: frozenset[tuple[str, Any]] = frozenset(),
     ) -> tuple[BatchResult, dict[str, _PairTally]]:
-        """One attempt at the batch. `reads`: a previous attempt's reads, to plan from instead
-        of reading again; `deferred` ((pair, document key) each): documents whose events are
-        held for a replay instead of applied (they were written while that attempt planned)."""
         result = BatchResult(events=len(events))
         tallies: dict[str, _PairTally] = {}
         work: list[tuple[Pair, str, Mapping[str, Any], int]] = []
@@ -577,20 +502,6 @@ class Applier:
                     tally = tallies.setdefault(pair.original, _PairTally())
                     tally.echoes_skipped += 1
                     result.echoes += 1
-                elif (
-                    action == "apply"
-                    and deferred
-                    and (pair.original, id_key(event["documentKey"]["_id"])) in deferred
-                ):
-                    held.append(
-                        {
-                            "pair": pair.original,
-                            "event": dict(event),
-                            "at": utcnow(),
-                            "reason": DEFERRED,
-                        }
-                    )
-                    result.deferred += 1
                 elif action == "apply":
                     work.append((pair, side, event, len(later) - 1))
                 elif action == "hold":
@@ -699,22 +610,13 @@ class Applier:
                 if fetch:
                     await read_documents(namespace, fetch, session)
 
-        if reads is not None:
-            bases.update(reads.bases)
-            docs.update(reads.docs)
-            initial.update(reads.docs)
-            loaded.update(reads.loaded)
-            read_at, peeked = reads.read_at, reads.peeked
-        else:
-            for original, ids in ids_by_pair.items():
-                await load(self._pairs[original], ids, only_source)
-            # Field tags read without the session: the look-ahead then reads to the stream's end.
-            read_at = session.operation_time if session is not None else None
-            peeked = await self._peek_ahead(
-                work, checkpoint, read_ahead=read_ahead, beyond=beyond, until=read_at
-            )
-        # Planning replaces entries of `bases` and `docs` (never changes a document in place).
-        kept = _Reads(dict(bases), dict(docs), set(loaded), read_at, peeked)
+        for original, ids in ids_by_pair.items():
+            await load(self._pairs[original], ids, only_source)
+        # Field tags read without the session: the look-ahead then reads to the stream's end.
+        read_at = session.operation_time if session is not None else None
+        peeked = await self._peek_ahead(
+            work, checkpoint, read_ahead=read_ahead, beyond=beyond, until=read_at
+        )
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 
@@ -900,7 +802,7 @@ class Applier:
             )
             overwritten = _overwritten(written, newer)
             if overwritten:
-                raise _StaleRead(overwritten, kept)
+                raise _StaleRead(overwritten)
 
         if not writes.combined:
             # Separate commands: the target writes first, and the batch's other writes only
@@ -936,7 +838,7 @@ class Applier:
             store.held_events.full_name,
             [InsertOne(h, namespace=store.held_events.full_name) for h in held],
         )
-        result.held = len(held) - result.deferred
+        result.held = len(held)
         if held_ids:
             writes.add(
                 store.held_events.full_name,
@@ -1496,16 +1398,7 @@ def _chain_from(registry: Registry, namespace: str) -> list[str]:
 
 
 def _add_results(total: BatchResult, result: BatchResult) -> None:
-    for name in (
-        "events",
-        "applied",
-        "echoes",
-        "conflicts",
-        "dead_letters",
-        "held",
-        "writes",
-        "deferred",
-    ):
+    for name in ("events", "applied", "echoes", "conflicts", "dead_letters", "held", "writes"):
         setattr(total, name, getattr(total, name) + getattr(result, name))
 
 
