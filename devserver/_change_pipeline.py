@@ -15,6 +15,7 @@ from mongomock import OperationFailure, aggregate, filtering, helpers
 
 from devserver._errors import CommandError
 from devserver._fastfilter import Compiled, compile_event_filter
+from devserver._pipeline import rewrite_stage
 
 __all__ = ["EventPipeline", "MAX_EVENT_BYTES", "SPLIT_STAGE"]
 
@@ -223,15 +224,7 @@ def _timestamps_as_ints(value: Any) -> Any:
 
 
 def _transform_stage(name: str, argument: Any) -> Stage:
-    if name == "$replaceWith":
-        name, argument = "$replaceRoot", {"newRoot": argument}
-    elif name == "$unset":
-        fields = [argument] if isinstance(argument, str) else argument
-        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-            raise CommandError(
-                31002, "Location31002", "$unset specification must be a string or an array"
-            )
-        name, argument = "$project", {f: 0 for f in fields}
+    name, argument = rewrite_stage(name, argument)
     if not isinstance(argument, Mapping):
         raise CommandError(
             40272 if name == "$project" else 40228,

@@ -24,6 +24,9 @@ from pymongo.errors import OperationFailure
 from devserver._errors import CommandError, bson_type_name
 from devserver._fastupdate import fast_update
 from devserver._keys import store_key
+from devserver._pipeline import install, prepared
+
+install()  # $getField, $setField, $unsetField and $mergeObjects in every pipeline mongomock runs
 
 __all__ = [
     "Engine",
@@ -238,14 +241,21 @@ class Engine:
             self._load(())
 
     def aggregate(
-        self, docs: Iterable[dict[str, Any]], pipeline: list[dict[str, Any]], database: Any
+        self,
+        docs: Iterable[dict[str, Any]],
+        pipeline: list[dict[str, Any]],
+        database: Any,
+        *,
+        update: bool = False,
     ) -> list[dict[str, Any]]:
-        """Run an aggregation pipeline over `docs`; `$lookup` reads from `database`."""
+        """Run an aggregation pipeline over `docs`; `$lookup` reads from `database`. With
+        `update`, the pipeline is an update's (only the stages an update allows)."""
+        stages = prepared(pipeline, update=update)
         materialised = [copy.deepcopy(d) for d in docs]
         return engine_errors(
             lambda: list(
                 mm_aggregate.process_pipeline(  # type: ignore[no-untyped-call]
-                    materialised, database, pipeline, None
+                    materialised, database, stages, None
                 )
             )
         )
@@ -259,7 +269,7 @@ class Engine:
     ) -> dict[str, Any]:
         """The document after applying an update (operators, pipeline or replacement)."""
         if isinstance(update, list):
-            result = self.aggregate([doc], update, self._client["scratch"])
+            result = self.aggregate([doc], update, self._client["scratch"], update=True)
             if len(result) != 1:
                 raise CommandError(2, "BadValue", "update pipeline must produce one document")
             new = result[0]
@@ -291,12 +301,17 @@ class Engine:
         array_filters: list[dict[str, Any]] | None,
     ) -> dict[str, Any]:
         """The document an upsert inserts when nothing matched `query`."""
-        if isinstance(update, list) or is_operator_update(update):
+        if isinstance(update, list):
+            # The query's equality fields (and an _id), then the pipeline over them.
+            seed = self.upsert_document(query, {"$setOnInsert": {}}, None)
+            result = self.aggregate([seed], update, self._client["scratch"], update=True)
+            if len(result) != 1:
+                raise CommandError(2, "BadValue", "update pipeline must produce one document")
+            return result[0]
+        if is_operator_update(update):
             self._load(())
             try:
-                spec = update
-                if not isinstance(update, list):
-                    spec = expand_array_filters(update, {}, array_filters or [])
+                spec = expand_array_filters(update, {}, array_filters or [])
                 engine_errors(lambda: self._coll.update_one(query, spec, upsert=True))
                 return dict(next(iter(self._coll._store._documents.values())))
             finally:
