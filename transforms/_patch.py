@@ -71,6 +71,10 @@ def _addressable_fields(document: Mapping[str, Any]) -> bool:
     return True
 
 
+def _addressable_name(name: str) -> bool:
+    return bool(name) and "." not in name and name[0] != "$"
+
+
 def unaddressable_field(patch: Patch, *documents: Mapping[str, Any] | None) -> str | None:
     """A path of `patch` that names a top-level field no update can name, or None.
 
@@ -118,6 +122,9 @@ def diff_into(
             and _is_document(before)
             and _addressable_fields(value)
             and _addressable_fields(before)
+            # A top-level field named `a.b` or `$a` is no path prefix: `a.b.c` means field `c`
+            # of `b` of `a`. Set whole, it is the one path `unaddressable_field` finds.
+            and (prefix or _addressable_name(key))
         ):
             diff_into(f"{prefix}{key}.", before, value, sets, unsets, leafwise)
         elif not same_value(before, value):

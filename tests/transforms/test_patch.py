@@ -163,6 +163,44 @@ def test_diff_paths_name_only_addressable_fields(old: dict[str, Any], new: dict[
     assert unaddressable_field(patch, old, new) is None
 
 
+_top_names = st.sampled_from(["a", "v1.2", "$r"])
+_top_documents = st.dictionaries(_top_names, _odd_values, max_size=3)
+
+
+@st.composite
+def _document_and_edit(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A document, and the same with fields inside its sub-documents changed, added or
+    removed (two documents drawn apart rarely share a sub-document to diff into)."""
+    old = draw(_top_documents)
+    new = copy.deepcopy(old)
+    for name, value in new.items():
+        if isinstance(value, dict) and draw(st.booleans()):
+            edited = draw(st.dictionaries(_names, _odd_values, max_size=2))
+            removed = draw(st.lists(st.sampled_from(sorted(value) or ["a"]), max_size=1))
+            new[name] = {k: v for k, v in {**value, **edited}.items() if k not in removed}
+    new.update(draw(st.dictionaries(_top_names, _odd_values, max_size=1)))
+    return old, new
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents=st.one_of(_document_and_edit(), st.tuples(_top_documents, _top_documents)))
+def test_a_top_level_name_no_path_can_address_is_one_path(
+    documents: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    """A top-level field named "v1.2" or "$r" appears in the diff only whole, by its name,
+    never as the start of a longer path ("v1.2.x" is field `x` of `2` of `v1`), and
+    `unaddressable_field` names it whenever the diff changes it."""
+    old, new = documents
+    patch = diff_documents(old, new)
+    paths = (*patch.set, *patch.unset)
+    odd = {name for name in (*old, *new) if "." in name or name.startswith("$")}
+    for path in paths:
+        assert not any(path.startswith(name + ".") for name in odd), path
+        if path not in odd:
+            assert all(p and not p.startswith("$") for p in path.split(".")), path
+    assert (unaddressable_field(patch, old, new) is not None) == any(p in odd for p in paths)
+
+
 def test_unaddressable_top_level_fields() -> None:
     """A `$`-prefixed top-level name always; a dotted one when it is a field of the documents
     (otherwise "a.b" is field `b` of `a`)."""

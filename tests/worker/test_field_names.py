@@ -77,8 +77,17 @@ async def test_sub_documents_with_dotted_and_dollar_names_sync_whole(
         assert [d async for d in worker.store.dead_letters.find({})] == []
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param(1, 2, id="a-value"),
+        # A sub-document under such a name was once diffed into it: `$set: {"a.b.c": 2}`
+        # created field `c` of `b` of a new field `a`, silently.
+        pytest.param({"c": 1, "d": 1}, {"c": 2, "d": 1}, id="a-sub-document"),
+    ],
+)
 async def test_a_change_to_an_unaddressable_top_level_field_is_a_dead_letter(
-    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, first: Any, second: Any
 ) -> None:
     """A document with a top-level "a.b" is copied whole when it is created; a later change
     to that field cannot be written as a field patch, so its event becomes a dead letter that
@@ -88,14 +97,14 @@ async def test_a_change_to_an_unaddressable_top_level_field_is_a_dead_letter(
     original = aclient[db_name]["people"]
     partner = aclient[db_name]["people_v2"]
     async with running_worker(config) as worker:
-        await original.insert_one({"_id": 1, "name": "Ann", "a.b": 1})
+        await original.insert_one({"_id": 1, "name": "Ann", "a.b": first})
 
         async def copied() -> Any:
             return await partner.find_one({"_id": 1})
 
         created = await eventually(copied, what="the insert copied whole")
-        assert created["a.b"] == 1 and "a" not in created
-        await original.replace_one({"_id": 1}, {"name": "Ann", "a.b": 2})
+        assert created["a.b"] == first and "a" not in created
+        await original.replace_one({"_id": 1}, {"name": "Ann", "a.b": second})
         await original.insert_one({"_id": 2, "name": "Bo"})
 
         async def bo_copied() -> bool:
@@ -106,7 +115,7 @@ async def test_a_change_to_an_unaddressable_top_level_field_is_a_dead_letter(
         assert [(d["document_id"], d["field"]) for d in letters] == [(1, "a.b")]
         assert "top-level field 'a.b'" in letters[0]["error"]
         kept = await partner.find_one({"_id": 1})
-        assert kept is not None and kept["a.b"] == 1 and "a" not in kept
+        assert kept is not None and kept["a.b"] == first and "a" not in kept
 
 
 async def test_such_a_sub_document_follows_its_last_writer_whole(
