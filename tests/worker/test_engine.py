@@ -109,6 +109,44 @@ async def test_every_event_kind_both_ways(
         assert counters["applied_forward"] >= 3 and counters["applied_backward"] >= 3
 
 
+@pytest.mark.parametrize("origin_tag", ["session", "field"])
+async def test_pipeline_updates_both_ways(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
+) -> None:
+    """Clients that update with pipelines (`$set` from other fields, `$unset`, `$replaceWith`
+    of a merged document) are synced like operator updates, in both directions."""
+    module = write_module(tmp_path, f"people_pipe_{origin_tag}", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module, origin_tag=origin_tag)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    pad = "p" * 300  # large enough that MongoDB logs a pipeline update as a delta
+
+    async def has(collection: Any, **fields: Any) -> bool:
+        current = await _find(collection, 1)
+        return current is not None and all(
+            (k not in current) if v is None else current.get(k) == v for k, v in fields.items()
+        )
+
+    async with running_worker(config):
+        await original.insert_one({"_id": 1, "name": "Ann", "zip": "0150", "pad": pad})
+        await eventually(lambda: has(partner, full_name="Ann"), what="insert forward")
+        await original.update_one(
+            {"_id": 1},
+            [{"$set": {"name": {"$concat": ["$name", " Lee"]}}}, {"$unset": "zip"}],
+        )
+        await eventually(
+            lambda: has(partner, full_name="Ann Lee", address=None), what="pipeline forward"
+        )
+        await partner.update_one(
+            {"_id": 1},
+            [{"$replaceWith": {"$mergeObjects": ["$$ROOT", {"full_name": "Bo", "city": "Oslo"}]}}],
+        )
+        await eventually(
+            lambda: has(original, name="Bo", city="Oslo", zip=None), what="pipeline backward"
+        )
+        assert await has(partner, full_name="Bo", city="Oslo", pad=pad)
+
+
 async def test_each_client_write_causes_one_worker_write(
     mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
 ) -> None:
