@@ -506,6 +506,9 @@ class LagResult:
     timeline: list[tuple[float, float]] = field(default_factory=list)
     # This process's CPU during the lag phase, in cores (its load, probes and watcher).
     own_cpu: float = float("nan")
+    # The server's operations per second during the lag phase, by serverStatus's opcounters
+    # (the contender's, this process's load, probes and watcher together).
+    server_ops: dict[str, float] = field(default_factory=dict)
 
 
 async def lag(
@@ -578,11 +581,18 @@ async def lag(
     watcher = asyncio.create_task(watch())
     tasks = [asyncio.create_task(probe()), asyncio.create_task(sample_memory())]
     load = Load(client, docs, random.Random(13), wire=wire)
+    ops_before = await _opcounters(client)
     started = time.monotonic()
     cpu_started = time.process_time()
     await load.run(None, rate, seconds)
     elapsed = time.monotonic() - started
     own_cpu = (time.process_time() - cpu_started) / elapsed
+    ops_after = await _opcounters(client)
+    server_ops = {
+        kind: (ops_after[kind] - count) / elapsed
+        for kind, count in ops_before.items()
+        if kind in ops_after
+    }
     stop.set()
     await asyncio.gather(*tasks)
     probes_done.set()
@@ -591,7 +601,12 @@ async def lag(
         await asyncio.wait_for(watcher, 30)
     missing = sum(len(queue) for queue in pending.values())
     timeline = [(at - started, value) for at, value in timeline]
-    return LagResult(lags, missing, load.done / elapsed, rss, peak, timeline, own_cpu)
+    return LagResult(lags, missing, load.done / elapsed, rss, peak, timeline, own_cpu, server_ops)
+
+
+async def _opcounters(client: Client) -> dict[str, int]:
+    status = await client.admin.command("serverStatus")
+    return {kind: int(count) for kind, count in (status.get("opcounters") or {}).items()}
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -700,6 +715,13 @@ def report(name: str, figures: dict[str, Any]) -> None:
         print(
             "  slowest probes        "
             + ", ".join(f"{value * 1000:.0f} ms at {at:+.1f} s" for at, value in slowest)
+        )
+    if result.server_ops:
+        ops = result.server_ops
+        print(
+            "  server operations     "
+            + ", ".join(f"{ops[kind]:.0f} {kind}" for kind in sorted(ops) if ops[kind] >= 0.5)
+            + " /s in the lag phase (all clients)"
         )
     if result.rss_kib:
         rss = [k / 1024 for k in result.rss_kib if k]

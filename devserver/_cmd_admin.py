@@ -128,6 +128,7 @@ async def server_status(ctx: Context) -> dict[str, Any]:
             "current": state.connections_current,
             "totalCreated": state.connections_created,
         },
+        "opcounters": {kind: Int64(count) for kind, count in state.opcounters.items()},
         "metrics": {"cursor": {"open": {"total": Int64(len(state.cursors))}}},
         "transactions": {"currentOpen": Int64(len(state.sessions.open))},
         "storageEngine": {"name": "devserver", "persistent": state.config.dbpath is not None},

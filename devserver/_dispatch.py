@@ -161,6 +161,32 @@ def _find_transaction(ctx: Context, spec: CommandSpec) -> dict[str, Any] | None:
     return None
 
 
+# A write command's statements, each one operation of its kind (as mongod counts them).
+_STATEMENTS = {"insert": "documents", "update": "updates", "delete": "deletes"}
+
+
+def count_operations(counters: dict[str, int], name: str, body: dict[str, Any]) -> None:
+    """Add a received command to serverStatus's opcounters: inserts, updates and deletes by
+    statement (a bulkWrite's by operation), `find` as a query, `getMore` on its own, any other
+    command (aggregate included) as a command."""
+    statements = _STATEMENTS.get(name)
+    if statements is not None:
+        listed = body.get(statements)
+        counters[name] += len(listed) if isinstance(listed, list) else 0
+    elif name == "find":
+        counters["query"] += 1
+    elif name == "getMore":
+        counters["getmore"] += 1
+    elif name == "bulkWrite" and isinstance(body.get("ops"), list):
+        for op in body["ops"]:
+            kind = next((k for k in _STATEMENTS if isinstance(op, dict) and k in op), None)
+            if kind is not None:
+                counters[kind] += 1
+        counters["command"] += 1
+    else:
+        counters["command"] += 1
+
+
 async def run_command(
     state: ServerState,
     conn: Connection,
@@ -185,6 +211,7 @@ async def run_command(
         application = body["client"].get("application")
         if isinstance(application, dict) and isinstance(application.get("name"), str):
             conn.app_name = application["name"]
+    count_operations(state.opcounters, name, body)
     action = state.fail_command.check(name, conn.app_name)
     if action is not None:
         if action.block_ms:

@@ -77,6 +77,12 @@ class ServerState:
     version: MongoDBVersion = field(init=False)
     connections_created: int = 0
     connections_current: int = 0
+    # serverStatus's opcounters: operations received, by kind (see `count_operations`).
+    opcounters: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("insert", "query", "update", "delete", "getmore", "command"), 0
+        )
+    )
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     stopping: asyncio.Event | None = None
     # The wall time of the latest commit, kept for the millisecond it stands for (BSON dates

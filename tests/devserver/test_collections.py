@@ -125,6 +125,33 @@ def test_server_information_commands(client: Client) -> None:
     assert params["transactionLifetimeLimitSeconds"] == 60
 
 
+def test_opcounters_count_operations_by_kind(client: Client, db_name: str) -> None:
+    """serverStatus's opcounters: inserts, updates and deletes per statement, finds as
+    queries, getMores, and other commands; exact here, at least as many on a shared server."""
+    from pymongo import DeleteOne, InsertOne, UpdateOne
+
+    coll = client[db_name].ops
+    coll.insert_one({"_id": 0})  # the collection exists before counting
+
+    def counters() -> dict[str, int]:
+        return {k: int(v) for k, v in client.admin.command("serverStatus")["opcounters"].items()}
+
+    before = counters()
+    coll.insert_many([{"_id": i} for i in range(1, 4)])
+    coll.update_many({}, {"$set": {"x": 1}})
+    coll.bulk_write([UpdateOne({"_id": 1}, {"$set": {"y": 1}}), DeleteOne({"_id": 2})])
+    coll.delete_one({"_id": 3})
+    assert len(list(coll.find(batch_size=1))) == 2  # one find, one getMore
+    coll.bulk_write([InsertOne({"_id": 9})])
+    after = counters()
+    # The serverStatus that read `before` is a command too.
+    expected = {"insert": 4, "update": 2, "delete": 2, "query": 1, "getmore": 1, "command": 1}
+    exact = client.admin.command("serverStatus").get("process") == "devserver"
+    for kind, count in expected.items():
+        delta = after[kind] - before[kind]
+        assert delta == count if exact else delta >= count, (kind, delta)
+
+
 def test_validation_action_warn_and_level_off_allow_writes(client: Client, db_name: str) -> None:
     """validationAction "warn" and validationLevel "off" do not reject invalid documents."""
     db = client[db_name]
