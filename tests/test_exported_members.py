@@ -28,6 +28,7 @@ def test_transforms_exports() -> None:
         "check_pair",
         "diff_documents",
         "load_registry",
+        "named_fields",
         "unaddressable_field",
     ]
     for name in transforms.__all__:

@@ -16,6 +16,7 @@ from transforms._patch import (
     apply_patch,
     apply_update_description,
     diff_documents,
+    named_fields,
     unaddressable_field,
 )
 from transforms._paths import MISSING
@@ -43,5 +44,6 @@ __all__ = [
     "check_pair",
     "diff_documents",
     "load_registry",
+    "named_fields",
     "unaddressable_field",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ __all__ = [
     "diff_documents",
     "diff_into",
     "make_patch",
+    "named_fields",
     "unaddressable_field",
 ]
 
@@ -75,18 +76,36 @@ def _addressable_name(name: str) -> bool:
     return bool(name) and "." not in name and name[0] != "$"
 
 
-def unaddressable_field(patch: Patch, *documents: Mapping[str, Any] | None) -> str | None:
-    """A path of `patch` that names a top-level field no update can name, or None.
+def named_fields(patch: Patch, *documents: Mapping[str, Any] | None) -> frozenset[str]:
+    """The paths of `patch` that are top-level field names no update path can address.
 
     `diff_into` sets a sub-document holding such names whole, so only top-level fields remain:
     a `$`-prefixed (or empty) name, or a name with a `.` that is a field of one of `documents`
     (the documents the patch was computed from; elsewhere a dotted path is a nested field).
+    Such a field is written by name (`$setField` in a pipeline update) and read by name
+    (`apply_patch(..., fields=)`).
     """
+    names: set[str] = set()
     for path in (*patch.set, *patch.unset):
         if not path or path[0] == "$":
-            return path
-        if "." in path and any(doc is not None and path in doc for doc in documents):
-            return path
+            names.add(path)
+        elif "." in path and any(doc is not None and path in doc for doc in documents):
+            names.add(path)
+    return frozenset(names)
+
+
+def unaddressable_field(patch: Patch, *documents: Mapping[str, Any] | None) -> str | None:
+    """A top-level field of `patch` that no update can write (see `named_fields`), or None.
+
+    An empty name; or a dotted name whose first part is itself a top-level field of one of
+    `documents` (with fields `a` and `a.b`, the path `a.b` of a patch could mean either).
+    """
+    for name in named_fields(patch, *documents):
+        if not name:
+            return name
+        first = name.split(".", 1)[0]
+        if "." in name and any(doc is not None and first in doc for doc in documents):
+            return name
     return None
 
 
@@ -251,11 +270,20 @@ def apply_update_description(
     return writer.root
 
 
-def apply_patch(document: Mapping[str, Any], patch: Patch) -> dict[str, Any]:
-    """`document` with `patch` applied, as a new document (the input is not mutated)."""
+def apply_patch(
+    document: Mapping[str, Any], patch: Patch, fields: Collection[str] = ()
+) -> dict[str, Any]:
+    """`document` with `patch` applied, as a new document (the input is not mutated). The
+    paths in `fields` are top-level field names, not paths (see `named_fields`)."""
     writer = _Writer(document)
     for path, value in patch.set.items():
-        writer.set(split_path(path), copy_value(value))
+        if fields and path in fields:
+            writer.root[path] = copy_value(value)
+        else:
+            writer.set(split_path(path), copy_value(value))
     for path in patch.unset:
-        writer.unset(split_path(path))
+        if fields and path in fields:
+            writer.root.pop(path, None)
+        else:
+            writer.unset(split_path(path))
     return writer.root

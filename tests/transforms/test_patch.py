@@ -14,6 +14,7 @@ from transforms import (
     apply_patch,
     apply_update_description,
     diff_documents,
+    named_fields,
     unaddressable_field,
 )
 
@@ -188,8 +189,8 @@ def test_a_top_level_name_no_path_can_address_is_one_path(
     documents: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
     """A top-level field named "v1.2" or "$r" appears in the diff only whole, by its name,
-    never as the start of a longer path ("v1.2.x" is field `x` of `2` of `v1`), and
-    `unaddressable_field` names it whenever the diff changes it."""
+    never as the start of a longer path ("v1.2.x" is field `x` of `2` of `v1`);
+    `named_fields` finds exactly those, and the diff applied with them gives `new`."""
     old, new = documents
     patch = diff_documents(old, new)
     paths = (*patch.set, *patch.unset)
@@ -198,14 +199,42 @@ def test_a_top_level_name_no_path_can_address_is_one_path(
         assert not any(path.startswith(name + ".") for name in odd), path
         if path not in odd:
             assert all(p and not p.startswith("$") for p in path.split(".")), path
-    assert (unaddressable_field(patch, old, new) is not None) == any(p in odd for p in paths)
+    named = named_fields(patch, old, new)
+    assert named == {path for path in paths if path in odd}
+    assert apply_patch(old, patch, named) == new
+    # No name here has a first part that is itself a field ("v1" never is): all writable.
+    assert unaddressable_field(patch, old, new) is None
 
 
-def test_unaddressable_top_level_fields() -> None:
-    """A `$`-prefixed top-level name always; a dotted one when it is a field of the documents
-    (otherwise "a.b" is field `b` of `a`)."""
-    assert unaddressable_field(Patch({"$x": 1}, ())) == "$x"
-    assert unaddressable_field(Patch({}, ("$x",))) == "$x"
-    assert unaddressable_field(Patch({"a.b": 1}, ()), {"a.b": 0}) == "a.b"
-    assert unaddressable_field(Patch({"a.b": 1}, ()), {"a": {"b": 0}}) is None
-    assert unaddressable_field(Patch({"a.b": 1}, ()), None, {"a.b": 1}) == "a.b"
+def test_named_top_level_fields() -> None:
+    """A `$`-prefixed (or empty) top-level name always; a dotted one when it is a field of the
+    documents (otherwise "a.b" is field `b` of `a`)."""
+    assert named_fields(Patch({"$x": 1}, ())) == {"$x"}
+    assert named_fields(Patch({}, ("$x",))) == {"$x"}
+    assert named_fields(Patch({"a.b": 1}, ()), {"a.b": 0}) == {"a.b"}
+    assert named_fields(Patch({"a.b": 1}, ()), {"a": {"b": 0}}) == frozenset()
+    assert named_fields(Patch({"a.b": 1}, ()), None, {"a.b": 1}) == {"a.b"}
+    assert named_fields(Patch({"": 1, "c": 2}, ())) == {""}
+
+
+def test_unwritable_top_level_fields() -> None:
+    """An empty name, or a dotted name whose first part is a field too; the rest are written
+    by name."""
+    assert unaddressable_field(Patch({"$x": 1}, ())) is None
+    assert unaddressable_field(Patch({"a.b": 1}, ()), {"a.b": 0}) is None
+    assert unaddressable_field(Patch({"a.b": 1}, ()), {"a.b": 0, "a": {"b": 0}}) == "a.b"
+    assert unaddressable_field(Patch({}, ("a.b",)), {"a.b": 0}, {"a": 1}) == "a.b"
+    assert unaddressable_field(Patch({"": 1}, ())) == ""
+
+
+def test_apply_patch_by_name() -> None:
+    """Paths given as fields are top-level names; the others are paths."""
+    document = {"_id": 1, "a.b": 1, "$x": 2, "c": {"d": 0}}
+    patch = Patch({"a.b": 5, "c.d": 3, "e.f": 4}, ("$x",))
+    assert apply_patch(document, patch, {"a.b", "$x"}) == {
+        "_id": 1,
+        "a.b": 5,
+        "c": {"d": 3},
+        "e": {"f": 4},
+    }
+    assert document == {"_id": 1, "a.b": 1, "$x": 2, "c": {"d": 0}}

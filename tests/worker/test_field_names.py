@@ -1,6 +1,6 @@
 """Field names an update path cannot address: a `.` inside, or a leading `$` (MongoDB 5.0 and
-later store both). Below the top level such a sub-document is written whole; a change to such a
-top-level field is a dead letter, never a write to some other path."""
+later store both). Below the top level such a sub-document is written whole; such a top-level
+field is written by name (`$setField`), never as a path to some other field."""
 
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ async def test_sub_documents_with_dotted_and_dollar_names_sync_whole(
         assert [d async for d in worker.store.dead_letters.find({})] == []
 
 
+@pytest.mark.parametrize("origin_tag", ["session", "field"])
 @pytest.mark.parametrize(
     ("first", "second"),
     [
@@ -86,25 +87,90 @@ async def test_sub_documents_with_dotted_and_dollar_names_sync_whole(
         pytest.param({"c": 1, "d": 1}, {"c": 2, "d": 1}, id="a-sub-document"),
     ],
 )
-async def test_a_change_to_an_unaddressable_top_level_field_is_a_dead_letter(
-    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, first: Any, second: Any
+async def test_top_level_fields_with_such_names_are_written_by_name(
+    mongo_uri: str,
+    aclient: Any,
+    db_name: str,
+    tmp_path: Path,
+    origin_tag: str,
+    first: Any,
+    second: Any,
 ) -> None:
-    """A document with a top-level "a.b" is copied whole when it is created; a later change
-    to that field cannot be written as a field patch, so its event becomes a dead letter that
-    names the field, the target keeps its value, and the stream goes on."""
+    """Top-level fields named "a.b" and "$price" are copied when their document is created,
+    and a later change, removal or addition of one is written by name (`$setField` in a
+    pipeline update), in both directions; no nested `a` or `price` ever appears."""
+    module = write_module(tmp_path, f"people_top_{origin_tag}", PEOPLE_MODULE, db=db_name)
+    config = make_config(mongo_uri, db_name, module, origin_tag=origin_tag)
+    original = aclient[db_name]["people"]
+    partner = aclient[db_name]["people_v2"]
+    tag = config.tag_field
+
+    async def fields_of(collection: Any) -> dict[str, Any] | None:
+        found = await collection.find_one({"_id": 1})
+        return _without(found, "_id", tag, "name", "full_name", "tier", "loyalty")
+
+    def holds(collection: Any, expected: dict[str, Any]) -> Any:
+        async def check() -> bool:
+            return await fields_of(collection) == expected
+
+        return check
+
+    async with running_worker(config) as worker:
+        await original.insert_one({"_id": 1, "name": "Ann", "a.b": first, "$price": 5})
+        await eventually(holds(partner, {"a.b": first, "$price": 5}), what="the insert copied")
+        # A replacement may not hold a `$` name: a client replaces such a document this way.
+        await original.update_one(
+            {"_id": 1},
+            [{"$replaceWith": {"$literal": {"_id": 1, "name": "Ann", "a.b": second, "$price": 5}}}],
+        )
+        await eventually(holds(partner, {"a.b": second, "$price": 5}), what="a change forward")
+        await partner.update_one(
+            {"_id": 1},
+            [
+                {
+                    "$replaceWith": {
+                        "$setField": {
+                            "field": {"$literal": "$price"},
+                            "input": "$$ROOT",
+                            "value": {"$literal": "$6"},
+                        }
+                    }
+                }
+            ],
+        )
+        await eventually(holds(original, {"a.b": second, "$price": "$6"}), what="backward")
+        await original.update_one(
+            {"_id": 1},
+            [{"$replaceWith": {"$literal": {"_id": 1, "name": "Ann", "$price": "$6", "x.y": [1]}}}],
+        )
+        await eventually(
+            holds(partner, {"$price": "$6", "x.y": [1]}), what="one removed, one added"
+        )
+        assert [d async for d in worker.store.dead_letters.find({})] == []
+        for side in (original, partner):
+            stored = await side.find_one({"_id": 1})
+            assert stored is not None and not {"a", "x", "price"} & set(stored)
+
+
+async def test_a_name_that_could_be_a_path_through_another_field_is_a_dead_letter(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path
+) -> None:
+    """A document with both a field `a` and a field `a.b`: a change to `a.b` cannot be told
+    from a change to field `b` of `a`, so its event is a dead letter that names the field, the
+    target keeps its value, and the stream goes on."""
     module = write_module(tmp_path, "people_top_names", PEOPLE_MODULE, db=db_name)
     config = make_config(mongo_uri, db_name, module)
     original = aclient[db_name]["people"]
     partner = aclient[db_name]["people_v2"]
     async with running_worker(config) as worker:
-        await original.insert_one({"_id": 1, "name": "Ann", "a.b": first})
+        await original.insert_one({"_id": 1, "name": "Ann", "a": {"b": 0}, "a.b": 1})
 
         async def copied() -> Any:
             return await partner.find_one({"_id": 1})
 
         created = await eventually(copied, what="the insert copied whole")
-        assert created["a.b"] == first and "a" not in created
-        await original.replace_one({"_id": 1}, {"name": "Ann", "a.b": second})
+        assert created["a.b"] == 1 and created["a"] == {"b": 0}
+        await original.replace_one({"_id": 1}, {"name": "Ann", "a": {"b": 0}, "a.b": 2})
         await original.insert_one({"_id": 2, "name": "Bo"})
 
         async def bo_copied() -> bool:
@@ -113,9 +179,9 @@ async def test_a_change_to_an_unaddressable_top_level_field_is_a_dead_letter(
         await eventually(bo_copied, what="the stream to go on")
         letters = [d async for d in worker.store.dead_letters.find({})]
         assert [(d["document_id"], d["field"]) for d in letters] == [(1, "a.b")]
-        assert "top-level field 'a.b'" in letters[0]["error"]
+        assert "also has a top-level field 'a'" in letters[0]["error"]
         kept = await partner.find_one({"_id": 1})
-        assert kept is not None and kept["a.b"] == first and "a" not in kept
+        assert kept is not None and kept["a.b"] == 1 and kept["a"] == {"b": 0}
 
 
 async def test_such_a_sub_document_follows_its_last_writer_whole(

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from tests.transforms.pairs import build_reference_pair, update_bases, update_descriptions
 from transforms import Direction, Pair, apply_patch
-from worker.engine import changed_paths, plan_event, plan_target_write
+from worker.engine import (
+    TargetWrite,
+    changed_paths,
+    plan_event,
+    plan_target_write,
+    write_operation,
+)
 from worker.engine._plan import direction_of
 
 
@@ -223,6 +229,45 @@ def test_target_write_is_never_a_noop() -> None:
     write = plan_target_write(PARTNER, {**PARTNER, "age": 42}, lambda _: True, document_id=1)
     assert write is not None and write.kind == "update"
     assert write.patch is not None and dict(write.patch.set) == {"age": 42}
+
+
+def test_a_top_level_field_no_path_can_name_is_written_by_name() -> None:
+    """A change to fields `a.b` and `$p` (and the removal of `$q`) is a pipeline update:
+    the paths and the tag by `$set` / `$unset`, each such field by `$setField` /
+    `$unsetField`, every name and value a `$literal`; a document holding a `$` name is
+    created by a pipeline upsert."""
+    current = {"_id": 1, "a.b": 1, "$p": {"x": 1}, "$q": 0, "n": {"m": 1}, "gone": 1}
+    desired = {"_id": 1, "a.b": {"c": "$2"}, "$p": {"x": 2}, "n": {"m": 2}}
+    write = plan_target_write(current, desired, lambda _: True, document_id=1)
+    assert write is not None and write.fields == {"a.b", "$p", "$q"}
+    assert write.result(current) == desired
+    operation = write_operation(write, tag={"_t": 7})
+    assert operation._doc == [
+        {"$set": {"n.m": {"$literal": 2}, "_t": {"$literal": 7}}},
+        {"$unset": ["gone"]},
+        {
+            "$replaceWith": {
+                "$setField": {
+                    "field": {"$literal": "$p"},
+                    "input": "$$ROOT",
+                    "value": {"$literal": {"x": 2}},
+                }
+            }
+        },
+        {"$replaceWith": {"$unsetField": {"field": {"$literal": "$q"}, "input": "$$ROOT"}}},
+        {
+            "$replaceWith": {
+                "$setField": {
+                    "field": {"$literal": "a.b"},
+                    "input": "$$ROOT",
+                    "value": {"$literal": {"c": "$2"}},
+                }
+            }
+        },
+    ]
+    created = write_operation(TargetWrite("insert", 2, document={"_id": 2, "$p": 1}))
+    assert created._doc == [{"$replaceWith": {"$literal": {"_id": 2, "$p": 1}}}]
+    assert created._upsert is True
 
 
 # -- a model of the whole loop: clients on both sides, one ordered stream, the worker ------------

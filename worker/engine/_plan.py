@@ -24,6 +24,7 @@ from transforms import (
     TransformFailed,
     apply_patch,
     apply_update_description,
+    named_fields,
     unaddressable_field,
 )
 
@@ -203,8 +204,8 @@ def plan_event(
         # The common case, an update of a document both sides know: only the mappings the
         # update touches run (`Pair.translate_update` equals the diff of the two conversions).
         fast = _translated_update(pair, direction, event, base_src, tag_field)
-        # A top-level name no update path can address: the full conversion dead-letters it.
-        if fast is not None and unaddressable_field(fast, cur_target, known_target) is None:
+        # A top-level name no update path can address: the full conversion writes it by name.
+        if fast is not None and not named_fields(fast, cur_target, known_target):
             plan = EventPlan(
                 source_after=source_after,
                 target_after=cur_target,
@@ -271,7 +272,8 @@ def plan_event(
     reference = target_old if target_old is not None and not whole else known_target
     # Field by field inside sub-documents that may hold fields the target keeps for itself.
     patch = pair.target_patch(reference, target_new, direction).restricted(owns)
-    unaddressable = unaddressable_field(patch, cur_target, known_target, target_new)
+    documents = (cur_target, known_target, target_new)
+    unaddressable = unaddressable_field(patch, *documents)
     if unaddressable is not None:
         plan.failure = unaddressable_failure(pair, unaddressable, event["documentKey"]["_id"])
         return plan
@@ -279,15 +281,20 @@ def plan_event(
         plan.conflict_paths = ["<document>"]
         plan.reason = "target replaced or re-created after this change; the later write wins"
         return plan
-    return _patched(plan, patch, cur_target, known_target, ahead)
+    return _patched(plan, patch, cur_target, known_target, ahead, named_fields(patch, *documents))
 
 
 def unaddressable_failure(pair: Pair | None, name: str, document_id: Any) -> TransformFailed:
-    """Why a change to top-level field `name` cannot be written field by field."""
+    """Why a change to top-level field `name` cannot be written (`unaddressable_field`)."""
+    why = (
+        "an update cannot name a field with an empty name"
+        if not name
+        else f"the document also has a top-level field {name.split('.', 1)[0]!r}, so a path"
+        f" {name!r} could name either"
+    )
     return TransformFailed(
-        f"the change to top-level field {name!r} cannot be written: an update cannot name a"
-        " top-level field that starts with '$' or holds '.'; rename the field, or nest it in"
-        " a sub-document (which is then written whole)",
+        f"the change to top-level field {name!r} cannot be written: {why}; rename the field,"
+        " or nest it in a sub-document (which is then written whole)",
         pair=pair.original if pair is not None else "(any)",
         mapping="field names",
         field=name,
@@ -301,15 +308,17 @@ def _patched(
     current: dict[str, Any],
     known: dict[str, Any],
     ahead: frozenset[str],
+    fields: frozenset[str] = frozenset(),
 ) -> EventPlan:
-    """`plan` with the guarded part of `patch` applied to the target and its merge base."""
-    guarded, conflicts = _guard(patch, current, known, ahead)
+    """`plan` with the guarded part of `patch` applied to the target and its merge base.
+    `fields`: paths of the patch that are top-level field names (`named_fields`)."""
+    guarded, conflicts = _guard(patch, current, known, ahead, fields)
     plan.conflict_paths = conflicts
     if conflicts:
         plan.reason = "target field changed after this change; the later write wins"
     if not guarded.is_empty():
-        plan.target_after = apply_patch(current, guarded)
-        plan.base_target = apply_patch(known, guarded)
+        plan.target_after = apply_patch(current, guarded, fields)
+        plan.base_target = apply_patch(known, guarded, fields)
         plan.applied = plan.target_after != current
     return plan
 
@@ -363,20 +372,28 @@ def _guard(
     current: Mapping[str, Any],
     known: Mapping[str, Any],
     ahead: frozenset[str] = frozenset(),
+    fields: frozenset[str] = frozenset(),
 ) -> tuple[Patch, list[str]]:
-    """Drop the paths a client changed on the target after the event (they are newer)."""
+    """Drop the paths a client changed on the target after the event (they are newer).
+    `fields`: paths that are top-level field names, read by name."""
+
+    def at(document: Mapping[str, Any], path: str) -> Any:
+        if fields and path in fields:
+            return document.get(path, _MISSING)
+        return value_at(document, path)
+
     conflicts: list[str] = []
     kept_set: dict[str, Any] = {}
     kept_unset: list[str] = []
     for path, value in patch.set.items():
-        if overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
+        if overlaps(path, ahead) or not _equal(at(current, path), at(known, path)):
             conflicts.append(path)
-        elif not _equal(value_at(current, path), value):
+        elif not _equal(at(current, path), value):
             kept_set[path] = value
     for path in patch.unset:
-        if overlaps(path, ahead) or not _equal(value_at(current, path), value_at(known, path)):
+        if overlaps(path, ahead) or not _equal(at(current, path), at(known, path)):
             conflicts.append(path)
-        elif value_at(current, path) is not _MISSING:
+        elif at(current, path) is not _MISSING:
             kept_unset.append(path)
     return Patch(set=kept_set, unset=tuple(kept_unset)), conflicts
 

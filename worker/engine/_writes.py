@@ -13,7 +13,15 @@ from typing import Any, Literal
 
 from pymongo import DeleteOne, ReplaceOne, UpdateOne
 
-from transforms import Direction, Pair, Patch, apply_patch, diff_documents, unaddressable_field
+from transforms import (
+    Direction,
+    Pair,
+    Patch,
+    apply_patch,
+    diff_documents,
+    named_fields,
+    unaddressable_field,
+)
 from worker.engine._plan import unaddressable_failure
 
 __all__ = ["TargetWrite", "plan_target_write", "write_operation"]
@@ -27,6 +35,9 @@ class TargetWrite:
     document_id: Any
     document: Mapping[str, Any] | None = None
     patch: Patch | None = None
+    # Paths of `patch` that are top-level field names no update path can address (a `.`
+    # inside, a leading `$`): written by name, with `$setField` (`transforms.named_fields`).
+    fields: frozenset[str] = frozenset()
 
     def result(self, current: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """The target document after this write, given what it was before."""
@@ -35,7 +46,7 @@ class TargetWrite:
         if self.kind == "insert":
             return dict(self.document or {})
         assert self.patch is not None and current is not None
-        return apply_patch(current, self.patch)
+        return apply_patch(current, self.patch, self.fields)
 
 
 def plan_target_write(
@@ -52,8 +63,9 @@ def plan_target_write(
     `desired` is the whole converted document (None: the logical document is deleted). Paths
     not owned keep the target's value, except when the document is created. Given the pair and
     direction, sub-documents that may hold fields the target keeps are patched field by field
-    (`Pair.target_patch`), so those fields survive. Raises TransformFailed when a changed
-    top-level field has a name no update can address (see `transforms.unaddressable_field`).
+    (`Pair.target_patch`), so those fields survive. A changed top-level field whose name holds
+    a `.` or starts with `$` is written by name; TransformFailed when one cannot be written at
+    all (see `transforms.unaddressable_field`).
     """
     if desired is None:
         return None if current is None else TargetWrite("delete", document_id)
@@ -68,7 +80,9 @@ def plan_target_write(
     unaddressable = unaddressable_field(patch, current, desired)
     if unaddressable is not None:
         raise unaddressable_failure(pair, unaddressable, document_id)
-    return TargetWrite("update", document_id, patch=patch)
+    return TargetWrite(
+        "update", document_id, patch=patch, fields=named_fields(patch, current, desired)
+    )
 
 
 def write_operation(
@@ -82,9 +96,48 @@ def write_operation(
         return DeleteOne({"_id": write.document_id}, namespace=namespace)
     if write.kind == "insert":
         document = {**(write.document or {}), **(tag or {})}
+        if any(name[:1] == "$" for name in document):
+            # A replacement may not hold a top-level `$` name (DollarPrefixedFieldName); the
+            # same document as the pipeline's one stage may.
+            return UpdateOne(
+                {"_id": write.document_id},
+                [{"$replaceWith": {"$literal": document}}],
+                upsert=True,
+                namespace=namespace,
+            )
         return ReplaceOne({"_id": write.document_id}, document, upsert=True, namespace=namespace)
     assert write.patch is not None
+    if write.fields:
+        return UpdateOne(
+            {"_id": write.document_id},
+            _pipeline(write.patch, write.fields, tag),
+            namespace=namespace,
+        )
     update = write.patch.to_update()
     if tag:
         update.setdefault("$set", {}).update(tag)
     return UpdateOne({"_id": write.document_id}, update, namespace=namespace)
+
+
+def _pipeline(
+    patch: Patch, fields: frozenset[str], tag: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The patch as a pipeline update: the paths (and the tag) by `$set` and `$unset`, each
+    top-level field in `fields` by `$setField` / `$unsetField`. Every name and value is a
+    `$literal`: in a pipeline a string starting with `$` would be read as a field path."""
+    sets = {path: {"$literal": value} for path, value in patch.set.items() if path not in fields}
+    sets.update((path, {"$literal": value}) for path, value in (tag or {}).items())
+    unsets = [path for path in patch.unset if path not in fields]
+    stages: list[dict[str, Any]] = []
+    if sets:
+        stages.append({"$set": sets})
+    if unsets:
+        stages.append({"$unset": unsets})
+    for name in sorted(fields):
+        field = {"field": {"$literal": name}, "input": "$$ROOT"}
+        if name in patch.set:
+            value = {"$literal": patch.set[name]}
+            stages.append({"$replaceWith": {"$setField": {**field, "value": value}}})
+        else:
+            stages.append({"$replaceWith": {"$unsetField": field}})
+    return stages
