@@ -15,7 +15,7 @@ from mongomock import OperationFailure, aggregate, filtering, helpers
 
 from devserver._errors import CommandError
 from devserver._fastfilter import Compiled, compile_event_filter
-from devserver._pipeline import rewrite_stage
+from devserver._pipeline import rewrite_stage, stage_parts
 
 __all__ = ["EventPipeline", "MAX_EVENT_BYTES", "SPLIT_STAGE"]
 
@@ -64,13 +64,7 @@ class EventPipeline:
         # decide on an event without its images, before the post-image lookup is paid for.
         self._early: list[Compiled] | None = []
         for position, stage in enumerate(stages):
-            if not isinstance(stage, Mapping) or len(stage) != 1:
-                raise CommandError(
-                    40323,
-                    "Location40323",
-                    "A pipeline stage specification object must contain exactly one field.",
-                )
-            ((name, argument),) = stage.items()
+            name, argument = stage_parts(stage)
             self._compile(name, argument, last=position == len(stages) - 1)
 
     def _compile(self, name: str, argument: Any, *, last: bool) -> None:

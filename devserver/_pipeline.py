@@ -18,7 +18,7 @@ from mongomock import aggregate
 
 from devserver._errors import CommandError, bson_type_name
 
-__all__ = ["UPDATE_STAGES", "install", "prepared", "rewrite_stage"]
+__all__ = ["UPDATE_STAGES", "install", "prepared", "rewrite_stage", "stage_parts"]
 
 # The stages an update's pipeline may hold (MongoDB 4.2 and later; `$fill` from 7.0 is not here).
 UPDATE_STAGES = frozenset(
@@ -32,13 +32,7 @@ def prepared(pipeline: list[Any], *, update: bool = False) -> list[dict[str, Any
     refused as MongoDB refuses a stage that an update's pipeline may not hold."""
     stages: list[dict[str, Any]] = []
     for stage in pipeline:
-        if not isinstance(stage, Mapping) or len(stage) != 1:
-            raise CommandError(
-                40323,
-                "Location40323",
-                "A pipeline stage specification object must contain exactly one field.",
-            )
-        ((name, argument),) = stage.items()
+        name, argument = stage_parts(stage)
         if update and name not in UPDATE_STAGES:
             if name not in aggregate._PIPELINE_HANDLERS:
                 raise CommandError(
@@ -52,6 +46,18 @@ def prepared(pipeline: list[Any], *, update: bool = False) -> list[dict[str, Any
         name, argument = rewrite_stage(name, argument)
         stages.append({name: argument})
     return stages
+
+
+def stage_parts(stage: Any) -> tuple[str, Any]:
+    """(name, argument) of a pipeline stage, which must be a document of one field."""
+    if not isinstance(stage, Mapping) or len(stage) != 1:
+        raise CommandError(
+            40323,
+            "Location40323",
+            "A pipeline stage specification object must contain exactly one field.",
+        )
+    ((name, argument),) = stage.items()
+    return name, argument
 
 
 def rewrite_stage(name: str, argument: Any) -> tuple[str, Any]:

@@ -637,13 +637,7 @@ async def test_pause_and_resume_take_effect_at_once_and_lose_nothing(
     paused are held, and after `resume` they are applied in order."""
     worker = people.start(HTTP__LISTEN="127.0.0.1:0")
     address = (await worker.wait_for("http_listening"))["address"]
-    await worker.wait_for("stream_open")
-    pair = f"{db_name}.people"
-    original = aclient[db_name]["people"]
-    await original.insert_one({"_id": 1, "name": "Ann"})
-    await eventually(lambda: _copied(aclient, db_name, 1, full_name="Ann"), what="copy")
-
-    assert (await people.command("pause", "--pair", pair)).code == 0
+    pair, original = await _copy_one_then_pause(people, worker, aclient, db_name)
     await eventually(
         lambda: _metric(address, pair, "PAUSED"), within=STATE_CHANGE_WITHIN_S, what="paused"
     )
@@ -679,12 +673,7 @@ async def test_changes_held_before_a_restart_go_before_newer_ones(
     """A pair resumed while no worker runs: the next worker replays the changes held for it
     before it applies anything newer from the stream, so the newest value wins."""
     worker = people.start()
-    await worker.wait_for("stream_open")
-    pair = f"{db_name}.people"
-    original = aclient[db_name]["people"]
-    await original.insert_one({"_id": 1, "name": "Ann"})
-    await eventually(lambda: _copied(aclient, db_name, 1, full_name="Ann"), what="copy")
-    assert (await people.command("pause", "--pair", pair)).code == 0
+    pair, original = await _copy_one_then_pause(people, worker, aclient, db_name)
     held = aclient[f"{db_name}_state"]["held_events"]
 
     async def one_held() -> bool:
@@ -704,6 +693,19 @@ async def test_changes_held_before_a_restart_go_before_newer_ones(
     restarted.send(signal.SIGTERM)
     assert await restarted.wait_exit(within=10) == 0
     assert await _copied(aclient, db_name, 1, full_name="newer")
+
+
+async def _copy_one_then_pause(
+    people: ProcessGroup, worker: Any, aclient: Any, db_name: str
+) -> tuple[str, Any]:
+    """Once the worker has copied a first document, pause its pair: (pair, original)."""
+    await worker.wait_for("stream_open")
+    pair = f"{db_name}.people"
+    original = aclient[db_name]["people"]
+    await original.insert_one({"_id": 1, "name": "Ann"})
+    await eventually(lambda: _copied(aclient, db_name, 1, full_name="Ann"), what="copy")
+    assert (await people.command("pause", "--pair", pair)).code == 0
+    return pair, original
 
 
 async def _no_held(held: Any, pair: str) -> bool:
