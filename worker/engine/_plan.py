@@ -377,10 +377,12 @@ def _guard(
     """Drop the paths a client changed on the target after the event (they are newer).
     `fields`: paths that are top-level field names, read by name."""
 
-    def at(document: Mapping[str, Any], path: str) -> Any:
-        if fields and path in fields:
+    def by_name(document: Mapping[str, Any], path: str) -> Any:
+        if path in fields:
             return document.get(path, _MISSING)
         return value_at(document, path)
+
+    at = by_name if fields else value_at
 
     conflicts: list[str] = []
     kept_set: dict[str, Any] = {}
