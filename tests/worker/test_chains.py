@@ -94,6 +94,30 @@ async def test_writes_travel_the_whole_chain_both_ways(
         await eventually(lambda: _agree(aclient, db_name, config.tag_field), what="agreement")
 
 
+@pytest.mark.parametrize("origin_tag", TAG_MODES)
+async def test_a_dotted_top_level_field_travels_the_chain_by_name(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
+) -> None:
+    """A change to a top-level field named "a.b" on v1 reaches v3 by name through v2 (the
+    worker's write to v2 is a change for the second pair), never as field `b` of `a`."""
+    config = _chain_config(mongo_uri, db_name, tmp_path, origin_tag)
+    db = aclient[db_name]
+    async with running_worker(config) as worker:
+        await db.v1.insert_one({"_id": 1, "name": "Ann", "a.b": 1, "pad": "p" * 300})
+        await eventually(lambda: _document_is(aclient, db_name, "v3", 1, **{"a.b": 1}), what="v3")
+        await db.v1.update_one(
+            {"_id": 1},
+            [{"$replaceWith": {"$setField": {"field": "a.b", "input": "$$ROOT", "value": 2}}}],
+        )
+        await eventually(
+            lambda: _document_is(aclient, db_name, "v3", 1, **{"a.b": 2}), what="the change"
+        )
+        for coll in NAME:
+            found = await _document(aclient, db_name, coll, 1)
+            assert found is not None and found["a.b"] == 2 and "a" not in found, (coll, found)
+        assert [d async for d in worker.store.dead_letters.find({})] == []
+
+
 async def _document_is(
     aclient: Any, db_name: str, coll: str, document_id: Any, **fields: Any
 ) -> bool:

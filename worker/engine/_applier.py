@@ -38,7 +38,7 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from transforms import Pair, Registry, TransformFailed, diff_documents
+from transforms import Pair, Registry, TransformFailed, diff_documents, named_fields
 from worker.engine._ahead import AHEAD_LIMIT, WritesAhead
 from worker.engine._commands import BatchWrites, Refused, is_transient, supports_bulk_write
 from worker.engine._lease import Lease
@@ -1365,6 +1365,12 @@ def _virtual_event(
             "removedFields": list(patch.unset),
             "truncatedArrays": [],
         }
+        dotted = [name for name in named_fields(patch, before, after) if "." in name]
+        if dotted:
+            # Such a path names one field: said as MongoDB 6.1 says it, and with the document,
+            # so that the other pair does not read it as nested fields of the merge base.
+            event["updateDescription"]["disambiguatedPaths"] = {name: [name] for name in dotted}
+            event["fullDocument"] = dict(after)
     return event
 
 
