@@ -253,20 +253,32 @@ def apply_update_description(
     updated_fields: Mapping[str, Any],
     removed_fields: Sequence[str] = (),
     truncated_arrays: Sequence[Mapping[str, Any]] = (),
+    disambiguated_paths: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """What an update event's `updateDescription` did to `document`, as a new document.
 
     Arrays are truncated first, then fields set, then removed, which is how MongoDB describes a
     pipeline update that shortened an array and rewrote some of its elements. Inputs are not
-    mutated; the result shares unchanged sub-documents with `document`.
+    mutated; the result shares unchanged sub-documents with `document`. `disambiguated_paths`
+    (MongoDB 6.1's `disambiguatedPaths`): the components of paths that a split at each `.`
+    would get wrong, such as `prices.v1.2` for field "v1.2" of `prices`.
     """
+    components = disambiguated_paths or {}
+
+    def parts(path: str) -> Sequence[str]:
+        listed = components.get(path)
+        if listed is None:
+            return split_path(path)
+        # An int is an array index, a string a field name: the container's type decides.
+        return [str(part) for part in listed]
+
     writer = _Writer(document)
     for truncation in truncated_arrays:
-        writer.truncate(split_path(truncation["field"]), int(truncation["newSize"]))
+        writer.truncate(parts(truncation["field"]), int(truncation["newSize"]))
     for path, value in updated_fields.items():
-        writer.set(split_path(path), value)
+        writer.set(parts(path), value)
     for path in removed_fields:
-        writer.unset(split_path(path))
+        writer.unset(parts(path))
     return writer.root
 
 

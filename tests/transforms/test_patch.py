@@ -107,6 +107,26 @@ def test_apply_update_description(
     assert document == before
 
 
+def test_apply_update_description_by_disambiguated_components() -> None:
+    """A path listed in disambiguatedPaths is walked by its components: a string names a
+    field (even "v1.2" or "0"), an int an array index."""
+    document = {"prices": {"v1.2": 1, "0": "a"}, "list": [{"k": 1}], "v1": {"2": 9}}
+    after = apply_update_description(
+        document,
+        {"prices.v1.2": 2, "prices.0": "b", "list.0.k": 5},
+        (),
+        (),
+        {
+            "prices.v1.2": ["prices", "v1.2"],
+            "prices.0": ["prices", "0"],
+            "list.0.k": ["list", 0, "k"],
+        },
+    )
+    assert after == {"prices": {"v1.2": 2, "0": "b"}, "list": [{"k": 5}], "v1": {"2": 9}}
+    assert apply_update_description(document, {"prices.v1.2": 2})["v1"] == {"2": 9}
+    assert apply_update_description(document, {"v1.2": 3}, (), (), {"v1.2": ["v1.2"]})["v1.2"] == 3
+
+
 def test_patch_to_update_and_restricted() -> None:
     """`to_update` leaves out empty operators; `restricted` keeps only accepted paths."""
     patch = Patch({"a": 1, "b.c": 2}, ("d",))

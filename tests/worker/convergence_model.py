@@ -91,7 +91,14 @@ LOGICAL_FIELDS: dict[str, tuple[str, ...]] = {
     "tier": ("original", "partner"),
     "legacy": ("original",),
     "score": ("partner",),
+    # A top-level field named "d.x": an update path cannot name it, so clients change it with
+    # $setField in a pipeline update, and the worker writes it by name.
+    "dotted": ("original", "partner"),
 }
+DOTTED = "d.x"
+# Every whole document carries it (both sides, unmapped): a pipeline update's field diff then
+# stays smaller than the document, so MongoDB logs it as an update, not as a replacement.
+PAD = "p" * 200
 
 _OPERATIONS = ("insert", "update", "replace", "delete")
 _OPERATION_WEIGHTS = (2, 6, 1, 1)
@@ -113,6 +120,7 @@ def logical_values(side: str, document: Mapping[str, Any] | None) -> dict[str, A
             "note": document.get("note", ABSENT),
             "tier": "basic" if tier is None else tier,
             "legacy": document.get("legacy", ABSENT),
+            "dotted": document.get(DOTTED, ABSENT),
         }
     address = document.get("address")
     return {
@@ -123,6 +131,7 @@ def logical_values(side: str, document: Mapping[str, Any] | None) -> dict[str, A
         "note": document.get("note", ABSENT),
         "tier": document.get("tier", ABSENT),
         "score": document.get("score", ABSENT),
+        "dotted": document.get(DOTTED, ABSENT),
     }
 
 
@@ -211,7 +220,14 @@ class Writer:
         token = self._token()
         maybe = self.rng.random
         if self.side == "original":
-            document: dict[str, Any] = {"zip": f"z{token}", "first": f"F{token}", "last": "L"}
+            document: dict[str, Any] = {
+                "zip": f"z{token}",
+                "first": f"F{token}",
+                "last": "L",
+                "pad": PAD,
+            }
+            if maybe() < 0.5:
+                document[DOTTED] = f"d{token}"
             if maybe() < 0.8:
                 document["name"] = f"n{token}"
             if maybe() < 0.8:
@@ -226,7 +242,14 @@ class Writer:
         # The partner side never drops tier or display: going back and forth, "absent" there
         # cannot survive the round trip (require and derive fill them in), which is the
         # transforms' documented lossiness, not the engine's.
-        document = {"address": {"zip": f"z{token}"}, "display": f"F{token} L", "tier": f"t{token}"}
+        document = {
+            "address": {"zip": f"z{token}"},
+            "display": f"F{token} L",
+            "tier": f"t{token}",
+            "pad": PAD,
+        }
+        if maybe() < 0.5:
+            document[DOTTED] = f"d{token}"
         if maybe() < 0.8:
             document["title"] = f"n{token}"
         if maybe() < 0.8:
@@ -237,12 +260,14 @@ class Writer:
             document["score"] = self._number()
         return document
 
-    def _field_update(self) -> tuple[dict[str, Any], Any]:
-        """A $set/$unset of 1-3 logical fields, and how it changes a document."""
+    def _field_update(self) -> tuple[Any, Any]:
+        """A $set/$unset of 1-3 logical fields (a pipeline update when one is "d.x"), and how
+        it changes a document."""
         fields = [name for name, sides in LOGICAL_FIELDS.items() if self.side in sides]
         chosen = self.rng.sample(fields, self.rng.randint(1, 3))
         to_set: dict[str, Any] = {}
         to_unset: list[str] = []
+        by_name: dict[str, Any] = {}  # DOTTED -> its new value, ABSENT to remove it
         original = self.side == "original"
         for name in chosen:
             token = self._token()
@@ -263,6 +288,8 @@ class Writer:
                     to_set["display"] = f"F{token} L"
             elif name == "note":
                 (to_unset.append("note") if unset else to_set.__setitem__("note", f"n{token}"))
+            elif name == "dotted":
+                by_name[DOTTED] = ABSENT if unset else f"d{token}"
             elif name == "tier":
                 if original and unset:
                     to_unset.append("tier")
@@ -271,11 +298,25 @@ class Writer:
             else:  # legacy (original) or score (partner)
                 value = f"l{token}" if original else self._number()
                 (to_unset.append(name) if unset else to_set.__setitem__(name, value))
-        update: dict[str, Any] = {}
+        update: Any = {}
         if to_set:
             update["$set"] = to_set
         if to_unset:
             update["$unset"] = dict.fromkeys(to_unset, "")
+        if by_name:
+            stages: list[dict[str, Any]] = []
+            if to_set:
+                stages.append({"$set": {p: {"$literal": v} for p, v in to_set.items()}})
+            if to_unset:
+                stages.append({"$unset": list(to_unset)})
+            for field_name, value in by_name.items():
+                named = {"field": {"$literal": field_name}, "input": "$$ROOT"}
+                if value is ABSENT:
+                    stages.append({"$replaceWith": {"$unsetField": named}})
+                else:
+                    literal = {"$literal": value}
+                    stages.append({"$replaceWith": {"$setField": {**named, "value": literal}}})
+            update = stages
 
         def apply(document: Mapping[str, Any]) -> dict[str, Any]:
             result = _deep_copy(document)
@@ -287,6 +328,11 @@ class Writer:
                     result[head] = value
             for path in to_unset:
                 result.pop(path, None)
+            for field_name, value in by_name.items():
+                if value is ABSENT:
+                    result.pop(field_name, None)
+                else:
+                    result[field_name] = value
             return result
 
         return update, apply

@@ -223,13 +223,13 @@ async def test_such_a_sub_document_follows_its_last_writer_whole(
 
 
 @pytest.mark.parametrize("origin_tag", ["session", "field"])
-async def test_an_update_event_naming_a_dotted_field_is_placed_from_the_document(
+async def test_an_update_event_naming_a_dotted_field_is_placed_by_its_components(
     mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str
 ) -> None:
     """A pipeline update of one field of such a sub-document reports the path
-    `prices.v1.2`; its `disambiguatedPaths` (expanded events) says it names field "v1.2", so
-    the worker reads the document instead of applying the path to its merge base, where it
-    would have named field `2` of `prices.v1`."""
+    `prices.v1.2`; its `disambiguatedPaths` (expanded events) says it names field "v1.2" of
+    `prices`, and the worker applies it to its merge base by those components; a split at each
+    `.` would have named field `2` of `prices.v1`."""
     module = write_module(tmp_path, f"people_dotted_{origin_tag}", PEOPLE_MODULE, db=db_name)
     config = make_config(mongo_uri, db_name, module, origin_tag=origin_tag)
     original = aclient[db_name]["people"]

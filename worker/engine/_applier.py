@@ -46,7 +46,6 @@ from worker.engine._plan import (
     EventPlan,
     changed_paths,
     direction_of,
-    names_dotted_fields,
     other_side,
     overlaps,
     plan_event,
@@ -531,7 +530,6 @@ class Applier:
         # Per (namespace, id key) the batch reads as a source: whether an update without a
         # post-image needs the document (when the merge base lacks it). A target is read anyway.
         as_source: dict[tuple[str, Any], bool] = {}
-        unplaced: set[tuple[str, Any]] = set()
         targets_read: set[tuple[str, Any]] = set()
         for pair, side, event, _ in work:
             document_id = event["documentKey"]["_id"]
@@ -541,8 +539,6 @@ class Applier:
             targets_read.add((pair.partner if side == "original" else pair.original, key))
             needs = event.get("operationType") == "update" and event.get("fullDocument") is None
             as_source[source] = as_source.get(source, False) or needs
-            if needs and names_dotted_fields(event):
-                unplaced.add(source)  # read even with a merge base: it cannot place the update
         only_source = {doc: needs for doc, needs in as_source.items() if doc not in targets_read}
         bases: dict[tuple[str, Any], dict[str, Any]] = {}
         docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
@@ -602,10 +598,7 @@ class Applier:
                     for k, v in ids.items()
                     if sources.get((namespace, k))
                     and (namespace, k) not in docs
-                    and (
-                        (bases.get((pair.original, k)) or {}).get(side_field) is None
-                        or (namespace, k) in unplaced
-                    )
+                    and (bases.get((pair.original, k)) or {}).get(side_field) is None
                 }
                 if fetch:
                     await read_documents(namespace, fetch, session)

@@ -129,17 +129,21 @@ def _source_after(
     if op != "update":
         raise ValueError(f"not a document event: {op}")
     description = event.get("updateDescription") or {}
-    if base_source is not None and not names_dotted_fields(event):
+    if base_source is not None:
+        # A path through a dotted field name is placed by its components (disambiguatedPaths).
+        # Taking the document as it is now instead made this event carry later changes of
+        # the source: those lost to target writes between the two, and their own events, no
+        # longer changing the merge base, were passed over as echoes.
         after = apply_update_description(
             base_source,
             description.get("updatedFields") or {},
             description.get("removedFields") or [],
             description.get("truncatedArrays") or [],
+            description.get("disambiguatedPaths"),
         )
         return True, _strip(after, tag_field)
-    # No merge base yet (a document older than the sync), or paths that do not say which
-    # fields they name: the event's own post-image, or the document as it is now. A newer
-    # state is safe: its own events will be no-ops on it.
+    # No merge base yet (a document older than the sync): the event's own post-image, or the
+    # document as it is now. A newer state is safe: its own events will be no-ops on it.
     if event.get("fullDocument") is not None:
         return True, _strip(event["fullDocument"], tag_field)
     if current_source is not None:
