@@ -94,8 +94,12 @@ LOGICAL_FIELDS: dict[str, tuple[str, ...]] = {
     # A top-level field named "d.x": an update path cannot name it, so clients change it with
     # $setField in a pipeline update, and the worker writes it by name.
     "dotted": ("original", "partner"),
+    # A top-level field named "$p": a replacement may not hold it either, so clients replace
+    # such a document with a pipeline, and the worker creates it with a pipeline upsert.
+    "dollar": ("original", "partner"),
 }
 DOTTED = "d.x"
+DOLLAR = "$p"
 # Every whole document carries it (both sides, unmapped): a pipeline update's field diff then
 # stays smaller than the document, so MongoDB logs it as an update, not as a replacement.
 PAD = "p" * 200
@@ -121,6 +125,7 @@ def logical_values(side: str, document: Mapping[str, Any] | None) -> dict[str, A
             "tier": "basic" if tier is None else tier,
             "legacy": document.get("legacy", ABSENT),
             "dotted": document.get(DOTTED, ABSENT),
+            "dollar": document.get(DOLLAR, ABSENT),
         }
     address = document.get("address")
     return {
@@ -132,6 +137,7 @@ def logical_values(side: str, document: Mapping[str, Any] | None) -> dict[str, A
         "tier": document.get("tier", ABSENT),
         "score": document.get("score", ABSENT),
         "dotted": document.get(DOTTED, ABSENT),
+        "dollar": document.get(DOLLAR, ABSENT),
     }
 
 
@@ -181,9 +187,18 @@ class Writer:
             before = None
         elif op == "replace":
             replacement = self._whole_document()
-            before = await self.collection.find_one_and_replace(
-                query, replacement, session=session, return_document=ReturnDocument.BEFORE
-            )
+            if DOLLAR in replacement:
+                # A replacement may not hold a top-level `$` name: the pipeline's may.
+                before = await self.collection.find_one_and_update(
+                    query,
+                    [{"$replaceWith": {"$literal": {"_id": document_id, **replacement}}}],
+                    session=session,
+                    return_document=ReturnDocument.BEFORE,
+                )
+            else:
+                before = await self.collection.find_one_and_replace(
+                    query, replacement, session=session, return_document=ReturnDocument.BEFORE
+                )
             after = {"_id": document_id, **replacement}
         elif op == "delete":
             before = await self.collection.find_one_and_delete(query, session=session)
@@ -228,6 +243,8 @@ class Writer:
             }
             if maybe() < 0.5:
                 document[DOTTED] = f"d{token}"
+            if maybe() < 0.3:
+                document[DOLLAR] = f"$o{token}"
             if maybe() < 0.8:
                 document["name"] = f"n{token}"
             if maybe() < 0.8:
@@ -250,6 +267,8 @@ class Writer:
         }
         if maybe() < 0.5:
             document[DOTTED] = f"d{token}"
+        if maybe() < 0.3:
+            document[DOLLAR] = f"$p{token}"
         if maybe() < 0.8:
             document["title"] = f"n{token}"
         if maybe() < 0.8:
@@ -290,6 +309,8 @@ class Writer:
                 (to_unset.append("note") if unset else to_set.__setitem__("note", f"n{token}"))
             elif name == "dotted":
                 by_name[DOTTED] = ABSENT if unset else f"d{token}"
+            elif name == "dollar":
+                by_name[DOLLAR] = ABSENT if unset else f"${token}"
             elif name == "tier":
                 if original and unset:
                     to_unset.append("tier")
