@@ -290,8 +290,8 @@ class Worker:
         reader: StreamReader,
     ) -> None:
         batch_cfg = self.config.batch
-        # The first batch waits for a refresh and a replay: events held before a stop (of a
-        # pair resumed meanwhile, or left for a replay that a crash cut off) go before it.
+        # The first batch waits for a refresh and a replay: the events held for a pair that
+        # was resumed while no worker ran are older than anything the stream brings now.
         last_refresh = -math.inf
         applied = 0
         idle_saved: Any = None
