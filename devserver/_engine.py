@@ -269,10 +269,7 @@ class Engine:
     ) -> dict[str, Any]:
         """The document after applying an update (operators, pipeline or replacement)."""
         if isinstance(update, list):
-            result = self.aggregate([doc], update, self._client["scratch"], update=True)
-            if len(result) != 1:
-                raise CommandError(2, "BadValue", "update pipeline must produce one document")
-            new = result[0]
+            new = self._pipeline_result(doc, update)
         elif not array_filters and (fast := fast_update(doc, update)) is not None:
             new = fast  # plain $set/$unset/$inc: no copy of the whole document, no mongomock
         elif is_operator_update(update):
@@ -294,6 +291,13 @@ class Engine:
             )
         return new
 
+    def _pipeline_result(self, doc: dict[str, Any], pipeline: list[Any]) -> dict[str, Any]:
+        """`doc` after an update's pipeline."""
+        result = self.aggregate([doc], pipeline, self._client["scratch"], update=True)
+        if len(result) != 1:
+            raise CommandError(2, "BadValue", "update pipeline must produce one document")
+        return result[0]
+
     def upsert_document(
         self,
         query: dict[str, Any],
@@ -303,11 +307,9 @@ class Engine:
         """The document an upsert inserts when nothing matched `query`."""
         if isinstance(update, list):
             # The query's equality fields (and an _id), then the pipeline over them.
-            seed = self.upsert_document(query, {"$setOnInsert": {}}, None)
-            result = self.aggregate([seed], update, self._client["scratch"], update=True)
-            if len(result) != 1:
-                raise CommandError(2, "BadValue", "update pipeline must produce one document")
-            return result[0]
+            return self._pipeline_result(
+                self.upsert_document(query, {"$setOnInsert": {}}, None), update
+            )
         if is_operator_update(update):
             self._load(())
             try:

@@ -27,6 +27,11 @@ UPDATE_STAGES = frozenset(
 _INVALID_OPTIONS = 72
 
 
+def _located(code: int, message: str) -> CommandError:
+    """An error as mongod names it by its assertion code."""
+    return CommandError(code, f"Location{code}", message)
+
+
 def prepared(pipeline: list[Any], *, update: bool = False) -> list[dict[str, Any]]:
     """`pipeline` with the stages mongomock lacks written as ones it has; with `update`,
     refused as MongoDB refuses a stage that an update's pipeline may not hold."""
@@ -35,9 +40,7 @@ def prepared(pipeline: list[Any], *, update: bool = False) -> list[dict[str, Any
         name, argument = stage_parts(stage)
         if update and name not in UPDATE_STAGES:
             if name not in aggregate._PIPELINE_HANDLERS:
-                raise CommandError(
-                    40324, "Location40324", f"Unrecognized pipeline stage name: '{name}'"
-                )
+                raise _located(40324, f"Unrecognized pipeline stage name: '{name}'")
             raise CommandError(
                 _INVALID_OPTIONS,
                 "InvalidOptions",
@@ -51,10 +54,8 @@ def prepared(pipeline: list[Any], *, update: bool = False) -> list[dict[str, Any
 def stage_parts(stage: Any) -> tuple[str, Any]:
     """(name, argument) of a pipeline stage, which must be a document of one field."""
     if not isinstance(stage, Mapping) or len(stage) != 1:
-        raise CommandError(
-            40323,
-            "Location40323",
-            "A pipeline stage specification object must contain exactly one field.",
+        raise _located(
+            40323, "A pipeline stage specification object must contain exactly one field."
         )
     ((name, argument),) = stage.items()
     return name, argument
@@ -72,9 +73,7 @@ def rewrite_stage(name: str, argument: Any) -> tuple[str, Any]:
             or not fields
             or not all(isinstance(f, str) and f for f in fields)
         ):
-            raise CommandError(
-                31002, "Location31002", "$unset specification must be a string or an array"
-            )
+            raise _located(31002, "$unset specification must be a string or an array")
         return "$project", {f: 0 for f in fields}
     return name, argument
 
@@ -92,21 +91,13 @@ def _arguments(
     """The operator's named arguments, checked as MongoDB parses them."""
     not_object, unknown, missing = codes
     if not isinstance(argument, Mapping):
-        raise CommandError(
-            not_object,
-            f"Location{not_object}",
-            f"{operator} only supports an object as its argument",
-        )
+        raise _located(not_object, f"{operator} only supports an object as its argument")
     for key in argument:
         if key not in allowed:
-            raise CommandError(
-                unknown, f"Location{unknown}", f"{operator} found an unknown argument: {key}"
-            )
+            raise _located(unknown, f"{operator} found an unknown argument: {key}")
     for key in required:
         if key not in argument:
-            raise CommandError(
-                missing, f"Location{missing}", f"{operator} requires '{key}' to be specified"
-            )
+            raise _located(missing, f"{operator} requires '{key}' to be specified")
     return argument
 
 
@@ -116,39 +107,29 @@ def _field_name(operator: str, field: Any, codes: tuple[int, int, int]) -> str:
     non_constant, not_string, field_path = codes
     if isinstance(field, str) and field.startswith("$"):
         path = field[1:] if field.startswith("$$") else f"$CURRENT.{field[1:]}"
-        raise CommandError(
+        raise _located(
             field_path,
-            f"Location{field_path}",
             f"'{path}' is a field path reference which is not allowed in this context. Did you"
             f" mean {{$literal: '{path}'}}?",
         )
-    if isinstance(field, Mapping):
-        if len(field) == 1 and next(iter(field)) in ("$literal", "$const"):
-            field = next(iter(field.values()))
-        else:
-            raise CommandError(
-                non_constant,
-                f"Location{non_constant}",
-                f"{operator} requires 'field' to evaluate to a constant, but got a non-constant"
-                " argument",
-            )
-    elif isinstance(field, list):
-        raise CommandError(
+    if isinstance(field, Mapping) and len(field) == 1 and next(iter(field)) in _CONSTANTS:
+        field = next(iter(field.values()))
+    elif isinstance(field, (Mapping, list)):
+        raise _located(
             non_constant,
-            f"Location{non_constant}",
             f"{operator} requires 'field' to evaluate to a constant, but got a non-constant"
             " argument",
         )
     if not isinstance(field, str):
-        raise CommandError(
+        raise _located(
             not_string,
-            f"Location{not_string}",
             f"{operator} requires 'field' to evaluate to type String, but got"
             f" {bson_type_name(field)}",
         )
     return field
 
 
+_CONSTANTS = ("$literal", "$const")
 _SET_CODES = (4161100, 4161101, 4161102)
 _SET_FIELD_CODES = (4161105, 4161106, 4161108)
 _GET_CODES = (3041700, 3041701, 3041702)
@@ -159,11 +140,9 @@ def _set_field(parser: Any, operator: str, argument: Any) -> Any:
     names = ("field", "input", "value") if operator == "$setField" else ("field", "input")
     arguments = _arguments(operator, argument, names, ("field",), _SET_CODES)
     if operator == "$setField" and "value" not in arguments:
-        raise CommandError(4161103, "Location4161103", "$setField requires 'value' to be specified")
+        raise _located(4161103, "$setField requires 'value' to be specified")
     if "input" not in arguments:
-        raise CommandError(
-            4161104, "Location4161104", f"{operator} requires 'input' to be specified"
-        )
+        raise _located(4161104, f"{operator} requires 'input' to be specified")
     name = _field_name(operator, arguments["field"], _SET_FIELD_CODES)
     try:
         document = parser.parse(arguments["input"])
@@ -173,9 +152,7 @@ def _set_field(parser: Any, operator: str, argument: Any) -> Any:
         return None
     if not isinstance(document, Mapping):
         # mongod names $setField here for $unsetField too: one is the other with $$REMOVE.
-        raise CommandError(
-            4161109, "Location4161109", "$setField requires 'input' to evaluate to type Object"
-        )
+        raise _located(4161109, "$setField requires 'input' to evaluate to type Object")
     result = dict(document)  # `$$ROOT` is the document itself: never change it in place
     removed = operator == "$unsetField"
     if not removed:
@@ -204,9 +181,7 @@ def _get_field(parser: Any, operator: str, argument: Any) -> Any:
     if document is None:
         return None
     if not isinstance(document, Mapping):
-        raise CommandError(
-            3041705, "Location3041705", "$getField requires 'input' to evaluate to type Object"
-        )
+        raise _located(3041705, "$getField requires 'input' to evaluate to type Object")
     if name not in document:
         raise KeyError(name)  # mongomock's "missing": the enclosing stage leaves it out
     return document[name]
@@ -224,9 +199,8 @@ def _merge_objects(parser: Any, operator: str, argument: Any) -> Any:
         if value is None:
             continue
         if not isinstance(value, Mapping):
-            raise CommandError(
+            raise _located(
                 40400,
-                "Location40400",
                 f"$mergeObjects requires object inputs, but input {value!r} is of type"
                 f" {bson_type_name(value)}",
             )

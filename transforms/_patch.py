@@ -67,7 +67,7 @@ def _addressable_fields(document: Mapping[str, Any]) -> bool:
     or starts with `$`. MongoDB 5.0 stores such names, but `$set: {"a.b": ...}` means field `b`
     of `a`, and a `$`-prefixed component may be read as an operator or a positional `$`."""
     for name in document:
-        if not name or "." in name or name[0] == "$":
+        if not _addressable_name(name):
             return False
     return True
 
@@ -94,13 +94,16 @@ def named_fields(patch: Patch, *documents: Mapping[str, Any] | None) -> frozense
     return frozenset(names)
 
 
-def unaddressable_field(patch: Patch, *documents: Mapping[str, Any] | None) -> str | None:
+def unaddressable_field(
+    patch: Patch, *documents: Mapping[str, Any] | None, named: frozenset[str] | None = None
+) -> str | None:
     """A top-level field of `patch` that no update can write (see `named_fields`), or None.
 
     An empty name; or a dotted name whose first part is itself a top-level field of one of
     `documents` (with fields `a` and `a.b`, the path `a.b` of a patch could mean either).
+    `named`: `named_fields(patch, *documents)` when the caller has it already.
     """
-    for name in named_fields(patch, *documents):
+    for name in named_fields(patch, *documents) if named is None else named:
         if not name:
             return name
         first = name.split(".", 1)[0]
@@ -265,12 +268,14 @@ def apply_update_description(
     """
     components = disambiguated_paths or {}
 
-    def parts(path: str) -> Sequence[str]:
+    def by_components(path: str) -> Sequence[str]:
         listed = components.get(path)
         if listed is None:
             return split_path(path)
         # An int is an array index, a string a field name: the container's type decides.
         return [str(part) for part in listed]
+
+    parts = by_components if components else split_path
 
     writer = _Writer(document)
     for truncation in truncated_arrays:

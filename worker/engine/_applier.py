@@ -1360,10 +1360,9 @@ def _virtual_event(
         }
         dotted = [name for name in named_fields(patch, before, after) if "." in name]
         if dotted:
-            # Such a path names one field: said as MongoDB 6.1 says it, and with the document,
-            # so that the other pair does not read it as nested fields of the merge base.
+            # Such a path names one field: said as MongoDB 6.1 says it, so that the other pair
+            # places it on its merge base by name, not as nested fields.
             event["updateDescription"]["disambiguatedPaths"] = {name: [name] for name in dotted}
-            event["fullDocument"] = dict(after)
     return event
 
 

@@ -100,10 +100,11 @@ def _strip(document: Mapping[str, Any] | None, tag_field: str | None) -> dict[st
 
 def names_dotted_fields(event: Mapping[str, Any]) -> bool:
     """Whether an update event changed a field whose name holds a `.`: its dotted paths then
-    do not say which fields they name, and the merge base cannot place the update.
+    do not say which fields they name, so only the components in its `disambiguatedPaths`
+    (MongoDB 6.1, with expanded events) place it, which the fast path does not read.
 
-    Known from `disambiguatedPaths` (MongoDB 6.1, with expanded events). A numeric field name
-    listed there needs nothing: paths are walked by the type of each container.
+    A numeric field name listed there needs nothing: paths are walked by the type of each
+    container.
     """
     description = event.get("updateDescription")
     if not description:
@@ -277,7 +278,8 @@ def plan_event(
     # Field by field inside sub-documents that may hold fields the target keeps for itself.
     patch = pair.target_patch(reference, target_new, direction).restricted(owns)
     documents = (cur_target, known_target, target_new)
-    unaddressable = unaddressable_field(patch, *documents)
+    named = named_fields(patch, *documents)
+    unaddressable = unaddressable_field(patch, *documents, named=named)
     if unaddressable is not None:
         plan.failure = unaddressable_failure(pair, unaddressable, event["documentKey"]["_id"])
         return plan
@@ -285,7 +287,7 @@ def plan_event(
         plan.conflict_paths = ["<document>"]
         plan.reason = "target replaced or re-created after this change; the later write wins"
         return plan
-    return _patched(plan, patch, cur_target, known_target, ahead, named_fields(patch, *documents))
+    return _patched(plan, patch, cur_target, known_target, ahead, named)
 
 
 def unaddressable_failure(pair: Pair | None, name: str, document_id: Any) -> TransformFailed:

@@ -77,12 +77,11 @@ def plan_target_write(
         patch = diff_documents(current, desired).restricted(owns)
     if patch.is_empty():
         return None
-    unaddressable = unaddressable_field(patch, current, desired)
+    named = named_fields(patch, current, desired)
+    unaddressable = unaddressable_field(patch, current, desired, named=named)
     if unaddressable is not None:
         raise unaddressable_failure(pair, unaddressable, document_id)
-    return TargetWrite(
-        "update", document_id, patch=patch, fields=named_fields(patch, current, desired)
-    )
+    return TargetWrite("update", document_id, patch=patch, fields=named)
 
 
 def write_operation(
