@@ -64,6 +64,21 @@ def test_backfill_fills_the_partner_and_records_a_merge_base_per_document(
     assert record["start_at"] == record["backfill"]["t0"]
 
 
+def test_backfill_copies_fields_no_update_path_can_name(scenario: Scenario) -> None:
+    """Top-level fields named "a.b" and "$p" reach the partner as they are, and verify finds
+    no drift."""
+    people = [{**doc, "a.b": {"c": i}, "$p": f"${i}"} for i, doc in enumerate(_people(5))]
+    scenario.original.insert_many(people)
+    result = scenario.cli("backfill", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    for doc in people:
+        copied = scenario.partner.find_one({"_id": doc["_id"]})
+        assert copied == {**_converted(doc), "a.b": doc["a.b"], "$p": doc["$p"]}
+        assert "a" not in copied
+    verified = scenario.cli("verify")
+    assert verified.exit_code == 0, verified.output
+
+
 def test_backfill_keeps_client_versions_and_adopts_equal_documents(scenario: Scenario) -> None:
     """A differing target document without merge base is kept; an equal one is adopted."""
     people = _people(3)
