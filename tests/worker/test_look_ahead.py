@@ -206,3 +206,69 @@ async def test_look_ahead_waits_for_a_busy_reader_to_pass_its_horizon() -> None:
     assert not unread.covers(Timestamp(1000, 6))
     unread.add(_change(7, 1))
     assert unread.covers(Timestamp(1000, 6))
+
+
+async def test_a_reader_far_behind_is_not_waited_for(mongo_uri: str, tmp_path: Path) -> None:
+    """A batch's look-ahead waits for a busy reader only when it can pass the horizon soon: a
+    reader held back by a full buffer is not waited for (a backlog's batches each waited the
+    whole wait), and the newer write is still found, in a summary of the history past it."""
+    name = f"ahead_{uuid.uuid4().hex[:8]}"
+    registry = load_registry(
+        [write_module(tmp_path, name, PEOPLE_MODULE, db=name)], entry_points=False
+    )
+    pair = registry.pairs[0]
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        db = client[name]
+        store = StateStore(client[f"{name}_state"])
+        await store.ensure_collections()
+        lease = Lease(store, "far-behind-test", 30.0)
+        assert await lease.try_acquire()
+        applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
+        await db.people.insert_one({"_id": 1, "name": "n1"})
+        await db.people_v2.insert_one({"_id": 1, "full_name": "n1"})
+        async with await db.watch(max_await_time_ms=50) as stream:
+            await db.people.update_one({"_id": 1}, {"$set": {"name": "batch"}})
+            await db.people_v2.insert_one({"_id": 2, "full_name": "unrelated"})
+            await db.people_v2.update_one({"_id": 1}, {"$set": {"loyalty": 5}})
+            batch_event, unrelated, _ = await next_events(stream, 3)
+        work = [(pair, "original", batch_event, 0)]
+        checkpoint = (batch_event["_id"], batch_event["clusterTime"])
+        waits: list[Timestamp] = []
+
+        def spied(unread: UnreadEvents) -> UnreadEvents:
+            real = unread.wait_covers
+
+            async def wait_covers(horizon: Timestamp, *, within: float) -> bool:
+                waits.append(horizon)
+                return await real(horizon, within=within)
+
+            unread.wait_covers = wait_covers  # type: ignore[method-assign]
+            return unread
+
+        async with applier.opened():
+            assert applier.session is not None
+            await client.admin.command("ping", session=applier.session)
+            horizon = applier.session.operation_time
+            assert horizon is not None
+            # The reader has handed over the unrelated write only, and is busy (it just moved).
+            applier.unread = spied(_unread(unrelated))
+            applier.ahead_after_unread = 1  # its buffer is full
+            held_back = await applier._peek_ahead(work, checkpoint, read_ahead=True, until=horizon)
+            assert waits == []
+            assert applier._ahead is not None  # answered by a summary
+            # The same reader with room in its buffer, close behind: it is waited for.
+            applier._ahead = None
+            applier.unread = spied(_unread(unrelated))
+            applier.ahead_after_unread = 1_000
+            close_behind = await applier._peek_ahead(
+                work, checkpoint, read_ahead=True, until=horizon
+            )
+            assert waits == [horizon]
+        target = (pair.partner, id_key(1))
+        assert held_back == {target: frozenset({"loyalty"})}
+        assert close_behind == {target: frozenset({"loyalty"})}
+    finally:
+        await client.drop_database(name)
+        await client.drop_database(f"{name}_state")
+        await client.close()

@@ -988,8 +988,13 @@ class Applier:
         if read_ahead and self.unread is not None:
             unread = self.unread
             # A busy reader passes the horizon within a round trip or two: then every newer
-            # write up to it is in memory, and the server is not asked at all.
-            if until is not None:
+            # write up to it is in memory, and the server is not asked at all. A reader far
+            # behind (a full buffer, or seconds of history still to read) cannot pass it in
+            # that time: waiting for it cost a backlog's batches 20 ms each, and a summary
+            # of the history past it answers instead.
+            if until is not None and self._far_behind(unread, until):
+                past_snapshot = unread.covers(until)
+            elif until is not None:
                 past_snapshot = await unread.wait_covers(until, within=READER_WAIT_S)
             after = unread.resume_point
             if unread.has_invalidate():
@@ -1040,11 +1045,7 @@ class Applier:
         start = unread.resume_point
         if past_snapshot or unread.has_invalidate() or start is None:
             return None
-        if (
-            ahead is None
-            and len(unread) < self.ahead_after_unread
-            and unread.seconds_behind(until) < AHEAD_AFTER_SECONDS
-        ):
+        if ahead is None and not self._far_behind(unread, until):
             return None
         if ahead is None:
             if self._ahead_refused is not None and not unread.covers(self._ahead_refused):
@@ -1074,6 +1075,15 @@ class Applier:
             batch_time_handed_over=batch_time is not None and unread.covers(batch_time),
             since=since,
             until=until,
+        )
+
+    def _far_behind(self, unread: UnreadEvents, until: Timestamp) -> bool:
+        """Whether the reader is held back by a full buffer (half full or more) or is
+        `AHEAD_AFTER_SECONDS` or more of cluster time behind `until`: it will not pass `until`
+        soon, and the history past it is read once into a summary (`WritesAhead`)."""
+        return (
+            len(unread) >= self.ahead_after_unread
+            or unread.seconds_behind(until) >= AHEAD_AFTER_SECONDS
         )
 
     async def _read_newer_writes(
