@@ -18,7 +18,7 @@ the worker's RSS is sampled every second.
 
     .venv/bin/python bench/sync.py [--seconds 20] [--rate 1000] [--backlog 5000] [--docs 2000]
                                    [--only engine|naive] [--round-trip-ms 0]
-                                   [--mongodb-version 7.0|8.0] [--load-client wire|driver]
+                                   [--mongodb-version 6.0|7.0|8.0] [--load-client wire|driver]
 
 `--round-trip-ms` makes the development server add that much to every round trip, as the
 network to a real server would; every client of the run pays it, the benchmark's own included.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -236,9 +237,15 @@ class ChangeHistory:
         pipeline: list[dict[str, Any]],
         batch_size: int | None,
         cluster_time: Timestamp,
+        disambiguates_paths: bool = True,
     ) -> ChangeStreamCursor:
-        """Open a change stream cursor; raises CommandError for bad options or lost history."""
+        """Open a change stream cursor; raises CommandError for bad options or lost history.
+
+        `disambiguates_paths` False: a server before MongoDB 6.1, whose update events have no
+        `disambiguatedPaths` even with expanded events."""
         options = parse_options(spec, db=db, coll=coll)
+        if not disambiguates_paths:
+            options = dataclasses.replace(options, disambiguates_paths=False)
         return ChangeStreamCursor(
             self,
             options,
@@ -638,7 +645,7 @@ class ChangeStreamCursor:
             event["documentKey"] = entry["documentKey"]
         if op == "update":
             event["updateDescription"] = entry["updateDescription"]
-            if options.show_expanded_events:
+            if options.show_expanded_events and options.disambiguates_paths:
                 # MongoDB 6.1: with expanded events every update says which of its paths
                 # hold dotted or numeric field names, an empty document when none does.
                 event["updateDescription"] = {

@@ -58,6 +58,9 @@ class StreamOptions:
     start_at_operation_time: Timestamp | None = None
     all_changes_for_cluster: bool = False
     show_expanded_events: bool = False
+    # Whether the server's updates say which of their paths hold dotted or numeric field names
+    # (`disambiguatedPaths`, MongoDB 6.1 and later, with expanded events).
+    disambiguates_paths: bool = True
 
 
 def parse_options(spec: Any, *, db: str, coll: str | None) -> StreamOptions:

@@ -81,7 +81,10 @@ async def _run(server: DevServer) -> None:
     default=DEFAULT_MONGODB_VERSION,
     show_default=True,
     type=click.Choice(sorted(MONGODB_VERSIONS)),
-    help="The MongoDB release to present itself as (7.0 has no bulkWrite command).",
+    help=(
+        "The MongoDB release to present itself as (7.0 has no bulkWrite command; 6.0 neither,"
+        " nor $changeStreamSplitLargeEvent or disambiguatedPaths)."
+    ),
 )
 @click.option(
     "--log-level",

@@ -7,6 +7,7 @@ from typing import Any
 
 from bson import Int64
 
+from devserver._change_pipeline import SPLIT_STAGE
 from devserver._command import (
     Context,
     batch_size_arg,
@@ -159,6 +160,12 @@ async def _change_stream(ctx: Context, coll: str | None, pipeline: list[Any]) ->
             "$changeStream may only be run with {allChangesForCluster: true} on the 'admin' "
             "database with {aggregate: 1}",
         )
+    release = ctx.state.version
+    if not release.at_least("7.0") and any(SPLIT_STAGE in stage for stage in pipeline[1:]):
+        # A stage of MongoDB 7.0 and 6.0.9: MongoDB 6.0.0 does not know it.
+        raise CommandError(
+            40324, "Location40324", f"Unrecognized pipeline stage name: '{SPLIT_STAGE}'"
+        )
     batch_size = cursor_batch_size(ctx)
     stream = history.open(
         db=ctx.db,
@@ -167,6 +174,7 @@ async def _change_stream(ctx: Context, coll: str | None, pipeline: list[Any]) ->
         pipeline=list(pipeline[1:]),
         batch_size=batch_size,
         cluster_time=ctx.state.clock.now,
+        disambiguates_paths=release.at_least("7.0"),
     )
     batch = await stream.next_batch(batch_size, 0)
     cursor_id = 0

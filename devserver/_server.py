@@ -62,7 +62,7 @@ class DevServer:
     """A MongoDB-compatible development server: a one-node replica set over the wire protocol.
 
     Not for production: no authentication, data kept in memory (journaled with `dbpath`).
-    `mongodb_version` is the release it presents itself as: "8.0" (default) or "7.0".
+    `mongodb_version` is the release it presents itself as: "8.0" (default), "7.0" or "6.0".
     """
 
     def __init__(

@@ -40,6 +40,9 @@ class MongoDBVersion:
 
 
 MONGODB_VERSIONS = {
+    # 6.0.0: no $changeStreamSplitLargeEvent (6.0.9), no `disambiguatedPaths` in update events
+    # (6.1), no bulkWrite command (8.0).
+    "6.0": MongoDBVersion("6.0", max_wire_version=17),
     "7.0": MongoDBVersion("7.0", max_wire_version=21),
     "8.0": MongoDBVersion("8.0", max_wire_version=25),
 }

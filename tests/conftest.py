@@ -27,10 +27,12 @@ ServerFactory = Callable[..., ServerThread]
 def mongo_uri(request: pytest.FixtureRequest) -> str:
     """MONGODB_URI when set (a real MongoDB replica set), else an in-process development server.
 
-    Parametrized indirectly with "7.0" (`BOTH_VERSIONS` in tests/worker/engine_helpers.py), a
-    development server speaking MongoDB 7.0 instead (skipped when MONGODB_URI is set)."""
-    if getattr(request, "param", "current") == "7.0":
-        return str(request.getfixturevalue("mongo_uri_7_0"))
+    Parametrized indirectly with "7.0" (`BOTH_VERSIONS` in tests/worker/engine_helpers.py) or
+    "6.0", a development server speaking that release instead (skipped when MONGODB_URI is
+    set)."""
+    release = getattr(request, "param", "current")
+    if release in ("6.0", "7.0"):
+        return str(request.getfixturevalue(f"mongo_uri_{release.replace('.', '_')}"))
     return str(request.getfixturevalue("server_uri"))
 
 
@@ -55,6 +57,20 @@ def mongo_uri_7_0() -> Iterator[str]:
     if os.environ.get("MONGODB_URI"):
         pytest.skip("needs its own development server (MONGODB_URI is set)")
     handle = DevServer(host="127.0.0.1", port=0, mongodb_version="7.0").start_in_thread()
+    try:
+        yield handle.uri
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri_6_0() -> Iterator[str]:
+    """A development server speaking MongoDB 6.0.0 (no bulkWrite, no
+    $changeStreamSplitLargeEvent, no `disambiguatedPaths`), the oldest release the worker
+    supports. Skips when MONGODB_URI is set."""
+    if os.environ.get("MONGODB_URI"):
+        pytest.skip("needs its own development server (MONGODB_URI is set)")
+    handle = DevServer(host="127.0.0.1", port=0, mongodb_version="6.0").start_in_thread()
     try:
         yield handle.uri
     finally:

@@ -614,6 +614,46 @@ def test_mongodb_7_mode_has_no_bulk_write(devserver_factory: Any, db_name: str) 
         assert client[db_name].c.count_documents({}) == 0
 
 
+def test_mongodb_6_mode_lacks_the_later_stream_features(
+    devserver_factory: Any, db_name: str
+) -> None:
+    """mongodb_version="6.0": wire version 17, version 6.0.0 and FCV 6.0, no bulkWrite; a
+    change stream refuses $changeStreamSplitLargeEvent (6.0.9) as an unknown stage, and an
+    update of a dotted field name has no `disambiguatedPaths` (6.1) even with expanded events,
+    where 7.0 says which path holds the dotted name."""
+    server = devserver_factory(mongodb_version="6.0")
+    with Client(server.uri, serverSelectionTimeoutMS=10_000) as client:
+        assert client.admin.command("hello")["maxWireVersion"] == 17
+        info = client.admin.command("buildInfo")
+        assert (info["version"], info["versionArray"]) == ("6.0.0", [6, 0, 0, 0])
+        fcv = client.admin.command("getParameter", 1, featureCompatibilityVersion=1)
+        assert fcv["featureCompatibilityVersion"] == {"version": "6.0"}
+        with pytest.raises(OperationFailure) as caught:
+            client.admin.command({"bulkWrite": 1, "ops": [], "nsInfo": [{"ns": f"{db_name}.c"}]})
+        assert caught.value.code == 59
+        coll = client[db_name].c
+        with pytest.raises(OperationFailure) as refused:
+            coll.watch([{"$changeStreamSplitLargeEvent": {}}])
+        assert refused.value.code == 40324
+        assert "$changeStreamSplitLargeEvent" in str(refused.value)
+        coll.insert_one({"_id": 1, "a.b": 1, "pad": "x" * 200})
+        with coll.watch(show_expanded_events=True, max_await_time_ms=200) as stream:
+            set_dotted = {"$setField": {"field": "a.b", "input": "$$ROOT", "value": 2}}
+            coll.update_one({"_id": 1}, [{"$replaceWith": set_dotted}])
+            event = stream.next()
+    assert event["operationType"] == "update"
+    assert event["updateDescription"]["updatedFields"] == {"a.b": 2}
+    assert "disambiguatedPaths" not in event["updateDescription"]
+    later = devserver_factory(mongodb_version="7.0")
+    with Client(later.uri, serverSelectionTimeoutMS=10_000) as client:
+        coll = client[db_name].c
+        coll.insert_one({"_id": 1, "a.b": 1, "pad": "x" * 200})
+        with coll.watch(show_expanded_events=True, max_await_time_ms=200) as stream:
+            coll.update_one({"_id": 1}, [{"$replaceWith": set_dotted}])
+            event = stream.next()
+    assert event["updateDescription"]["disambiguatedPaths"] == {"a.b": ["a.b"]}
+
+
 def test_mongodb_8_mode_is_the_default(devserver_factory: Any) -> None:
     """A server started without mongodb_version is MongoDB 8.0 (wire 25, 8.0.0, FCV 8.0)."""
     server = devserver_factory()
@@ -635,9 +675,9 @@ def test_mongodb_version_survives_restart(devserver_factory: Any) -> None:
 
 def test_unknown_mongodb_version_is_refused() -> None:
     """DevServer and the CLI refuse a version they cannot present, naming the choices."""
-    with pytest.raises(ValueError, match="7.0 or 8.0"):
-        DevServer(mongodb_version="6.0")
-    result = CliRunner().invoke(devserver_command, ["--mongodb-version", "6.0", "--port", "0"])
+    with pytest.raises(ValueError, match="6.0 or 7.0 or 8.0"):
+        DevServer(mongodb_version="5.0")
+    result = CliRunner().invoke(devserver_command, ["--mongodb-version", "5.0", "--port", "0"])
     assert result.exit_code == 2
     assert "--mongodb-version" in result.output
     help_text = CliRunner().invoke(devserver_command, ["--help"]).output
