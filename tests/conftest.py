@@ -50,31 +50,30 @@ def server_uri() -> Iterator[str]:
         handle.stop()
 
 
-@pytest.fixture(scope="session")
-def mongo_uri_7_0() -> Iterator[str]:
-    """A development server speaking MongoDB 7.0 (no cross-collection bulkWrite), for the code
-    paths kept for servers before 8.0. Skips when MONGODB_URI is set."""
+def _release_server(version: str) -> Iterator[str]:
+    """A development server presenting MongoDB `version`; skips when MONGODB_URI is set."""
     if os.environ.get("MONGODB_URI"):
         pytest.skip("needs its own development server (MONGODB_URI is set)")
-    handle = DevServer(host="127.0.0.1", port=0, mongodb_version="7.0").start_in_thread()
+    handle = DevServer(host="127.0.0.1", port=0, mongodb_version=version).start_in_thread()
     try:
         yield handle.uri
     finally:
         handle.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri_7_0() -> Iterator[str]:
+    """A development server speaking MongoDB 7.0 (no cross-collection bulkWrite), for the code
+    paths kept for servers before 8.0."""
+    yield from _release_server("7.0")
 
 
 @pytest.fixture(scope="session")
 def mongo_uri_6_0() -> Iterator[str]:
     """A development server speaking MongoDB 6.0.0 (no bulkWrite, no
     $changeStreamSplitLargeEvent, no `disambiguatedPaths`), the oldest release the worker
-    supports. Skips when MONGODB_URI is set."""
-    if os.environ.get("MONGODB_URI"):
-        pytest.skip("needs its own development server (MONGODB_URI is set)")
-    handle = DevServer(host="127.0.0.1", port=0, mongodb_version="6.0").start_in_thread()
-    try:
-        yield handle.uri
-    finally:
-        handle.stop()
+    supports."""
+    yield from _release_server("6.0")
 
 
 @pytest.fixture

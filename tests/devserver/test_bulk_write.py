@@ -587,17 +587,23 @@ def test_bulk_write_runs_only_against_admin(client: Client, db_name: str) -> Non
     assert caught.value.code == 13
 
 
+def _assert_presents(client: Client, wire_version: int, release: str) -> None:
+    """The server says it is MongoDB `release` (".0" its patch) everywhere a client looks."""
+    assert client.admin.command("hello")["maxWireVersion"] == wire_version
+    info = client.admin.command("buildInfo")
+    version_array = [*(int(part) for part in release.split(".")), 0, 0]
+    assert (info["version"], info["versionArray"]) == (f"{release}.0", version_array)
+    assert client.admin.command("serverStatus")["version"] == f"{release}.0"
+    fcv = client.admin.command("getParameter", 1, featureCompatibilityVersion=1)
+    assert fcv["featureCompatibilityVersion"] == {"version": release}
+
+
 def test_mongodb_7_mode_has_no_bulk_write(devserver_factory: Any, db_name: str) -> None:
     """mongodb_version="7.0": wire version 21, version 7.0.0 and FCV 7.0; bulkWrite is an unknown
     command (59), and PyMongo refuses client bulk_write before sending it."""
     server = devserver_factory(mongodb_version="7.0")
     with Client(server.uri, serverSelectionTimeoutMS=10_000) as client:
-        assert client.admin.command("hello")["maxWireVersion"] == 21
-        info = client.admin.command("buildInfo")
-        assert (info["version"], info["versionArray"]) == ("7.0.0", [7, 0, 0, 0])
-        assert client.admin.command("serverStatus")["version"] == "7.0.0"
-        fcv = client.admin.command("getParameter", 1, featureCompatibilityVersion=1)
-        assert fcv["featureCompatibilityVersion"] == {"version": "7.0"}
+        _assert_presents(client, 21, "7.0")
         with pytest.raises(OperationFailure) as caught:
             client.admin.command(
                 {
@@ -623,46 +629,41 @@ def test_mongodb_6_mode_lacks_the_later_stream_features(
     where 7.0 says which path holds the dotted name."""
     server = devserver_factory(mongodb_version="6.0")
     with Client(server.uri, serverSelectionTimeoutMS=10_000) as client:
-        assert client.admin.command("hello")["maxWireVersion"] == 17
-        info = client.admin.command("buildInfo")
-        assert (info["version"], info["versionArray"]) == ("6.0.0", [6, 0, 0, 0])
-        fcv = client.admin.command("getParameter", 1, featureCompatibilityVersion=1)
-        assert fcv["featureCompatibilityVersion"] == {"version": "6.0"}
+        _assert_presents(client, 17, "6.0")
         with pytest.raises(OperationFailure) as caught:
             client.admin.command({"bulkWrite": 1, "ops": [], "nsInfo": [{"ns": f"{db_name}.c"}]})
         assert caught.value.code == 59
-        coll = client[db_name].c
         with pytest.raises(OperationFailure) as refused:
-            coll.watch([{"$changeStreamSplitLargeEvent": {}}])
+            client[db_name].c.watch([{"$changeStreamSplitLargeEvent": {}}])
         assert refused.value.code == 40324
         assert "$changeStreamSplitLargeEvent" in str(refused.value)
-        coll.insert_one({"_id": 1, "a.b": 1, "pad": "x" * 200})
-        with coll.watch(show_expanded_events=True, max_await_time_ms=200) as stream:
-            set_dotted = {"$setField": {"field": "a.b", "input": "$$ROOT", "value": 2}}
-            coll.update_one({"_id": 1}, [{"$replaceWith": set_dotted}])
-            event = stream.next()
+    event = _dotted_field_update(server.uri, db_name)
     assert event["operationType"] == "update"
     assert event["updateDescription"]["updatedFields"] == {"a.b": 2}
     assert "disambiguatedPaths" not in event["updateDescription"]
     later = devserver_factory(mongodb_version="7.0")
-    with Client(later.uri, serverSelectionTimeoutMS=10_000) as client:
+    event = _dotted_field_update(later.uri, db_name)
+    assert event["updateDescription"]["disambiguatedPaths"] == {"a.b": ["a.b"]}
+
+
+def _dotted_field_update(uri: str, db_name: str) -> dict[str, Any]:
+    """The event of a pipeline update of a top-level field named "a.b", seen with expanded
+    events (the document is padded so that the update is logged as a delta)."""
+    with Client(uri, serverSelectionTimeoutMS=10_000) as client:
         coll = client[db_name].c
         coll.insert_one({"_id": 1, "a.b": 1, "pad": "x" * 200})
         with coll.watch(show_expanded_events=True, max_await_time_ms=200) as stream:
+            set_dotted = {"$setField": {"field": "a.b", "input": "$$ROOT", "value": 2}}
             coll.update_one({"_id": 1}, [{"$replaceWith": set_dotted}])
-            event = stream.next()
-    assert event["updateDescription"]["disambiguatedPaths"] == {"a.b": ["a.b"]}
+            event: dict[str, Any] = stream.next()
+    return event
 
 
 def test_mongodb_8_mode_is_the_default(devserver_factory: Any) -> None:
     """A server started without mongodb_version is MongoDB 8.0 (wire 25, 8.0.0, FCV 8.0)."""
     server = devserver_factory()
     with Client(server.uri, serverSelectionTimeoutMS=10_000) as client:
-        assert client.admin.command("hello")["maxWireVersion"] == 25
-        info = client.admin.command("buildInfo")
-        assert (info["version"], info["versionArray"]) == ("8.0.0", [8, 0, 0, 0])
-        fcv = client.admin.command("getParameter", 1, featureCompatibilityVersion=1)
-        assert fcv["featureCompatibilityVersion"] == {"version": "8.0"}
+        _assert_presents(client, 25, "8.0")
 
 
 def test_mongodb_version_survives_restart(devserver_factory: Any) -> None:
