@@ -184,6 +184,9 @@ CASES = [
     pytest.param(2, Scenario(), "current", id="seed-2"),
     # Before MongoDB 8.0 a batch's writes go out as one command per collection.
     pytest.param(3, Scenario(), "7.0", id="seed-3-mongodb-7.0"),
+    # MongoDB 6.0 reports the writers' updates of their top-level `d.x` without
+    # `disambiguatedPaths`: the worker works the path's components out from the merge base.
+    pytest.param(4, Scenario(), "6.0", id="seed-4-mongodb-6.0"),
     # Found by the soak: a partner replace after an original insert the worker had skipped as
     # a conflict (the replace was ahead) left the insert's fields on the original only.
     pytest.param(1002, SOAK, "current", id="regression-1002-replace-after-skipped-insert"),

@@ -18,6 +18,10 @@ from tests.worker.engine_helpers import (
     write_module,
 )
 
+# Each test runs on the server under test and on MongoDB 6.0, whose update events have no
+# `disambiguatedPaths` (6.1): there the worker works a path's components out from the merge base.
+pytestmark = pytest.mark.parametrize("mongo_uri", ["current", "6.0"], indirect=True)
+
 
 def _without(document: dict[str, Any] | None, *names: str) -> dict[str, Any] | None:
     if document is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.transforms.pairs import build_reference_pair, update_bases, update_descriptions
-from transforms import Direction, Pair, apply_patch
+from transforms import Direction, Pair, apply_patch, apply_update_description
 from worker.engine import (
     TargetWrite,
     changed_paths,
@@ -17,7 +18,7 @@ from worker.engine import (
     plan_target_write,
     write_operation,
 )
-from worker.engine._plan import direction_of
+from worker.engine._plan import direction_of, with_inferred_paths
 
 
 def make_pair() -> Pair:
@@ -544,3 +545,107 @@ def test_fast_path_of_an_update_plans_what_whole_conversions_plan(
         full.echo,
         full.failure is None,
     )
+
+
+# -- paths through dotted field names on servers before MongoDB 6.1 -----------------------------
+
+_NAMES = st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3).map(".".join)
+
+
+def _unambiguous(document: Any) -> bool:
+    """No level holds two names one of which is a dotted prefix of the other ("a" and "a.b")."""
+    if isinstance(document, list):
+        return all(_unambiguous(item) for item in document)
+    if not isinstance(document, dict):
+        return True
+    names = list(document)
+    if any(m != n and m.startswith(n + ".") for n in names for m in names):
+        return False
+    return all(_unambiguous(value) for value in document.values())
+
+
+_DOCUMENTS = st.recursive(
+    st.integers(0, 9),
+    lambda inner: (
+        st.dictionaries(_NAMES, inner, min_size=1, max_size=4)
+        | st.lists(inner, min_size=1, max_size=2)
+    ),
+    max_leaves=10,
+).filter(lambda d: isinstance(d, dict) and _unambiguous(d))
+
+
+def _locations(node: Any, at: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The components of every field and array element below `node`."""
+    found: list[tuple[str, ...]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for name, value in items:
+        here = (*at, str(name))
+        found.append(here)
+        if isinstance(value, dict | list):
+            found.extend(_locations(value, here))
+    return found
+
+
+def _set_at(document: dict[str, Any], parts: tuple[str, ...], value: Any) -> dict[str, Any]:
+    result: Any = copy.deepcopy(document)
+    node = result
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+    return dict(result)
+
+
+def _update(updated: dict[str, Any], removed: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "operationType": "update",
+        "updateDescription": {"updatedFields": updated, "removedFields": removed or []},
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=_DOCUMENTS, data=st.data())
+def test_paths_through_dotted_names_are_worked_out_from_the_document(
+    document: dict[str, Any], data: st.DataObject
+) -> None:
+    """A 6.0 server's path `a.b.c` names the fields it walks in the document before the update
+    (a field named "a.b" and its field c, say): applied by the worked-out components, the update
+    gives the document written by those components, for a changed, a removed and a new field."""
+    parts = data.draw(st.sampled_from(_locations(document)))
+    path = ".".join(parts)
+    changed = with_inferred_paths(_update({path: 99}), document)
+    description = changed["updateDescription"]
+    after = apply_update_description(
+        document, {path: 99}, [], [], description.get("disambiguatedPaths")
+    )
+    assert after == _set_at(document, parts, 99)
+    if all("." not in part for part in parts):
+        assert changed is not None and "disambiguatedPaths" not in description
+    removed = with_inferred_paths(_update({}, [path]), document)["updateDescription"]
+    if removed.get("disambiguatedPaths"):
+        assert removed["disambiguatedPaths"] == {path: list(parts)}
+    # A name new at the top level that no existing name is a dotted prefix of (nor it of one).
+    new = data.draw(_NAMES.filter(lambda n: _unambiguous({**document, n: 0}) and n not in document))
+    added = with_inferred_paths(_update({new: 7}), document)["updateDescription"]
+    placed = apply_update_description(document, {new: 7}, [], [], added.get("disambiguatedPaths"))
+    assert placed == {**document, new: 7}
+
+
+def test_inference_leaves_events_it_cannot_improve_as_they_are() -> None:
+    """An event that lists its components already, a path the document reads two ways, a
+    document without dotted names, and an event with no merge base are left untouched; an
+    array element is walked by its index."""
+    listed = {
+        "operationType": "update",
+        "updateDescription": {"updatedFields": {"a.b": 1}, "disambiguatedPaths": {}},
+    }
+    assert with_inferred_paths(listed, {"a.b": 0}) is listed
+    both_ways = _update({"a.b": 1})
+    assert with_inferred_paths(both_ways, {"a": {"b": 0}, "a.b": 0}) is both_ways
+    plain = _update({"a.b": 1})
+    assert with_inferred_paths(plain, {"a": {"b": 0}}) is plain
+    assert with_inferred_paths(plain, None) is plain
+    in_array = with_inferred_paths(_update({"l.0.v.1": 5}), {"l": [{"v.1": 4}]})
+    assert in_array["updateDescription"]["disambiguatedPaths"] == {"l.0.v.1": ["l", "0", "v.1"]}

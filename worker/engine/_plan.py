@@ -115,6 +115,77 @@ def names_dotted_fields(event: Mapping[str, Any]) -> bool:
     return any(isinstance(part, str) and "." in part for parts in paths.values() for part in parts)
 
 
+def with_inferred_paths(
+    event: Mapping[str, Any], base_source: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    """An update event from a server before MongoDB 6.1 (no `disambiguatedPaths`), with the
+    components of its paths through field names that hold a `.` worked out from the source
+    document before the event (the merge base); the event as it is otherwise.
+
+    Such a server reports `{$setField: {field: "a.b", ...}}` as the path `a.b`, which split at
+    each `.` names field `b` of a field `a` that does not exist. The document before the event
+    tells them apart: its own field named `a.b` is the one written, and a field new at some
+    level is reported by its own path (MongoDB reports a new parent whole), so the rest of the
+    path is its name. A path the document could read both ways (`a.b` beside `a`) is left as it
+    is: planning dead-letters such a document.
+    """
+    description = event.get("updateDescription")
+    if (
+        base_source is None
+        or not description
+        or "disambiguatedPaths" in description
+        or event.get("operationType") != "update"
+    ):
+        return event
+    paths = [
+        *(description.get("updatedFields") or {}),
+        *(description.get("removedFields") or []),
+        *(entry["field"] for entry in description.get("truncatedArrays") or []),
+    ]
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        if "." not in path:
+            continue
+        parts = _components(base_source, path)
+        if parts is not None and any("." in part for part in parts):
+            found[path] = parts
+    if not found:
+        return event
+    return {**event, "updateDescription": {**description, "disambiguatedPaths": found}}
+
+
+def _components(document: Mapping[str, Any], path: str) -> list[str] | None:
+    """The field names (and array indexes) `path` walks through in `document`, or None when a
+    level holds both a name the path could mean and a longer dotted one."""
+    parts = path.split(".")
+    found: list[str] = []
+    node: Any = document
+    at = 0
+    while at < len(parts):
+        if isinstance(node, list) and parts[at].isdigit() and int(parts[at]) < len(node):
+            found.append(parts[at])
+            node = node[int(parts[at])]
+            at += 1
+            continue
+        if not isinstance(node, Mapping):
+            return [*found, *parts[at:]]
+        dotted = [end for end in range(len(parts), at + 1, -1) if ".".join(parts[at:end]) in node]
+        if dotted:
+            if len(dotted) > 1 or parts[at] in node:
+                return None
+            name = ".".join(parts[at : dotted[0]])
+            found.append(name)
+            node = node[name]
+            at = dotted[0]
+        elif parts[at] in node:
+            found.append(parts[at])
+            node = node[parts[at]]
+            at += 1
+        else:
+            return [*found, ".".join(parts[at:])]
+    return found
+
+
 def _source_after(
     event: Mapping[str, Any],
     base_source: Mapping[str, Any] | None,
@@ -171,6 +242,7 @@ def plan_event(
     ("" for the whole document): they are newer than this event and win over it. `fast_path`
     False converts whole documents for updates too (tests hold both ways equal).
     """
+    event = with_inferred_paths(event, base_source)
     direction = direction_of(side)
     cur_target = _strip(current_target, tag_field)
     known_target = dict(base_target) if base_target is not None else None
