@@ -3,7 +3,9 @@ events first and from the server only after them."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +31,35 @@ def _unread(*events: dict[str, Any]) -> UnreadEvents:
     return unread
 
 
+@contextlib.asynccontextmanager
+async def _applier_on(mongo_uri: str, tmp_path: Path, holder: str) -> AsyncIterator[Any]:
+    """A pair of people collections in a database of their own, and an applier holding the
+    lease for it; (pair, database, applier). Both databases are dropped afterwards."""
+    name = f"ahead_{uuid.uuid4().hex[:8]}"
+    registry = load_registry(
+        [write_module(tmp_path, name, PEOPLE_MODULE, db=name)], entry_points=False
+    )
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        store = StateStore(client[f"{name}_state"])
+        await store.ensure_collections()
+        lease = Lease(store, holder, 30.0)
+        assert await lease.try_acquire()
+        applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
+        yield registry.pairs[0], client[name], applier
+    finally:
+        await client.drop_database(name)
+        await client.drop_database(f"{name}_state")
+        await client.close()
+
+
 async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
     mongo_uri: str, tmp_path: Path
 ) -> None:
     """A batch's look-ahead takes newer writes from the reader's unread events, then asks the
     server only for what follows the newest of them, and stops at the snapshot's time."""
-    name = f"ahead_{uuid.uuid4().hex[:8]}"
-    registry = load_registry(
-        [write_module(tmp_path, name, PEOPLE_MODULE, db=name)], entry_points=False
-    )
-    pair = registry.pairs[0]
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    try:
-        db = client[name]
-        store = StateStore(client[f"{name}_state"])
-        await store.ensure_collections()
-        lease = Lease(store, "look-ahead-test", 30.0)
-        assert await lease.try_acquire()
-        applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
+    async with _applier_on(mongo_uri, tmp_path, "look-ahead-test") as (pair, db, applier):
+        client = db.client
         await db.people.insert_many([{"_id": i, "name": f"n{i}"} for i in (1, 2)])
         await db.people_v2.insert_many([{"_id": i, "full_name": f"n{i}"} for i in (1, 2)])
         async with await db.watch(max_await_time_ms=50) as stream:
@@ -107,10 +120,6 @@ async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
         assert from_reached == {target: frozenset({"marker"})}
         assert per_batch_from_reached == {target: frozenset({"marker"})}
         assert tail["documentKey"] == {"_id": 1}
-    finally:
-        await client.drop_database(name)
-        await client.drop_database(f"{name}_state")
-        await client.close()
 
 
 def _change(n: int, doc: int, op: str = "update", coll: str = "c") -> dict[str, Any]:
@@ -212,19 +221,8 @@ async def test_a_reader_far_behind_is_not_waited_for(mongo_uri: str, tmp_path: P
     """A batch's look-ahead waits for a busy reader only when it can pass the horizon soon: a
     reader held back by a full buffer is not waited for (a backlog's batches each waited the
     whole wait), and the newer write is still found, in a summary of the history past it."""
-    name = f"ahead_{uuid.uuid4().hex[:8]}"
-    registry = load_registry(
-        [write_module(tmp_path, name, PEOPLE_MODULE, db=name)], entry_points=False
-    )
-    pair = registry.pairs[0]
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    try:
-        db = client[name]
-        store = StateStore(client[f"{name}_state"])
-        await store.ensure_collections()
-        lease = Lease(store, "far-behind-test", 30.0)
-        assert await lease.try_acquire()
-        applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
+    async with _applier_on(mongo_uri, tmp_path, "far-behind-test") as (pair, db, applier):
+        client = db.client
         await db.people.insert_one({"_id": 1, "name": "n1"})
         await db.people_v2.insert_one({"_id": 1, "full_name": "n1"})
         async with await db.watch(max_await_time_ms=50) as stream:
@@ -268,7 +266,3 @@ async def test_a_reader_far_behind_is_not_waited_for(mongo_uri: str, tmp_path: P
         target = (pair.partner, id_key(1))
         assert held_back == {target: frozenset({"loyalty"})}
         assert close_behind == {target: frozenset({"loyalty"})}
-    finally:
-        await client.drop_database(name)
-        await client.drop_database(f"{name}_state")
-        await client.close()
