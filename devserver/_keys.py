@@ -62,7 +62,15 @@ def id_key(doc_id: Any) -> bytes:
         except UnicodeEncodeError:
             return bson.encode({"k": doc_id})  # raises as bson would
         return _INT32_ELEMENT.pack(len(text) + 13, b"\x02k\x00", len(text) + 1) + text + b"\x00\x00"
+    if kind is dict and all(type(value) in _CANONICAL_TYPES for value in doc_id.values()):
+        # A sub-document of such values is canonical as it is (the merge base's ids, say):
+        # `canonical` would walk it to return an equal copy.
+        return bson.encode({"k": doc_id})
     return bson.encode({"k": canonical(doc_id)})
+
+
+# Value types `canonical` returns unchanged (it changes floats, Int64 and the containers).
+_CANONICAL_TYPES = frozenset({str, int, bool, ObjectId, type(None)})
 
 
 def store_key(doc_id: Any) -> Any:

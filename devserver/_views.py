@@ -183,12 +183,14 @@ class TransactionView(View):
 
     def get(self, db: str, coll: str, doc_id: Any) -> dict[str, Any] | None:
         overlay = self._overlay(db, coll)
+        key = None
         if overlay:
             key = id_key(doc_id)
             if key in overlay:
                 return overlay[key]
         if (db, coll) in self.sessions.versions:
-            changed, version = self.sessions.as_of(self.txn, db, coll, id_key(doc_id))
+            key = id_key(doc_id) if key is None else key
+            changed, version = self.sessions.as_of(self.txn, db, coll, key)
             if changed:
                 return version
         return super().get(db, coll, doc_id)

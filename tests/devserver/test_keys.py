@@ -21,7 +21,16 @@ _IDS = st.one_of(
 )
 
 
-@given(_IDS)
+# Sub-document ids such as the worker's merge base `{pair, id}`, with values canonical as they
+# are and values `canonical` changes (a float, an Int64, a nested sub-document).
+_SUB_DOCUMENT_IDS = st.dictionaries(
+    st.text(alphabet="abcxyz", min_size=1, max_size=3),
+    _IDS | st.none() | st.integers(0, 2**40).map(Int64) | st.fixed_dictionaries({"n": _IDS}),
+    max_size=3,
+)
+
+
+@given(_IDS | _SUB_DOCUMENT_IDS)
 def test_id_key_is_the_canonical_encoding(doc_id: Any) -> None:
     """The spelled-out keys of common `_id` types are the bytes BSON gives `{k: canonical(id)}`."""
     assert id_key(doc_id) == bson.encode({"k": canonical(doc_id)})
