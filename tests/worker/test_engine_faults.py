@@ -6,6 +6,7 @@ The worker runs in process against the development server; its client names itse
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,7 +339,10 @@ async def test_commit_of_a_holder_taken_over_is_refused_by_the_fence(
 
         await eventually(copied, what="first copy")
         leases = worker.store.leases
-        await leases.update_one({"_id": "default"}, {"$set": {"expires_at": utcnow()}})
+        # Expired a second ago: BSON keeps milliseconds, and an expiry of "now" could still
+        # equal the successor's "now" (not yet past it) within the same millisecond.
+        expired = utcnow() - dt.timedelta(seconds=1)
+        await leases.update_one({"_id": "default"}, {"$set": {"expires_at": expired}})
         successor = Lease(StateStore(aclient[config.state_db]), "new", 30.0)
         assert await successor.try_acquire()
         assert worker.lease.held, "the old holder must still believe in its lease"
