@@ -65,6 +65,9 @@ class ChangeRecord(NamedTuple):
     changed: bool = False
     # The `operationDescription` of a DDL event only expanded events show (create, ...).
     description: dict[str, Any] | None = None
+    # The collection's UUID when the history cannot look it up at commit (a drop's collection
+    # is gone by then); expanded events show it as `collectionUUID`.
+    collection_uuid: Any = None
 
 
 def history_lost() -> CommandError:
@@ -80,9 +83,18 @@ def history_lost() -> CommandError:
 class ChangeHistory:
     """A bounded, ordered log of change entries that change stream cursors read."""
 
-    def __init__(self, *, max_bytes: int, lookup: Lookup) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        lookup: Lookup,
+        collection_uuid: Callable[[str, str], Any] | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
         self._lookup = lookup
+        # The UUID of a collection as it is now (None when it does not exist): what the oplog
+        # records as each write's `ui`, and expanded events show as `collectionUUID`.
+        self._collection_uuid = collection_uuid or (lambda db, coll: None)
         self._entries: list[dict[str, Any] | None] = []
         self._keys: list[int] = []
         self._sizes: list[int] = []
@@ -137,6 +149,9 @@ class ChangeHistory:
             entry = _make_entry(record, cluster_time, wall_time, index, lsid, txn_number)
             if entry is None:
                 continue
+            ui = self._ui(record)
+            if ui is not None:
+                entry["ui"] = ui
             entry["seq"] = self._next_seq
             self._push(entry, _entry_size(entry, record, envelope))
             stored.append(entry)
@@ -280,6 +295,16 @@ class ChangeHistory:
             token_hex = self._hexes[position] = token.hex()
         return token, token_hex
 
+    def _ui(self, record: ChangeRecord) -> Any:
+        """The UUID of the collection a record changed (a rename's: the collection it became)."""
+        if record.collection_uuid is not None:
+            return record.collection_uuid
+        if record.op == "dropDatabase" or record.coll is None:
+            return None
+        if record.op == "rename" and record.to is not None:
+            return self._collection_uuid(*record.to)
+        return self._collection_uuid(record.db, record.coll)
+
     def _check_retained(self, after_key: int) -> None:
         """Raise 286 when an entry with a key above `after_key` has been dropped."""
         if self._lost_key is not None and self._lost_key > after_key:
@@ -291,6 +316,8 @@ class ChangeHistory:
 _ENVELOPE_BYTES = 122
 # txnNumber and the lsid field's name and type (the lsid document is measured).
 _TXN_FIELDS_BYTES = 25
+# The `ui` field: type, name, length, subtype and a 16-byte UUID.
+_UI_BYTES = 1 + 3 + 4 + 1 + 16
 
 
 def _entry_size(entry: dict[str, Any], record: ChangeRecord, envelope: int) -> int:
@@ -304,7 +331,8 @@ def _entry_size(entry: dict[str, Any], record: ChangeRecord, envelope: int) -> i
     if record.after_size is None or (op != "insert" and op != "replace") or "preImage" in entry:
         return len(bson.encode(entry))
     coll = record.coll or ""
-    return envelope + len(op) + len(record.db) + len(coll) + _id_size(entry) + record.after_size
+    size = envelope + len(op) + len(record.db) + len(coll) + _id_size(entry) + record.after_size
+    return size + _UI_BYTES if "ui" in entry else size
 
 
 def _id_size(entry: dict[str, Any]) -> int:
@@ -633,6 +661,8 @@ class ChangeStreamCursor:
         event["clusterTime"] = entry["ts"]
         event["wallTime"] = entry["wall"]
         options = self._options
+        if options.show_expanded_events and "ui" in entry:
+            event["collectionUUID"] = entry["ui"]
         if op in ("insert", "replace"):
             event["fullDocument"] = entry["fullDocument"]
         elif op == "update" and options.full_document != "default" and images:

@@ -9,12 +9,9 @@ from devserver._cmd_read import open_cursor
 from devserver._command import Context, command, cursor_batch_size, namespace_arg
 from devserver._engine import matches
 from devserver._errors import CommandError
-from devserver._storage import IndexSpec, validate_namespace
+from devserver._storage import ID_INDEX_DESCRIPTION, IndexSpec, validate_namespace
 
 __all__: list[str] = []
-
-# The `_id` index every collection has, as expanded create events describe it.
-_ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 
 _CREATE_OPTIONS = {
     "validator",
@@ -94,7 +91,7 @@ async def create(ctx: Context) -> dict[str, Any]:
     _check_images(options.get("changeStreamPreAndPostImages"))
     ctx.state.storage.create_collection(ctx.db, coll, options)
     # Creation inside a transaction takes effect at once here (it is never rolled back).
-    described: dict[str, Any] = {"idIndex": dict(_ID_INDEX), **options}
+    described: dict[str, Any] = {"idIndex": dict(ID_INDEX_DESCRIPTION), **options}
     ctx.wrote(
         ctx.state.commit([ChangeRecord(op="create", db=ctx.db, coll=coll, description=described)])
     )
@@ -111,7 +108,8 @@ async def drop(ctx: Context) -> dict[str, Any]:
         return {"ns": f"{ctx.db}.{coll}"}
     n_indexes = len(meta.indexes)
     storage.drop_collection(ctx.db, coll)
-    ctx.wrote(ctx.state.commit([ChangeRecord(op="drop", db=ctx.db, coll=coll)]))
+    record = ChangeRecord(op="drop", db=ctx.db, coll=coll, collection_uuid=meta.uuid)
+    ctx.wrote(ctx.state.commit([record]))
     return {"ns": f"{ctx.db}.{coll}", "nIndexesWas": n_indexes}
 
 
@@ -122,13 +120,22 @@ async def drop_database(ctx: Context) -> dict[str, Any]:
     if not names:
         return {}
     # MongoDB drops each collection (one drop event each) and then the database.
-    records = [ChangeRecord(op="drop", db=ctx.db, coll=name) for name in names]
+    records = [
+        ChangeRecord(op="drop", db=ctx.db, coll=name, collection_uuid=_uuid(storage, ctx.db, name))
+        for name in names
+    ]
     for record in records:
         storage.drop_collection(ctx.db, record.coll or "")
         ctx.wrote(ctx.state.commit([record]))
     storage.drop_database(ctx.db)
     ctx.wrote(ctx.state.commit([ChangeRecord(op="dropDatabase", db=ctx.db, coll=None)]))
     return {"dropped": ctx.db}
+
+
+def _uuid(storage: Any, db: str, coll: str) -> Any:
+    """A collection's UUID, captured before it is dropped (its drop event shows it)."""
+    meta = storage.meta(db, coll)
+    return None if meta is None else meta.uuid
 
 
 def _split_ns(value: Any, field: str) -> tuple[str, str]:
@@ -155,8 +162,10 @@ async def rename_collection(ctx: Context) -> dict[str, Any]:
     if storage.meta(*target) is not None:
         if not ctx.body.get("dropTarget"):
             raise CommandError(48, "NamespaceExists", "target namespace exists")
+        dropped = _uuid(storage, *target)
         storage.drop_collection(*target)
-        ctx.wrote(ctx.state.commit([ChangeRecord(op="drop", db=target[0], coll=target[1])]))
+        record = ChangeRecord(op="drop", db=target[0], coll=target[1], collection_uuid=dropped)
+        ctx.wrote(ctx.state.commit([record]))
     storage.rename_collection(*source, *target)
     record = ChangeRecord(op="rename", db=source[0], coll=source[1], to=target)
     ctx.wrote(ctx.state.commit([record]))
@@ -242,7 +251,7 @@ async def create_indexes(ctx: Context) -> dict[str, Any]:
             created.append(spec.to_doc())
     records = []
     if created_collection:
-        id_index: dict[str, Any] = {"idIndex": dict(_ID_INDEX)}
+        id_index: dict[str, Any] = {"idIndex": dict(ID_INDEX_DESCRIPTION)}
         records.append(ChangeRecord(op="create", db=ctx.db, coll=coll, description=id_index))
     if created:
         built: dict[str, Any] = {"indexes": created}

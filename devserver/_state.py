@@ -93,8 +93,14 @@ class ServerState:
     def __post_init__(self) -> None:
         self.version = parse_mongodb_version(self.config.mongodb_version)
         self.history = ChangeHistory(
-            max_bytes=int(self.config.oplog_size_mb * 1024 * 1024), lookup=self._lookup
+            max_bytes=int(self.config.oplog_size_mb * 1024 * 1024),
+            lookup=self._lookup,
+            collection_uuid=self._collection_uuid,
         )
+
+    def _collection_uuid(self, db: str, coll: str) -> Any:
+        meta = self.storage.meta(db, coll)
+        return None if meta is None else meta.uuid
 
     def _lookup(self, db: str, coll: str, document_key: dict[str, Any]) -> dict[str, Any] | None:
         doc = self.storage.get(db, coll, document_key.get("_id"))

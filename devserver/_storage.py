@@ -89,6 +89,8 @@ class IndexSpec:
 
 
 ID_INDEX = IndexSpec(name="_id_", key=[("_id", 1)], unique=True)
+# The `_id` index as a create event's `operationDescription.idIndex` shows it.
+ID_INDEX_DESCRIPTION = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 
 
 @dataclass

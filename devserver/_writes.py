@@ -25,7 +25,7 @@ from devserver._engine import (
 from devserver._errors import CommandError
 from devserver._keys import id_key
 from devserver._sessions import Transaction
-from devserver._storage import ID_INDEX, CollectionMeta, duplicate_key_error
+from devserver._storage import ID_INDEX, ID_INDEX_DESCRIPTION, CollectionMeta, duplicate_key_error
 from devserver._views import TransactionView, View
 
 __all__ = [
@@ -290,10 +290,23 @@ async def insert_one(
     if view.get(db, coll, doc_id) is not None:
         raise duplicate_key_error(db, coll, ID_INDEX, {"_id": doc_id})
     meta = ctx.state.storage.meta(db, coll)
+    if meta is None and ctx.txn is None:
+        meta = _create_implicitly(ctx, db, coll)
     _check_document(ctx, view, db, coll, doc, meta=meta, size=size)
     _hold(ctx, db, coll, doc_id)
     record = _record(meta, "insert", db, coll, doc_id, after=doc, after_size=size)
     _apply(ctx, view, db, coll, record, doc_id, doc)
+
+
+def _create_implicitly(ctx: Context, db: str, coll: str) -> CollectionMeta:
+    """Create the collection an insert or upsert writes to first, as MongoDB does: a `create`
+    of its own before the write, which streams with expanded events show. (Inside a
+    transaction the collection is still made at commit, without that event.)"""
+    meta = ctx.state.storage.create_collection(db, coll)
+    described = {"idIndex": dict(ID_INDEX_DESCRIPTION)}
+    created = ChangeRecord(op="create", db=db, coll=coll, description=described)
+    ctx.wrote(ctx.state.commit([created]))
+    return meta
 
 
 @dataclass

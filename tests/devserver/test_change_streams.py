@@ -130,6 +130,63 @@ def test_expanded_events_show_collection_and_index_changes(db: Database[Doc]) ->
         assert [e["operationType"] for e in events(resumed, 2)] == ["insert", "dropIndexes"]
 
 
+def test_expanded_events_name_the_collection_by_its_uuid(db: Database[Doc]) -> None:
+    """With showExpandedEvents every event on a collection carries its `collectionUUID` (the
+    UUID listCollections reports, the oplog's `ui`), a drop's the dropped collection's, and a
+    collection an insert makes again under the same name a new one, with a `create` event of
+    its own first; other streams never see the field, and a database's drop names no
+    collection."""
+
+    def uuid_of(name: str) -> Any:
+        [info] = db.list_collections(filter={"name": name})
+        return info["info"]["uuid"]
+
+    db.create_collection("named")
+    first = uuid_of("named")
+    with (
+        db.watch(max_await_time_ms=100, show_expanded_events=True) as expanded,
+        db.watch(max_await_time_ms=100) as plain,
+    ):
+        db.named.insert_one({"_id": 1})
+        db.named.update_one({"_id": 1}, {"$set": {"a": 1}})
+        db.named.create_index("a")
+        db.named.delete_one({"_id": 1})
+        db.named.drop()
+        db.named.insert_one({"_id": 2})  # creates a new collection of the same name
+        second = uuid_of("named")
+        db.named.rename("renamed")
+        shown = events(expanded, 8)
+        plain_events = events(plain, 5)
+    by_kind = [(e["operationType"], e.get("collectionUUID")) for e in shown]
+    assert first != second
+    assert by_kind == [
+        ("insert", first),
+        ("update", first),
+        ("createIndexes", first),
+        ("delete", first),
+        ("drop", first),
+        ("create", second),
+        ("insert", second),
+        ("rename", second),
+    ]
+    # The field comes after wallTime, as mongod places it.
+    assert list(shown[0])[:5] == [
+        "_id",
+        "operationType",
+        "clusterTime",
+        "wallTime",
+        "collectionUUID",
+    ]
+    assert all("collectionUUID" not in e for e in plain_events)
+    with db.watch(max_await_time_ms=100, show_expanded_events=True) as expanded:
+        db.client.drop_database(db.name)
+        dropped = events(expanded, 2)
+    assert [(e["operationType"], "collectionUUID" in e) for e in dropped] == [
+        ("drop", True),
+        ("dropDatabase", False),
+    ]
+
+
 def test_expanded_events_disambiguate_dotted_and_numeric_names(coll: Collection[Doc]) -> None:
     """With showExpandedEvents (MongoDB 6.1) each update event has `disambiguatedPaths`: the
     components of every path holding a field name with a `.` or a numeric field name (array
@@ -457,7 +514,9 @@ def test_history_sizes_writes_through_the_wire_as_bson_does(devserver_factory: A
             coll.insert_one({"_id": Int64(2**40), "big": True}, session=session)
     history = server.state.history
     entries = history.retained
-    assert len(entries) == 20 + 5 + 1 + 10 + 1 + 10 + 1
+    # The create of the collection the first insert makes, then the writes.
+    assert [entry["op"] for entry in entries[:2]] == ["create", "insert"]
+    assert len(entries) == 1 + 20 + 5 + 1 + 10 + 1 + 10 + 1
     assert history.size_bytes == sum(len(bson.encode(entry)) for entry in entries)
 
 
