@@ -102,6 +102,23 @@ class BatchResult:
     dead_letters: int = 0
     held: int = 0
     writes: int = 0
+    # Wall time in seconds of the attempt that applied it, per phase: "read" (merge base and
+    # documents), "look_ahead", "plan", "write", "check" (for client writes after the reads)
+    # and "commit". The `batch_applied` debug log carries them.
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class _Laps:
+    """Wall time per phase of one attempt: each `lap` closes the phase that ran since the last."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._at = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._at
+        self._at = now
 
 
 @dataclass
@@ -443,8 +460,10 @@ class Applier:
                 read_ahead=read_ahead,
                 beyond=beyond,
             )
+            committing = time.perf_counter()
             if self.transactions:
                 await session.commit_transaction()
+            result.phases["commit"] = time.perf_counter() - committing
             self._remember_echoes()
         except BaseException:
             if self.transactions and session.in_transaction:
@@ -470,6 +489,8 @@ class Applier:
         beyond: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[BatchResult, dict[str, _PairTally]]:
         result = BatchResult(events=len(events))
+        laps = _Laps()
+        result.phases = laps.phases
         tallies: dict[str, _PairTally] = {}
         work: list[tuple[Pair, str, Mapping[str, Any], int]] = []
         # (pair, target namespace, document key, before, after, pairs whose echo it is) per
@@ -603,13 +624,16 @@ class Applier:
                 if fetch:
                     await read_documents(namespace, fetch, session)
 
+        laps.lap("plan")  # routing the events
         for original, ids in ids_by_pair.items():
             await load(self._pairs[original], ids, only_source)
+        laps.lap("read")
         # Field tags read without the session: the look-ahead then reads to the stream's end.
         read_at = session.operation_time if session is not None else None
         peeked = await self._peek_ahead(
             work, checkpoint, read_ahead=read_ahead, beyond=beyond, until=read_at
         )
+        laps.lap("look_ahead")
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 
@@ -769,6 +793,7 @@ class Applier:
         # worker's own write of it is a write conflict. Started at the writes, that window is
         # one bulk write long instead of the whole batch's reads, look-ahead and planning.
         # (A chain's batch started it before its reads: see `chained`.)
+        laps.lap("plan")
         if session is not None and not session.in_transaction:
             await session.start_transaction()
         writes = BatchWrites(self.client, combined=self.combined_writes)
@@ -782,6 +807,7 @@ class Applier:
             """The documents were read before the transaction: a client write that landed
             between that read and these writes, on a path they set, is newer and must win.
             The written documents are held now, so the stream up to here has every such write."""
+            laps.lap("write")
             if session is None or not written or self.chained:
                 return
             newer = await self._peek_ahead(
@@ -802,6 +828,7 @@ class Applier:
             # once no newer client write makes it plan again.
             await self._send(writes, session, refused)
             await check_overwritten()
+            laps.lap("check")
 
         bases_ns = self.store.merge_base.full_name
         base_ops: list[Any] = []
@@ -847,9 +874,13 @@ class Applier:
             writes.add(pairs_ns, [UpdateOne({"_id": original}, update, namespace=pairs_ns)])
         if checkpoint is not None:
             self._queue_checkpoint(writes, checkpoint)
+        laps.lap("plan")  # the state writes
         await self._send(writes, session, refused)
         if writes.combined:
             await check_overwritten()
+            laps.lap("check")
+        else:
+            laps.lap("write")
         self._echoes_after_commit = (pending, [] if self.echoes_filtered else echoes_expected)
         return result, tallies
 
@@ -1327,6 +1358,7 @@ class Applier:
                 conflicts=result.conflicts,
                 dead_letters=result.dead_letters,
                 seconds=round(seconds, 4),
+                phases={phase: round(spent, 4) for phase, spent in result.phases.items()},
             )
 
 
@@ -1408,6 +1440,8 @@ def _chain_from(registry: Registry, namespace: str) -> list[str]:
 def _add_results(total: BatchResult, result: BatchResult) -> None:
     for name in ("events", "applied", "echoes", "conflicts", "dead_letters", "held", "writes"):
         setattr(total, name, getattr(total, name) + getattr(result, name))
+    for phase, spent in result.phases.items():
+        total.phases[phase] = total.phases.get(phase, 0.0) + spent
 
 
 def _written_paths(write: TargetWrite) -> frozenset[str]:
