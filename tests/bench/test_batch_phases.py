@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.loading import module_from_file
+
 _SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "batch_phases.py"
 
 
 def _load() -> ModuleType:
     # Loaded from its file: bench/ is not a package.
-    spec = importlib.util.spec_from_file_location("bench_batch_phases", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_from_file("bench_batch_phases", _SCRIPT)
 
 
 def _record(events: int, **phases: float) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +12,8 @@ import pytest
 from bson import Timestamp
 from pymongo import MongoClient
 
+from tests.loading import module_from_file
+
 _WIRE = Path(__file__).resolve().parents[2] / "bench" / "_wire.py"
 
 
@@ -21,12 +21,7 @@ _WIRE = Path(__file__).resolve().parents[2] / "bench" / "_wire.py"
 def wire() -> ModuleType:
     # Loaded from its file: bench/ is not a package, and on the import path its devserver.py
     # would stand in for the devserver package.
-    spec = importlib.util.spec_from_file_location("bench_wire", _WIRE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return module_from_file("bench_wire", _WIRE, register=True)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import signal
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
+
+from tests.loading import module_from_file
 
 WRITER = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "writer.py"
 DEADLINE_S = 60
@@ -29,11 +30,7 @@ def _writer(mongo_uri: str, db_name: str, *args: str) -> subprocess.Popen[str]:
 
 
 def _writer_module() -> Any:
-    spec = importlib.util.spec_from_file_location("compose_writer", WRITER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_from_file("compose_writer", WRITER)
 
 
 def test_seed_inserts_old_schema_documents_once(
