@@ -4,7 +4,6 @@ source document only when the event and the merge base cannot tell what it holds
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -154,19 +153,16 @@ async def test_a_batch_says_where_its_time_went(
     people: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A batch's result, and its `batch_applied` debug log, give the wall time of each phase
-    (what `bench/batch_phases.py` summarises); together they fit in the batch's own time."""
+    (what `bench/batch_phases.py` summarises)."""
     caplog.set_level(logging.DEBUG)
     db = people["db"]
     async with people["applier"].opened():
         inserted = await events_of(
             db, 1, lambda: db.people.insert_one({"_id": 3, "name": "Lin", "email": "l@x"})
         )
-        started = time.perf_counter()
         result = await people["applier"].apply(inserted)
-        elapsed = time.perf_counter() - started
     assert set(result.phases) == {"read", "look_ahead", "plan", "write", "check", "commit"}
     assert all(spent >= 0 for spent in result.phases.values())
-    assert sum(result.phases.values()) <= elapsed
     [logged] = [r for r in caplog.records if getattr(r, "event_name", None) == "batch_applied"]
     phases = logged.__dict__["event_fields"]["phases"]
     assert phases == {phase: round(spent, 4) for phase, spent in result.phases.items()}
