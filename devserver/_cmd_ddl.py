@@ -121,7 +121,9 @@ async def drop_database(ctx: Context) -> dict[str, Any]:
         return {}
     # MongoDB drops each collection (one drop event each) and then the database.
     records = [
-        ChangeRecord(op="drop", db=ctx.db, coll=name, collection_uuid=_uuid(storage, ctx.db, name))
+        ChangeRecord(
+            op="drop", db=ctx.db, coll=name, collection_uuid=ctx.state.collection_uuid(ctx.db, name)
+        )
         for name in names
     ]
     for record in records:
@@ -130,12 +132,6 @@ async def drop_database(ctx: Context) -> dict[str, Any]:
     storage.drop_database(ctx.db)
     ctx.wrote(ctx.state.commit([ChangeRecord(op="dropDatabase", db=ctx.db, coll=None)]))
     return {"dropped": ctx.db}
-
-
-def _uuid(storage: Any, db: str, coll: str) -> Any:
-    """A collection's UUID, captured before it is dropped (its drop event shows it)."""
-    meta = storage.meta(db, coll)
-    return None if meta is None else meta.uuid
 
 
 def _split_ns(value: Any, field: str) -> tuple[str, str]:
@@ -162,7 +158,7 @@ async def rename_collection(ctx: Context) -> dict[str, Any]:
     if storage.meta(*target) is not None:
         if not ctx.body.get("dropTarget"):
             raise CommandError(48, "NamespaceExists", "target namespace exists")
-        dropped = _uuid(storage, *target)
+        dropped = ctx.state.collection_uuid(*target)
         storage.drop_collection(*target)
         record = ChangeRecord(op="drop", db=target[0], coll=target[1], collection_uuid=dropped)
         ctx.wrote(ctx.state.commit([record]))

@@ -95,10 +95,11 @@ class ServerState:
         self.history = ChangeHistory(
             max_bytes=int(self.config.oplog_size_mb * 1024 * 1024),
             lookup=self._lookup,
-            collection_uuid=self._collection_uuid,
+            collection_uuid=self.collection_uuid,
         )
 
-    def _collection_uuid(self, db: str, coll: str) -> Any:
+    def collection_uuid(self, db: str, coll: str) -> Any:
+        """The collection's UUID (listCollections' `info.uuid`), None when it does not exist."""
         meta = self.storage.meta(db, coll)
         return None if meta is None else meta.uuid
 

@@ -137,13 +137,8 @@ def with_inferred_paths(
         or event.get("operationType") != "update"
     ):
         return event
-    paths = [
-        *(description.get("updatedFields") or {}),
-        *(description.get("removedFields") or []),
-        *(entry["field"] for entry in description.get("truncatedArrays") or []),
-    ]
     found: dict[str, list[str]] = {}
-    for path in paths:
+    for path in changed_paths(event):
         if "." not in path:
             continue
         parts = _components(base_source, path)
