@@ -8,9 +8,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
 from bson.raw_bson import RawBSONDocument
 
+from devserver._encoded import ENCODED
 from devserver._errors import CommandError
 
 __all__ = ["CursorTable", "DocumentCursor", "BATCH_BYTES", "take_batch"]
@@ -42,7 +42,7 @@ def take_batch(remaining: deque[dict[str, Any]], limit: int | None) -> list[Any]
     batch: list[Any] = []
     size = 0
     while remaining and (not limit or len(batch) < limit):
-        encoded = RawBSONDocument(bson.encode(remaining[0]))
+        encoded = RawBSONDocument(ENCODED.encode(remaining[0]))
         if batch and size + len(encoded.raw) > BATCH_BYTES:
             break
         size += len(encoded.raw)

@@ -16,6 +16,7 @@ from bson import ObjectId
 
 from devserver._changes import ChangeRecord
 from devserver._command import Context
+from devserver._encoded import ENCODED
 from devserver._engine import (
     check_modified_names,
     check_update_operators,
@@ -376,8 +377,9 @@ async def update_matching(
             break
         new_doc = prepare_insert(engine.upsert_document(query, update, array_filters))
         try:
-            size = len(bson.encode(new_doc))
-            await insert_one(ctx, db, coll, new_doc, deadline, view=view, size=size)
+            raw = bson.encode(new_doc)
+            await insert_one(ctx, db, coll, new_doc, deadline, view=view, size=len(raw))
+            ENCODED.remember(new_doc, raw)
         except CommandError as exc:
             # Another write inserted the document while this upsert waited (for a
             # transaction holding its _id): mongod (4.2+) retries the upsert, which now
@@ -407,7 +409,7 @@ async def update_matching(
         result.before.append(current)
         result.after.append(new_doc)
         encoded = bson.encode(new_doc)
-        if encoded == bson.encode(current):
+        if encoded == ENCODED.encode(current):
             continue  # a no-op update writes nothing and produces no event
         _check_document(ctx, view, db, coll, new_doc, current, meta=meta, size=len(encoded))
         _hold(ctx, db, coll, new_doc["_id"])
@@ -425,6 +427,7 @@ async def update_matching(
             changed=True,  # a no-op was skipped above, on the same bytes
         )
         _apply(ctx, view, db, coll, record, new_doc["_id"], new_doc)
+        ENCODED.remember(new_doc, encoded)
         result.modified += 1
     return result
 
