@@ -12,6 +12,15 @@ read inside the transaction, see `Applier.chained`). A write conflict, or such a
 retries the batch in smaller transactions (`batch_limit`); a write the server refuses for good
 (validation, size, duplicate key) is retried one event at a time and the refused event goes to
 dead letters.
+
+Behind a backlog the runner hands over several batches' events at once (`DELIVERY_PARTS`), and
+they are applied in order, one transaction of at most `batch.max_docs` events each; while one is
+written and committed, the next is read and planned (`_apply_part`), outside the worker's
+session and on the documents and merge base records the one being written leaves. Its writes go
+out only after that one has committed, once the documents it took from that plan are found on
+the server as planned; anything else (a retry, a client write to one of them) and it is read and
+planned again in its turn. The transactions, their checkpoints and their order are what they
+would be one after the other: only the reading and planning overlap the writing.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import bson
 from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
@@ -78,6 +88,8 @@ READER_WAIT_S = 0.02
 # A reader this many seconds of cluster time behind a batch's read time has a long stretch of
 # history still to read (a backlog starting, before its buffer has filled): a summary is read.
 AHEAD_AFTER_SECONDS = 2
+# Events planned between two yields to other tasks (see `_apply_part`).
+PLAN_YIELD_EVERY = 50
 # Events per server round trip when a batch looks ahead in the change stream.
 PEEK_BATCH = 10_000
 # Marks an event made up for a chain's other pair from a worker write (never on the wire).
@@ -148,6 +160,46 @@ class _StaleRead(Exception):
         self.documents = documents
 
 
+Echoes = tuple[
+    dict[tuple[str, Any], list[frozenset[str]]],
+    list[tuple[tuple[str, Any], frozenset[str]]],
+]
+
+
+@dataclass
+class _Prepared:
+    """A batch read and planned, with the writes of its transaction built but not sent."""
+
+    events: list[Mapping[str, Any]]
+    result: BatchResult
+    tallies: dict[str, _PairTally]
+    laps: _Laps
+    work: list[tuple[Pair, str, Mapping[str, Any], int]]
+    checkpoint: tuple[Mapping[str, Any], Timestamp | None] | None
+    read_ahead: bool
+    beyond: Sequence[Mapping[str, Any]]
+    # The cluster time every read of the batch reflects (None without sessions).
+    read_at: Timestamp | None
+    # The target writes (refusable), then the state writes: merge base, dead letters, held
+    # events, counters, checkpoint.
+    targets: BatchWrites
+    writes: BatchWrites
+    # Per target document written: the paths set or unset, and (namespace, key, _id) each.
+    written: dict[tuple[str, Any], frozenset[str]]
+    written_ids: list[tuple[str, Any, Any]]
+    resync: dict[str, str]
+    # The pending echoes the batch consumed, and the echoes its writes will bring.
+    echoes: Echoes
+    # What the batch's writes leave, for a batch read while it is written (`_prepare(previous=)`):
+    # each target document written (None: deleted), each merge base record (None: removed).
+    leaves: dict[tuple[str, Any], dict[str, Any] | None]
+    bases_left: dict[tuple[str, Any], dict[str, Any] | None]
+    # Documents this batch took from the plan of the batch before instead of reading them:
+    # (namespace, id key) -> (_id, document or None).
+    carried: dict[tuple[str, Any], tuple[Any, dict[str, Any] | None]]
+    committed: bool = False
+
+
 class Applier:
     """Applies batches of change events for every pair of a registry."""
 
@@ -176,10 +228,6 @@ class Applier:
         # Worker writes whose change events have not come back yet, per (namespace, document
         # key), oldest first, naming the pair that wrote them: an echo belongs to that pair only.
         self.pending_echoes: dict[tuple[str, Any], list[frozenset[str]]] = {}
-        self._echoes_after_commit: tuple[
-            dict[tuple[str, Any], list[frozenset[str]]],
-            list[tuple[tuple[str, Any], frozenset[str]]],
-        ] = ({}, [])
         self._pairs = {pair.original: pair for pair in registry.pairs}
         # With session tags and no chains, the worker's own writes need no attribution: the
         # stream can leave them out server-side (see `StreamReader.skip_sessions`). A chain
@@ -213,6 +261,11 @@ class Applier:
         # Most events one transaction applies (None: a whole delivery). Halved when a batch
         # conflicts with client writes, grown again by an eighth after every applied batch.
         self.batch_limit: int | None = None
+        # Most events one transaction applies in any case (the runner's `batch.max_docs`; None:
+        # a whole delivery). A delivery of several such parts is pipelined (`_apply_part`).
+        self.max_batch: int | None = None
+        # One summary of the history ahead, shared by a batch's check and the next one's reads.
+        self._ahead_lock = anyio.Lock()
         # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
         # `_commands`). Found out when the applier opens.
         self.combined_writes = False
@@ -255,21 +308,20 @@ class Applier:
         events = list(events)
         total = BatchResult()
         done = 0
+        # The next part, read and planned while the part before it was written.
+        ready: _Prepared | None = None
         while done < len(events):
-            size = len(events) - done
-            if self.batch_limit is not None:
-                size = min(size, self.batch_limit)
+            size = self._part_size(len(events) - done)
             chunk = events[done : done + size]
-            last = chunk[-1]
+            beyond = events[done + size :]
+            if ready is not None and (len(ready.events) != size or ready.events[0] is not chunk[0]):
+                ready = None  # the parts changed size (a conflict lowered `batch_limit`)
+            if ready is None and beyond and self._pipelined():
+                ready = await self._prepare_ahead(chunk, beyond)
             try:
-                result = await self._apply_with_retries(
-                    chunk,
-                    checkpoint=(last["_id"], last.get("clusterTime")),
-                    read_ahead=True,
-                    beyond=events[done + size :],
-                    splittable=True,
-                )
+                result, ready = await self._apply_part(chunk, beyond, ready)
             except _Split:
+                ready = None
                 continue  # the limit was lowered: apply a smaller first part
             _add_results(total, result)
             done += size
@@ -277,6 +329,129 @@ class Applier:
                 grown = self.batch_limit + max(1, self.batch_limit // 8)
                 self.batch_limit = None if grown >= MAX_BATCH_LIMIT else grown
         return total
+
+    def _part_size(self, remaining: int) -> int:
+        """Events in the next transaction of a delivery: at most `max_batch` and `batch_limit`."""
+        size = remaining
+        for limit in (self.max_batch, self.batch_limit):
+            if limit is not None:
+                size = min(size, limit)
+        return size
+
+    def _pipelined(self) -> bool:
+        """Whether a delivery's next part may be read and planned while one is written: with
+        session tags, no chain (a chain reads inside its transaction) and echoes left out by
+        the server (no pending echoes carried from one batch to the next)."""
+        return self.transactions and not self.chained and self.echoes_filtered
+
+    async def _apply_part(
+        self,
+        chunk: list[Mapping[str, Any]],
+        beyond: list[Mapping[str, Any]],
+        ready: _Prepared | None,
+    ) -> tuple[BatchResult, _Prepared | None]:
+        """Apply one part of a delivery (`ready`: already planned); meanwhile read and plan the
+        part after it on what this one's writes leave. Returns the result, and that next part
+        when it is still good: this part committed as planned, and the documents the next one
+        took from its plan are on the server as planned."""
+        last = chunk[-1]
+        checkpoint = (last["_id"], last.get("clusterTime"))
+        following = beyond[: self._part_size(len(beyond))] if ready is not None else []
+        outcome: dict[str, Any] = {}
+
+        # This part's writes wait for the next part's reads, so that the server answers those
+        # first and the worker plans while the server writes.
+        read = anyio.Event()
+
+        async def apply_chunk() -> None:
+            try:
+                if following:
+                    await read.wait()
+                outcome["result"] = await self._apply_with_retries(
+                    chunk,
+                    checkpoint=checkpoint,
+                    read_ahead=True,
+                    beyond=beyond,
+                    splittable=True,
+                    prepared=ready,
+                )
+            except Exception as exc:
+                outcome["error"] = exc
+                group.cancel_scope.cancel()
+
+        async def prepare_following() -> None:
+            try:
+                outcome["next"] = await self._prepare_ahead(
+                    following, beyond[len(following) :], previous=ready, read=read
+                )
+            finally:
+                read.set()
+
+        async with anyio.create_task_group() as group:
+            if following:
+                group.start_soon(prepare_following)
+            group.start_soon(apply_chunk)
+        if "error" in outcome:
+            raise outcome["error"]
+        following_ready: _Prepared | None = outcome.get("next")
+        if following_ready is not None and not (
+            ready is not None and ready.committed and await self._still_as_planned(following_ready)
+        ):
+            log.debug("prepared_part_dropped", events=len(following_ready.events))
+            following_ready = None
+        return outcome["result"], following_ready
+
+    async def _prepare_ahead(
+        self,
+        events: list[Mapping[str, Any]],
+        beyond: list[Mapping[str, Any]],
+        *,
+        previous: _Prepared | None = None,
+        read: anyio.Event | None = None,
+    ) -> _Prepared | None:
+        """Read and plan a part of a delivery outside the worker's session (its transaction
+        may be open), or None when that fails: the part is then prepared again in its turn,
+        where the failure meets the retry policy."""
+        last = events[-1]
+        try:
+            async with self.client.start_session(causal_consistency=False) as reader:
+                return await self._prepare(
+                    events,
+                    session=reader,
+                    checkpoint=(last["_id"], last.get("clusterTime")),
+                    held_ids=None,
+                    replay_pair=None,
+                    refused=None,
+                    read_ahead=True,
+                    beyond=beyond,
+                    previous=previous,
+                    read=read,
+                )
+        except Exception as exc:
+            log.debug("prepare_ahead_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return None
+
+    async def _still_as_planned(self, prepared: _Prepared) -> bool:
+        """Whether the target documents `prepared` took from the plan of the batch before it
+        (now committed) are on the server as that plan left them. A client write to one of
+        them since that batch's reads makes this batch read and plan again."""
+        wanted: dict[str, dict[Any, Any]] = {}
+        for (namespace, key), (document_id, _) in prepared.carried.items():
+            wanted.setdefault(namespace, {})[key] = document_id
+        for namespace, ids in wanted.items():
+            found: dict[Any, dict[str, Any]] = {}
+            query = {"_id": {"$in": list(ids.values())}}
+            async for document in self._collection(namespace).find(query):
+                found[id_key(document["_id"])] = document
+            for key in ids:
+                left = prepared.carried[(namespace, key)][1]
+                actual = found.get(key)
+                if (left is None) != (actual is None):
+                    return False
+                if left is not None and actual is not None:
+                    if not diff_documents(left, actual).is_empty():
+                        return False
+        return True
 
     def _touches_idle_pair(self, events: Sequence[Mapping[str, Any]]) -> bool:
         """Whether a document event belongs to a pair the worker last saw neither active nor
@@ -337,6 +512,7 @@ class Applier:
         read_ahead: bool = False,
         beyond: Sequence[Mapping[str, Any]] = (),
         splittable: bool = False,
+        prepared: _Prepared | None = None,
     ) -> BatchResult:
         """Apply `events` in one transaction, retrying transient failures.
 
@@ -345,6 +521,7 @@ class Applier:
         `splittable`: on a conflict with client writes, lower `batch_limit` and raise _Split
         instead of retrying the same events (a large transaction on busy documents would
         conflict again and again).
+        `prepared`: the events already read and planned, for the first attempt.
         """
         delay = 0.01
         outage_logged = False
@@ -354,6 +531,7 @@ class Applier:
             if not self.lease.held:
                 raise LeaseLost("the lease expired before the batch could be applied")
             try:
+                first, prepared = prepared, None
                 result = await self._attempt(
                     events,
                     checkpoint=checkpoint,
@@ -361,6 +539,7 @@ class Applier:
                     replay_pair=replay_pair,
                     read_ahead=read_ahead,
                     beyond=beyond,
+                    prepared=first,
                 )
             except _CombinedRefused:
                 continue  # the same batch again, one command per collection
@@ -444,27 +623,34 @@ class Applier:
         refused: OperationFailure | None = None,
         read_ahead: bool = False,
         beyond: Sequence[Mapping[str, Any]] = (),
+        prepared: _Prepared | None = None,
     ) -> BatchResult:
+        """One transaction for `events`: read and plan them (unless `prepared` already did,
+        while the batch before was written), write, check and commit."""
         session = self.session
         assert session is not None, "use `async with applier.opened()`"
         txn_session = session if self.transactions else None
         started = time.perf_counter()
         try:
-            result, tallies = await self._body(
-                events,
-                session=txn_session,
-                checkpoint=checkpoint,
-                held_ids=held_ids,
-                replay_pair=replay_pair,
-                refused=refused,
-                read_ahead=read_ahead,
-                beyond=beyond,
-            )
+            if prepared is None:
+                prepared = await self._prepare(
+                    events,
+                    session=txn_session,
+                    checkpoint=checkpoint,
+                    held_ids=held_ids,
+                    replay_pair=replay_pair,
+                    refused=refused,
+                    read_ahead=read_ahead,
+                    beyond=beyond,
+                )
+            await self._execute(prepared, txn_session, refused)
+            result, tallies = prepared.result, prepared.tallies
             committing = time.perf_counter()
             if self.transactions:
                 await session.commit_transaction()
             result.phases["commit"] = time.perf_counter() - committing
-            self._remember_echoes()
+            prepared.committed = True
+            self._remember_echoes(prepared.echoes)
         except BaseException:
             if self.transactions and session.in_transaction:
                 with contextlib.suppress(PyMongoError), anyio.CancelScope(shield=True):
@@ -476,7 +662,7 @@ class Applier:
         )
         return result
 
-    async def _body(
+    async def _prepare(
         self,
         events: list[Mapping[str, Any]],
         *,
@@ -487,7 +673,17 @@ class Applier:
         refused: OperationFailure | None,
         read_ahead: bool = False,
         beyond: Sequence[Mapping[str, Any]] = (),
-    ) -> tuple[BatchResult, dict[str, _PairTally]]:
+        previous: _Prepared | None = None,
+        read: anyio.Event | None = None,
+    ) -> _Prepared:
+        """Read what the batch touches, plan every event and build the transaction's writes.
+
+        `session` reads (inside the transaction for a chain, see `chained`). `previous`: a batch
+        being written while this one is read: the documents and merge base records its writes
+        leave are taken from its plan instead of the server (whose committed state does not
+        have them yet), and `_still_as_planned` checks those documents once it has committed.
+        `read`: set once the batch has read all it reads from the server (its look-ahead too).
+        """
         result = BatchResult(events=len(events))
         laps = _Laps()
         result.phases = laps.phases
@@ -565,6 +761,23 @@ class Applier:
         docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
         initial: dict[tuple[str, Any], dict[str, Any] | None] = {}
         loaded: set[tuple[str, Any]] = set()
+        # Documents taken from the plan of the batch before (`previous`), as it will leave them:
+        # (namespace, id key) -> (_id, document or None).
+        carried: dict[tuple[str, Any], tuple[Any, dict[str, Any] | None]] = {}
+        if previous is not None:
+            for original, ids in ids_by_pair.items():
+                pair = self._pairs[original]
+                for key, document_id in ids.items():
+                    for namespace in (pair.original, pair.partner):
+                        if (namespace, key) in previous.leaves:
+                            left = previous.leaves[(namespace, key)]
+                            carried[(namespace, key)] = (document_id, left)
+                            docs[(namespace, key)] = initial[(namespace, key)] = left
+                    if (original, key) in previous.bases_left:
+                        loaded.add((original, key))
+                        record = previous.bases_left[(original, key)]
+                        if record is not None:
+                            bases[(original, key)] = record
 
         # Outside a transaction the batch's reads are independent: they go out side by side,
         # each on a session of its own, and `session` takes the newest of their times.
@@ -634,12 +847,20 @@ class Applier:
             work, checkpoint, read_ahead=read_ahead, beyond=beyond, until=read_at
         )
         laps.lap("look_ahead")
+        if read is not None:
+            read.set()
         touched_bases: set[tuple[str, Any]] = set()
         dead_letters: list[dict[str, Any]] = []
 
         queue = collections.deque(work)
         cascades = 0
+        planned_events = 0
         while queue:
+            planned_events += 1
+            if planned_events % PLAN_YIELD_EVERY == 0:
+                # Planning is all CPU: let a batch being written meanwhile go on (its commands'
+                # replies and its commit wait for this loop otherwise).
+                await anyio.lowlevel.checkpoint()
             pair, side, event, position = queue.popleft()
             tally = tallies.setdefault(pair.original, _PairTally())
             document_id = event["documentKey"]["_id"]
@@ -720,8 +941,8 @@ class Applier:
                         winner=other_side(side),
                     )
             if not ours and not plan.echo and event.get("wallTime") is not None:
-                previous = tally.last_client_write.get(side)
-                if previous is None or event["wallTime"] > previous:
+                last_write = tally.last_client_write.get(side)
+                if last_write is None or event["wallTime"] > last_write:
                     tally.last_client_write[side] = event["wallTime"]
             if event.get("wallTime") is not None:
                 tally.lag_seconds = max(0.0, (utcnow() - _aware(event["wallTime"])).total_seconds())
@@ -760,6 +981,8 @@ class Applier:
         # Per target document written: the paths the write sets or unsets ("" for all).
         written: dict[tuple[str, Any], frozenset[str]] = {}
         written_ids: list[tuple[str, Any, Any]] = []
+        # Per target document written: the document as the write leaves it (None: deleted).
+        leaves: dict[tuple[str, Any], dict[str, Any] | None] = {}
         for write_owners, namespace, key, before, after in planned:
             if before is None and after is None:
                 continue  # created and deleted again within the batch: nothing to write
@@ -773,6 +996,7 @@ class Applier:
                 raise Refused(OperationFailure(str(exc))) from exc
             if write is None:
                 continue
+            leaves[(namespace, key)] = write.result(before)
             operations.setdefault(namespace, []).append(
                 write_operation(write, tag=self._tag(), namespace=namespace)
             )
@@ -794,46 +1018,20 @@ class Applier:
         # one bulk write long instead of the whole batch's reads, look-ahead and planning.
         # (A chain's batch started it before its reads: see `chained`.)
         laps.lap("plan")
-        if session is not None and not session.in_transaction:
-            await session.start_transaction()
-        writes = BatchWrites(self.client, combined=self.combined_writes)
+        targets = BatchWrites(self.client, combined=self.combined_writes)
         # The namespace with the most writes first: the snapshot is taken at the first command,
         # and a later command's documents stay open to a conflicting client write for longer
         # (with one combined command, none do).
         for namespace, ops in sorted(operations.items(), key=lambda item: -len(item[1])):
-            writes.add(namespace, ops, refusable=True)
+            targets.add(namespace, ops, refusable=True)
 
-        async def check_overwritten() -> None:
-            """The documents were read before the transaction: a client write that landed
-            between that read and these writes, on a path they set, is newer and must win.
-            The written documents are held now, so the stream up to here has every such write."""
-            laps.lap("write")
-            if session is None or not written or self.chained:
-                return
-            newer = await self._peek_ahead(
-                work,
-                checkpoint,
-                read_ahead=read_ahead,
-                beyond=beyond,
-                since=read_at,
-                until=session.operation_time,
-                documents=written_ids,
-            )
-            overwritten = _overwritten(written, newer)
-            if overwritten:
-                raise _StaleRead(overwritten)
-
-        if not writes.combined:
-            # Separate commands: the target writes first, and the batch's other writes only
-            # once no newer client write makes it plan again.
-            await self._send(writes, session, refused)
-            await check_overwritten()
-            laps.lap("check")
-
+        writes = BatchWrites(self.client, combined=self.combined_writes)
         bases_ns = self.store.merge_base.full_name
         base_ops: list[Any] = []
+        bases_left: dict[tuple[str, Any], dict[str, Any] | None] = {}
         for pair_original, key in touched_bases:
             stored = bases[(pair_original, key)]
+            bases_left[(pair_original, key)] = None
             if stored.get("o") is None and stored.get("p") is None:
                 base_ops.append(DeleteOne({"_id": stored["_id"]}, namespace=bases_ns))
             else:
@@ -845,6 +1043,7 @@ class Applier:
                     log.warning("merge_base_too_large", pair=pair_original, document_id=key)
                     base_ops.append(DeleteOne({"_id": stored["_id"]}, namespace=bases_ns))
                 else:
+                    bases_left[(pair_original, key)] = stored
                     base_ops.append(
                         ReplaceOne({"_id": stored["_id"]}, encoded, upsert=True, namespace=bases_ns)
                     )
@@ -866,7 +1065,6 @@ class Applier:
             )
         pairs_ns = store.pairs.full_name
         for original, reason in resync.items():
-            log.error("resync_required", pair=original, reason=reason)
             update = store.state_update("RESYNC_REQUIRED", resync_reason=reason)
             writes.add(pairs_ns, [UpdateOne({"_id": original}, update, namespace=pairs_ns)])
         for original, tally in tallies.items():
@@ -875,14 +1073,82 @@ class Applier:
         if checkpoint is not None:
             self._queue_checkpoint(writes, checkpoint)
         laps.lap("plan")  # the state writes
-        await self._send(writes, session, refused)
-        if writes.combined:
-            await check_overwritten()
+        return _Prepared(
+            events=events,
+            result=result,
+            tallies=tallies,
+            laps=laps,
+            work=work,
+            checkpoint=checkpoint,
+            read_ahead=read_ahead,
+            beyond=beyond,
+            read_at=read_at,
+            targets=targets,
+            writes=writes,
+            written=written,
+            written_ids=written_ids,
+            resync=resync,
+            echoes=(pending, [] if self.echoes_filtered else echoes_expected),
+            leaves=leaves,
+            bases_left=bases_left,
+            carried=carried,
+        )
+
+    async def _execute(
+        self,
+        prepared: _Prepared,
+        session: AsyncClientSession | None,
+        refused: OperationFailure | None,
+    ) -> None:
+        """Send a prepared batch's writes in its transaction and check for client writes
+        that landed on what they set since the batch's reads (committing is the caller's)."""
+        laps = prepared.laps
+        for original, reason in prepared.resync.items():
+            log.error("resync_required", pair=original, reason=reason)
+        # The transaction starts here, not before the reads: its snapshot is taken at its first
+        # command, and a client write to a target document after the snapshot and before the
+        # worker's own write of it is a write conflict. Started at the writes, that window is
+        # one bulk write long instead of the whole batch's reads, look-ahead and planning.
+        # (A chain's batch started it before its reads: see `chained`.)
+        if session is not None and not session.in_transaction:
+            if prepared.read_at is not None:
+                session.advance_operation_time(prepared.read_at)
+            await session.start_transaction()
+        if prepared.targets.combined:
+            prepared.targets.extend(prepared.writes)
+            await self._send(prepared.targets, session, refused)
+            await self._check_overwritten(prepared, session)
             laps.lap("check")
-        else:
-            laps.lap("write")
-        self._echoes_after_commit = (pending, [] if self.echoes_filtered else echoes_expected)
-        return result, tallies
+            return
+        # Separate commands: the target writes first, and the batch's other writes only once
+        # no newer client write makes it plan again.
+        await self._send(prepared.targets, session, refused)
+        await self._check_overwritten(prepared, session)
+        laps.lap("check")
+        await self._send(prepared.writes, session, refused)
+        laps.lap("write")
+
+    async def _check_overwritten(
+        self, prepared: _Prepared, session: AsyncClientSession | None
+    ) -> None:
+        """The documents were read before the transaction: a client write that landed between
+        that read and these writes, on a path they set, is newer and must win. The written
+        documents are held now, so the stream up to here has every such write."""
+        prepared.laps.lap("write")
+        if session is None or not prepared.written or self.chained:
+            return
+        newer = await self._peek_ahead(
+            prepared.work,
+            prepared.checkpoint,
+            read_ahead=prepared.read_ahead,
+            beyond=prepared.beyond,
+            since=prepared.read_at,
+            until=session.operation_time,
+            documents=prepared.written_ids,
+        )
+        overwritten = _overwritten(prepared.written, newer)
+        if overwritten:
+            raise _StaleRead(overwritten)
 
     async def _send(
         self,
@@ -1034,14 +1300,15 @@ class Applier:
             for event in unread.for_documents(wanted):
                 note(event)
         if read_ahead and self.unread is not None and until is not None:
-            answer = await self._writes_ahead(
-                self.unread,
-                past_snapshot=past_snapshot,
-                targets=targets,
-                batch_time=checkpoint[1] if checkpoint is not None else None,
-                since=since,
-                until=until,
-            )
+            async with self._ahead_lock:
+                answer = await self._writes_ahead(
+                    self.unread,
+                    past_snapshot=past_snapshot,
+                    targets=targets,
+                    batch_time=checkpoint[1] if checkpoint is not None else None,
+                    since=since,
+                    until=until,
+                )
             if answer is not None:
                 for document, paths in answer.items():
                     found.setdefault(document, set()).update(paths)
@@ -1148,9 +1415,9 @@ class Applier:
                 if event is None or not note(event):
                     break
 
-    def _remember_echoes(self) -> None:
+    def _remember_echoes(self, echoes: Echoes) -> None:
         """After a commit: the echoes consumed by the batch are gone, its own writes expected."""
-        pending, expected = self._echoes_after_commit
+        pending, expected = echoes
         for key, owner in expected:
             pending.setdefault(key, []).append(owner)
         if len(pending) > MAX_PENDING_ECHOES:
@@ -1158,7 +1425,6 @@ class Applier:
             log.warning("pending_echoes_dropped", count=len(pending))
             pending = {}
         self.pending_echoes = pending
-        self._echoes_after_commit = ({}, [])
 
     def _echo_owner(
         self, event: Mapping[str, Any], pending: dict[tuple[str, Any], list[frozenset[str]]]

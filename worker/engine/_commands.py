@@ -80,6 +80,11 @@ class BatchWrites:
         for write in writes:
             self._queued.append(_Queued(namespace, write, refusable, check))
 
+    def extend(self, other: BatchWrites) -> None:
+        """Queue `other`'s writes after these, taking them from it."""
+        self._queued.extend(other._queued)
+        other._queued = []
+
     async def send(self, session: AsyncClientSession | None) -> None:
         """Send what is queued, in order, and empty the queue (a failed send empties it too)."""
         queued, self._queued = self._queued, []

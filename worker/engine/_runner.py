@@ -50,6 +50,10 @@ IDLE_CHECKPOINT_S = 2.0
 # each batch finds the newer writes it must not overwrite (the look-ahead) in memory instead of
 # re-reading them from the server.
 READ_AHEAD_EVENTS = 10_000
+# Transactions one delivery from the reader may hold, each of `batch.max_docs` events at most.
+# Behind a backlog a delivery of several is pipelined: the next transaction's events are read
+# and planned while the one before is written (`Applier._apply_part`).
+DELIVERY_PARTS = 8
 
 
 async def cluster_time(client: AsyncMongoClient[dict[str, Any]]) -> Timestamp:
@@ -262,6 +266,7 @@ class Worker:
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=buffered)
         applier.unread = reader.unread
         applier.ahead_after_unread = buffered // 2
+        applier.max_batch = max(self.config.batch.max_docs, 1)
         with _unwrapped(HistoryLost, LeaseLost, PyMongoError):
             async with anyio.create_task_group() as group:
                 await group.start(reader.run, position, send)
@@ -301,7 +306,7 @@ class Worker:
                 try:
                     batch = await _collect(
                         receive,
-                        max_docs=batch_cfg.max_docs,
+                        max_docs=batch_cfg.max_docs * DELIVERY_PARTS,
                         max_delay_s=batch_cfg.max_delay_ms / 1000,
                         idle_s=REFRESH_INTERVAL_S,
                         stopping=self.stopping,

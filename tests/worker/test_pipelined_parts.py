@@ -1,0 +1,143 @@
+"""A delivery applied in several transactions: each part is read and planned while the part
+before it is written, on the documents that part's writes leave."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pymongo.errors import OperationFailure
+
+from worker.engine._applier import Applier
+
+from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
+
+Prepare = Callable[..., Awaitable[Any]]
+
+
+async def _client_writes(db: Any) -> None:
+    """Eight changes; document 1 is changed in every part of two events."""
+    await db.people.insert_many([{"_id": i, "name": f"n{i}"} for i in (1, 2)])
+    await db.people.update_one({"_id": 1}, {"$set": {"name": "a"}})
+    await db.people.insert_one({"_id": 3, "name": "n3"})
+    await db.people.update_one({"_id": 1}, {"$set": {"name": "b"}})
+    await db.people.update_one({"_id": 2}, {"$set": {"name": "m2"}})
+    await db.people.update_one({"_id": 3}, {"$set": {"name": "m3"}})
+    await db.people.update_one({"_id": 1}, {"$set": {"name": "c"}})
+
+
+def _count_prepares(applier: Applier) -> list[tuple[bool, int]]:
+    """Record each `_prepare` call: (planned on a part being written, documents carried)."""
+    calls: list[tuple[bool, int]] = []
+    prepare: Prepare = applier._prepare
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        prepared = await prepare(*args, **kwargs)
+        calls.append((kwargs.get("previous") is not None, len(prepared.carried)))
+        return prepared
+
+    applier._prepare = counted  # type: ignore[method-assign]
+    return calls
+
+
+@contextlib.asynccontextmanager
+async def _delivery(
+    mongo_uri: str, tmp_path: Path
+) -> AsyncIterator[tuple[Any, Applier, list[Any], list[tuple[bool, int]]]]:
+    """The people pair, the eight changes of `_client_writes` as one delivery, and an applier
+    taking two events per transaction: (database, applier, events, its `_prepare` calls)."""
+    async with applier_in_process(mongo_uri, tmp_path, PEOPLE_MODULE, prefix="parts") as (
+        db,
+        applier,
+    ):
+        events = await events_of(db, 8, lambda: _client_writes(db))
+        applier.max_batch = 2
+        yield db, applier, events, _count_prepares(applier)
+
+
+async def _partners(db: Any) -> dict[int, dict[str, Any]]:
+    return {doc["_id"]: doc async for doc in db.people_v2.find({})}
+
+
+async def test_each_part_is_planned_on_what_the_part_before_leaves(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
+        async with applier.opened():
+            result = await applier.apply(events)
+        partners = await _partners(db)
+        checkpoint = await applier.store.checkpoint()
+    assert result.events == 8 and result.applied == 8 and result.dead_letters == 0
+    assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
+    assert checkpoint is not None and checkpoint["resume_token"] == events[-1]["_id"]
+    # One read and plan per part, none again: the first part alone, each later one while
+    # the part before it was written, on document 1 as that part left it.
+    assert len(calls) == 4
+    assert [planned_ahead for planned_ahead, _ in calls] == [False, True, True, True]
+    assert all(carried >= 1 for _, carried in calls[1:])
+
+
+async def test_a_client_write_to_a_carried_document_makes_the_part_read_and_plan_again(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
+        still_as_planned = applier._still_as_planned
+        checked: list[bool] = []
+
+        async def client_writes_first(prepared: Any) -> bool:
+            if not checked:
+                # After the first part committed, before the second is checked: a client
+                # changes the partner document the second part took from the first's plan.
+                await db.people_v2.update_one({"_id": 1}, {"$set": {"loyalty": 7}})
+            checked.append(await still_as_planned(prepared))
+            return checked[-1]
+
+        applier._still_as_planned = client_writes_first  # type: ignore[method-assign]
+        async with applier.opened():
+            await applier.apply(events)
+        partners = await _partners(db)
+    assert checked[0] is False and all(checked[1:])
+    # The second part was read and planned again, in its turn, from the server.
+    assert len(calls) == 5 and calls[2] == (False, 0)
+    assert partners[1]["loyalty"] == 7 and partners[1]["full_name"] == "c"
+
+
+async def test_a_part_that_is_retried_drops_the_part_planned_on_it(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
+        execute = applier._execute
+        failed: list[int] = []
+
+        async def fails_once(prepared: Any, *args: Any) -> None:
+            if not failed:
+                failed.append(len(prepared.events))
+                raise OperationFailure("shutting down", code=91)
+            await execute(prepared, *args)
+
+        applier._execute = fails_once  # type: ignore[method-assign]
+        async with applier.opened():
+            result = await applier.apply(events)
+        partners = await _partners(db)
+    assert failed == [2] and result.applied == 8
+    assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
+    # First part, the second planned on it, the first again (its retry), the second again.
+    assert [planned_ahead for planned_ahead, _ in calls[:4]] == [False, True, False, False]
+
+
+async def test_without_session_tags_parts_are_applied_one_after_the_other(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """With field tags the worker's own writes come back as echoes that one part expects
+    and the next consumes: nothing is planned ahead."""
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
+        applier.transactions = False
+        applier.tag_field = "_psync"
+        applier.echoes_filtered = False
+        async with applier.opened():
+            await applier.apply(events)
+        partners = await _partners(db)
+    assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
+    assert [planned_ahead for planned_ahead, _ in calls] == [False] * 4
