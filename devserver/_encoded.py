@@ -10,6 +10,7 @@ the new version to measure it; the next write to the document compares against t
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import bson
@@ -26,7 +27,9 @@ class EncodedDocuments:
     """Encoded documents by identity, the oldest evicted first past the bounds."""
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
-        self._by_id: dict[int, tuple[dict[str, Any], bytes]] = {}
+        # Oldest first; OrderedDict pops its oldest in constant time (a dict's first-key scan
+        # walks past every slot freed before it).
+        self._by_id: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
         self._bytes = 0
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -55,8 +58,7 @@ class EncodedDocuments:
             self._by_id[key] = (doc, raw)
             self._bytes += len(raw)
             while len(self._by_id) > self._max_entries or self._bytes > self._max_bytes:
-                oldest = next(iter(self._by_id))
-                self._bytes -= len(self._by_id.pop(oldest)[1])
+                self._bytes -= len(self._by_id.popitem(last=False)[1][1])
 
     @property
     def size_bytes(self) -> int:
