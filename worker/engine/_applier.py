@@ -1600,13 +1600,14 @@ class Applier:
         metrics = self.metrics
         metrics.batch_size.observe(len(events))
         metrics.apply_seconds.observe(seconds)
+        # Counted per (namespace, kind) first: a labelled counter costs a lookup per call.
+        kinds: collections.Counter[tuple[Any, Any, str]] = collections.Counter()
         for event in events:
             ns = event.get("ns") or {}
-            namespace = f"{ns.get('db')}.{ns.get('coll')}"
-            for pair, side in self.registry.by_namespace(namespace):
-                metrics.events.labels(
-                    pair=pair.original, side=side, op=event.get("operationType", "")
-                ).inc()
+            kinds[(ns.get("db"), ns.get("coll"), event.get("operationType", ""))] += 1
+        for (db, coll, op), count in kinds.items():
+            for pair, side in self.registry.by_namespace(f"{db}.{coll}"):
+                metrics.events.labels(pair=pair.original, side=side, op=op).inc(count)
         for original, tally in tallies.items():
             metrics.applied.labels(pair=original, direction="forward").inc(tally.applied_forward)
             metrics.applied.labels(pair=original, direction="backward").inc(tally.applied_backward)
