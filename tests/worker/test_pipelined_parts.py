@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 from pymongo.errors import OperationFailure
 
 from worker.engine._applier import Applier
@@ -141,3 +142,26 @@ async def test_without_session_tags_parts_are_applied_one_after_the_other(
         partners = await _partners(db)
     assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
     assert [planned_ahead for planned_ahead, _ in calls] == [False] * 4
+
+
+async def test_a_stopping_worker_ends_a_delivery_after_the_part_in_flight(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, _):
+        applier.stopping = anyio.Event()
+        execute = applier._execute
+
+        async def stop_during_the_first(prepared: Any, *args: Any) -> None:
+            assert applier.stopping is not None
+            applier.stopping.set()
+            await execute(prepared, *args)
+
+        applier._execute = stop_during_the_first  # type: ignore[method-assign]
+        async with applier.opened():
+            result = await applier.apply(events)
+        checkpoint = await applier.store.checkpoint()
+        partners = await _partners(db)
+    # The part in flight committed with its checkpoint; the rest is read again after a restart.
+    assert result.events == 2 and result.applied == 2
+    assert checkpoint is not None and checkpoint["resume_token"] == events[1]["_id"]
+    assert sorted(partners) == [1, 2]

@@ -264,6 +264,9 @@ class Applier:
         # Most events one transaction applies in any case (the runner's `batch.max_docs`; None:
         # a whole delivery). A delivery of several such parts is pipelined (`_apply_part`).
         self.max_batch: int | None = None
+        # Set by the runner when the worker stops: a delivery in parts ends after the part in
+        # flight (the rest is read again from the checkpoint).
+        self.stopping: anyio.Event | None = None
         # One summary of the history ahead, shared by a batch's check and the next one's reads.
         self._ahead_lock = anyio.Lock()
         # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
@@ -311,6 +314,8 @@ class Applier:
         # The next part, read and planned while the part before it was written.
         ready: _Prepared | None = None
         while done < len(events):
+            if done and self.stopping is not None and self.stopping.is_set():
+                break  # stopping: the parts applied so far are committed with their checkpoints
             size = self._part_size(len(events) - done)
             chunk = events[done : done + size]
             beyond = events[done + size :]

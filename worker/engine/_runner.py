@@ -267,6 +267,7 @@ class Worker:
         applier.unread = reader.unread
         applier.ahead_after_unread = buffered // 2
         applier.max_batch = max(self.config.batch.max_docs, 1)
+        applier.stopping = self.stopping
         with _unwrapped(HistoryLost, LeaseLost, PyMongoError):
             async with anyio.create_task_group() as group:
                 await group.start(reader.run, position, send)
