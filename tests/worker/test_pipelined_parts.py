@@ -9,13 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from pymongo.errors import OperationFailure
 
 from worker.engine._applier import Applier
 
-from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
+from .engine_helpers import BOTH_VERSIONS, PEOPLE_MODULE, applier_in_process, events_of
 
 Prepare = Callable[..., Awaitable[Any]]
+
+# From MongoDB 8.0 a part's writes go out in one command; before, the target writes first, the
+# check for newer client writes, then the rest.
+pytestmark = pytest.mark.parametrize("mongo_uri", BOTH_VERSIONS, indirect=True)
 
 
 async def _client_writes(db: Any) -> None:
