@@ -13,6 +13,7 @@ import pytest
 from pymongo.errors import OperationFailure
 
 from worker.engine._applier import Applier
+from worker.engine._stream import UnreadEvents
 
 from .engine_helpers import BOTH_VERSIONS, PEOPLE_MODULE, applier_in_process, events_of
 
@@ -170,3 +171,65 @@ async def test_a_stopping_worker_ends_a_delivery_after_the_part_in_flight(
     assert result.events == 2 and result.applied == 2
     assert checkpoint is not None and checkpoint["resume_token"] == events[1]["_id"]
     assert sorted(partners) == [1, 2]
+
+
+@pytest.mark.parametrize("state_changed", [False, True], ids=["carried", "dropped"])
+async def test_the_next_delivery_s_first_part_is_planned_from_the_reader_s_unread_events(
+    mongo_uri: str, tmp_path: Path, state_changed: bool
+) -> None:
+    """While a delivery's last part is written, the next delivery's first part is planned from
+    the events the reader holds unread, and used if that delivery begins with them and no pair
+    changed state in between."""
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
+        unread = UnreadEvents()
+        for event in events:
+            unread.add(event)
+        applier.unread = unread
+        async with applier.opened():
+            unread.taken(4)  # the runner takes a delivery of four events
+            first = await applier.apply(events[:4])
+            if state_changed:
+                applier.states_seen += 1  # as a refresh that found a pair paused would
+            unread.taken(4)
+            second = await applier.apply(events[4:])
+        partners = await _partners(db)
+    assert first.applied == 4 and second.applied == 4
+    assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
+    planned_ahead = [ahead for ahead, _ in calls]
+    if state_changed:
+        # The carried part is dropped; the second delivery plans its first part again.
+        assert planned_ahead == [False, True, True, False, True]
+    else:
+        assert planned_ahead == [False, True, True, True]
+
+
+async def test_a_carried_part_s_own_events_are_not_newer_writes_to_it(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Planned while its events were still unread, the part must not take them for client
+    writes after it: a partner change followed by a newer original change of the same field
+    ends with the original's value on both sides."""
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, _):
+        async with applier.opened():
+            await applier.apply(events)  # documents 1 to 3 on both sides
+
+            async def later_writes() -> None:
+                for name in ("f1", "f2", "f3", "f4"):
+                    await db.people.update_one({"_id": 2}, {"$set": {"name": name}})
+                await db.people_v2.update_one({"_id": 1}, {"$set": {"full_name": "older"}})
+                await db.people.update_one({"_id": 1}, {"$set": {"name": "newer"}})
+
+            later = await events_of(db, 6, later_writes)
+            unread = UnreadEvents()
+            for event in later:
+                unread.add(event)
+            applier.unread = unread
+            unread.taken(4)
+            await applier.apply(later[:4])
+            assert applier._carry is not None  # the partner and original changes, planned
+            unread.taken(2)
+            await applier.apply(later[4:])
+        original = await db.people.find_one({"_id": 1})
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert original is not None and partner is not None
+    assert (original["name"], partner["full_name"]) == ("newer", "newer")

@@ -20,7 +20,9 @@ session and on the documents and merge base records the one being written leaves
 out only after that one has committed, once the documents it took from that plan are found on
 the server as planned; anything else (a retry, a client write to one of them) and it is read and
 planned again in its turn. The transactions, their checkpoints and their order are what they
-would be one after the other: only the reading and planning overlap the writing.
+would be one after the other: only the reading and planning overlap the writing. While a
+delivery's last part is written, the next delivery's first part is planned from the reader's
+oldest unread events (`_carry`), for the next `apply` to take if it begins with them.
 """
 
 from __future__ import annotations
@@ -198,6 +200,8 @@ class _Prepared:
     # (namespace, id key) -> (_id, document or None).
     carried: dict[tuple[str, Any], tuple[Any, dict[str, Any] | None]]
     committed: bool = False
+    # `Applier.states_seen` when it was planned: the pairs' states it routed its events by.
+    states_seen: int = 0
 
 
 class Applier:
@@ -267,6 +271,12 @@ class Applier:
         # Set by the runner when the worker stops: a delivery in parts ends after the part in
         # flight (the rest is read again from the checkpoint).
         self.stopping: anyio.Event | None = None
+        # The next delivery's first part, planned from the reader's unread events while the
+        # last part of a delivery was written (`_apply_part`); `apply` takes it if the next
+        # delivery begins with those events and no pair changed state in between.
+        self._carry: _Prepared | None = None
+        # Counts the refreshes that found a pair's state changed.
+        self.states_seen = 0
         # One summary of the history ahead, shared by a batch's check and the next one's reads.
         self._ahead_lock = anyio.Lock()
         # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
@@ -292,7 +302,11 @@ class Applier:
 
     async def refresh_pairs(self) -> dict[str, dict[str, Any]]:
         """Re-read every pair's record (state, start point) from the state database."""
+        before = {original: doc.get("state") for original, doc in self.pair_states.items()}
         self.pair_states = await self.store.pair_docs()
+        if before != {original: doc.get("state") for original, doc in self.pair_states.items()}:
+            self.states_seen += 1
+            self._carry = None
         for original, doc in self.pair_states.items():
             if original in self._pairs:
                 self.metrics.set_state(original, doc.get("state", "NOT_STARTED"))
@@ -312,7 +326,9 @@ class Applier:
         total = BatchResult()
         done = 0
         # The next part, read and planned while the part before it was written.
-        ready: _Prepared | None = None
+        ready, self._carry = self._carry, None
+        if ready is not None and ready.states_seen != self.states_seen:
+            ready = None
         while done < len(events):
             if done and self.stopping is not None and self.stopping.is_set():
                 break  # stopping: the parts applied so far are committed with their checkpoints
@@ -361,7 +377,15 @@ class Applier:
         took from its plan are on the server as planned."""
         last = chunk[-1]
         checkpoint = (last["_id"], last.get("clusterTime"))
-        following = beyond[: self._part_size(len(beyond))] if ready is not None else []
+        following: list[Mapping[str, Any]] = (
+            beyond[: self._part_size(len(beyond))] if ready is not None else []
+        )
+        # The delivery's last part: the next delivery begins with the reader's oldest unread
+        # events, and its first part is planned now from them (taken by `apply` if so).
+        unread_own = not following and ready is not None and self.unread is not None
+        if unread_own:
+            assert self.unread is not None
+            following = self.unread.peek(self._part_size(len(self.unread)))
         outcome: dict[str, Any] = {}
 
         # This part's writes wait for the next part's reads, so that the server answers those
@@ -387,7 +411,11 @@ class Applier:
         async def prepare_following() -> None:
             try:
                 outcome["next"] = await self._prepare_ahead(
-                    following, beyond[len(following) :], previous=ready, read=read
+                    following,
+                    [] if unread_own else beyond[len(following) :],
+                    previous=ready,
+                    read=read,
+                    unread_own=unread_own,
                 )
             finally:
                 read.set()
@@ -404,6 +432,8 @@ class Applier:
         ):
             log.debug("prepared_part_dropped", events=len(following_ready.events))
             following_ready = None
+        if unread_own:
+            self._carry, following_ready = following_ready, None
         return outcome["result"], following_ready
 
     async def _prepare_ahead(
@@ -413,6 +443,7 @@ class Applier:
         *,
         previous: _Prepared | None = None,
         read: anyio.Event | None = None,
+        unread_own: bool = False,
     ) -> _Prepared | None:
         """Read and plan a part of a delivery outside the worker's session (its transaction
         may be open), or None when that fails: the part is then prepared again in its turn,
@@ -431,6 +462,7 @@ class Applier:
                     beyond=beyond,
                     previous=previous,
                     read=read,
+                    unread_own=unread_own,
                 )
         except Exception as exc:
             log.debug("prepare_ahead_failed", error=type(exc).__name__, detail=str(exc)[:200])
@@ -472,6 +504,7 @@ class Applier:
 
     async def save_idle_checkpoint(self, resume_token: Mapping[str, Any]) -> None:
         """Advance the checkpoint while idle (fenced) and report zero lag for every pair."""
+        self._carry = None
         await self._save_checkpoint((resume_token, None), None)
         for original in self._pairs:
             self.metrics.lag_seconds.labels(pair=original).set(0.0)
@@ -503,6 +536,8 @@ class Applier:
                     replay_pair=original,
                 )
                 replayed += len(held)
+        if replayed:
+            self._carry = None  # planned before these writes
         return replayed
 
     # -- retry policy ------------------------------------------------------------------------------
@@ -680,6 +715,7 @@ class Applier:
         beyond: Sequence[Mapping[str, Any]] = (),
         previous: _Prepared | None = None,
         read: anyio.Event | None = None,
+        unread_own: bool = False,
     ) -> _Prepared:
         """Read what the batch touches, plan every event and build the transaction's writes.
 
@@ -688,6 +724,7 @@ class Applier:
         leave are taken from its plan instead of the server (whose committed state does not
         have them yet), and `_still_as_planned` checks those documents once it has committed.
         `read`: set once the batch has read all it reads from the server (its look-ahead too).
+        `unread_own`: the events are the reader's oldest unread ones, not taken yet (`_carry`).
         """
         result = BatchResult(events=len(events))
         laps = _Laps()
@@ -849,7 +886,12 @@ class Applier:
         # Field tags read without the session: the look-ahead then reads to the stream's end.
         read_at = session.operation_time if session is not None else None
         peeked = await self._peek_ahead(
-            work, checkpoint, read_ahead=read_ahead, beyond=beyond, until=read_at
+            work,
+            checkpoint,
+            read_ahead=read_ahead,
+            beyond=beyond,
+            until=read_at,
+            unread_own=len(events) if unread_own else 0,
         )
         laps.lap("look_ahead")
         if read is not None:
@@ -1097,6 +1139,7 @@ class Applier:
             leaves=leaves,
             bases_left=bases_left,
             carried=carried,
+            states_seen=self.states_seen,
         )
 
     async def _execute(
@@ -1228,6 +1271,7 @@ class Applier:
         since: Timestamp | None = None,
         until: Timestamp | None = None,
         documents: Sequence[tuple[str, Any, Any]] | None = None,
+        unread_own: int = 0,
     ) -> dict[tuple[str, Any], frozenset[str]]:
         """Target paths that client writes after the batch, up to `until`, have changed.
 
@@ -1239,7 +1283,8 @@ class Applier:
         reader's unread events come next and the server is asked only for what follows them;
         otherwise the server is read from the batch's end. `documents` ((namespace, id key,
         _id) each) replaces the batch's targets: the second call asks about every document
-        the batch wrote, a chain's other collections included.
+        the batch wrote, a chain's other collections included. `unread_own`: the batch is the
+        reader's oldest unread events, planned before they were taken (`_carry`).
         """
         if not work and not documents:
             return {}
@@ -1302,7 +1347,7 @@ class Applier:
             if unread.has_invalidate():
                 after = None  # a stream cannot resume after an invalidate: read from the batch
             wanted = [(ns, key) for ns, ids in targets.items() for key in ids]
-            for event in unread.for_documents(wanted):
+            for event in unread.for_documents(wanted, skip=unread_own):
                 note(event)
         if read_ahead and self.unread is not None and until is not None:
             async with self._ahead_lock:

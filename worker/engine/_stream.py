@@ -11,6 +11,7 @@ only for what the reader has not reached.
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -186,13 +187,22 @@ class UnreadEvents:
         """The cluster time of the newest unread event."""
         return self._events[-1][1].get("clusterTime") if self._events else None
 
-    def for_documents(self, documents: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
-        """The unread events on these (namespace, id_key) documents, oldest first."""
+    def for_documents(
+        self, documents: Iterable[tuple[str, Any]], *, skip: int = 0
+    ) -> list[dict[str, Any]]:
+        """The unread events on these (namespace, id_key) documents, oldest first, leaving out
+        the `skip` oldest unread events (a batch planned from them before they were taken)."""
+        after = self._taken + skip
         found: list[tuple[int, dict[str, Any]]] = []
         for document in documents:
-            found.extend(self._by_document.get(document, ()))
+            found.extend(item for item in self._by_document.get(document, ()) if item[0] > after)
         found.sort(key=lambda item: item[0])
         return [event for _, event in found]
+
+    def peek(self, count: int) -> list[Mapping[str, Any]]:
+        """The `count` oldest unread events (fewer when fewer are unread): the next ones the
+        applier will take, in the order it will take them."""
+        return [event for _, event in itertools.islice(self._events, count)]
 
 
 def token_time(token: Mapping[str, Any] | None) -> Timestamp | None:
