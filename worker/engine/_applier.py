@@ -381,11 +381,17 @@ class Applier:
             beyond[: self._part_size(len(beyond))] if ready is not None else []
         )
         # The delivery's last part: the next delivery begins with the reader's oldest unread
-        # events, and its first part is planned now from them (taken by `apply` if so).
-        unread_own = not following and ready is not None and self.unread is not None
+        # events, and its first part is planned now from them (taken by `apply` if so). Only a
+        # whole part, as a backlog has: a worker keeping up finds a few events unread, and the
+        # next delivery, which waits for more, would not begin with exactly those.
+        unread = self.unread
+        full = self._part_size(MAX_BATCH_LIMIT)
+        unread_own = (
+            not following and ready is not None and unread is not None and len(unread) >= full
+        )
         if unread_own:
-            assert self.unread is not None
-            following = self.unread.peek(self._part_size(len(self.unread)))
+            assert unread is not None
+            following = unread.peek(full)
         outcome: dict[str, Any] = {}
 
         # This part's writes wait for the next part's reads, so that the server answers those
