@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pymongo.errors import OperationFailure
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from worker.engine._applier import Applier
 from worker.engine._stream import UnreadEvents
@@ -233,3 +233,27 @@ async def test_a_carried_part_s_own_events_are_not_newer_writes_to_it(
         partner = await db.people_v2.find_one({"_id": 1})
     assert original is not None and partner is not None
     assert (original["name"], partner["full_name"]) == ("newer", "newer")
+
+
+async def test_a_failed_check_of_the_carried_documents_plans_the_part_again(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The part before has committed; the read that checks the next part's carried documents
+    fails (a dropped connection): the next part is read and planned again in its turn."""
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
+        carried_as_planned = applier._carried_as_planned
+        failures: list[int] = []
+
+        async def fails_once(prepared: Any) -> bool:
+            if not failures:
+                failures.append(len(prepared.carried))
+                raise AutoReconnect("connection dropped")
+            return await carried_as_planned(prepared)
+
+        applier._carried_as_planned = fails_once  # type: ignore[method-assign]
+        async with applier.opened():
+            result = await applier.apply(events)
+        partners = await _partners(db)
+    assert failures and result.applied == 8
+    assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
+    assert [ahead for ahead, _ in calls][:3] == [False, True, False]

@@ -477,7 +477,15 @@ class Applier:
     async def _still_as_planned(self, prepared: _Prepared) -> bool:
         """Whether the target documents `prepared` took from the plan of the batch before it
         (now committed) are on the server as that plan left them. A client write to one of
-        them since that batch's reads makes this batch read and plan again."""
+        them since that batch's reads makes this batch read and plan again, and so does a
+        failed read (in its turn, where the failure meets the retry policy)."""
+        try:
+            return await self._carried_as_planned(prepared)
+        except PyMongoError as exc:
+            log.debug("carried_check_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return False
+
+    async def _carried_as_planned(self, prepared: _Prepared) -> bool:
         wanted: dict[str, dict[Any, Any]] = {}
         for (namespace, key), (document_id, _) in prepared.carried.items():
             wanted.setdefault(namespace, {})[key] = document_id
