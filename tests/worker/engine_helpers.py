@@ -17,6 +17,7 @@ from worker.config import BatchConfig, Config, HttpConfig, LeaseConfig
 from worker.engine import Worker
 from worker.engine._applier import Applier
 from worker.engine._lease import Lease
+from worker.engine._stream import UnreadEvents
 from worker.metrics import Metrics
 from worker.state import StateStore
 
@@ -166,3 +167,11 @@ class CommandStarts(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+def unread_events(*events: Any) -> UnreadEvents:
+    """A stream reader's unread events: these, handed over in order."""
+    unread = UnreadEvents()
+    for event in events:
+        unread.add(event)
+    return unread

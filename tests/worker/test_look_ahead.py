@@ -21,14 +21,7 @@ from worker.engine._stream import UnreadEvents, token_time
 from worker.metrics import Metrics
 from worker.state import StateStore, id_key
 
-from .engine_helpers import PEOPLE_MODULE, next_events, write_module
-
-
-def _unread(*events: dict[str, Any]) -> UnreadEvents:
-    unread = UnreadEvents()
-    for event in events:
-        unread.add(event)
-    return unread
+from .engine_helpers import PEOPLE_MODULE, next_events, unread_events, write_module
 
 
 @contextlib.asynccontextmanager
@@ -75,7 +68,7 @@ async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
         # The reader holds `newer` (reported here with a path the server's event does not
         # have, to tell which copy was read) and `other`; the server holds `tail` after them.
         held = {**newer, "updateDescription": {"updatedFields": {"marker": 1}, "removedFields": []}}
-        applier.unread = _unread(held, other)
+        applier.unread = unread_events(held, other)
         async with applier.opened():
             assert applier.session is not None
             await client.admin.command("ping", session=applier.session)  # the read's time
@@ -91,7 +84,7 @@ async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
             )
             # An unread event past the horizon ends the look-ahead: nothing newer is asked for.
             late = {**held, "clusterTime": Timestamp(horizon.time + 60, 1)}
-            applier.unread = _unread(other, late)
+            applier.unread = unread_events(other, late)
             past_snapshot = await applier._peek_ahead(
                 work, checkpoint, read_ahead=True, until=horizon
             )
@@ -101,7 +94,7 @@ async def test_unread_events_come_first_and_the_server_is_read_only_after_them(
             )
             # A reader that drained its stream reports a position past its last event (past
             # writes its filters left out): the server is read from there, not from the event.
-            applier.unread = _unread(held, other)
+            applier.unread = unread_events(held, other)
             applier.unread.reached(past_tail)
             from_reached = await applier._peek_ahead(
                 work, checkpoint, read_ahead=True, until=horizon
@@ -250,14 +243,14 @@ async def test_a_reader_far_behind_is_not_waited_for(mongo_uri: str, tmp_path: P
             horizon = applier.session.operation_time
             assert horizon is not None
             # The reader has handed over the unrelated write only, and is busy (it just moved).
-            applier.unread = spied(_unread(unrelated))
+            applier.unread = spied(unread_events(unrelated))
             applier.ahead_after_unread = 1  # its buffer is full
             held_back = await applier._peek_ahead(work, checkpoint, read_ahead=True, until=horizon)
             assert waits == []
             assert applier._ahead is not None  # answered by a summary
             # The same reader with room in its buffer, close behind: it is waited for.
             applier._ahead = None
-            applier.unread = spied(_unread(unrelated))
+            applier.unread = spied(unread_events(unrelated))
             applier.ahead_after_unread = 1_000
             close_behind = await applier._peek_ahead(
                 work, checkpoint, read_ahead=True, until=horizon

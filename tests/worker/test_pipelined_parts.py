@@ -13,9 +13,14 @@ import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from worker.engine._applier import Applier
-from worker.engine._stream import UnreadEvents
 
-from .engine_helpers import BOTH_VERSIONS, PEOPLE_MODULE, applier_in_process, events_of
+from .engine_helpers import (
+    BOTH_VERSIONS,
+    PEOPLE_MODULE,
+    applier_in_process,
+    events_of,
+    unread_events,
+)
 
 Prepare = Callable[..., Awaitable[Any]]
 
@@ -181,15 +186,12 @@ async def test_the_next_delivery_s_first_part_is_planned_from_the_reader_s_unrea
     the events the reader holds unread, and used if that delivery begins with them and no pair
     changed state in between."""
     async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
-        unread = UnreadEvents()
-        for event in events:
-            unread.add(event)
-        applier.unread = unread
+        unread = applier.unread = unread_events(*events)
         async with applier.opened():
             unread.taken(4)  # the runner takes a delivery of four events
             first = await applier.apply(events[:4])
             if state_changed:
-                applier.states_seen += 1  # as a refresh that found a pair paused would
+                applier.routing_changes += 1  # as a refresh that found a pair paused would
             unread.taken(4)
             second = await applier.apply(events[4:])
         partners = await _partners(db)
@@ -220,10 +222,7 @@ async def test_a_carried_part_s_own_events_are_not_newer_writes_to_it(
                 await db.people.update_one({"_id": 1}, {"$set": {"name": "newer"}})
 
             later = await events_of(db, 6, later_writes)
-            unread = UnreadEvents()
-            for event in later:
-                unread.add(event)
-            applier.unread = unread
+            unread = applier.unread = unread_events(*later)
             unread.taken(4)
             await applier.apply(later[:4])
             assert applier._carry is not None  # the partner and original changes, planned

@@ -200,8 +200,8 @@ class _Prepared:
     # (namespace, id key) -> (_id, document or None).
     carried: dict[tuple[str, Any], tuple[Any, dict[str, Any] | None]]
     committed: bool = False
-    # `Applier.states_seen` when it was planned: the pairs' states it routed its events by.
-    states_seen: int = 0
+    # `Applier.routing_changes` when it was planned (the pair states it routed its events by).
+    routing_seen: int = 0
 
 
 class Applier:
@@ -275,8 +275,9 @@ class Applier:
         # last part of a delivery was written (`_apply_part`); `apply` takes it if the next
         # delivery begins with those events and no pair changed state in between.
         self._carry: _Prepared | None = None
-        # Counts the refreshes that found a pair's state changed.
-        self.states_seen = 0
+        # Counts the refreshes that found a pair's state changed: a part planned before one
+        # routed its events by what no longer holds.
+        self.routing_changes = 0
         # One summary of the history ahead, shared by a batch's check and the next one's reads.
         self._ahead_lock = anyio.Lock()
         # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
@@ -302,10 +303,10 @@ class Applier:
 
     async def refresh_pairs(self) -> dict[str, dict[str, Any]]:
         """Re-read every pair's record (state, start point) from the state database."""
-        before = {original: doc.get("state") for original, doc in self.pair_states.items()}
+        before = _routing(self.pair_states)
         self.pair_states = await self.store.pair_docs()
-        if before != {original: doc.get("state") for original, doc in self.pair_states.items()}:
-            self.states_seen += 1
+        if _routing(self.pair_states) != before:
+            self.routing_changes += 1
             self._carry = None
         for original, doc in self.pair_states.items():
             if original in self._pairs:
@@ -327,7 +328,7 @@ class Applier:
         done = 0
         # The next part, read and planned while the part before it was written.
         ready, self._carry = self._carry, None
-        if ready is not None and ready.states_seen != self.states_seen:
+        if ready is not None and ready.routing_seen != self.routing_changes:
             ready = None
         while done < len(events):
             if done and self.stopping is not None and self.stopping.is_set():
@@ -362,8 +363,8 @@ class Applier:
     def _pipelined(self) -> bool:
         """Whether a delivery's next part may be read and planned while one is written: with
         session tags, no chain (a chain reads inside its transaction) and echoes left out by
-        the server (no pending echoes carried from one batch to the next)."""
-        return self.transactions and not self.chained and self.echoes_filtered
+        the server (no pending echoes carried from one batch to the next): `echoes_filtered`."""
+        return self.echoes_filtered
 
     async def _apply_part(
         self,
@@ -375,8 +376,7 @@ class Applier:
         part after it on what this one's writes leave. Returns the result, and that next part
         when it is still good: this part committed as planned, and the documents the next one
         took from its plan are on the server as planned."""
-        last = chunk[-1]
-        checkpoint = (last["_id"], last.get("clusterTime"))
+        checkpoint = _end_of(chunk)
         following: list[Mapping[str, Any]] = (
             beyond[: self._part_size(len(beyond))] if ready is not None else []
         )
@@ -454,13 +454,12 @@ class Applier:
         """Read and plan a part of a delivery outside the worker's session (its transaction
         may be open), or None when that fails: the part is then prepared again in its turn,
         where the failure meets the retry policy."""
-        last = events[-1]
         try:
             async with self.client.start_session(causal_consistency=False) as reader:
                 return await self._prepare(
                     events,
                     session=reader,
-                    checkpoint=(last["_id"], last.get("clusterTime")),
+                    checkpoint=_end_of(events),
                     held_ids=None,
                     replay_pair=None,
                     refused=None,
@@ -645,7 +644,7 @@ class Applier:
     ) -> BatchResult:
         total = BatchResult()
         for index, event in enumerate(events):
-            point = (event["_id"], event.get("clusterTime")) if checkpoint is not None else None
+            point = _end_of([event]) if checkpoint is not None else None
             if checkpoint is not None and replay_pair is not None:
                 point = None
             result = await self._apply_with_retries(
@@ -1073,11 +1072,6 @@ class Applier:
                 for owner in write_owners:
                     tallies.setdefault(owner, _PairTally()).echoes_skipped += 1
                 result.echoes += 1
-        # The transaction starts here, not before the reads: its snapshot is taken at its first
-        # command, and a client write to a target document after the snapshot and before the
-        # worker's own write of it is a write conflict. Started at the writes, that window is
-        # one bulk write long instead of the whole batch's reads, look-ahead and planning.
-        # (A chain's batch started it before its reads: see `chained`.)
         laps.lap("plan")
         targets = BatchWrites(self.client, combined=self.combined_writes)
         # The namespace with the most writes first: the snapshot is taken at the first command,
@@ -1153,7 +1147,7 @@ class Applier:
             leaves=leaves,
             bases_left=bases_left,
             carried=carried,
-            states_seen=self.states_seen,
+            routing_seen=self.routing_changes,
         )
 
     async def _execute(
@@ -1766,6 +1760,17 @@ def _chain_from(registry: Registry, namespace: str) -> list[str]:
                 if other not in reached:
                     reached.append(other)
     return reached
+
+
+def _routing(pair_states: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Each pair's state, by which `Applier._route` routes its events."""
+    return {original: doc.get("state") for original, doc in pair_states.items()}
+
+
+def _end_of(events: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], Timestamp | None]:
+    """The checkpoint past the last of `events`: its resume token and cluster time."""
+    last = events[-1]
+    return last["_id"], last.get("clusterTime")
 
 
 def _add_results(total: BatchResult, result: BatchResult) -> None:
