@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from bson import Timestamp
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from worker.engine._applier import Applier
@@ -256,3 +257,27 @@ async def test_a_failed_check_of_the_carried_documents_plans_the_part_again(
     assert failures and result.applied == 8
     assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
     assert [ahead for ahead, _ in calls][:3] == [False, True, False]
+
+
+async def test_a_new_start_point_drops_the_part_planned_for_the_next_delivery(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """A pair's start point (what a restarted backfill moves) decides which events apply, as
+    its state does: a refresh between two deliveries that finds it moved, the state as before,
+    drops the part planned from the reader's unread events."""
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, calls):
+        unread = applier.unread = unread_events(*events)
+        original = applier.registry.pairs[0].original
+        async with applier.opened():
+            unread.taken(4)
+            await applier.apply(events[:4])
+            assert applier._carry is not None
+            await applier.store.pairs.update_one(
+                {"_id": original}, {"$set": {"start_at": Timestamp(1, 1)}}
+            )
+            await applier.refresh_pairs()
+            unread.taken(4)
+            await applier.apply(events[4:])
+        partners = await _partners(db)
+    assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
+    assert [ahead for ahead, _ in calls] == [False, True, True, False, True]

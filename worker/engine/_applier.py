@@ -273,10 +273,10 @@ class Applier:
         self.stopping: anyio.Event | None = None
         # The next delivery's first part, planned from the reader's unread events while the
         # last part of a delivery was written (`_apply_part`); `apply` takes it if the next
-        # delivery begins with those events and no pair changed state in between.
+        # delivery begins with those events and no pair changed state or start point since.
         self._carry: _Prepared | None = None
-        # Counts the refreshes that found a pair's state changed: a part planned before one
-        # routed its events by what no longer holds.
+        # Counts the refreshes that found what `_route` goes by changed (a pair's state or
+        # start point): a part planned before one routed its events by what no longer holds.
         self.routing_changes = 0
         # One summary of the history ahead, shared by a batch's check and the next one's reads.
         self._ahead_lock = anyio.Lock()
@@ -1762,9 +1762,11 @@ def _chain_from(registry: Registry, namespace: str) -> list[str]:
     return reached
 
 
-def _routing(pair_states: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Each pair's state, by which `Applier._route` routes its events."""
-    return {original: doc.get("state") for original, doc in pair_states.items()}
+def _routing(pair_states: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    """What `Applier._route` reads of each pair's record: its state and its start point."""
+    return {
+        original: (doc.get("state"), doc.get("start_at")) for original, doc in pair_states.items()
+    }
 
 
 def _end_of(events: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], Timestamp | None]:
