@@ -144,12 +144,13 @@ def test_opcounters_count_operations_by_kind(client: Client, db_name: str) -> No
     assert len(list(coll.find(batch_size=1))) == 2  # one find, one getMore
     coll.bulk_write([InsertOne({"_id": 9})])
     after = counters()
-    # The serverStatus that read `before` is a command too.
+    # The serverStatus that read `before` is a command too. So is every driver's `hello`
+    # heartbeat, from any client of the server: commands are counted at least, never exactly.
     expected = {"insert": 4, "update": 2, "delete": 2, "query": 1, "getmore": 1, "command": 1}
     exact = client.admin.command("serverStatus").get("process") == "devserver"
     for kind, count in expected.items():
         delta = after[kind] - before[kind]
-        assert delta == count if exact else delta >= count, (kind, delta)
+        assert delta == count if exact and kind != "command" else delta >= count, (kind, delta)
 
 
 def test_validation_action_warn_and_level_off_allow_writes(client: Client, db_name: str) -> None:
