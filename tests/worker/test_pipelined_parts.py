@@ -281,3 +281,49 @@ async def test_a_new_start_point_drops_the_part_planned_for_the_next_delivery(
         partners = await _partners(db)
     assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}
     assert [ahead for ahead, _ in calls] == [False, True, True, False, True]
+
+
+async def test_a_pause_and_a_resume_take_effect_between_the_parts_of_a_delivery(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Behind a backlog one delivery is several transactions: the pair states are read again
+    between them, so a pause holds the next parts' events, and a resume replays the held
+    events before the part after it."""
+    async with _delivery(mongo_uri, tmp_path) as (db, applier, events, _):
+        applier.refresh_interval = 0.0  # read the states before every part after the first
+        original = applier.registry.pairs[0].original
+        store = applier.store
+        apply_part, replay_held = applier._apply_part, applier.replay_held
+        parts: list[int] = []
+        while_paused: list[tuple[int, dict[int, str]]] = []
+        replays: list[tuple[int, int]] = []
+
+        async def then_change_state(*args: Any) -> Any:
+            outcome = await apply_part(*args)
+            parts.append(len(args[0]))
+            if len(parts) == 1:
+                await store.set_state(original, "PAUSED", expect=["RUNNING"], paused_from="RUNNING")
+            elif len(parts) == 3:
+                held = await store.held_events.count_documents({})
+                names = {i: doc["full_name"] for i, doc in (await _partners(db)).items()}
+                while_paused.append((held, names))
+                await store.set_state(original, "RUNNING", expect=["PAUSED"], paused_from=None)
+            return outcome
+
+        async def counted_replay(max_docs: int) -> int:
+            replays.append((len(parts), await replay_held(max_docs)))
+            return replays[-1][1]
+
+        applier._apply_part = then_change_state  # type: ignore[method-assign]
+        applier.replay_held = counted_replay  # type: ignore[method-assign]
+        async with applier.opened():
+            result = await applier.apply(events)
+        held_after = await store.held_events.count_documents({})
+        partners = await _partners(db)
+    assert result.events == 8 and parts == [2, 2, 2, 2]
+    # The two parts after the pause were held, not applied: the partners are as the first
+    # part left them.
+    assert while_paused == [(4, {1: "n1", 2: "n2"})]
+    # The resume replayed the four held events before the last part, and the pair converged.
+    assert (3, 4) in replays and held_after == 0
+    assert {i: doc["full_name"] for i, doc in partners.items()} == {1: "c", 2: "m2", 3: "m3"}

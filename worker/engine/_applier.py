@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -278,6 +279,12 @@ class Applier:
         # Counts the refreshes that found what `_route` goes by changed (a pair's state or
         # start point): a part planned before one routed its events by what no longer holds.
         self.routing_changes = 0
+        # How often pair states are re-read while a delivery of several parts is applied (set
+        # by the runner; None: only where the runner refreshes, between deliveries). A pause or
+        # resume takes effect between two parts, not after a whole delivery behind a backlog.
+        self.refresh_interval: float | None = None
+        # When the pair states were last read (`anyio.current_time()`).
+        self.refreshed_at = -math.inf
         # One summary of the history ahead, shared by a batch's check and the next one's reads.
         self._ahead_lock = anyio.Lock()
         # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
@@ -305,6 +312,7 @@ class Applier:
         """Re-read every pair's record (state, start point) from the state database."""
         before = _routing(self.pair_states)
         self.pair_states = await self.store.pair_docs()
+        self.refreshed_at = anyio.current_time()
         if _routing(self.pair_states) != before:
             self.routing_changes += 1
             self._carry = None
@@ -328,11 +336,13 @@ class Applier:
         done = 0
         # The next part, read and planned while the part before it was written.
         ready, self._carry = self._carry, None
-        if ready is not None and ready.routing_seen != self.routing_changes:
-            ready = None
         while done < len(events):
             if done and self.stopping is not None and self.stopping.is_set():
                 break  # stopping: the parts applied so far are committed with their checkpoints
+            if done and await self._refresh_between_parts():
+                ready = None  # planned before the held events replayed were written
+            if ready is not None and ready.routing_seen != self.routing_changes:
+                ready = None  # routed by pair states that no longer hold
             size = self._part_size(len(events) - done)
             chunk = events[done : done + size]
             beyond = events[done + size :]
@@ -351,6 +361,16 @@ class Applier:
                 grown = self.batch_limit + max(1, self.batch_limit // 8)
                 self.batch_limit = None if grown >= MAX_BATCH_LIMIT else grown
         return total
+
+    async def _refresh_between_parts(self) -> bool:
+        """Re-read the pair states between two parts of a delivery when `refresh_interval` has
+        passed, and replay the held events of a pair found resumed: they are older than the
+        rest of the delivery. Returns whether held events were replayed."""
+        interval = self.refresh_interval
+        if interval is None or anyio.current_time() - self.refreshed_at < interval:
+            return False
+        await self.refresh_pairs()
+        return await self.replay_held(self.max_batch or MAX_BATCH_LIMIT) > 0
 
     def _part_size(self, remaining: int) -> int:
         """Events in the next transaction of a delivery: at most `max_batch` and `batch_limit`."""

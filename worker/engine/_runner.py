@@ -268,6 +268,7 @@ class Worker:
         applier.ahead_after_unread = buffered // 2
         applier.max_batch = max(self.config.batch.max_docs, 1)
         applier.stopping = self.stopping
+        applier.refresh_interval = REFRESH_INTERVAL_S
         with _unwrapped(HistoryLost, LeaseLost, PyMongoError):
             async with anyio.create_task_group() as group:
                 await group.start(reader.run, position, send)
@@ -298,7 +299,7 @@ class Worker:
         batch_cfg = self.config.batch
         # The first batch waits for a refresh and a replay: the events held for a pair that
         # was resumed while no worker ran are older than anything the stream brings now.
-        last_refresh = -math.inf
+        applier.refreshed_at = -math.inf
         applied = 0
         idle_saved: Any = None
         idle_saved_at = -IDLE_CHECKPOINT_S
@@ -318,11 +319,11 @@ class Worker:
                     # the task group; raising EndOfStream beside it would hide that error.
                     await anyio.sleep_forever()
                 reader.taken(len(batch))
-                if anyio.current_time() - last_refresh >= REFRESH_INTERVAL_S or not batch:
+                # Between deliveries; a delivery of several parts refreshes between them too.
+                if anyio.current_time() - applier.refreshed_at >= REFRESH_INTERVAL_S or not batch:
                     await applier.refresh_pairs()
                     self._outage.recovered()
                     await applier.replay_held(batch_cfg.max_docs)
-                    last_refresh = anyio.current_time()
                 if batch:
                     await applier.apply(batch)
                     applied += len(batch)
