@@ -310,8 +310,8 @@ async def test_a_pause_and_a_resume_take_effect_between_the_parts_of_a_delivery(
                 await store.set_state(original, "RUNNING", expect=["PAUSED"], paused_from=None)
             return outcome
 
-        async def counted_replay(max_docs: int) -> int:
-            replays.append((len(parts), await replay_held(max_docs)))
+        async def counted_replay(max_docs: int, beyond: Any = ()) -> int:
+            replays.append((len(parts), await replay_held(max_docs, beyond)))
             return replays[-1][1]
 
         applier._apply_part = then_change_state  # type: ignore[method-assign]

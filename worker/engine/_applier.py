@@ -339,7 +339,7 @@ class Applier:
         while done < len(events):
             if done and self.stopping is not None and self.stopping.is_set():
                 break  # stopping: the parts applied so far are committed with their checkpoints
-            if done and await self._refresh_between_parts():
+            if done and await self._refresh_between_parts(events[done:]):
                 ready = None  # planned before the held events replayed were written
             if ready is not None and ready.routing_seen != self.routing_changes:
                 ready = None  # routed by pair states that no longer hold
@@ -362,15 +362,19 @@ class Applier:
                 self.batch_limit = None if grown >= MAX_BATCH_LIMIT else grown
         return total
 
-    async def _refresh_between_parts(self) -> bool:
+    async def _refresh_between_parts(self, beyond: Sequence[Mapping[str, Any]]) -> bool:
         """Re-read the pair states between two parts of a delivery when `refresh_interval` has
         passed, and replay the held events of a pair found resumed: they are older than the
         rest of the delivery. Returns whether held events were replayed."""
-        interval = self.refresh_interval
-        if interval is None or anyio.current_time() - self.refreshed_at < interval:
+        if not self._refresh_due():
             return False
         await self.refresh_pairs()
-        return await self.replay_held(self.max_batch or MAX_BATCH_LIMIT) > 0
+        return await self.replay_held(self.max_batch or MAX_BATCH_LIMIT, beyond) > 0
+
+    def _refresh_due(self) -> bool:
+        """Whether `refresh_interval` has passed since the pair states were read."""
+        interval = self.refresh_interval
+        return interval is not None and anyio.current_time() - self.refreshed_at >= interval
 
     def _part_size(self, remaining: int) -> int:
         """Events in the next transaction of a delivery: at most `max_batch` and `batch_limit`."""
@@ -546,13 +550,27 @@ class Applier:
             {"$set": {"lag_seconds": 0.0}},
         )
 
-    async def replay_held(self, max_docs: int) -> int:
-        """Apply the held events of pairs that are active again; returns how many were replayed."""
+    async def replay_held(self, max_docs: int, beyond: Sequence[Mapping[str, Any]] = ()) -> int:
+        """Apply the held events of pairs that are active again; returns how many were replayed.
+
+        Every event the stream brought since is newer than the held ones: `beyond`, those
+        taken from the reader and not applied yet (the rest of a delivery), then the reader's
+        unread events and the history past them, as for a batch from `apply`. (Read from the
+        server from the checkpoint instead, a replay behind a backlog read the whole backlog
+        twice per batch.)
+
+        Pair states are read again between batches (every `refresh_interval`): a pair paused
+        again stops replaying at once, its remaining held events before the ones it holds next.
+        """
         replayed = 0
-        for original, doc in self.pair_states.items():
+        for original, doc in list(self.pair_states.items()):
             if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
                 continue
             while True:
+                if replayed and self._refresh_due():
+                    await self.refresh_pairs()
+                    if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
+                        break
                 held = [
                     h
                     async for h in self.store.held_events.find({"pair": original})
@@ -567,6 +585,8 @@ class Applier:
                     checkpoint=None,
                     held_ids=[h["_id"] for h in held],
                     replay_pair=original,
+                    read_ahead=True,
+                    beyond=beyond,
                 )
                 replayed += len(held)
         if replayed:
@@ -925,6 +945,8 @@ class Applier:
             beyond=beyond,
             until=read_at,
             unread_own=len(events) if unread_own else 0,
+            # A replay writes no checkpoint; its held events are older than all the rest.
+            batch_time=_end_of(events)[1] if checkpoint is None and events else None,
         )
         laps.lap("look_ahead")
         if read is not None:
@@ -1300,6 +1322,7 @@ class Applier:
         until: Timestamp | None = None,
         documents: Sequence[tuple[str, Any, Any]] | None = None,
         unread_own: int = 0,
+        batch_time: Timestamp | None = None,
     ) -> dict[tuple[str, Any], frozenset[str]]:
         """Target paths that client writes after the batch, up to `until`, have changed.
 
@@ -1313,6 +1336,7 @@ class Applier:
         _id) each) replaces the batch's targets: the second call asks about every document
         the batch wrote, a chain's other collections included. `unread_own`: the batch is the
         reader's oldest unread events, planned before they were taken (`_carry`).
+        `batch_time`: the batch's last cluster time when it stores no checkpoint (a replay).
         """
         if not work and not documents:
             return {}
@@ -1383,7 +1407,7 @@ class Applier:
                     self.unread,
                     past_snapshot=past_snapshot,
                     targets=targets,
-                    batch_time=checkpoint[1] if checkpoint is not None else None,
+                    batch_time=checkpoint[1] if checkpoint is not None else batch_time,
                     since=since,
                     until=until,
                 )

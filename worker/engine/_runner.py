@@ -323,7 +323,7 @@ class Worker:
                 if anyio.current_time() - applier.refreshed_at >= REFRESH_INTERVAL_S or not batch:
                     await applier.refresh_pairs()
                     self._outage.recovered()
-                    await applier.replay_held(batch_cfg.max_docs)
+                    await applier.replay_held(batch_cfg.max_docs, beyond=batch)
                 if batch:
                     await applier.apply(batch)
                     applied += len(batch)

@@ -1,0 +1,159 @@
+"""Replaying a resumed pair's held changes: they are older than everything the stream brought
+since, whose newer writes the replay finds where a batch from the stream finds them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import monitoring
+
+from worker.engine._applier import Applier
+from worker.state import id_key
+
+from .engine_helpers import (
+    BOTH_VERSIONS,
+    PEOPLE_MODULE,
+    CommandStarts,
+    applier_in_process,
+    events_of,
+    unread_events,
+)
+
+pytestmark = pytest.mark.parametrize("mongo_uri", BOTH_VERSIONS, indirect=True)
+
+
+class _ChangeStreams(CommandStarts):
+    """How many change streams the applier's client opened."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "aggregate" and any(
+            "$changeStream" in stage for stage in event.command.get("pipeline", [])
+        ):
+            self.opened += 1
+
+
+@contextlib.asynccontextmanager
+async def _paused_with_held(
+    mongo_uri: str, tmp_path: Path, names: list[str]
+) -> AsyncIterator[tuple[Any, Applier, str, _ChangeStreams]]:
+    """Document 1 synced, then the pair paused and one update of its `name` per entry of
+    `names` held: (database, applier opened, pair, change streams counter)."""
+    streams = _ChangeStreams()
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="replay", event_listeners=[streams]
+    ) as (db, applier):
+        pair = applier.registry.pairs[0].original
+        async with applier.opened():
+            inserted = await events_of(db, 1, lambda: db.people.insert_one({"_id": 1, "name": "n"}))
+            await applier.apply(inserted)
+            await applier.store.set_state(pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING")
+            await applier.refresh_pairs()
+
+            async def updates() -> None:
+                for name in names:
+                    await db.people.update_one({"_id": 1}, {"$set": {"name": name}})
+
+            await applier.apply(await events_of(db, len(names), updates))
+            assert await applier.store.held_events.count_documents({}) == len(names)
+            yield db, applier, pair, streams
+
+
+async def _resume(applier: Applier, pair: str) -> None:
+    await applier.store.set_state(pair, "RUNNING", expect=["PAUSED"], paused_from=None)
+    await applier.refresh_pairs()
+
+
+def _conflicts(applier: Applier, pair: str) -> float:
+    return applier.metrics.conflicts.labels(pair=pair)._value.get()
+
+
+async def test_a_replay_finds_newer_writes_among_the_reader_s_events_and_the_delivery_s(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The newer client write to the held change's target is in the delivery being applied
+    (`beyond`), and the reader has handed over everything past the replay's reads: it is found
+    there (a conflict the later write wins), and the server's history is not read at all."""
+    async with _paused_with_held(mongo_uri, tmp_path, ["older"]) as (db, applier, pair, streams):
+        newer = await events_of(
+            db, 1, lambda: db.people_v2.update_one({"_id": 1}, {"$set": {"full_name": "newer"}})
+        )
+        await _resume(applier, pair)
+        unread = applier.unread = unread_events()
+        unread.reached({"_data": f"82{0xFFFFFFF0:08X}{1:08X}"})  # past any read's time
+        peek_ahead = applier._peek_ahead
+        found: list[Any] = []
+
+        async def first_looks(*args: Any, **kwargs: Any) -> Any:
+            newer_writes = await peek_ahead(*args, **kwargs)
+            if kwargs.get("since") is None:
+                found.append(newer_writes)
+            return newer_writes
+
+        applier._peek_ahead = first_looks  # type: ignore[method-assign]
+        streams.opened = 0
+        replayed = await applier.replay_held(10, beyond=newer)
+        assert (replayed, streams.opened) == (1, 0)
+        assert found == [{(f"{db.name}.people_v2", id_key(1)): frozenset({"full_name"})}]
+        assert _conflicts(applier, pair) == 1
+        await applier.apply(newer)
+        original = await db.people.find_one({"_id": 1})
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert original is not None and partner is not None
+    assert (original["name"], partner["full_name"]) == ("newer", "newer")
+
+
+async def test_a_pair_paused_again_stops_its_replay_between_batches(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """A replay of many held changes reads the pair states between its transactions: paused
+    again, it stops, and the rest stays held (in order) for the next resume."""
+    names = ["a", "b", "c"]
+    async with _paused_with_held(mongo_uri, tmp_path, names) as (db, applier, pair, _):
+        await _resume(applier, pair)
+        applier.refresh_interval = 0.0  # read the states before every transaction
+        apply_with_retries = applier._apply_with_retries
+        transactions: list[int] = []
+
+        async def then_pause(events: Any, **kwargs: Any) -> Any:
+            result = await apply_with_retries(events, **kwargs)
+            transactions.append(len(events))
+            if len(transactions) == 1:
+                await applier.store.set_state(
+                    pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING"
+                )
+            return result
+
+        applier._apply_with_retries = then_pause  # type: ignore[method-assign]
+        assert await applier.replay_held(1) == 1
+        partner = await db.people_v2.find_one({"_id": 1})
+        assert partner is not None and partner["full_name"] == "a"
+        left = [h["event"]["updateDescription"] async for h in applier.store.held_events.find()]
+        assert [d["updatedFields"]["name"] for d in left] == ["b", "c"]
+        await _resume(applier, pair)
+        assert await applier.replay_held(1) == 2
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert transactions == [1, 1, 1]
+    assert partner is not None and partner["full_name"] == "c"
+
+
+async def test_a_replay_with_no_reader_reads_the_server_s_history(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Without the reader's events (`unread` unset), the newer writes come from the server's
+    history past the checkpoint, as before."""
+    async with _paused_with_held(mongo_uri, tmp_path, ["older"]) as (db, applier, pair, streams):
+        await db.people_v2.update_one({"_id": 1}, {"$set": {"full_name": "newer"}})
+        await _resume(applier, pair)
+        streams.opened = 0
+        assert await applier.replay_held(10) == 1
+        assert streams.opened >= 1
+        assert _conflicts(applier, pair) == 1
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert partner is not None and partner["full_name"] == "newer"
