@@ -33,7 +33,7 @@ __all__ = ["Worker", "cluster_time"]
 log = get_logger(__name__)
 
 # How often the worker re-reads pair states (pause, resume, complete take effect this fast).
-REFRESH_INTERVAL_S = 0.5
+REFRESH_INTERVAL_S = 0.25
 # Backoff between attempts to resume syncing after a lost connection.
 OUTAGE_FIRST_DELAY_S = 0.1
 OUTAGE_MAX_DELAY_S = 5.0

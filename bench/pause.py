@@ -1,0 +1,202 @@
+"""How soon `pause` and `resume` take effect in a worker that is working off a backlog.
+
+INTERFACE.md: `pause` and `resume` take effect in the running worker within a second. Behind a
+backlog the worker applies several transactions per delivery from the stream; this measures
+the time from a state change to the worker acting on it, at random moments of such a run:
+
+- pause: from the pair's state set to PAUSED to the first change the worker holds for it
+  (instead of applying it);
+- resume: from the state set back to RUNNING to the first held change replayed (the held
+  changes are deleted in the transaction that applies them).
+
+Setup as `bench/sync.py` (INTERFACE.md's customers pair, `partner-sync run` as a subprocess,
+a development server subprocess or MONGODB_URI): seed `--docs` documents, stop the worker,
+write `--backlog` client updates, start it again, then `--rounds` pause/resume rounds while it
+catches up. The state changes are made on the state database directly, as `partner-sync
+pause` makes them, without the command's wait for the worker to notice.
+
+    .venv/bin/python bench/pause.py [--backlog 40000] [--rounds 6] [--docs 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.append(str(_HERE.parent))
+from bench.sync import (  # noqa: E402
+    DB,
+    ORIGINAL,
+    STATE_DB,
+    Client,
+    Contender,
+    Load,
+    caught_up,
+    cluster_time,
+    seed,
+    server,
+    wait_until,
+)
+from worker.state import StateStore  # noqa: E402
+
+PAIR = f"{DB}.{ORIGINAL}"
+# How long the benchmark waits for a state change to take effect.
+GIVE_UP_S = 10.0
+
+
+async def held_count(client: Client) -> int:
+    return await client[STATE_DB]["held_events"].count_documents({"pair": PAIR})
+
+
+async def first_change(client: Client, operation: str, change: Any) -> float | None:
+    """Seconds from `change()` to the first `operation` ("insert": a change held, "delete":
+    a held change replayed) in the held changes, or None after GIVE_UP_S. Watched by a change
+    stream opened before the change: polling the collection (a scan on the development
+    server) would load the server the worker shares."""
+    held = client[STATE_DB]["held_events"]
+    pipeline = [
+        {"$match": {"operationType": operation, "fullDocument.pair": PAIR}}
+        if operation == "insert"
+        else {"$match": {"operationType": operation}},
+        {"$project": {"operationType": 1}},
+    ]
+    async with await held.watch(pipeline, max_await_time_ms=20) as stream:
+        await stream.try_next()  # the stream is open at the server before the change
+        started = time.monotonic()
+        await change()
+        while time.monotonic() - started < GIVE_UP_S:
+            if await stream.try_next() is not None:
+                return time.monotonic() - started
+    return None
+
+
+async def one_round(client: Client, store: StateStore, behind: Any) -> tuple[Any, Any] | None:
+    """(pause seconds, resume seconds) of one round, or None when the backlog ran out."""
+    if not await behind():
+        return None
+
+    async def pause() -> None:
+        await store.set_state(PAIR, "PAUSED", expect=["RUNNING"], paused_from="RUNNING")
+
+    async def resume() -> None:
+        await store.set_state(PAIR, "RUNNING", expect=["PAUSED"], paused_from=None)
+
+    paused = await first_change(client, "insert", pause)
+    await asyncio.sleep(0.3)  # let it hold a few more
+    resumed = await first_change(client, "delete", resume)
+    return paused, resumed
+
+
+async def main_async(options: argparse.Namespace) -> None:
+    rng = random.Random(5)
+    with contextlib.ExitStack() as stack:
+        workdir = options.workdir or stack.enter_context(tempfile.TemporaryDirectory())
+        where = stack.enter_context(server(options.oplog_mb))
+        client: Client = AsyncMongoClient(where.uri, maxPoolSize=16)
+        try:
+            await client.drop_database(DB)
+            await client.drop_database(STATE_DB)
+            contender = Contender("engine", where.uri, Path(workdir), log_level=options.log_level)
+            contender.start()
+            try:
+                await wait_until(lambda: contender.ready(client), 60, "the worker to start")
+                await seed(client, contender, options.docs)
+                contender.stop()
+                wire = where.uri if where.pid is not None else None
+                load = Load(client, options.docs, random.Random(11), wire=wire)
+                await load.run(options.backlog, None, None)
+                last_write = await cluster_time(client)
+                contender.start()
+                store = StateStore(client[STATE_DB])
+
+                async def behind() -> bool:
+                    position = await contender.position(client)
+                    return position is None or position < load.times[-1]
+
+                async def started() -> bool:
+                    position = await contender.position(client)
+                    return position is not None and position >= load.times[0]
+
+                await wait_until(started, 60, "the worker to begin the backlog")
+                rounds: list[tuple[Any, Any]] = []
+                for _ in range(options.rounds):
+                    # A random moment of a delivery.
+                    await asyncio.sleep(rng.uniform(0.1, 0.6))
+                    measured = await one_round(client, store, behind)
+                    if measured is None:
+                        break
+                    rounds.append(measured)
+                report(options, rounds)
+                # The held changes all replayed and the backlog worked off, or it says so.
+                started_at = time.monotonic()
+                try:
+                    await caught_up(client, contender, last_write, 300)
+                    await wait_until(
+                        lambda: _none_held(client), 60, "the held changes to be replayed"
+                    )
+                except TimeoutError as exc:
+                    pair = await store.pairs.find_one({"_id": PAIR})
+                    print(
+                        f"  {exc}: the pair is {(pair or {}).get('state')},"
+                        f" {await held_count(client)} changes held,"
+                        f" the worker at {await contender.position(client)} of {last_write}"
+                    )
+                    raise SystemExit(1) from None
+                print(f"  caught up, nothing held, {time.monotonic() - started_at:.1f} s later")
+            finally:
+                contender.stop()
+        finally:
+            await client.close()
+
+
+async def _none_held(client: Client) -> bool:
+    # One document found or none: a count would scan every held change on the development
+    # server, as often as this is asked, and slow down the replay it waits for.
+    held = client[STATE_DB]["held_events"]
+    return await held.find_one({"pair": PAIR}, {"_id": 1}) is None
+
+
+def report(options: argparse.Namespace, rounds: list[tuple[Any, Any]]) -> None:
+    print(f"backlog {options.backlog}, docs {options.docs}, {len(rounds)} rounds")
+    for name, index in (("pause", 0), ("resume", 1)):
+        values = [r[index] for r in rounds]
+        seen = [v * 1000 for v in values if v is not None]
+        missed = len(values) - len(seen)
+        if not seen:
+            print(f"  {name:7} no round took effect within {GIVE_UP_S:.0f} s")
+            continue
+        each = ", ".join(f"{v:.0f}" for v in seen)
+        print(
+            f"  {name:7} took effect in median {statistics.median(seen):5.0f} ms,"
+            f" max {max(seen):5.0f} ms ({each})"
+            + (f"; {missed} not within {GIVE_UP_S:.0f} s" if missed else "")
+        )
+    if len(rounds) < options.rounds:
+        print(f"  the backlog ran out after {len(rounds)} of {options.rounds} rounds")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=40_000, help="client writes to catch up on")
+    parser.add_argument("--rounds", type=int, default=6, help="pause/resume rounds")
+    parser.add_argument("--docs", type=int, default=2000, help="documents in the collection")
+    parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
+    parser.add_argument("--workdir", metavar="DIR", help="keep the config and the log here")
+    parser.add_argument("--log-level", default="warning", help="the worker's log level")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
