@@ -42,6 +42,8 @@ from tests.worker.convergence_model import (
 )
 from tests.worker.engine_helpers import eventually, write_module
 from transforms import load_registry
+from worker.lifecycle import pause_pair, resume_pair
+from worker.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
 # A transaction abandoned by a killed worker holds its documents until the server reaps it.
@@ -65,6 +67,12 @@ class Scenario:
     # The worker's batch.max_docs: small, a worker behind applies each delivery in several
     # transactions, reading and planning the next while one is written.
     max_docs: int = 200
+    # `partner-sync pause` and `resume` of the pair, each pause this many client writes (at
+    # random) after the last resume and lasting this many: the worker holds the pair's changes
+    # and replays them, behind concurrent writes and among the crashes.
+    pauses: int = 0
+    pause_after: tuple[int, int] = (10, 60)
+    paused_for: tuple[int, int] = (20, 120)
 
 
 @dataclass
@@ -132,23 +140,27 @@ class WorkerProcess:
 
 @dataclass
 class Progress:
-    """Counts client writes so crashes can be placed after a given number of them."""
+    """Counts client writes so crashes and pauses can be placed after a number of them."""
 
     count: int = 0
-    target: int = -1
-    reached: anyio.Event = field(default_factory=anyio.Event)
+    # (count to reach, set when reached) per waiting task
+    waiters: list[tuple[int, anyio.Event]] = field(default_factory=list)
 
     def note(self) -> None:
         self.count += 1
-        if 0 <= self.target <= self.count:
-            self.reached.set()
+        for target, reached in self.waiters:
+            if target <= self.count:
+                reached.set()
 
     async def wait_for(self, target: int) -> None:
-        self.reached = anyio.Event()
-        self.target = target
         if self.count >= target:
             return
-        await self.reached.wait()
+        waiter = (target, anyio.Event())
+        self.waiters.append(waiter)
+        try:
+            await waiter[1].wait()
+        finally:
+            self.waiters.remove(waiter)
 
 
 @pytest.fixture
@@ -194,6 +206,9 @@ CASES = [
     # Transactions of 5 events: what a worker behind reads at once is applied in several,
     # each read and planned while the one before it is written.
     pytest.param(5, Scenario(max_docs=5), "current", id="seed-5-pipelined-parts"),
+    # Paused and resumed among the crashes, in transactions of 5 events: the held changes are
+    # replayed between the parts of a delivery, and a pause can stop a replay.
+    pytest.param(6, Scenario(max_docs=5, pauses=3), "current", id="seed-6-pause-and-resume"),
     # Found by the soak: a partner replace after an original insert the worker had skipped as
     # a conflict (the replace was ahead) left the insert's fields on the original only.
     pytest.param(1002, SOAK, "current", id="regression-1002-replace-after-skipped-insert"),
@@ -315,12 +330,18 @@ async def _write_while_crashing(
                 )
         async with anyio.create_task_group() as crashing:
             crashing.start_soon(_crash, worker, state, progress, crash_after, crashes)
+            if scenario.pauses:
+                crashing.start_soon(
+                    _pause_and_resume, StateStore(state), pair_original, progress, rng, scenario
+                )
             async with anyio.create_task_group() as writing:
                 for writer in writers:
                     writing.start_soon(
                         _write, writer, scenario.writes_per_writer, scenario.pause_s, progress
                     )
             crashing.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await resume_pair(StateStore(state), pair_original)  # if a pause was in progress
         # One field update per side after every other write: G2 always has a field whose last
         # write is an update to check, whatever the interleaving left last (often a replace or
         # a delete).
@@ -385,6 +406,19 @@ async def _crash(
             await worker.start()
 
 
+async def _pause_and_resume(
+    store: StateStore, original: str, progress: Progress, rng: random.Random, scenario: Scenario
+) -> None:
+    """Pause and resume the pair as `partner-sync pause` and `resume` do, between writes."""
+    for _ in range(scenario.pauses):
+        await progress.wait_for(progress.count + rng.randint(*scenario.pause_after))
+        with anyio.CancelScope(shield=True):
+            await pause_pair(store, original)
+        await progress.wait_for(progress.count + rng.randint(*scenario.paused_for))
+        with anyio.CancelScope(shield=True):
+            await resume_pair(store, original)
+
+
 async def _lease_fence_above(state: Any, fence: int) -> int:
     lease = await state["leases"].find_one({"_id": "default"})
     current = int((lease or {}).get("fence") or 0)
@@ -420,6 +454,8 @@ async def _settle(
                 # checkpoint reaches the last client change, whose worker write committed with it.
                 clients[key] += 1
                 latest[0] = event["clusterTime"]
+        if await state["held_events"].find_one({}, {"_id": 1}) is not None:
+            return False  # a resumed pair's held changes are still to be replayed
         return new == 0 and latest[0] is not None and reached is not None and reached >= latest[0]
 
     try:

@@ -60,7 +60,8 @@ async def _paused_with_held(
                 for name in names:
                     await db.people.update_one({"_id": 1}, {"$set": {"name": name}})
 
-            await applier.apply(await events_of(db, len(names), updates))
+            if names:
+                await applier.apply(await events_of(db, len(names), updates))
             assert await applier.store.held_events.count_documents({}) == len(names)
             yield db, applier, pair, streams
 
@@ -157,3 +158,25 @@ async def test_a_replay_with_no_reader_reads_the_server_s_history(
         assert _conflicts(applier, pair) == 1
         partner = await db.people_v2.find_one({"_id": 1})
     assert partner is not None and partner["full_name"] == "newer"
+
+
+async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as_newer(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """While paused: the partner document is deleted and inserted again, then the client
+    deletes the original. Replayed two changes per transaction, the partner's insert must not
+    re-create the original: the original's delete, held for the next transaction, is newer."""
+    async with _paused_with_held(mongo_uri, tmp_path, []) as (db, applier, pair, _):
+
+        async def writes() -> None:
+            await db.people_v2.delete_one({"_id": 1})
+            await db.people_v2.insert_one({"_id": 1, "full_name": "again"})
+            await db.people.delete_one({"_id": 1})
+
+        await applier.apply(await events_of(db, 3, writes))
+        assert await applier.store.held_events.count_documents({}) == 3
+        await _resume(applier, pair)
+        assert await applier.replay_held(2) == 3
+        original = await db.people.find_one({"_id": 1})
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert (original, partner) == (None, None)

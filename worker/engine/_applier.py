@@ -580,18 +580,37 @@ class Applier:
                 if not held:
                     break
                 events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
+                later = await self._held_after(original, held[-1]["_id"], events)
                 await self._apply_with_retries(
                     events,
                     checkpoint=None,
                     held_ids=[h["_id"] for h in held],
                     replay_pair=original,
                     read_ahead=True,
-                    beyond=beyond,
+                    beyond=[*later, *beyond],
                 )
                 replayed += len(held)
         if replayed:
             self._carry = None  # planned before these writes
         return replayed
+
+    async def _held_after(
+        self, original: str, after: Any, events: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The pair's changes held after `after` on the documents of `events`, oldest first,
+        with what a look-ahead reads of them: newer writes to those documents than the batch.
+        (A replay in several transactions planned a partner insert over the original's delete
+        held for the next one, and re-created the document the client had deleted.)"""
+        ids = list(
+            {id_key(e["documentKey"]["_id"]): e["documentKey"]["_id"] for e in events}.values()
+        )
+        fields = ["_id", "operationType", "ns", "documentKey", "clusterTime", "updateDescription"]
+        fields.append("lsid" if self.tag_field is None else f"fullDocument.{self.tag_field}")
+        cursor = self.store.held_events.find(
+            {"pair": original, "_id": {"$gt": after}, "event.documentKey._id": {"$in": ids}},
+            {f"event.{name}": 1 for name in fields},
+        ).sort("_id", 1)
+        return [dict(h["event"]) async for h in cursor]
 
     # -- retry policy ------------------------------------------------------------------------------
 
