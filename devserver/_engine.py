@@ -22,6 +22,7 @@ from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import OperationFailure
 
 from devserver._errors import CommandError, bson_type_name
+from devserver._fastproject import BAIL, inclusion_tree, project_document
 from devserver._fastupdate import fast_update
 from devserver._keys import store_key
 from devserver._pipeline import install, prepared
@@ -228,6 +229,11 @@ class Engine:
         """
         if not projection:
             return list(docs)
+        tree = inclusion_tree(projection)
+        if tree is not None:
+            projected = [project_document(doc, tree) for doc in docs]
+            if not any(doc is BAIL for doc in projected):
+                return projected
         return self.find(docs, filter_doc, projection=projection)
 
     def distinct(

@@ -20,7 +20,8 @@ Collections (documents sketched; `ns` is the pair's original namespace):
     leases        {_id: stream key, holder, fence, expires_at, since, sessions}
     dead_letters  {_id: ObjectId, pair, side, direction, document_id, event, error, code,
                    mapping, field, at, retries, last_retry_at}
-    held_events   {_id: ObjectId, pair, event, at}   events of a paused pair, replayed on resume
+    held_events   {_id: ObjectId, pair, event, paths, ours, at}: events of a paused pair,
+                   replayed on resume (paths: what each changed; ours: the worker's own write)
 
 The stream key names one change stream and its partition ("default" today); adding
 partitions later means more keys, not a new layout.

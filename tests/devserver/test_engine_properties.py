@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mongomock.filtering import filter_applies, resolve_sort_key
 
-from devserver._engine import sort_documents
+from devserver._engine import Engine, sort_documents
 from devserver._fastfilter import compile_filter
+from devserver._fastproject import BAIL, inclusion_tree, project_document
 
 SCALARS = st.one_of(
     st.integers(-5, 5),
@@ -72,3 +73,38 @@ def test_sort_matches_mongomock_order(
 ) -> None:
     """sort_documents orders documents exactly as mongomock's sort does."""
     assert sort_documents(docs, sort) == _reference_sort(docs, sort)
+
+
+PATHS = st.sampled_from(["v", "w", "v.x", "w.x", "v.y", "_id", "x.y.z"])
+PROJECTIONS = st.dictionaries(PATHS, st.sampled_from([1, True, 0, False]), min_size=1, max_size=3)
+NESTED = st.one_of(
+    VALUES,
+    st.fixed_dictionaries({}, optional={"x": VALUES, "y": VALUES}),
+    st.lists(st.fixed_dictionaries({}, optional={"x": SCALARS}), max_size=2),
+)
+PROJECTED_DOCUMENTS = st.lists(
+    st.fixed_dictionaries({"_id": st.integers(0, 9)}, optional={"v": NESTED, "w": NESTED}),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(docs=PROJECTED_DOCUMENTS, projection=PROJECTIONS)
+def test_fast_inclusion_projection_is_mongomock_s(
+    docs: list[dict[str, Any]], projection: dict[str, Any]
+) -> None:
+    """Whenever the fast path projects a document, the result is what the reference engine
+    gives. (Field order aside: the fast path keeps the document's, `_id` first, as MongoDB
+    does; mongomock puts the fields it was asked for first.)"""
+    tree = inclusion_tree(projection)
+    if tree is None:
+        return
+    engine = Engine()
+    for doc in docs:
+        fast = project_document(doc, tree)
+        if fast is BAIL:
+            continue
+        reference = engine.find([doc], {}, projection=projection)
+        assert [fast] == reference, (projection, doc)
+        assert list(fast) == [name for name in doc if name in fast]

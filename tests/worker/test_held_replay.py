@@ -160,13 +160,18 @@ async def test_a_replay_with_no_reader_reads_the_server_s_history(
     assert partner is not None and partner["full_name"] == "newer"
 
 
+@pytest.mark.parametrize("summary", ["kept", "too-large", "held-before-paths"])
 async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as_newer(
-    mongo_uri: str, tmp_path: Path
+    mongo_uri: str, tmp_path: Path, summary: str
 ) -> None:
     """While paused: the partner document is deleted and inserted again, then the client
     deletes the original. Replayed two changes per transaction, the partner's insert must not
-    re-create the original: the original's delete, held for the next transaction, is newer."""
+    re-create the original: the original's delete, held for the next transaction, is newer.
+    (Without a summary of the held changes, too large or held without the paths they changed,
+    each transaction reads its own.)"""
     async with _paused_with_held(mongo_uri, tmp_path, []) as (db, applier, pair, _):
+        if summary == "too-large":
+            applier.ahead_limit = 0
 
         async def writes() -> None:
             await db.people_v2.delete_one({"_id": 1})
@@ -175,6 +180,8 @@ async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as
 
         await applier.apply(await events_of(db, 3, writes))
         assert await applier.store.held_events.count_documents({}) == 3
+        if summary == "held-before-paths":
+            await applier.store.held_events.update_many({}, {"$unset": {"paths": "", "ours": ""}})
         await _resume(applier, pair)
         assert await applier.replay_held(2) == 3
         original = await db.people.find_one({"_id": 1})

@@ -12,7 +12,7 @@ reader has passed the stretch it covers, so it holds only what lies beyond the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from bson import Timestamp
@@ -23,7 +23,7 @@ from worker.engine._stream import DOCUMENT_EVENTS, UnreadEvents, stream_filters
 from worker.logs import get_logger
 from worker.state import id_key
 
-__all__ = ["AHEAD_LIMIT", "WritesAhead"]
+__all__ = ["AHEAD_LIMIT", "HELD_FIELDS", "HeldAhead", "WritesAhead", "held_record"]
 
 log = get_logger(__name__)
 
@@ -173,4 +173,83 @@ class WritesAhead:
                             continue
                         return None
                     found.setdefault((namespace, key), set()).add(path)
+        return found
+
+
+# What a replay's summary reads of a held change (not its documents or values).
+HELD_FIELDS = {
+    "paths": 1,
+    "ours": 1,
+    **{f"event.{name}": 1 for name in ("operationType", "ns", "documentKey", "clusterTime")},
+}
+
+
+def held_record(
+    pair: str, event: Mapping[str, Any], paths: Iterable[str], *, ours: bool, at: Any
+) -> dict[str, Any]:
+    """A change held for a paused pair: the event, and for `HeldAhead` the paths it changed
+    and whether it is the worker's own write (records held before these two were kept make
+    each replay transaction read its later held changes instead)."""
+    return {"pair": pair, "event": dict(event), "paths": sorted(paths), "ours": ours, "at": at}
+
+
+class HeldAhead:
+    """The newest held change to each (namespace, document, path) of one pair, by held `_id`.
+
+    A replay applies a paused pair's held changes in several transactions; the changes held
+    for the later ones are newer writes to a transaction's documents than its own (a partner
+    insert replayed before the original's held delete re-created the original). Read once per
+    replay, this answers each transaction without reading the held changes again; like
+    `WritesAhead` it keeps only each path's newest change, which is all "is there a later one"
+    needs, and gives up past `limit` paths.
+    """
+
+    def __init__(self, limit: int = AHEAD_LIMIT):
+        self.limit = limit
+        # (namespace, id key) -> (_id, {path: (held _id, cluster time)})
+        self.paths: dict[tuple[str, Any], tuple[Any, dict[str, tuple[Any, Any]]]] = {}
+        self.size = 0
+
+    def add(self, held: Mapping[str, Any]) -> bool:
+        """Record one held change (in held order), as `held_record` stored it and
+        `HELD_FIELDS` reads it; False once past `limit` paths."""
+        event = held["event"]
+        if event.get("operationType") not in DOCUMENT_EVENTS or held.get("ours"):
+            return True
+        ns = event.get("ns") or {}
+        document_id = event["documentKey"]["_id"]
+        document = (f"{ns.get('db')}.{ns.get('coll')}", id_key(document_id))
+        _, paths = self.paths.setdefault(document, (document_id, {}))
+        for path in held["paths"]:
+            if path not in paths:
+                self.size += 1
+            paths[path] = (held["_id"], event.get("clusterTime"))
+        return self.size <= self.limit
+
+    def after(
+        self, held_id: Any, namespaces: Sequence[str], keys: Iterable[Any]
+    ) -> list[dict[str, Any]]:
+        """The changes held after `held_id` on these documents (id keys, in any of these
+        namespaces), as the change events a look-ahead reads: one per changed path, each
+        naming its path ("" for a whole document) and cluster time."""
+        found: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            db, _, coll = namespace.partition(".")
+            for key in keys:
+                entry = self.paths.get((namespace, key))
+                if entry is None:
+                    continue
+                document_id, paths = entry
+                for path, (later_id, stamp) in paths.items():
+                    if later_id <= held_id:
+                        continue
+                    event: dict[str, Any] = {
+                        "operationType": "update" if path else "replace",
+                        "ns": {"db": db, "coll": coll},
+                        "documentKey": {"_id": document_id},
+                        "clusterTime": stamp,
+                    }
+                    if path:
+                        event["updateDescription"] = {"updatedFields": {path: None}}
+                    found.append(event)
         return found

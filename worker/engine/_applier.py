@@ -52,7 +52,7 @@ from pymongo.errors import (
 )
 
 from transforms import Pair, Registry, TransformFailed, diff_documents, named_fields
-from worker.engine._ahead import AHEAD_LIMIT, WritesAhead
+from worker.engine._ahead import AHEAD_LIMIT, HELD_FIELDS, HeldAhead, WritesAhead, held_record
 from worker.engine._commands import BatchWrites, Refused, is_transient, supports_bulk_write
 from worker.engine._lease import Lease
 from worker.engine._plan import (
@@ -86,6 +86,8 @@ BULK_WRITE_REFUSED = frozenset({13, 59, 115})
 WRITE_CONFLICT = 112
 # Past this, a grown `batch_limit` no longer bounds anything and is dropped.
 MAX_BATCH_LIMIT = 100_000
+# Most held events whose ids one pass of a replay reads (the rest in the next pass).
+REPLAY_WINDOW = 100_000
 # Longest a batch's look-ahead waits for a busy stream reader to pass its horizon.
 READER_WAIT_S = 0.02
 # A reader this many seconds of cluster time behind a batch's read time has a long stretch of
@@ -557,7 +559,7 @@ class Applier:
         taken from the reader and not applied yet (the rest of a delivery), then the reader's
         unread events and the history past them, as for a batch from `apply`. (Read from the
         server from the checkpoint instead, a replay behind a backlog read the whole backlog
-        twice per batch.)
+        twice per batch.) The events held after a batch are newer writes too (`HeldAhead`).
 
         Pair states are read again between batches (every `refresh_interval`): a pair paused
         again stops replaying at once, its remaining held events before the ones it holds next.
@@ -566,41 +568,73 @@ class Applier:
         for original, doc in list(self.pair_states.items()):
             if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
                 continue
+            pair = self._pairs[original]
             while True:
-                if replayed and self._refresh_due():
-                    await self.refresh_pairs()
-                    if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
-                        break
-                held = [
-                    h
-                    async for h in self.store.held_events.find({"pair": original})
-                    .sort("_id", 1)
-                    .limit(max_docs)
-                ]
-                if not held:
+                order, ahead = await self._read_held(original)
+                if not order:
                     break
-                events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
-                later = await self._held_after(original, held[-1]["_id"], events)
-                await self._apply_with_retries(
-                    events,
-                    checkpoint=None,
-                    held_ids=[h["_id"] for h in held],
-                    replay_pair=original,
-                    read_ahead=True,
-                    beyond=[*later, *beyond],
-                )
-                replayed += len(held)
+                for start in range(0, len(order), max_docs):
+                    if replayed and self._refresh_due():
+                        await self.refresh_pairs()
+                        if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
+                            return self._replayed(replayed)
+                    wanted = order[start : start + max_docs]
+                    found = {
+                        h["_id"]: h
+                        async for h in self.store.held_events.find({"_id": {"$in": wanted}})
+                    }
+                    held = [found[held_id] for held_id in wanted if held_id in found]
+                    if not held:
+                        continue
+                    events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
+                    if ahead is not None:
+                        keys = {id_key(e["documentKey"]["_id"]) for e in events}
+                        later = ahead.after(wanted[-1], (pair.original, pair.partner), keys)
+                    else:
+                        later = await self._held_after(original, wanted[-1], events)
+                    await self._apply_with_retries(
+                        events,
+                        checkpoint=None,
+                        held_ids=[h["_id"] for h in held],
+                        replay_pair=original,
+                        read_ahead=True,
+                        beyond=[*later, *beyond],
+                    )
+                    replayed += len(held)
+        return self._replayed(replayed)
+
+    def _replayed(self, replayed: int) -> int:
         if replayed:
             self._carry = None  # planned before these writes
         return replayed
+
+    async def _read_held(self, original: str) -> tuple[list[Any], HeldAhead | None]:
+        """The ids of the pair's held events in order (at most REPLAY_WINDOW of them) and the
+        summary of all of them (None when too large: each batch then reads its own)."""
+        started = time.perf_counter()
+        order: list[Any] = []
+        ahead: HeldAhead | None = HeldAhead(self.ahead_limit)
+        cursor = self.store.held_events.find({"pair": original}, HELD_FIELDS).sort("_id", 1)
+        async for held in cursor:
+            if len(order) < REPLAY_WINDOW:
+                order.append(held["_id"])
+            if ahead is not None and "paths" not in held:
+                ahead = None  # held by an earlier version
+            elif ahead is not None and not ahead.add(held):
+                log.info("held_ahead_dropped", pair=original, paths=ahead.size)
+                ahead = None
+            if ahead is None and len(order) >= REPLAY_WINDOW:
+                break
+        if order:
+            seconds = round(time.perf_counter() - started, 4)
+            log.debug("held_read", pair=original, events=len(order), seconds=seconds)
+        return order, ahead
 
     async def _held_after(
         self, original: str, after: Any, events: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         """The pair's changes held after `after` on the documents of `events`, oldest first,
-        with what a look-ahead reads of them: newer writes to those documents than the batch.
-        (A replay in several transactions planned a partner insert over the original's delete
-        held for the next one, and re-created the document the client had deleted.)"""
+        with what a look-ahead reads of them (`HeldAhead` when the summary was too large)."""
         ids = list(
             {id_key(e["documentKey"]["_id"]): e["documentKey"]["_id"] for e in events}.values()
         )
@@ -835,7 +869,15 @@ class Applier:
                 elif action == "apply":
                     work.append((pair, side, event, len(later) - 1))
                 elif action == "hold":
-                    held.append({"pair": pair.original, "event": dict(event), "at": utcnow()})
+                    held.append(
+                        held_record(
+                            pair.original,
+                            event,
+                            later[-1][2],
+                            ours=self._is_ours(event),
+                            at=utcnow(),
+                        )
+                    )
                 elif action == "resync":
                     resync[pair.original] = (
                         f"{event['operationType']} of {side} collection at "
