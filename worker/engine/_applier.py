@@ -63,7 +63,13 @@ from worker.engine._plan import (
     overlaps,
     plan_event,
 )
-from worker.engine._stream import DOCUMENT_EVENTS, UnreadEvents, document_of, watch_target
+from worker.engine._stream import (
+    DOCUMENT_EVENTS,
+    UnreadEvents,
+    document_of,
+    token_time,
+    watch_target,
+)
 from worker.engine._writes import TargetWrite, plan_target_write, write_operation
 from worker.errors import LeaseLost
 from worker.logs import get_logger
@@ -542,9 +548,13 @@ class Applier:
         return False
 
     async def save_idle_checkpoint(self, resume_token: Mapping[str, Any]) -> None:
-        """Advance the checkpoint while idle (fenced) and report zero lag for every pair."""
+        """Advance the checkpoint while idle (fenced) and report zero lag for every pair.
+
+        Its cluster time is the token's own (MongoDB's and the development server's tokens
+        begin with it): stored as None, `verify` and anything else waiting for the checkpoint
+        to pass a time saw an idle worker as behind for good."""
         self._carry = None
-        await self._save_checkpoint((resume_token, None), None)
+        await self._save_checkpoint((resume_token, token_time(resume_token)), None)
         for original in self._pairs:
             self.metrics.lag_seconds.labels(pair=original).set(0.0)
         await self.store.pairs.update_many(
