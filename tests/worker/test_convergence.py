@@ -484,6 +484,9 @@ async def test_soak(
     seed: int,
 ) -> None:
     """More writers, ids and crashes per seed than the default run; G1-G3 hold for every seed.
-    Every other seed runs transactions of 5 events (a worker behind pipelines them)."""
+    Every other seed runs transactions of 5 events (a worker behind pipelines them), and every
+    third pauses and resumes the pair four times."""
     scenario = SOAK if seed % 2 == 0 else dataclasses.replace(SOAK, max_docs=5)
+    if seed % 3 == 0:
+        scenario = dataclasses.replace(scenario, pauses=4)
     await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, scenario)
