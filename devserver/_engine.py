@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, TypeGuard, TypeVar
 
 import mongomock
-from bson import Int64, ObjectId
+from bson import Int64, ObjectId, Timestamp
 from bson.errors import InvalidDocument
 from mongomock import aggregate as mm_aggregate
 from mongomock.filtering import filter_applies, resolve_sort_key
@@ -81,16 +81,31 @@ _MISSING = object()
 
 
 def _plain_sort_values(docs: list[dict[str, Any]], key: str) -> list[Any] | None:
-    """The values of a top-level field when they all compare natively (one BSON type), else None.
+    """The values at `key` when they compare natively, else None (mongomock's sort then).
 
-    Python orders such values exactly as MongoDB does, without mongomock's per-value wrapper.
+    Numbers, or values of one type among strings, ObjectIds and dates, compare in Python
+    exactly as MongoDB orders them, without mongomock's per-value wrapper. Timestamps (which
+    mongomock cannot sort at all) too, with null and missing first as MongoDB puts them. A
+    path through an array, or ending on one, is left to mongomock (arrays sort by an element).
     """
-    if "." in key:
-        return None
-    values = [doc.get(key, _MISSING) for doc in docs]
+    parts = key.split(".")
+    values = []
+    for doc in docs:
+        value: Any = doc
+        for part in parts:
+            if isinstance(value, dict):
+                value = value.get(part, _MISSING)
+            elif isinstance(value, list):
+                return None
+            else:
+                value = _MISSING
+                break
+        values.append(value)
     kinds = {type(v) for v in values}
     if kinds <= {int, float, Int64} or (len(kinds) == 1 and kinds <= {str, ObjectId, datetime}):
         return values
+    if Timestamp in kinds and kinds <= {Timestamp, type(None), type(_MISSING)}:
+        return [(1, v) if type(v) is Timestamp else (0,) for v in values]
     return None
 
 

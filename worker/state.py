@@ -112,7 +112,8 @@ class StateStore:
                     if exc.code != NAMESPACE_EXISTS:
                         raise
         await self.dead_letters.create_index([("pair", 1), ("at", 1)])
-        await self.held_events.create_index([("pair", 1), ("_id", 1)])
+        # A replay reads a pair's held changes in stream order (`_ahead.HELD_ORDER`).
+        await self.held_events.create_index([("pair", 1), ("event.clusterTime", 1), ("_id", 1)])
 
     # -- pairs ---------------------------------------------------------------------------------
 

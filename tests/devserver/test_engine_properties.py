@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from bson import Int64, ObjectId
+from bson import Int64, ObjectId, Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mongomock.filtering import filter_applies, resolve_sort_key
@@ -62,7 +62,7 @@ def _reference_sort(docs: list[dict[str, Any]], sort: list[tuple[str, int]]) -> 
 @given(
     docs=DOCUMENTS,
     sort=st.lists(
-        st.tuples(st.sampled_from(["v", "w"]), st.sampled_from([1, -1])),
+        st.tuples(st.sampled_from(["v", "w", "v.x"]), st.sampled_from([1, -1])),
         min_size=1,
         max_size=2,
         unique_by=lambda item: item[0],
@@ -73,6 +73,42 @@ def test_sort_matches_mongomock_order(
 ) -> None:
     """sort_documents orders documents exactly as mongomock's sort does."""
     assert sort_documents(docs, sort) == _reference_sort(docs, sort)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    stamps=st.lists(
+        st.one_of(
+            st.none(),
+            st.just("missing"),
+            st.tuples(st.integers(1, 3), st.integers(0, 3)).map(lambda t: Timestamp(*t)),
+        ),
+        max_size=8,
+    ),
+    nested=st.booleans(),
+    direction=st.sampled_from([1, -1]),
+)
+def test_timestamps_sort_by_time_then_increment_after_null_and_missing(
+    stamps: list[Any], nested: bool, direction: int
+) -> None:
+    """mongomock cannot sort Timestamps; MongoDB orders them by time, then increment, after
+    null and missing (which sort as equals), at the top level or under a sub-document."""
+    docs = []
+    for n, stamp in enumerate(stamps):
+        value = {} if stamp == "missing" else {"t": stamp}
+        docs.append({"_id": n, "e": value} if nested else {"_id": n, **value})
+    key = "e.t" if nested else "t"
+    ordered = sort_documents(docs, [(key, direction), ("_id", 1)])
+
+    def rank(doc: dict[str, Any]) -> tuple[Any, ...]:
+        stamp = (doc.get("e", {}) if nested else doc).get("t")
+        return (0,) if stamp is None else (1, stamp.time, stamp.inc)
+
+    ranks = [rank(doc) for doc in ordered]
+    assert ranks == sorted(ranks, reverse=direction < 0)
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        if rank(before) == rank(after):
+            assert before["_id"] < after["_id"]  # the second key orders equals
 
 
 PATHS = st.sampled_from(["v", "w", "v.x", "w.x", "v.y", "_id", "x.y.z"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import monitoring
 
 from worker.engine._applier import Applier
@@ -187,3 +188,24 @@ async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as
         original = await db.people.find_one({"_id": 1})
         partner = await db.people_v2.find_one({"_id": 1})
     assert (original, partner) == (None, None)
+
+
+async def test_held_changes_replay_in_stream_order_whatever_their_ids(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """An ObjectId orders by second, then by a per-process random value: a worker that took
+    over within the second its predecessor held its last change can hold its own first
+    changes under smaller ids. The replay follows the stream's order, not the ids'."""
+    async with _paused_with_held(mongo_uri, tmp_path, ["older", "newer"]) as (db, applier, pair, _):
+        held = [h async for h in applier.store.held_events.find().sort("_id", 1)]
+        # The same two records, the newer change under the smaller id.
+        await applier.store.held_events.delete_many({})
+        ids = sorted([ObjectId(), ObjectId()])
+        for held_id, record in zip(ids, reversed(held), strict=True):
+            await applier.store.held_events.insert_one({**record, "_id": held_id})
+        await _resume(applier, pair)
+        assert await applier.replay_held(1) == 2
+        original = await db.people.find_one({"_id": 1})
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert original is not None and partner is not None
+    assert (original["name"], partner["full_name"]) == ("newer", "newer")

@@ -23,7 +23,7 @@ from worker.engine._stream import DOCUMENT_EVENTS, UnreadEvents, stream_filters
 from worker.logs import get_logger
 from worker.state import id_key
 
-__all__ = ["AHEAD_LIMIT", "HELD_FIELDS", "HeldAhead", "WritesAhead", "held_record"]
+__all__ = ["AHEAD_LIMIT", "HELD_FIELDS", "HELD_ORDER", "HeldAhead", "WritesAhead", "held_record"]
 
 log = get_logger(__name__)
 
@@ -176,6 +176,11 @@ class WritesAhead:
         return found
 
 
+# The order held changes are replayed in: the stream's. Their `_id`s alone are not in that
+# order across worker processes: an ObjectId orders by second, then by a per-process random
+# value, so a worker that took over within the second its predecessor held its last change
+# could sort its own first changes before those.
+HELD_ORDER = [("event.clusterTime", 1), ("_id", 1)]
 # What a replay's summary reads of a held change (not its documents or values).
 HELD_FIELDS = {
     "paths": 1,
@@ -206,13 +211,13 @@ class HeldAhead:
 
     def __init__(self, limit: int = AHEAD_LIMIT):
         self.limit = limit
-        # (namespace, id key) -> (_id, {path: (held _id, cluster time)})
+        # (namespace, id key) -> (_id, {path: (position in HELD_ORDER, cluster time)})
         self.paths: dict[tuple[str, Any], tuple[Any, dict[str, tuple[Any, Any]]]] = {}
         self.size = 0
 
-    def add(self, held: Mapping[str, Any]) -> bool:
-        """Record one held change (in held order), as `held_record` stored it and
-        `HELD_FIELDS` reads it; False once past `limit` paths."""
+    def add(self, held: Mapping[str, Any], position: int) -> bool:
+        """Record one held change, the `position`-th in `HELD_ORDER`, as `held_record` stored
+        it and `HELD_FIELDS` reads it; False once past `limit` paths."""
         event = held["event"]
         if event.get("operationType") not in DOCUMENT_EVENTS or held.get("ours"):
             return True
@@ -223,13 +228,13 @@ class HeldAhead:
         for path in held["paths"]:
             if path not in paths:
                 self.size += 1
-            paths[path] = (held["_id"], event.get("clusterTime"))
+            paths[path] = (position, event.get("clusterTime"))
         return self.size <= self.limit
 
     def after(
-        self, held_id: Any, namespaces: Sequence[str], keys: Iterable[Any]
+        self, position: int, namespaces: Sequence[str], keys: Iterable[Any]
     ) -> list[dict[str, Any]]:
-        """The changes held after `held_id` on these documents (id keys, in any of these
+        """The changes held after `position` on these documents (id keys, in any of these
         namespaces), as the change events a look-ahead reads: one per changed path, each
         naming its path ("" for a whole document) and cluster time."""
         found: list[dict[str, Any]] = []
@@ -240,8 +245,8 @@ class HeldAhead:
                 if entry is None:
                     continue
                 document_id, paths = entry
-                for path, (later_id, stamp) in paths.items():
-                    if later_id <= held_id:
+                for path, (later, stamp) in paths.items():
+                    if later <= position:
                         continue
                     event: dict[str, Any] = {
                         "operationType": "update" if path else "replace",

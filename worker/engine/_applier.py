@@ -52,7 +52,14 @@ from pymongo.errors import (
 )
 
 from transforms import Pair, Registry, TransformFailed, diff_documents, named_fields
-from worker.engine._ahead import AHEAD_LIMIT, HELD_FIELDS, HeldAhead, WritesAhead, held_record
+from worker.engine._ahead import (
+    AHEAD_LIMIT,
+    HELD_FIELDS,
+    HELD_ORDER,
+    HeldAhead,
+    WritesAhead,
+    held_record,
+)
 from worker.engine._commands import BatchWrites, Refused, is_transient, supports_bulk_write
 from worker.engine._lease import Lease
 from worker.engine._plan import (
@@ -599,9 +606,10 @@ class Applier:
                     events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
                     if ahead is not None:
                         keys = {id_key(e["documentKey"]["_id"]) for e in events}
-                        later = ahead.after(wanted[-1], (pair.original, pair.partner), keys)
+                        end = start + len(wanted) - 1  # the batch's last position in `order`
+                        later = ahead.after(end, (pair.original, pair.partner), keys)
                     else:
-                        later = await self._held_after(original, wanted[-1], events)
+                        later = await self._held_after(original, held[-1], events)
                     await self._apply_with_retries(
                         events,
                         checkpoint=None,
@@ -619,18 +627,19 @@ class Applier:
         return replayed
 
     async def _read_held(self, original: str) -> tuple[list[Any], HeldAhead | None]:
-        """The ids of the pair's held events in order (at most REPLAY_WINDOW of them) and the
-        summary of all of them (None when too large: each batch then reads its own)."""
+        """The ids of the pair's held events in stream order (`HELD_ORDER`, at most
+        REPLAY_WINDOW of them) and the summary of all of them (None when too large: each batch
+        then reads its own)."""
         started = time.perf_counter()
         order: list[Any] = []
         ahead: HeldAhead | None = HeldAhead(self.ahead_limit)
-        cursor = self.store.held_events.find({"pair": original}, HELD_FIELDS).sort("_id", 1)
-        async for held in cursor:
+        cursor = self.store.held_events.find({"pair": original}, HELD_FIELDS).sort(HELD_ORDER)
+        async for position, held in aenumerate(cursor):
             if len(order) < REPLAY_WINDOW:
                 order.append(held["_id"])
             if ahead is not None and "paths" not in held:
                 ahead = None  # held by an earlier version
-            elif ahead is not None and not ahead.add(held):
+            elif ahead is not None and not ahead.add(held, position):
                 log.info("held_ahead_dropped", pair=original, paths=ahead.size)
                 ahead = None
             if ahead is None and len(order) >= REPLAY_WINDOW:
@@ -641,20 +650,28 @@ class Applier:
         return order, ahead
 
     async def _held_after(
-        self, original: str, after: Any, events: Sequence[Mapping[str, Any]]
+        self, original: str, after: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
-        """The pair's changes held after `after` on the documents of `events`, oldest first,
-        with what a look-ahead reads of them (`HeldAhead` when the summary was too large)."""
+        """The pair's changes held after the held record `after` (in `HELD_ORDER`) on the
+        documents of `events`, oldest first, with what a look-ahead reads of them (instead of
+        `HeldAhead`, when the summary was too large)."""
         ids = list(
             {id_key(e["documentKey"]["_id"]): e["documentKey"]["_id"] for e in events}.values()
         )
+        position = (after["event"].get("clusterTime"), after["_id"])
         fields = ["_id", "operationType", "ns", "documentKey", "clusterTime", "updateDescription"]
         fields.append("lsid" if self.tag_field is None else f"fullDocument.{self.tag_field}")
+        projection = {"_id": 1, **{f"event.{name}": 1 for name in fields}}
         cursor = self.store.held_events.find(
-            {"pair": original, "_id": {"$gt": after}, "event.documentKey._id": {"$in": ids}},
-            {f"event.{name}": 1 for name in fields},
-        ).sort("_id", 1)
-        return [dict(h["event"]) async for h in cursor]
+            {"pair": original, "event.documentKey._id": {"$in": ids}}, projection
+        ).sort(HELD_ORDER)
+        # Those before `position` are left out here: the development server's filters cannot
+        # compare Timestamps (its sort can).
+        return [
+            dict(h["event"])
+            async for h in cursor
+            if (h["event"].get("clusterTime"), h["_id"]) > position
+        ]
 
     # -- retry policy ------------------------------------------------------------------------------
 
@@ -1808,6 +1825,14 @@ class _EncodedRecord(RawBSONDocument):
 
     def __bool__(self) -> bool:
         return True
+
+
+async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    """`enumerate` for an async iterator."""
+    position = 0
+    async for item in items:
+        yield position, item
+        position += 1
 
 
 def _virtual_event(
