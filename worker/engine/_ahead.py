@@ -199,7 +199,8 @@ def held_record(
 
 
 class HeldAhead:
-    """The newest held change to each (namespace, document, path) of one pair, by held `_id`.
+    """The newest held change to each (namespace, document, path) of one pair, by its
+    position in `HELD_ORDER`.
 
     A replay applies a paused pair's held changes in several transactions; the changes held
     for the later ones are newer writes to a transaction's documents than its own (a partner

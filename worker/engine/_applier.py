@@ -354,7 +354,7 @@ class Applier:
         while done < len(events):
             if done and self.stopping is not None and self.stopping.is_set():
                 break  # stopping: the parts applied so far are committed with their checkpoints
-            if done and await self._refresh_between_parts(events[done:]):
+            if done and self.refresh_due() and await self._refresh_between_parts(events[done:]):
                 ready = None  # planned before the held events replayed were written
             if ready is not None and ready.routing_seen != self.routing_changes:
                 ready = None  # routed by pair states that no longer hold
@@ -378,15 +378,13 @@ class Applier:
         return total
 
     async def _refresh_between_parts(self, beyond: Sequence[Mapping[str, Any]]) -> bool:
-        """Re-read the pair states between two parts of a delivery when `refresh_interval` has
-        passed, and replay the held events of a pair found resumed: they are older than the
-        rest of the delivery. Returns whether held events were replayed."""
-        if not self._refresh_due():
-            return False
+        """Re-read the pair states between two parts of a delivery (`refresh_due`), and replay
+        the held events of a pair found resumed: they are older than the rest of the delivery
+        (`beyond`). Returns whether held events were replayed."""
         await self.refresh_pairs()
         return await self.replay_held(self.max_batch or MAX_BATCH_LIMIT, beyond) > 0
 
-    def _refresh_due(self) -> bool:
+    def refresh_due(self) -> bool:
         """Whether `refresh_interval` has passed since the pair states were read."""
         interval = self.refresh_interval
         return interval is not None and anyio.current_time() - self.refreshed_at >= interval
@@ -591,7 +589,7 @@ class Applier:
                 if not order:
                     break
                 for start in range(0, len(order), max_docs):
-                    if replayed and self._refresh_due():
+                    if replayed and self.refresh_due():
                         await self.refresh_pairs()
                         if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
                             return self._replayed(replayed)
@@ -634,7 +632,7 @@ class Applier:
         order: list[Any] = []
         ahead: HeldAhead | None = HeldAhead(self.ahead_limit)
         cursor = self.store.held_events.find({"pair": original}, HELD_FIELDS).sort(HELD_ORDER)
-        async for position, held in aenumerate(cursor):
+        async for position, held in _enumerated(cursor):
             if len(order) < REPLAY_WINDOW:
                 order.append(held["_id"])
             if ahead is not None and "paths" not in held:
@@ -1827,7 +1825,7 @@ class _EncodedRecord(RawBSONDocument):
         return True
 
 
-async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+async def _enumerated(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
     """`enumerate` for an async iterator."""
     position = 0
     async for item in items:

@@ -320,7 +320,7 @@ class Worker:
                     await anyio.sleep_forever()
                 reader.taken(len(batch))
                 # Between deliveries; a delivery of several parts refreshes between them too.
-                if anyio.current_time() - applier.refreshed_at >= REFRESH_INTERVAL_S or not batch:
+                if applier.refresh_due() or not batch:
                     await applier.refresh_pairs()
                     self._outage.recovered()
                     await applier.replay_held(batch_cfg.max_docs, beyond=batch)
