@@ -7,13 +7,15 @@ the time from a state change to the worker acting on it, at random moments of su
 - pause: from the pair's state set to PAUSED to the first change the worker holds for it
   (instead of applying it);
 - resume: from the state set back to RUNNING to the first held change replayed (the held
-  changes are deleted in the transaction that applies them).
+  changes are deleted in the transaction that applies them);
+- and for each, when the command returned: the state changes are made as `partner-sync pause`
+  and `resume` make them (`pause_pair`, `resume_pair`), which return once the worker has
+  recorded that it acts on the change (`seen_serial`).
 
 Setup as `bench/sync.py` (INTERFACE.md's customers pair, `partner-sync run` as a subprocess,
 a development server subprocess or MONGODB_URI): seed `--docs` documents, stop the worker,
 write `--backlog` client updates, start it again, then `--rounds` pause/resume rounds while it
-catches up. The state changes are made on the state database directly, as `partner-sync
-pause` makes them, without the command's wait for the worker to notice.
+catches up.
 
     .venv/bin/python bench/pause.py [--backlog 40000] [--rounds 6] [--docs 2000]
 """
@@ -49,22 +51,28 @@ from bench.sync import (  # noqa: E402
     server,
     wait_until,
 )
+from worker.lifecycle import pause_pair, resume_pair  # noqa: E402
 from worker.state import StateStore  # noqa: E402
 
 PAIR = f"{DB}.{ORIGINAL}"
 # How long the benchmark waits for a state change to take effect.
 GIVE_UP_S = 10.0
+# Per state change: (seconds until it took effect, seconds until the command returned).
+Timing = tuple[float | None, float | None]
+Round = tuple[Timing, Timing]
 
 
 async def held_count(client: Client) -> int:
     return await client[STATE_DB]["held_events"].count_documents({"pair": PAIR})
 
 
-async def first_change(client: Client, operation: str, change: Any) -> float | None:
+async def first_change(
+    client: Client, operation: str, change: Any
+) -> tuple[float | None, float | None]:
     """Seconds from `change()` to the first `operation` ("insert": a change held, "delete":
-    a held change replayed) in the held changes, or None after GIVE_UP_S. Watched by a change
-    stream opened before the change: polling the collection (a scan on the development
-    server) would load the server the worker shares."""
+    a held change replayed) in the held changes, or None after GIVE_UP_S; and seconds until
+    `change()` returned. Watched by a change stream opened before the change: polling the
+    collection (a scan on the development server) would load the server the worker shares."""
     held = client[STATE_DB]["held_events"]
     pipeline = [
         {"$match": {"operationType": operation, "fullDocument.pair": PAIR}}
@@ -75,23 +83,38 @@ async def first_change(client: Client, operation: str, change: Any) -> float | N
     async with await held.watch(pipeline, max_await_time_ms=20) as stream:
         await stream.try_next()  # the stream is open at the server before the change
         started = time.monotonic()
-        await change()
-        while time.monotonic() - started < GIVE_UP_S:
-            if await stream.try_next() is not None:
-                return time.monotonic() - started
-    return None
+        seen: float | None = None
+        returned: float | None = None
+
+        async def watch() -> None:
+            nonlocal seen
+            while time.monotonic() - started < GIVE_UP_S:
+                if await stream.try_next() is not None:
+                    seen = time.monotonic() - started
+                    return
+
+        async def command() -> None:
+            nonlocal returned
+            await change()
+            returned = time.monotonic() - started
+
+        await asyncio.gather(watch(), command())
+    return seen, returned
 
 
-async def one_round(client: Client, store: StateStore, behind: Any) -> tuple[Any, Any] | None:
-    """(pause seconds, resume seconds) of one round, or None when the backlog ran out."""
+async def one_round(client: Client, store: StateStore, behind: Any) -> Round | None:
+    """(pause seconds, resume seconds), each (took effect, command returned), of one round,
+    or None when the backlog ran out."""
     if not await behind():
         return None
 
     async def pause() -> None:
-        await store.set_state(PAIR, "PAUSED", expect=["RUNNING"], paused_from="RUNNING")
+        result = await pause_pair(store, PAIR)
+        assert result.after == "PAUSED", result.message
 
     async def resume() -> None:
-        await store.set_state(PAIR, "RUNNING", expect=["PAUSED"], paused_from=None)
+        result = await resume_pair(store, PAIR)
+        assert result.after == "RUNNING", result.message
 
     paused = await first_change(client, "insert", pause)
     await asyncio.sleep(0.3)  # let it hold a few more
@@ -130,7 +153,7 @@ async def main_async(options: argparse.Namespace) -> None:
                     return position is not None and position >= load.times[0]
 
                 await wait_until(started, 60, "the worker to begin the backlog")
-                rounds: list[tuple[Any, Any]] = []
+                rounds: list[Round] = []
                 for _ in range(options.rounds):
                     # A random moment of a delivery.
                     await asyncio.sleep(rng.uniform(0.1, 0.6))
@@ -168,21 +191,22 @@ async def _none_held(client: Client) -> bool:
     return await held.find_one({"pair": PAIR}, {"_id": 1}) is None
 
 
-def report(options: argparse.Namespace, rounds: list[tuple[Any, Any]]) -> None:
+def report(options: argparse.Namespace, rounds: list[Round]) -> None:
     print(f"backlog {options.backlog}, docs {options.docs}, {len(rounds)} rounds")
     for name, index in (("pause", 0), ("resume", 1)):
-        values = [r[index] for r in rounds]
-        seen = [v * 1000 for v in values if v is not None]
-        missed = len(values) - len(seen)
-        if not seen:
-            print(f"  {name:7} no round took effect within {GIVE_UP_S:.0f} s")
-            continue
-        each = ", ".join(f"{v:.0f}" for v in seen)
-        print(
-            f"  {name:7} took effect in median {statistics.median(seen):5.0f} ms,"
-            f" max {max(seen):5.0f} ms ({each})"
-            + (f"; {missed} not within {GIVE_UP_S:.0f} s" if missed else "")
-        )
+        for what, part in (("took effect", 0), ("command returned", 1)):
+            values = [r[index][part] for r in rounds]
+            seen = [v * 1000 for v in values if v is not None]
+            missed = len(values) - len(seen)
+            if not seen:
+                print(f"  {name:7} {what}: in no round within {GIVE_UP_S:.0f} s")
+                continue
+            each = ", ".join(f"{v:.0f}" for v in seen)
+            print(
+                f"  {name:7} {what:16} median {statistics.median(seen):5.0f} ms,"
+                f" max {max(seen):5.0f} ms ({each})"
+                + (f"; {missed} not within {GIVE_UP_S:.0f} s" if missed else "")
+            )
     if len(rounds) < options.rounds:
         print(f"  the backlog ran out after {len(rounds)} of {options.rounds} rounds")
 

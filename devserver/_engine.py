@@ -25,9 +25,11 @@ from devserver._errors import CommandError, bson_type_name
 from devserver._fastproject import BAIL, inclusion_tree, project_document
 from devserver._fastupdate import fast_update
 from devserver._keys import store_key
+from devserver._order import install as install_order
 from devserver._pipeline import install, prepared
 
 install()  # $getField, $setField, $unsetField and $mergeObjects in every pipeline mongomock runs
+install_order()  # Timestamps in filters' comparisons
 
 __all__ = [
     "Engine",

@@ -2,8 +2,8 @@
 
 mongomock interprets a filter afresh for every document (about 10 us each). Filters made only
 of equality, $eq/$ne/$gt/$gte/$lt/$lte, $in and $nin on top-level fields against numbers,
-strings, ObjectIds or dates (and binary values, for equality only) compile here to plain Python
-comparisons. Whenever a document's value is of another kind (missing, null, array,
+strings, ObjectIds, dates or Timestamps (and binary values, for equality only) compile here to
+plain Python comparisons. Whenever a document's value is of another kind (missing, null, array,
 sub-document, another type) the compiled test answers "unknown" and the caller asks mongomock,
 so results never differ from mongomock's.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from bson import Binary, Int64, ObjectId
+from bson import Binary, Int64, ObjectId, Timestamp
 
 __all__ = ["compile_event_filter", "compile_filter", "UNKNOWN"]
 
@@ -37,6 +37,7 @@ _FAMILIES: dict[type, str] = {
     str: "string",
     ObjectId: "objectid",
     datetime: "date",
+    Timestamp: "timestamp",
     # Session ids (`lsid.id`) are UUIDs: equal exactly when subtype and bytes are.
     Binary: "binary",
 }

@@ -155,6 +155,9 @@ class View:
             pipeline = pipeline[1:]
         else:
             docs = self.all_documents(db, coll)
+        counted = _count(docs, pipeline)
+        if counted is not None:
+            return counted
         return self.engine.aggregate(docs, pipeline, self.storage.client[db])
 
     def unique_conflict(
@@ -251,3 +254,39 @@ class TransactionView(View):
     def stage(self, db: str, coll: str, doc_id: Any, doc: dict[str, Any] | None) -> None:
         """Record a write (None: delete) in the transaction's overlay."""
         self.txn.overlay.setdefault((db, coll), {})[id_key(doc_id)] = doc
+
+
+def _count(
+    docs: list[dict[str, Any]], pipeline: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """The answer to a counting pipeline (PyMongo's `count_documents`: optional `$skip` and
+    `$limit`, then a `$group` of a constant `_id` whose fields are all `{"$sum": 1}`) over
+    `docs`, without copying them into mongomock; None for any other pipeline."""
+    n = len(docs)
+    for index, stage in enumerate(pipeline):
+        (name, arg), *_ = stage.items()
+        if name in ("$skip", "$limit") and type(arg) is int and arg >= 0:
+            if name == "$skip":
+                n = max(0, n - arg)
+            elif arg == 0:
+                return None  # refused by MongoDB: mongomock answers with the error
+            else:
+                n = min(n, arg)
+            continue
+        if name != "$group" or index != len(pipeline) - 1 or not isinstance(arg, dict):
+            return None
+        group_id = arg.get("_id", _NO_ID)
+        if group_id is _NO_ID or isinstance(group_id, (dict, list)):
+            return None
+        if isinstance(group_id, str) and group_id.startswith("$"):
+            return None
+        fields = {k: v for k, v in arg.items() if k != "_id"}
+        if not all(v == {"$sum": 1} and type(v["$sum"]) is int for v in fields.values()):
+            return None
+        if n == 0:
+            return []  # no group forms from no documents
+        return [{"_id": group_id, **{name: n for name in fields}}]
+    return None
+
+
+_NO_ID = object()

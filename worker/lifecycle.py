@@ -43,10 +43,13 @@ T = TypeVar("T")
 
 # States a pair may be paused from; resuming returns to the one recorded in `paused_from`.
 _PAUSABLE = ACTIVE_STATES
-# The running engine re-reads the pairs every half second; a transition waits this long when a
-# worker holds the lease, so that when the command returns the worker has stopped (or started
-# again) applying the pair's changes.
-_WORKER_NOTICES_S = 1.2
+# A state change takes effect in a running worker at its next read of the pair states (every
+# quarter second, between transactions), and the worker records that it has (`seen_serial`,
+# see `StateStore.acknowledge_state`). A transition waits this long for that record when a
+# worker holds the lease; rollback waits longer, since it deletes what a batch in flight writes.
+_WORKER_ACK_S = 5.0
+_ROLLBACK_ACK_S = 30.0
+_ACK_POLL_S = 0.05
 # A transaction that keeps failing with transient errors for this long is given up: the server
 # is overloaded or a writer holds the documents, and the operator should hear about it.
 _TRANSACTION_BUDGET_S = 60.0
@@ -234,11 +237,35 @@ async def _record(store: StateStore, original: str) -> dict[str, Any]:
     return doc
 
 
-async def _let_worker_notice(store: StateStore) -> None:
-    """Give a running worker the time to re-read the pairs after a state change."""
-    live = await store.leases.find_one({"holder": {"$ne": None}, "expires_at": {"$gt": utcnow()}})
-    if live is not None:
-        await anyio.sleep(_WORKER_NOTICES_S)
+async def _let_worker_notice(
+    store: StateStore, original: str, *, within: float | None = None
+) -> str:
+    """Wait until the worker holding the lease acts on the pair's latest state change.
+
+    Returns "" once it does, or when no worker holds a live lease (the next one reads the state
+    as it starts); else, after `within` seconds (`_WORKER_ACK_S` by default), a sentence for
+    the user naming the worker that has not taken the change up yet (stopped by the OS, or
+    stuck in a long transaction).
+    """
+    within = _WORKER_ACK_S if within is None else within
+    deadline = anyio.current_time() + within
+    doc = await store.pair_doc(original)
+    serial = (doc or {}).get("state_serial") or 0
+    while True:
+        if doc is None or (doc.get("seen_serial") or 0) >= serial:
+            return ""
+        live = await store.leases.find_one(
+            {"holder": {"$ne": None}, "expires_at": {"$gt": utcnow()}}
+        )
+        if live is None:
+            return ""
+        if anyio.current_time() >= deadline:
+            return (
+                f"; worker {live['holder']} has not taken this up within {within:g}s (it does"
+                " at its next read of the pair states)"
+            )
+        await anyio.sleep(_ACK_POLL_S)
+        doc = await store.pair_doc(original)
 
 
 async def pause_pair(store: StateStore, original: str) -> LifecycleResult:
@@ -253,12 +280,12 @@ async def pause_pair(store: StateStore, original: str) -> LifecycleResult:
         )
     if not await store.set_state(original, "PAUSED", expect=[state], paused_from=state):
         return await pause_pair(store, original)  # the state moved under us: decide again
-    await _let_worker_notice(store)
+    pending = await _let_worker_notice(store, original)
     return LifecycleResult(
         original,
         state,
         "PAUSED",
-        f"{original}: paused (was {state}); changes are held and replayed on resume",
+        f"{original}: paused (was {state}); changes are held and replayed on resume{pending}",
         True,
     )
 
@@ -276,13 +303,13 @@ async def resume_pair(store: StateStore, original: str) -> LifecycleResult:
         target = "RUNNING"
     if not await store.set_state(original, target, expect=["PAUSED"], paused_from=None):
         return await resume_pair(store, original)
-    await _let_worker_notice(store)
+    pending = await _let_worker_notice(store, original)
     held = await store.held_events.count_documents({"pair": original})
     return LifecycleResult(
         original,
         state,
         target,
-        f"{original}: resumed ({target}); {held} held changes to replay",
+        f"{original}: resumed ({target}); {held} held changes to replay{pending}",
         True,
     )
 
@@ -339,14 +366,14 @@ async def complete_pair(
         original, "COMPLETED", expect=[state], completed_at=now, paused_from=None
     ):
         return await complete_pair(store, original, quiet_period_s=quiet_period_s, force=force)
-    await _let_worker_notice(store)
+    pending = await _let_worker_notice(store, original)
     quiet = "never written by a client" if last is None else f"last client write {_iso(last)}"
     return LifecycleResult(
         original,
         state,
         "COMPLETED",
         f"{original}: completed ({quiet}); syncing stopped, both collections left as they are;"
-        f" dropping {original} is yours to do when you are ready",
+        f" dropping {original} is yours to do when you are ready{pending}",
         True,
     )
 
@@ -384,10 +411,10 @@ async def rollback_pair(
         )
     # The worker must have let go of the pair before its merge base goes, or a batch in flight
     # would write merge base records back.
-    await _let_worker_notice(store)
+    pending = await _let_worker_notice(store, original, within=_ROLLBACK_ACK_S)
     await store.merge_base.delete_many({"_id.pair": original})
     await store.held_events.delete_many({"pair": original})
-    message = f"{original}: rolled back (was {state}); syncing stopped"
+    message = f"{original}: rolled back (was {state}); syncing stopped{pending}"
     if drop_partner:
         partner = doc["partner"]
         database, _, name = partner.partition(".")

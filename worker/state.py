@@ -11,6 +11,8 @@ Collections (documents sketched; `ns` is the pair's original namespace):
                               kept, synced, reconciled, dead_letters, restart, started_at,
                               finished_at, session},
                    paused_from, completed_at, rolled_back_at,
+                   state_serial (counts state changes), seen_serial, seen_by, seen_at (the
+                   change the lease holder acts on: `acknowledge_state`),
                    counters: {applied_forward, applied_backward, echoes_skipped, conflicts,
                               dead_letters},
                    last_client_write: {original, partner}, lag_seconds, resync_reason, updated_at}
@@ -196,10 +198,25 @@ class StateStore:
 
     @staticmethod
     def state_update(state: str, **fields: Any) -> dict[str, Any]:
-        """The update that moves a pair's record to `state` (with `fields` beside it)."""
+        """The update that moves a pair's record to `state` (with `fields` beside it).
+
+        Every state change counts up the record's `state_serial`; the worker holding the lease
+        records the serial it acts on as `seen_serial` (`acknowledge_state`), which is how a
+        command that changed the state knows it has taken effect."""
         if state not in STATES:
             raise ValueError(f"unknown pair state {state!r}")
-        return {"$set": {"state": state, "updated_at": utcnow(), **fields}}
+        return {
+            "$set": {"state": state, "updated_at": utcnow(), **fields},
+            "$inc": {"state_serial": 1},
+        }
+
+    async def acknowledge_state(self, original: str, serial: int, holder: str) -> None:
+        """Record that the worker `holder` acts on the pair's state change `serial` from now on
+        (not when the state has changed again since: that change is acknowledged in its turn)."""
+        await self.pairs.update_one(
+            {"_id": original, "state_serial": serial},
+            {"$max": {"seen_serial": serial}, "$set": {"seen_by": holder, "seen_at": utcnow()}},
+        )
 
     # -- checkpoint ----------------------------------------------------------------------------
 

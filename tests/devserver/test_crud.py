@@ -353,3 +353,52 @@ def test_sub_document_ids_match_by_mongodb_equality(client: Client, db_name: str
         {"_id": {"a": 2, "b": 2}, "v": 3},
         {"_id": {"a": 1, "b": 2}, "v": 11, "w": 1},
     ]
+
+
+def test_filters_compare_timestamps_as_mongodb_orders_them(client: Client, db_name: str) -> None:
+    """Timestamps compare by seconds, then increment, in finds, updates, aggregations and
+    change stream filters, at the top level and along dotted paths; a comparison with another
+    type matches none of them (type bracketing)."""
+    coll = client[db_name]["stamps"]
+    coll.insert_many(
+        [
+            {"_id": i, "ts": Timestamp(100 + i // 2, i % 2), "e": {"at": Timestamp(7, i)}}
+            for i in range(6)
+        ]
+        + [{"_id": 9, "ts": 5}]
+    )
+
+    def ids(query: dict[str, Any]) -> list[int]:
+        return sorted(d["_id"] for d in coll.find(query))
+
+    assert ids({"ts": {"$gt": Timestamp(101, 0)}}) == [3, 4, 5]
+    assert ids({"ts": {"$gte": Timestamp(101, 0), "$lt": Timestamp(102, 1)}}) == [2, 3, 4]
+    assert ids({"e.at": {"$lte": Timestamp(7, 1)}}) == [0, 1]
+    assert ids({"$or": [{"ts": {"$gt": Timestamp(102, 0)}}, {"ts": Timestamp(100, 0)}]}) == [0, 5]
+    assert ids({"ts": {"$gt": 4}}) == [9]
+    assert ids({"ts": {"$lt": Timestamp(200, 0)}}) == [0, 1, 2, 3, 4, 5]
+    matched = coll.aggregate(
+        [{"$match": {"ts": {"$lt": Timestamp(101, 0)}}}, {"$sort": {"_id": 1}}]
+    )
+    assert [d["_id"] for d in matched] == [0, 1]
+    assert (
+        coll.update_many(
+            {"e.at": {"$gt": Timestamp(7, 3)}}, {"$set": {"late": True}}
+        ).modified_count
+        == 2
+    )
+    assert ids({"late": True}) == [4, 5]
+
+    start = client.admin.command("ping")["operationTime"]
+    coll.insert_one({"_id": 20})
+    later = client.admin.command("ping")["operationTime"]
+    coll.insert_one({"_id": 21})
+    with coll.watch(
+        [{"$match": {"clusterTime": {"$gt": later}}}], start_at_operation_time=start
+    ) as stream:
+        event = stream.try_next()
+        for _ in range(20):
+            if event is not None:
+                break
+            event = stream.try_next()
+    assert event is not None and event["documentKey"]["_id"] == 21

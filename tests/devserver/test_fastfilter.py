@@ -6,10 +6,13 @@ import datetime
 from typing import Any
 
 import pytest
-from bson import Binary, Int64, ObjectId
+from bson import Binary, Int64, ObjectId, Timestamp
 from mongomock.filtering import filter_applies
 
 from devserver._fastfilter import compile_filter
+from devserver._order import install
+
+install()  # as the server does: mongomock compares Timestamps
 
 OID_A = ObjectId("0123456789ab0123456789ab")
 OID_B = ObjectId("0123456789ab0123456789ac")
@@ -41,6 +44,9 @@ DOCUMENTS: list[dict[str, Any]] = [
     {"v": UUID_B},
     {"v": Binary(b"\x01" * 16, 3)},
     {"v": b"\x01" * 16},
+    {"v": Timestamp(5, 1)},
+    {"v": Timestamp(5, 2)},
+    {"v": Timestamp(6, 0)},
 ]
 
 
@@ -63,6 +69,9 @@ DOCUMENTS: list[dict[str, Any]] = [
         pytest.param({"v": {"$ne": UUID_A}}, id="ne-binary"),
         pytest.param({"v": {"$nin": [UUID_A]}}, id="nin-binary"),
         pytest.param({"v": {"$in": [UUID_A, UUID_B]}}, id="in-binary"),
+        pytest.param({"v": {"$gt": Timestamp(5, 1)}}, id="gt-timestamp"),
+        pytest.param({"v": {"$gte": Timestamp(5, 2), "$lt": Timestamp(6, 0)}}, id="range-ts"),
+        pytest.param({"v": {"$in": [Timestamp(5, 1), Timestamp(6, 0)]}}, id="in-timestamps"),
     ],
 )
 def test_fast_path_agrees_with_mongomock(filter_doc: dict[str, Any]) -> None:

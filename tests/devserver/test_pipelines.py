@@ -10,6 +10,9 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
+from devserver._engine import Engine
+from devserver._views import _count
+
 Client = MongoClient[dict[str, Any]]
 
 # Fields a client cannot name in a path: a dot in the name, a leading `$`.
@@ -243,3 +246,64 @@ def test_a_dotted_field_changed_by_a_pipeline_is_reported_by_its_name(
     description = event["updateDescription"]
     assert description["updatedFields"] == {"a.b": 2}
     assert description["disambiguatedPaths"] == {"a.b": ["a.b"]}
+
+
+COUNT_DOCS = [{"_id": i, "k": i % 3} for i in range(7)]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "counted"),
+    [
+        pytest.param([{"$group": {"_id": 1, "n": {"$sum": 1}}}], True, id="count"),
+        pytest.param([{"$skip": 2}, {"$group": {"_id": 1, "n": {"$sum": 1}}}], True, id="skip"),
+        pytest.param([{"$skip": 9}, {"$group": {"_id": 1, "n": {"$sum": 1}}}], True, id="skip-all"),
+        pytest.param(
+            [{"$skip": 1}, {"$limit": 3}, {"$group": {"_id": None, "n": {"$sum": 1}}}],
+            True,
+            id="skip-limit-null-id",
+        ),
+        pytest.param(
+            [{"$limit": 100}, {"$group": {"_id": "all", "a": {"$sum": 1}, "b": {"$sum": 1}}}],
+            True,
+            id="two-counts",
+        ),
+        pytest.param([{"$group": {"_id": "$k", "n": {"$sum": 1}}}], False, id="by-field"),
+        pytest.param([{"$group": {"_id": 1, "n": {"$sum": 2}}}], False, id="sum-of-two"),
+        pytest.param([{"$group": {"_id": 1, "n": {"$sum": 1.0}}}], False, id="sum-of-float"),
+        pytest.param([{"$group": {"_id": 1, "n": {"$sum": "$k"}}}], False, id="sum-of-field"),
+        pytest.param(
+            [{"$group": {"_id": 1, "n": {"$sum": 1}}}, {"$skip": 0}], False, id="after-group"
+        ),
+        pytest.param([{"$limit": 0}, {"$group": {"_id": 1, "n": {"$sum": 1}}}], False, id="l0"),
+    ],
+)
+@pytest.mark.parametrize("size", [0, 7])
+def test_counting_pipelines_answer_as_mongomock_does(
+    pipeline: list[dict[str, Any]], counted: bool, size: int
+) -> None:
+    """The counting fast path (`count_documents`' pipeline) gives mongomock's answer (with
+    `_id` first, as MongoDB orders a group's fields), or leaves any other pipeline to it. No
+    documents form no group, as in MongoDB (mongomock forms one for a null `_id`)."""
+    docs = COUNT_DOCS[:size]
+    fast = _count(docs, pipeline)
+    assert (fast is not None) == counted
+    if fast is not None and not docs:
+        assert fast == []
+    elif fast is not None:
+        assert fast == Engine().aggregate(docs, pipeline, None)
+        assert all(next(iter(group)) == "_id" for group in fast)
+
+
+def test_count_documents_through_the_driver(client: Client, db_name: str) -> None:
+    """`count_documents` with a filter, skip and limit, in and out of a transaction."""
+    coll = client[db_name]["counted"]
+    coll.insert_many([{"_id": i, "k": i % 3} for i in range(30)])
+    assert coll.count_documents({}) == 30
+    assert coll.count_documents({"k": 1}) == 10
+    assert coll.count_documents({"k": 1}, skip=4, limit=5) == 5
+    assert coll.count_documents({"k": 1}, skip=8) == 2
+    assert coll.count_documents({"k": 7}) == 0
+    with client.start_session() as session, session.start_transaction():
+        coll.insert_one({"_id": 100, "k": 1}, session=session)
+        assert coll.count_documents({"k": 1}, session=session) == 11
+    assert coll.count_documents({"k": 1}) == 11

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.worker.oneshot_support import Scenario, scenario_fixture, wait_for
+from worker import lifecycle
 
 
 @pytest.fixture
@@ -98,3 +100,59 @@ def test_changes_made_while_paused_are_held_and_applied_on_resume(scenario: Scen
         timeout=30,
         what="the held change to be applied",
     )
+
+
+def test_a_transition_returns_once_the_running_worker_acts_on_it(scenario: Scenario) -> None:
+    """Each state change counts up `state_serial`; `pause` and `resume` return once the
+    worker holding the lease has recorded that it acts on that change (`seen_serial`)."""
+    _backfilled(scenario)
+    scenario.start_worker()
+    holder = scenario.state["leases"].find_one()["holder"]
+    for command, state in (("pause", "PAUSED"), ("resume", "RUNNING"), ("pause", "PAUSED")):
+        before = scenario.pair_doc().get("state_serial") or 0
+        result = scenario.cli(command, "--pair", scenario.ns)
+        assert result.exit_code == 0, result.output
+        assert "has not taken this up" not in result.stdout
+        record = scenario.pair_doc()
+        assert record["state"] == state
+        assert record["state_serial"] == before + 1
+        assert record["seen_serial"] == record["state_serial"]
+        assert record["seen_by"] == holder
+    # Paused and acknowledged: a change from now on is held, never applied.
+    scenario.original.update_one({"_id": 1}, {"$set": {"name": "held at once"}})
+    wait_for(
+        lambda: scenario.state["held_events"].count_documents({"pair": scenario.ns}) == 1,
+        timeout=30,
+        what="the change to be held",
+    )
+    assert scenario.partner.find_one({"_id": 1})["full_name"] == "p1"
+
+
+def test_a_worker_that_does_not_act_on_a_change_is_named(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live lease whose holder never records the change (a worker stopped by the OS): the
+    command changes the state, waits `_WORKER_ACK_S` and names that worker. An expired lease,
+    or none, is not waited for."""
+    _backfilled(scenario)
+    monkeypatch.setattr(lifecycle, "_WORKER_ACK_S", 0.3)
+    leases = scenario.state["leases"]
+    leases.insert_one(
+        {
+            "_id": "default",
+            "holder": "stopped-host:41:abcdef",
+            "fence": 1,
+            "expires_at": dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60),
+        }
+    )
+    paused = scenario.cli("pause", "--pair", scenario.ns)
+    assert paused.exit_code == 0, paused.output
+    assert "worker stopped-host:41:abcdef has not taken this up within 0.3s" in paused.stdout
+    assert scenario.pair_doc()["state"] == "PAUSED"
+    assert "seen_serial" not in scenario.pair_doc()
+
+    leases.update_one({}, {"$set": {"expires_at": dt.datetime.now(dt.UTC)}})
+    resumed = scenario.cli("resume", "--pair", scenario.ns)
+    assert resumed.exit_code == 0, resumed.output
+    assert "has not taken this up" not in resumed.stdout
+    assert scenario.pair_doc()["state"] == "RUNNING"

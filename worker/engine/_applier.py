@@ -334,7 +334,24 @@ class Applier:
         for original, doc in self.pair_states.items():
             if original in self._pairs:
                 self.metrics.set_state(original, doc.get("state", "NOT_STARTED"))
+        await self._acknowledge_states()
         return self.pair_states
+
+    async def _acknowledge_states(self) -> None:
+        """Record, for each pair whose state changed since the last refresh, that this worker
+        acts on the new state from now on (`StateStore.acknowledge_state`): `pause`, `resume`,
+        `complete` and `rollback` return once it has.
+
+        Pair states are refreshed only where no transaction is in flight: between deliveries,
+        between the parts of one, between the transactions of a replay. A part planned under
+        the states before is dropped (`routing_seen`), so nothing is applied under them after
+        this. A pair this worker has no transforms for is acknowledged too: it is not synced here.
+        """
+        for original, doc in self.pair_states.items():
+            serial = doc.get("state_serial") or 0
+            if serial > (doc.get("seen_serial") or 0):
+                await self.store.acknowledge_state(original, serial, self.lease.holder)
+                doc["seen_serial"] = serial
 
     # -- public entry points ---------------------------------------------------------------------
 
@@ -656,20 +673,21 @@ class Applier:
         ids = list(
             {id_key(e["documentKey"]["_id"]): e["documentKey"]["_id"] for e in events}.values()
         )
-        position = (after["event"].get("clusterTime"), after["_id"])
+        at = after["event"]["clusterTime"]
         fields = ["_id", "operationType", "ns", "documentKey", "clusterTime", "updateDescription"]
         fields.append("lsid" if self.tag_field is None else f"fullDocument.{self.tag_field}")
         projection = {"_id": 1, **{f"event.{name}": 1 for name in fields}}
-        cursor = self.store.held_events.find(
-            {"pair": original, "event.documentKey._id": {"$in": ids}}, projection
-        ).sort(HELD_ORDER)
-        # Those before `position` are left out here: the development server's filters cannot
-        # compare Timestamps (its sort can).
-        return [
-            dict(h["event"])
-            async for h in cursor
-            if (h["event"].get("clusterTime"), h["_id"]) > position
-        ]
+        query = {
+            "pair": original,
+            "event.documentKey._id": {"$in": ids},
+            # Past `after` in HELD_ORDER.
+            "$or": [
+                {"event.clusterTime": {"$gt": at}},
+                {"event.clusterTime": at, "_id": {"$gt": after["_id"]}},
+            ],
+        }
+        cursor = self.store.held_events.find(query, projection).sort(HELD_ORDER)
+        return [dict(h["event"]) async for h in cursor]
 
     # -- retry policy ------------------------------------------------------------------------------
 
