@@ -61,6 +61,9 @@ async def status_from_state(store: StateStore) -> dict[str, Any]:
                     "docs": int(backfill.get("docs", 0)),
                 },
                 "resync_reason": doc.get("resync_reason"),
+                # Whether the lease holder has taken up the latest state change (it records
+                # the change it acts on when it reads the pair states: `seen_serial`).
+                "state_seen": (doc.get("seen_serial") or 0) >= (doc.get("state_serial") or 0),
             }
         )
     holder = lease.get("holder")

@@ -171,6 +171,11 @@ def render_status(
                 block.add_row(title, cell)
             console.print(block)
     for pair in pairs:
+        if holder and pair.get("state_seen") is False:
+            console.print(
+                f"{pair.get('original')}: the worker has not taken up the change to"
+                f" {pair.get('state')} yet (it does at its next read of the pair states)"
+            )
         if pair.get("resync_reason") and pair.get("state") == "RESYNC_REQUIRED":
             console.print(
                 f"{pair.get('original')}: resync required: {pair['resync_reason']}; "

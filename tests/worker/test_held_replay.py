@@ -209,3 +209,62 @@ async def test_held_changes_replay_in_stream_order_whatever_their_ids(
         partner = await db.people_v2.find_one({"_id": 1})
     assert original is not None and partner is not None
     assert (original["name"], partner["full_name"]) == ("newer", "newer")
+
+
+CHAIN_MODULE = """
+from transforms import Pair
+
+first = Pair(original="{db}.v1", partner="{db}.v2", unmapped="keep")
+first.rename("name", "full_name")
+
+second = Pair(original="{db}.v2", partner="{db}.v3", unmapped="keep")
+second.rename("full_name", "display")
+"""
+
+
+@pytest.mark.parametrize("summary", ["kept", "too-large"])
+async def test_a_chain_s_write_held_for_its_paused_pair_replays_as_the_newer_change(
+    mongo_uri: str, tmp_path: Path, summary: str
+) -> None:
+    """v1 <-> v2 <-> v3 with the first pair paused: a client renames on v1, then later on v3.
+    The second pair writes v3's name to v2 (the worker's own write), which the paused pair
+    holds after v1's. Replayed one change per transaction, v1's older name must not reach v2
+    and v3 over v3's newer one: the chain ends with v3's name everywhere."""
+    async with applier_in_process(mongo_uri, tmp_path, CHAIN_MODULE, prefix="chain") as (
+        db,
+        applier,
+    ):
+        if summary == "too-large":
+            applier.ahead_limit = 0
+        first = applier.registry.pairs[0].original
+        async with applier.opened():
+            assert applier.chained
+            inserted = await events_of(db, 1, lambda: db.v1.insert_one({"_id": 1, "name": "a"}))
+            await applier.apply(inserted)
+            await applier.store.set_state(
+                first, "PAUSED", expect=["RUNNING"], paused_from="RUNNING"
+            )
+            await applier.refresh_pairs()
+            older = await events_of(
+                db, 1, lambda: db.v1.update_one({"_id": 1}, {"$set": {"name": "older"}})
+            )
+            await applier.apply(older)
+            newer = await events_of(
+                db, 1, lambda: db.v3.update_one({"_id": 1}, {"$set": {"display": "newer"}})
+            )
+            # Applying v3's change writes v2 (for the second pair): that write's event.
+            ours = await events_of(db, 1, lambda: applier.apply(newer))
+            await applier.apply(ours)
+            held = [h async for h in applier.store.held_events.find().sort("_id", 1)]
+            assert [(h["event"]["ns"]["coll"], h["ours"]) for h in held] == [
+                ("v1", False),
+                ("v2", True),
+            ]
+            await applier.store.set_state(first, "RUNNING", expect=["PAUSED"], paused_from=None)
+            await applier.refresh_pairs()
+            assert await applier.replay_held(1) == 2
+            names = [
+                (await db[coll].find_one({"_id": 1}) or {}).get(field)
+                for coll, field in (("v1", "name"), ("v2", "full_name"), ("v3", "display"))
+            ]
+    assert names == ["newer", "newer", "newer"]

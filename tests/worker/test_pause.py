@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def test_a_transition_returns_once_the_running_worker_acts_on_it(scenario: Scena
         assert record["state_serial"] == before + 1
         assert record["seen_serial"] == record["state_serial"]
         assert record["seen_by"] == holder
+        assert _state_seen(scenario) is True
     # Paused and acknowledged: a change from now on is held, never applied.
     scenario.original.update_one({"_id": 1}, {"$set": {"name": "held at once"}})
     wait_for(
@@ -150,9 +152,18 @@ def test_a_worker_that_does_not_act_on_a_change_is_named(
     assert "worker stopped-host:41:abcdef has not taken this up within 0.3s" in paused.stdout
     assert scenario.pair_doc()["state"] == "PAUSED"
     assert "seen_serial" not in scenario.pair_doc()
+    assert _state_seen(scenario) is False
 
     leases.update_one({}, {"$set": {"expires_at": dt.datetime.now(dt.UTC)}})
     resumed = scenario.cli("resume", "--pair", scenario.ns)
     assert resumed.exit_code == 0, resumed.output
     assert "has not taken this up" not in resumed.stdout
     assert scenario.pair_doc()["state"] == "RUNNING"
+
+
+def _state_seen(scenario: Scenario) -> bool:
+    """`state_seen` of the pair in `partner-sync status --json`."""
+    result = scenario.cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    (pair,) = json.loads(result.stdout)["pairs"]
+    return bool(pair["state_seen"])

@@ -117,6 +117,11 @@ def test_narrow_console_shows_one_block_per_pair() -> None:
             "resync required: change history lost: 286; run `partner-sync backfill --restart",
             id="resync-reason",
         ),
+        pytest.param(
+            _status(state="PAUSED", state_seen=False),
+            "shop.customers: the worker has not taken up the change to PAUSED yet",
+            id="state-not-seen",
+        ),
     ],
 )
 def test_table_variants(status: dict[str, Any], expected: str) -> None:
