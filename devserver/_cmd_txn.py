@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from devserver._changes import ChangeRecord
 from devserver._command import Context, command
 from devserver._errors import CommandError
 from devserver._keys import id_key
 from devserver._sessions import DocRef, write_conflict
+from devserver._storage import ID_INDEX_DESCRIPTION
 
 __all__ = ["commit_transaction"]
 
@@ -21,6 +24,7 @@ def commit_transaction(ctx: Context) -> None:
     _check_unique_at_commit(ctx)
     others_open = len(state.sessions.open) > 1
     replaced: dict[DocRef, dict[str, Any] | None] = {}
+    records = _with_creates(ctx, txn.records)
     for record in txn.records:
         if others_open and record.document_key is not None:
             ref = (record.db, record.coll or "", id_key(record.document_key["_id"]))
@@ -31,7 +35,7 @@ def commit_transaction(ctx: Context) -> None:
         else:
             state.storage.put(record.db, record.coll, record.after)
     cluster_time = state.commit(
-        list(txn.records),
+        records,
         lsid=txn.session.lsid,
         txn_number=txn.txn_number,
         # Persisted with the writes: a commit retried after a restart is answered ok.
@@ -42,6 +46,30 @@ def commit_transaction(ctx: Context) -> None:
     txn.commit_time = cluster_time
     state.sessions.end(txn, "committed")
     ctx.wrote(cluster_time)
+
+
+def _with_creates(ctx: Context, records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
+    """The transaction's records with a `create` before the first write to each collection
+    that does not exist yet, which is created here, at commit (its writes were staged against
+    nothing). MongoDB creates such a collection inside the transaction, and a stream with
+    expanded events shows its `create` with the transaction's session and number."""
+    storage = ctx.state.storage
+    out: list[ChangeRecord] = []
+    created: set[tuple[str, str]] = set()
+    for record in records:
+        namespace = (record.db, record.coll or "")
+        if record.coll is not None and namespace not in created:
+            if storage.meta(record.db, record.coll) is None:
+                storage.create_collection(record.db, record.coll)
+                description = {"idIndex": dict(ID_INDEX_DESCRIPTION)}
+                out.append(
+                    ChangeRecord(
+                        op="create", db=record.db, coll=record.coll, description=description
+                    )
+                )
+            created.add(namespace)
+        out.append(record)
+    return out
 
 
 def _check_unique_at_commit(ctx: Context) -> None:

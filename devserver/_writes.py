@@ -302,7 +302,8 @@ async def insert_one(
 def _create_implicitly(ctx: Context, db: str, coll: str) -> CollectionMeta:
     """Create the collection an insert or upsert writes to first, as MongoDB does: a `create`
     of its own before the write, which streams with expanded events show. (Inside a
-    transaction the collection is still made at commit, without that event.)"""
+    transaction the collection is made at the commit, with that event in the transaction:
+    `_cmd_txn._with_creates`.)"""
     meta = ctx.state.storage.create_collection(db, coll)
     described = {"idIndex": dict(ID_INDEX_DESCRIPTION)}
     created = ChangeRecord(op="create", db=db, coll=coll, description=described)

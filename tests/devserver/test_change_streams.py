@@ -187,6 +187,45 @@ def test_expanded_events_name_the_collection_by_its_uuid(db: Database[Doc]) -> N
     ]
 
 
+def test_a_collection_a_transaction_creates_streams_its_create_in_the_transaction(
+    db: Database[Doc],
+) -> None:
+    """An insert in a transaction into a collection that does not exist creates it inside the
+    transaction: with expanded events, its `create` comes before the first write, with the
+    transaction's cluster time, session and number, and every event names the new
+    collection's UUID. An aborted transaction creates nothing."""
+    client = db.client
+    with db.watch(max_await_time_ms=100, show_expanded_events=True) as expanded:
+        with client.start_session() as session:
+            with session.start_transaction():
+                db.existing.insert_one({"_id": 0})  # outside: created before the transaction
+                db.fresh.insert_one({"_id": 1}, session=session)
+                db.fresh.insert_one({"_id": 2}, session=session)
+            with session.start_transaction():
+                db.never.insert_one({"_id": 1}, session=session)
+                session.abort_transaction()
+        db.after.insert_one({"_id": 9})
+        shown = events(expanded, 6)
+    [info] = db.list_collections(filter={"name": "fresh"})
+    fresh = [e for e in shown if e["ns"].get("coll") == "fresh"]
+    assert [(e["operationType"], e.get("documentKey")) for e in fresh] == [
+        ("create", None),
+        ("insert", {"_id": 1}),
+        ("insert", {"_id": 2}),
+    ]
+    assert fresh[0]["operationDescription"]["idIndex"]["key"] == {"_id": 1}
+    assert len({e["clusterTime"] for e in fresh}) == 1
+    assert all(e["txnNumber"] == fresh[1]["txnNumber"] and "lsid" in e for e in fresh)
+    assert all(e["collectionUUID"] == info["info"]["uuid"] for e in fresh)
+    assert not [e for e in shown if e["ns"].get("coll") == "never"]
+    assert "never" not in db.list_collection_names()
+    assert [e["ns"]["coll"] for e in shown if e["operationType"] == "create"] == [
+        "existing",
+        "fresh",
+        "after",
+    ]
+
+
 def test_expanded_events_disambiguate_dotted_and_numeric_names(coll: Collection[Doc]) -> None:
     """With showExpandedEvents (MongoDB 6.1) each update event has `disambiguatedPaths`: the
     components of every path holding a field name with a `.` or a numeric field name (array
