@@ -155,3 +155,36 @@ def test_complete_stops_a_running_worker_syncing_the_pair(scenario: Scenario) ->
         what="the worker's checkpoint to pass the write",
     )
     assert scenario.partner.find_one({"_id": 1})["full_name"] == "p1"
+
+
+def test_rollback_under_a_running_worker_leaves_no_merge_base_behind(scenario: Scenario) -> None:
+    """`rollback` returns once the running worker has let go of the pair (it records the state
+    it acts on), and only then deletes the pair's merge base: a change the worker reads after
+    it writes neither the partner nor a merge base record."""
+    _synced(scenario, last_original_write_ago=None)
+    scenario.start_worker()
+    scenario.original.update_one({"_id": 1}, {"$set": {"name": "synced"}})
+    wait_for(
+        lambda: scenario.partner.find_one({"_id": 1})["full_name"] == "synced",
+        timeout=30,
+        what="the worker to sync",
+    )
+    result = scenario.cli("rollback", "--pair", scenario.ns)
+    assert result.exit_code == 0, result.output
+    assert "has not taken this up" not in result.stdout
+    record = scenario.pair_doc()
+    assert record["state"] == "ROLLED_BACK"
+    assert record["seen_serial"] == record["state_serial"]
+    with scenario.client.start_session() as session:
+        scenario.original.update_one({"_id": 2}, {"$set": {"name": "after"}}, session=session)
+        written_at = session.operation_time
+
+    def read_past_it() -> bool:
+        checkpoint = scenario.state["checkpoints"].find_one({"_id": "default"}) or {}
+        return (
+            checkpoint.get("cluster_time") is not None and checkpoint["cluster_time"] >= written_at
+        )
+
+    wait_for(read_past_it, timeout=30, what="the worker to read past the change")
+    assert scenario.state["merge_base"].count_documents({"_id.pair": scenario.ns}) == 0
+    assert scenario.partner.find_one({"_id": 2})["full_name"] == "p2"
