@@ -470,12 +470,14 @@ async def _settle(
 
 
 SOAK_SEEDS = int(os.environ.get("CONVERGENCE_SOAK_SEEDS", "0"))
+# Where the soak's seeds begin (CONVERGENCE_SOAK_FIRST), to soak seeds not run before.
+SOAK_FIRST = int(os.environ.get("CONVERGENCE_SOAK_FIRST", "1000"))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SOAK_SEEDS, reason="set CONVERGENCE_SOAK_SEEDS=N to soak N seeds")
 @pytest.mark.usefixtures("short_transactions")
-@pytest.mark.parametrize("seed", range(1000, 1000 + max(SOAK_SEEDS, 1)))
+@pytest.mark.parametrize("seed", range(SOAK_FIRST, SOAK_FIRST + max(SOAK_SEEDS, 1)))
 async def test_soak(
     aclient: AsyncMongoClient[dict[str, Any]],
     mongo_uri: str,
