@@ -38,6 +38,8 @@ async def status_from_state(store: StateStore) -> dict[str, Any]:
         backfill = doc.get("backfill") or {}
         last_write = doc.get("last_client_write") or {}
         dead_letters = await store.dead_letter_count(original)
+        # Changes held for the pair while paused, and not replayed yet.
+        held = await store.held_events.count_documents({"pair": original})
         pairs.append(
             {
                 "original": original,
@@ -64,6 +66,7 @@ async def status_from_state(store: StateStore) -> dict[str, Any]:
                 # Whether the lease holder has taken up the latest state change (it records
                 # the change it acts on when it reads the pair states: `seen_serial`).
                 "state_seen": (doc.get("seen_serial") or 0) >= (doc.get("state_serial") or 0),
+                "held": held,
             }
         )
     holder = lease.get("holder")

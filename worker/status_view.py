@@ -117,9 +117,14 @@ def _cells(pair: Mapping[str, Any], now: dt.datetime) -> list[str | Text]:
     applied = pair.get("applied") or {}
     last = pair.get("last_client_write") or {}
     dead = pair.get("dead_letters")
+    held = pair.get("held")
+    shown = Text(state, style=_STATE_STYLES.get(state, "bold red"))
+    if isinstance(held, int) and held:
+        # Held while paused; after a resume, until they are replayed.
+        shown.append(f"\n{held:,} held")
     return [
         f"{pair.get('original', '?')}\n→ {pair.get('partner', '?')}",
-        Text(state, style=_STATE_STYLES.get(state, "bold red")),
+        shown,
         _show_lag(pair.get("lag_seconds")),
         _show_count(applied.get("forward")),
         _show_count(applied.get("backward")),

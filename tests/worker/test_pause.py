@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,6 +129,7 @@ def test_a_transition_returns_once_the_running_worker_acts_on_it(scenario: Scena
         what="the change to be held",
     )
     assert scenario.partner.find_one({"_id": 1})["full_name"] == "p1"
+    assert _status_of(scenario)["held"] == 1
 
 
 def test_a_worker_that_does_not_act_on_a_change_is_named(
@@ -161,9 +163,13 @@ def test_a_worker_that_does_not_act_on_a_change_is_named(
     assert scenario.pair_doc()["state"] == "RUNNING"
 
 
-def _state_seen(scenario: Scenario) -> bool:
-    """`state_seen` of the pair in `partner-sync status --json`."""
+def _status_of(scenario: Scenario) -> dict[str, Any]:
+    """The pair's object in `partner-sync status --json`."""
     result = scenario.cli("status", "--json")
     assert result.exit_code == 0, result.output
     (pair,) = json.loads(result.stdout)["pairs"]
-    return bool(pair["state_seen"])
+    return dict(pair)
+
+
+def _state_seen(scenario: Scenario) -> bool:
+    return bool(_status_of(scenario)["state_seen"])

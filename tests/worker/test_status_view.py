@@ -122,6 +122,7 @@ def test_narrow_console_shows_one_block_per_pair() -> None:
             "shop.customers: the worker has not taken up the change to PAUSED yet",
             id="state-not-seen",
         ),
+        pytest.param(_status(state="PAUSED", held=1234), "1,234 held", id="held-changes"),
     ],
 )
 def test_table_variants(status: dict[str, Any], expected: str) -> None:
