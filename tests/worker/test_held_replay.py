@@ -268,3 +268,37 @@ async def test_a_chain_s_write_held_for_its_paused_pair_replays_as_the_newer_cha
                 for coll, field in (("v1", "name"), ("v2", "full_name"), ("v3", "display"))
             ]
     assert names == ["newer", "newer", "newer"]
+
+
+async def test_a_state_acknowledgement_that_fails_never_stops_the_sync(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The record of the state change a worker acts on (`seen_serial`) is written when it
+    reads the pair states. A failed write of it leaves the refresh (and the sync) going, under
+    the new state; the record is written at the next refresh that can."""
+    async with applier_in_process(mongo_uri, tmp_path, PEOPLE_MODULE, prefix="ack") as (
+        db,
+        applier,
+    ):
+        pair = applier.registry.pairs[0].original
+        store = applier.store
+        await store.set_state(pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING")
+        serial = (await store.pair_doc(pair) or {})["state_serial"]
+        admin = db.client.admin
+        await admin.command(
+            "configureFailPoint",
+            "failCommand",
+            mode="alwaysOn",
+            data={"failCommands": ["update"], "errorCode": 2},
+        )
+        try:
+            for _ in range(2):
+                states = await applier.refresh_pairs()
+                assert states[pair]["state"] == "PAUSED"
+        finally:
+            await admin.command("configureFailPoint", "failCommand", mode="off")
+        assert (await store.pair_doc(pair) or {}).get("seen_serial", 0) < serial
+        await applier.refresh_pairs()
+        record = await store.pair_doc(pair) or {}
+    assert record["seen_serial"] == serial
+    assert record["seen_by"] == applier.lease.holder

@@ -300,6 +300,8 @@ class Applier:
         self.refresh_interval: float | None = None
         # When the pair states were last read (`anyio.current_time()`).
         self.refreshed_at = -math.inf
+        # Per pair, the state change whose acknowledgement last failed (logged once each).
+        self._ack_failed: dict[str, int] = {}
         # One summary of the history ahead, shared by a batch's check and the next one's reads.
         self._ahead_lock = anyio.Lock()
         # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
@@ -346,12 +348,29 @@ class Applier:
         between the parts of one, between the transactions of a replay. A part planned under
         the states before is dropped (`routing_seen`), so nothing is applied under them after
         this. A pair this worker has no transforms for is acknowledged too: it is not synced here.
+
+        A record that cannot be written never stops the sync (the worker acts on the state all
+        the same): it is tried again at the next refresh, and the command that waits for it
+        says, after its wait, that the worker has not taken the change up.
         """
         for original, doc in self.pair_states.items():
             serial = doc.get("state_serial") or 0
-            if serial > (doc.get("seen_serial") or 0):
+            if serial <= (doc.get("seen_serial") or 0):
+                continue
+            try:
                 await self.store.acknowledge_state(original, serial, self.lease.holder)
-                doc["seen_serial"] = serial
+            except PyMongoError as exc:
+                if self._ack_failed.get(original) != serial:
+                    self._ack_failed[original] = serial
+                    log.warning(
+                        "state_ack_failed",
+                        pair=original,
+                        state=doc.get("state"),
+                        error=type(exc).__name__,
+                        detail=str(exc)[:300],
+                    )
+                continue
+            doc["seen_serial"] = serial
 
     # -- public entry points ---------------------------------------------------------------------
 
