@@ -50,6 +50,7 @@ __all__ = [
     "StateStore",
     "id_key",
     "merge_base_id",
+    "state_taken_up",
     "utcnow",
 ]
 
@@ -271,6 +272,12 @@ class StateStore:
         """How many dead letters wait (for one pair, or all)."""
         query = {} if pair_ns is None else {"pair": pair_ns}
         return await self.dead_letters.count_documents(query)
+
+
+def state_taken_up(doc: Mapping[str, Any]) -> bool:
+    """Whether the lease holder has recorded that it acts on the pair record's latest state
+    change (`StateStore.acknowledge_state`)."""
+    return (doc.get("seen_serial") or 0) >= (doc.get("state_serial") or 0)
 
 
 def new_pair_doc(pair: Pair) -> dict[str, Any]:

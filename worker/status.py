@@ -13,7 +13,7 @@ from pymongo import AsyncMongoClient
 
 from worker import __version__
 from worker.config import Config
-from worker.state import StateStore
+from worker.state import StateStore, state_taken_up
 
 __all__ = ["collect_status", "status_from_state"]
 
@@ -63,9 +63,7 @@ async def status_from_state(store: StateStore) -> dict[str, Any]:
                     "docs": int(backfill.get("docs", 0)),
                 },
                 "resync_reason": doc.get("resync_reason"),
-                # Whether the lease holder has taken up the latest state change (it records
-                # the change it acts on when it reads the pair states: `seen_serial`).
-                "state_seen": (doc.get("seen_serial") or 0) >= (doc.get("state_serial") or 0),
+                "state_seen": state_taken_up(doc),
                 "held": held,
             }
         )

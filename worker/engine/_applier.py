@@ -81,7 +81,14 @@ from worker.engine._writes import TargetWrite, plan_target_write, write_operatio
 from worker.errors import LeaseLost
 from worker.logs import get_logger
 from worker.metrics import Metrics
-from worker.state import ACTIVE_STATES, StateStore, id_key, merge_base_id, utcnow
+from worker.state import (
+    ACTIVE_STATES,
+    StateStore,
+    id_key,
+    merge_base_id,
+    state_taken_up,
+    utcnow,
+)
 
 __all__ = ["Applier", "BatchResult"]
 
@@ -354,9 +361,9 @@ class Applier:
         says, after its wait, that the worker has not taken the change up.
         """
         for original, doc in self.pair_states.items():
-            serial = doc.get("state_serial") or 0
-            if serial <= (doc.get("seen_serial") or 0):
+            if state_taken_up(doc):
                 continue
+            serial = doc["state_serial"]
             try:
                 await self.store.acknowledge_state(original, serial, self.lease.holder)
             except PyMongoError as exc:
