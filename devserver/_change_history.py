@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import dataclasses
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +34,10 @@ EXPANDED_OPS = frozenset({"create", "createIndexes", "dropIndexes"})
 _IMAGE_OPS = frozenset({"update", "replace", "delete"})
 _INTERNAL_DBS = frozenset({"admin", "config", "local"})
 _DEFAULT_AWAIT_MS = 1000
+# A stream's scan of the history lets other commands run this often (checking the clock every
+# `_SCAN_CHECK_EVERY` entries).
+_SCAN_SLICE_S = 0.005
+_SCAN_CHECK_EVERY = 64
 # Keep a reply below the 16 MiB message limit with room for the envelope.
 _BATCH_BYTES = MAX_EVENT_BYTES - 64 * 1024
 _COMPACT_AT = 1024
@@ -507,7 +512,7 @@ class ChangeStreamCursor:
         self, max_docs: int | None, max_time_ms: int | None
     ) -> list[dict[str, Any]]:
         """Up to `max_docs` events; waits up to `max_time_ms` (default 1 s) for the first one."""
-        batch = self._collect(max_docs)
+        batch = await self._collect(max_docs)
         if batch or max_time_ms == 0 or self.exhausted or self._closed:
             return batch
         timeout = (_DEFAULT_AWAIT_MS if max_time_ms is None else max_time_ms) / 1000
@@ -522,7 +527,7 @@ class ChangeStreamCursor:
                     await self._history._wait_appended(remaining)
                 except TimeoutError:
                     break
-            batch = self._collect(max_docs)
+            batch = await self._collect(max_docs)
         return batch
 
     def close(self) -> None:
@@ -530,27 +535,46 @@ class ChangeStreamCursor:
         self._closed = True
         self._pending.clear()
 
-    def _collect(self, max_docs: int | None) -> list[dict[str, Any]]:
-        if self._closed or self.exhausted:
-            return []
-        history = self._history
-        limit = max_docs if max_docs is not None and max_docs > 0 else None
+    async def _collect(self, max_docs: int | None) -> list[dict[str, Any]]:
+        """The next batch: scans the history until the batch is full or the history ends.
+
+        mongod scans the oplog for one stream while it serves everyone else. Here the scan
+        pauses every `_SCAN_SLICE_S` to let the other connections' commands run: a stream that
+        skips most of a long history (a look-ahead on a few documents) held every client back
+        for over a second."""
         batch: list[dict[str, Any]] = []
         self._batch_bytes = 0
+        while True:
+            more = self._scan(batch, max_docs, time.perf_counter() + _SCAN_SLICE_S)
+            if not more:
+                return batch
+            await asyncio.sleep(0)  # the other connections' turn
+
+    def _scan(self, batch: list[dict[str, Any]], max_docs: int | None, until: float) -> bool:
+        """Fill `batch` from the history; True when it stopped at `until` with more to scan."""
+        if self._closed or self.exhausted:
+            return False
+        history = self._history
+        limit = max_docs if max_docs is not None and max_docs > 0 else None
         self._drain(batch, limit)
         if self._pending or self._invalidated:
-            return self._finish(batch)
+            self._finish()
+            return False
         if self._next_seq < history._first_seq:
             lost = history._lost_key
             if lost is not None and lost >= self._min_key:
                 raise history_lost()
             # Only entries before the stream's start time were dropped: nothing it needed.
             self._next_seq = history._first_seq
+        scanned = 0
         while (
             (limit is None or len(batch) < limit)
             and not self._pending
             and self._next_seq < history._next_seq
         ):
+            scanned += 1
+            if scanned % _SCAN_CHECK_EVERY == 0 and time.perf_counter() >= until:
+                return True
             seq = self._next_seq
             self._next_seq += 1
             if history._key(seq) < self._min_key:
@@ -564,7 +588,8 @@ class ChangeStreamCursor:
             self._drain(batch, limit)
             if self._invalidated:
                 break
-        return self._finish(batch)
+        self._finish()
+        return False
 
     def _drain(self, batch: list[dict[str, Any]], limit: int | None) -> None:
         """Move pending events into the batch while it has room in count and in bytes."""
@@ -578,10 +603,9 @@ class ChangeStreamCursor:
             self._last_token = token
             batch.append(event)
 
-    def _finish(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _finish(self) -> None:
         if self._invalidated and not self._pending:
             self.exhausted = True
-        return batch
 
     def _queue_invalidate(self, entry: dict[str, Any]) -> None:
         self._invalidated = True

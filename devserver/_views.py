@@ -7,7 +7,7 @@ from typing import Any
 from bson import ObjectId
 
 from devserver._engine import Engine, matches, sort_documents
-from devserver._fastfilter import compile_filter
+from devserver._fastfilter import compile_event_filter, compile_filter
 from devserver._keys import id_key
 from devserver._sessions import SessionTable, Transaction
 from devserver._storage import IndexSpec, Storage
@@ -117,7 +117,12 @@ class View:
         else:
             found = []
             stop_at = 0 if sort else limit
-            fast = compile_filter(filter_doc) if len(candidates) > 8 else None
+            fast = None
+            if len(candidates) > 8:
+                # Top-level fields, else dotted paths and $or / $and of them (a replay's
+                # "held changes to these documents after this one": 1.4 s through mongomock
+                # for 37,000 records, 40 ms compiled).
+                fast = compile_filter(filter_doc) or compile_event_filter(filter_doc)
             for doc in candidates:
                 verdict = fast(doc) if fast is not None else None
                 if verdict is None:

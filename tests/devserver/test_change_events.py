@@ -14,6 +14,7 @@ from bson import Binary, Int64, ObjectId, Timestamp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import devserver._change_history as history_module
 import devserver._changes as changes
 from devserver._changes import (
     ChangeHistory,
@@ -1283,6 +1284,30 @@ async def test_get_more_times_out_empty_without_busy_loop() -> None:
     assert await cursor.next_batch(None, 200) == []
     assert loop.time() - started >= 0.19
     assert calls == 1
+
+
+async def test_a_long_scan_lets_other_commands_run_between_its_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream that skips most of a long history scans it in slices and lets other commands
+    run in between (mongod serves everyone while one stream scans its oplog; here one
+    look-ahead held every client for over a second). The batch is what one scan returns, with
+    what was written meanwhile after the rest."""
+    server = Server()
+    cursor = server.open(pipeline=[{"$match": {"documentKey._id": {"$in": [0, 999, 5000]}}}])
+    for i in range(1000):
+        server.insert("c", {"_id": i})
+    monkeypatch.setattr(history_module, "_SCAN_SLICE_S", 0.0)
+    scan = asyncio.create_task(cursor.next_batch(None, 0))
+    turns = 0
+    while not scan.done() and turns < 10_000:
+        turns += 1
+        if turns == 2:
+            server.insert("c", {"_id": 5000})  # written while the scan is under way
+        await asyncio.sleep(0)
+    events = await asyncio.wait_for(scan, 5)
+    assert [e["documentKey"]["_id"] for e in events] == [0, 999, 5000]
+    assert turns >= 10  # 1,000 entries, a slice every 64
 
 
 async def test_unrelated_appends_do_not_end_the_wait_early() -> None:
