@@ -17,7 +17,10 @@ a development server subprocess or MONGODB_URI): seed `--docs` documents, stop t
 write `--backlog` client updates, start it again, then `--rounds` pause/resume rounds while it
 catches up.
 
-    .venv/bin/python bench/pause.py [--backlog 40000] [--rounds 6] [--docs 2000]
+    .venv/bin/python bench/pause.py [--backlog 40000] [--rounds 6] [--docs 2000] [--paused-s 0.3]
+
+The longer the pair stays paused, the more changes a resume replays (about 5,000 a second
+behind this machine's backlog).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ PAIR = f"{DB}.{ORIGINAL}"
 GIVE_UP_S = 10.0
 # Per state change: (seconds until it took effect, seconds until the command returned).
 Timing = tuple[float | None, float | None]
-Round = tuple[Timing, Timing]
+# (pause, resume, changes held when the resume began)
+Round = tuple[Timing, Timing, int]
 
 
 async def held_count(client: Client) -> int:
@@ -102,7 +106,9 @@ async def first_change(
     return seen, returned
 
 
-async def one_round(client: Client, store: StateStore, behind: Any) -> Round | None:
+async def one_round(
+    client: Client, store: StateStore, behind: Any, paused_s: float
+) -> Round | None:
     """(pause seconds, resume seconds), each (took effect, command returned), of one round,
     or None when the backlog ran out."""
     if not await behind():
@@ -117,9 +123,10 @@ async def one_round(client: Client, store: StateStore, behind: Any) -> Round | N
         assert result.after == "RUNNING", result.message
 
     paused = await first_change(client, "insert", pause)
-    await asyncio.sleep(0.3)  # let it hold a few more
+    await asyncio.sleep(paused_s)  # let it hold more
+    held = await store.held_events.count_documents({"pair": PAIR})
     resumed = await first_change(client, "delete", resume)
-    return paused, resumed
+    return paused, resumed, held
 
 
 async def main_async(options: argparse.Namespace) -> None:
@@ -157,7 +164,7 @@ async def main_async(options: argparse.Namespace) -> None:
                 for _ in range(options.rounds):
                     # A random moment of a delivery.
                     await asyncio.sleep(rng.uniform(0.1, 0.6))
-                    measured = await one_round(client, store, behind)
+                    measured = await one_round(client, store, behind, options.paused_s)
                     if measured is None:
                         break
                     rounds.append(measured)
@@ -192,7 +199,10 @@ async def _none_held(client: Client) -> bool:
 
 
 def report(options: argparse.Namespace, rounds: list[Round]) -> None:
-    print(f"backlog {options.backlog}, docs {options.docs}, {len(rounds)} rounds")
+    print(
+        f"backlog {options.backlog}, docs {options.docs}, {len(rounds)} rounds,"
+        f" paused {options.paused_s} s each"
+    )
     for name, index in (("pause", 0), ("resume", 1)):
         for what, part in (("took effect", 0), ("command returned", 1)):
             values = [r[index][part] for r in rounds]
@@ -207,6 +217,12 @@ def report(options: argparse.Namespace, rounds: list[Round]) -> None:
                 f" max {max(seen):5.0f} ms ({each})"
                 + (f"; {missed} not within {GIVE_UP_S:.0f} s" if missed else "")
             )
+    held = [r[2] for r in rounds]
+    if held:
+        print(
+            f"  changes held at the resume: median {statistics.median(held):.0f},"
+            f" max {max(held)} ({', '.join(str(h) for h in held)})"
+        )
     if len(rounds) < options.rounds:
         print(f"  the backlog ran out after {len(rounds)} of {options.rounds} rounds")
 
@@ -216,6 +232,9 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=40_000, help="client writes to catch up on")
     parser.add_argument("--rounds", type=int, default=6, help="pause/resume rounds")
     parser.add_argument("--docs", type=int, default=2000, help="documents in the collection")
+    parser.add_argument(
+        "--paused-s", type=float, default=0.3, help="how long each round keeps the pair paused"
+    )
     parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
     parser.add_argument("--workdir", metavar="DIR", help="keep the config and the log here")
     parser.add_argument("--log-level", default="warning", help="the worker's log level")

@@ -117,6 +117,10 @@ class StateStore:
         await self.dead_letters.create_index([("pair", 1), ("at", 1)])
         # A replay reads a pair's held changes in stream order (`_ahead.HELD_ORDER`).
         await self.held_events.create_index([("pair", 1), ("event.clusterTime", 1), ("_id", 1)])
+        # and, for one transaction, the held changes to its documents after its own.
+        await self.held_events.create_index(
+            [("pair", 1), ("event.documentKey._id", 1), ("event.clusterTime", 1)]
+        )
 
     # -- pairs ---------------------------------------------------------------------------------
 

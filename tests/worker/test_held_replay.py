@@ -162,32 +162,78 @@ async def test_a_replay_with_no_reader_reads_the_server_s_history(
 
 
 @pytest.mark.parametrize("summary", ["kept", "too-large", "held-before-paths"])
+@pytest.mark.parametrize("transaction", ["first", "later"])
 async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as_newer(
-    mongo_uri: str, tmp_path: Path, summary: str
+    mongo_uri: str, tmp_path: Path, summary: str, transaction: str
 ) -> None:
     """While paused: the partner document is deleted and inserted again, then the client
     deletes the original. Replayed two changes per transaction, the partner's insert must not
     re-create the original: the original's delete, held for the next transaction, is newer.
-    (Without a summary of the held changes, too large or held without the paths they changed,
-    each transaction reads its own.)"""
+    The first transaction reads its own newer held changes; a later one (two inserts of other
+    documents held first) takes them from the summary of all of them, or without one (too
+    large, or held without the paths they changed) reads its own too."""
     async with _paused_with_held(mongo_uri, tmp_path, []) as (db, applier, pair, _):
         if summary == "too-large":
             applier.ahead_limit = 0
 
         async def writes() -> None:
+            if transaction == "later":
+                await db.people.insert_many([{"_id": 2, "name": "b"}, {"_id": 3, "name": "c"}])
             await db.people_v2.delete_one({"_id": 1})
             await db.people_v2.insert_one({"_id": 1, "full_name": "again"})
             await db.people.delete_one({"_id": 1})
 
-        await applier.apply(await events_of(db, 3, writes))
-        assert await applier.store.held_events.count_documents({}) == 3
+        count = 5 if transaction == "later" else 3
+        await applier.apply(await events_of(db, count, writes))
+        assert await applier.store.held_events.count_documents({}) == count
         if summary == "held-before-paths":
             await applier.store.held_events.update_many({}, {"$unset": {"paths": "", "ours": ""}})
         await _resume(applier, pair)
-        assert await applier.replay_held(2) == 3
+        assert await applier.replay_held(2) == count
         original = await db.people.find_one({"_id": 1})
         partner = await db.people_v2.find_one({"_id": 1})
+        others = await db.people_v2.count_documents({"_id": {"$in": [2, 3]}})
     assert (original, partner) == (None, None)
+    assert others == (2 if transaction == "later" else 0)
+
+
+async def test_the_first_replayed_transaction_does_not_wait_for_the_summary_of_every_held_change(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Resumed, the first transaction goes out before the summary of all the held changes is
+    read (reading tens of thousands of them took seconds), and still finds the newer held
+    change to its target itself: the partner's later rename, held after the original's, wins
+    on both sides."""
+    async with _paused_with_held(mongo_uri, tmp_path, ["older"]) as (db, applier, pair, _):
+        later = await events_of(
+            db, 1, lambda: db.people_v2.update_one({"_id": 1}, {"$set": {"full_name": "newer"}})
+        )
+        await applier.apply(later)
+        assert await applier.store.held_events.count_documents({}) == 2
+        await _resume(applier, pair)
+        # The reader is past everything: the server's history is not read for newer writes.
+        applier.unread = unread_events()
+        applier.unread.reached({"_data": f"82{0xFFFFFFF0:08X}{1:08X}"})
+        steps: list[str] = []
+        read_held, apply_with_retries = applier._read_held, applier._apply_with_retries
+
+        async def summary(original: str) -> Any:
+            steps.append("summary")
+            return await read_held(original)
+
+        async def transaction(events: Any, **kwargs: Any) -> Any:
+            steps.append("transaction")
+            return await apply_with_retries(events, **kwargs)
+
+        applier._read_held = summary  # type: ignore[method-assign]
+        applier._apply_with_retries = transaction  # type: ignore[method-assign]
+        assert await applier.replay_held(1) == 2
+        assert _conflicts(applier, pair) == 1
+        original = await db.people.find_one({"_id": 1})
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert steps[:2] == ["transaction", "summary"]
+    assert original is not None and partner is not None
+    assert (original["name"], partner["full_name"]) == ("newer", "newer")
 
 
 async def test_held_changes_replay_in_stream_order_whatever_their_ids(

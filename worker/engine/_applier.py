@@ -108,6 +108,8 @@ WRITE_CONFLICT = 112
 MAX_BATCH_LIMIT = 100_000
 # Most held events whose ids one pass of a replay reads (the rest in the next pass).
 REPLAY_WINDOW = 100_000
+# The first transaction of a replay: small, so that it goes out soon after `resume`.
+REPLAY_FIRST_DOCS = 100
 # Longest a batch's look-ahead waits for a busy stream reader to pass its horizon.
 READER_WAIT_S = 0.02
 # A reader this many seconds of cluster time behind a batch's read time has a long stretch of
@@ -621,14 +623,26 @@ class Applier:
 
         Pair states are read again between batches (every `refresh_interval`): a pair paused
         again stops replaying at once, its remaining held events before the ones it holds next.
+
+        The first transaction does not wait for the summary of every held change: it takes at
+        most `REPLAY_FIRST_DOCS` changes and reads their newer held changes itself
+        (`_held_after`); the summary is read after it. A pause of a few seconds behind a busy
+        collection holds tens of thousands of changes, and reading them all first put seconds
+        between `resume` and the first change replayed.
         """
         replayed = 0
         for original, doc in list(self.pair_states.items()):
             if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
                 continue
             pair = self._pairs[original]
+            first = True
             while True:
-                order, ahead = await self._read_held(original)
+                if first:
+                    first_docs = min(max_docs, REPLAY_FIRST_DOCS)
+                    order, ahead = await self._oldest_held(original, first_docs), None
+                    first = False
+                else:
+                    order, ahead = await self._read_held(original)
                 if not order:
                     break
                 for start in range(0, len(order), max_docs):
@@ -666,6 +680,11 @@ class Applier:
         if replayed:
             self._carry = None  # planned before these writes
         return replayed
+
+    async def _oldest_held(self, original: str, count: int) -> list[Any]:
+        """The ids of the pair's `count` oldest held events, in stream order (`HELD_ORDER`)."""
+        cursor = self.store.held_events.find({"pair": original}, {"_id": 1})
+        return [held["_id"] async for held in cursor.sort(HELD_ORDER).limit(count)]
 
     async def _read_held(self, original: str) -> tuple[list[Any], HeldAhead | None]:
         """The ids of the pair's held events in stream order (`HELD_ORDER`, at most

@@ -422,14 +422,14 @@ async def _collect(
     if not batch or stopping.is_set():
         return batch
     arrived = arrived_at()
-    deadline = (anyio.current_time() if arrived is None else arrived) + max_delay_s
+    deadline = (time.monotonic() if arrived is None else arrived) + max_delay_s
     while len(batch) < max_docs:
         try:
             batch.append(receive.receive_nowait())
             continue
         except anyio.WouldBlock:
             pass
-        remaining = deadline - anyio.current_time()
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         with anyio.move_on_after(remaining) as scope:
