@@ -120,8 +120,8 @@ class View:
             fast = None
             if len(candidates) > 8:
                 # Top-level fields, else dotted paths and $or / $and of them (a replay's
-                # "held changes to these documents after this one": 1.4 s through mongomock
-                # for 37,000 records, 40 ms compiled).
+                # "held changes to these documents after this one" over 37,500 records: 1.6 s
+                # through mongomock's matcher, 0.4 s in all with it compiled).
                 fast = compile_filter(filter_doc) or compile_event_filter(filter_doc)
             for doc in candidates:
                 verdict = fast(doc) if fast is not None else None
