@@ -18,8 +18,9 @@ write `--backlog` client updates, start it again, then `--rounds` pause/resume r
 catches up.
 
     .venv/bin/python bench/pause.py [--backlog 40000] [--rounds 6] [--docs 2000] [--paused-s 0.3]
+                                    [--repause-s S]
 
-The longer the pair stays paused, the more changes a resume replays (about 5,000 a second
+The longer the pair stays paused, the more changes a resume replays (15,000-25,000 a second
 behind this machine's backlog).
 """
 
@@ -62,8 +63,8 @@ PAIR = f"{DB}.{ORIGINAL}"
 GIVE_UP_S = 10.0
 # Per state change: (seconds until it took effect, seconds until the command returned).
 Timing = tuple[float | None, float | None]
-# (pause, resume, changes held when the resume began)
-Round = tuple[Timing, Timing, int]
+# (pause, resume, changes held when the resume began, a pause again during the replay)
+Round = tuple[Timing, Timing, int, Timing | None]
 
 
 async def held_count(client: Client) -> int:
@@ -107,10 +108,11 @@ async def first_change(
 
 
 async def one_round(
-    client: Client, store: StateStore, behind: Any, paused_s: float
+    client: Client, store: StateStore, behind: Any, paused_s: float, repause_s: float | None
 ) -> Round | None:
     """(pause seconds, resume seconds), each (took effect, command returned), of one round,
-    or None when the backlog ran out."""
+    or None when the backlog ran out; with `repause_s`, also a pause that long after the
+    replay began (and a resume, not timed, after it)."""
     if not await behind():
         return None
 
@@ -126,7 +128,13 @@ async def one_round(
     await asyncio.sleep(paused_s)  # let it hold more
     held = await store.held_events.count_documents({"pair": PAIR})
     resumed = await first_change(client, "delete", resume)
-    return paused, resumed, held
+    repaused = None
+    if repause_s is not None:
+        await asyncio.sleep(repause_s)
+        repaused = await first_change(client, "insert", pause)
+        await asyncio.sleep(0.1)
+        await resume()
+    return paused, resumed, held, repaused
 
 
 async def main_async(options: argparse.Namespace) -> None:
@@ -164,7 +172,9 @@ async def main_async(options: argparse.Namespace) -> None:
                 for _ in range(options.rounds):
                     # A random moment of a delivery.
                     await asyncio.sleep(rng.uniform(0.1, 0.6))
-                    measured = await one_round(client, store, behind, options.paused_s)
+                    measured = await one_round(
+                        client, store, behind, options.paused_s, options.repause_s
+                    )
                     if measured is None:
                         break
                     rounds.append(measured)
@@ -203,9 +213,12 @@ def report(options: argparse.Namespace, rounds: list[Round]) -> None:
         f"backlog {options.backlog}, docs {options.docs}, {len(rounds)} rounds,"
         f" paused {options.paused_s} s each"
     )
-    for name, index in (("pause", 0), ("resume", 1)):
+    kinds = [("pause", 0), ("resume", 1)]
+    if options.repause_s is not None:
+        kinds.append(("pause during the replay", 3))
+    for name, index in kinds:
         for what, part in (("took effect", 0), ("command returned", 1)):
-            values = [r[index][part] for r in rounds]
+            values = [timing[part] for r in rounds if (timing := r[index]) is not None]
             seen = [v * 1000 for v in values if v is not None]
             missed = len(values) - len(seen)
             if not seen:
@@ -234,6 +247,11 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=2000, help="documents in the collection")
     parser.add_argument(
         "--paused-s", type=float, default=0.3, help="how long each round keeps the pair paused"
+    )
+    parser.add_argument(
+        "--repause-s",
+        type=float,
+        help="also pause again this long after each resume took effect (during the replay)",
     )
     parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
     parser.add_argument("--workdir", metavar="DIR", help="keep the config and the log here")

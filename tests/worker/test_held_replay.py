@@ -12,6 +12,8 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
+import worker.engine._applier as applier_module
+from worker.engine._ahead import HeldAhead
 from worker.engine._applier import Applier
 from worker.state import id_key
 
@@ -234,6 +236,48 @@ async def test_the_first_replayed_transaction_does_not_wait_for_the_summary_of_e
     assert steps[:2] == ["transaction", "summary"]
     assert original is not None and partner is not None
     assert (original["name"], partner["full_name"]) == ("newer", "newer")
+
+
+async def test_a_pause_during_the_read_of_the_held_changes_stops_the_replay_at_once(
+    mongo_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its first transaction a replay reads the summary of every held change, which
+    takes seconds for 100,000 of them. A pause in that time is taken up during the read: the
+    read stops, nothing more is replayed, and the rest stays held, in order, for the next
+    resume."""
+    names = [f"n{i}" for i in range(6)]
+    async with _paused_with_held(mongo_uri, tmp_path, names) as (db, applier, pair, _):
+        await _resume(applier, pair)
+        monkeypatch.setattr(applier_module, "REPLAY_FIRST_DOCS", 1)
+        monkeypatch.setattr(applier_module, "HELD_READ_CHECK_EVERY", 2)
+        applier.refresh_interval = 0.0
+        apply_with_retries = applier._apply_with_retries
+        transactions: list[int] = []
+
+        async def then_pause(events: Any, **kwargs: Any) -> Any:
+            result = await apply_with_retries(events, **kwargs)
+            transactions.append(len(events))
+            if len(transactions) == 1:
+                await applier.store.set_state(
+                    pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING"
+                )
+            return result
+
+        applier._apply_with_retries = then_pause  # type: ignore[method-assign]
+        summarised: list[int] = []
+        add = HeldAhead.add
+
+        def counted(self: HeldAhead, held: Any, position: int) -> bool:
+            summarised.append(position)
+            return add(self, held, position)
+
+        monkeypatch.setattr(HeldAhead, "add", counted)
+        assert await applier.replay_held(10) == 1
+        left = [h["event"]["updateDescription"] async for h in applier.store.held_events.find()]
+        assert applier.pair_states[pair]["state"] == "PAUSED"
+    assert transactions == [1]
+    assert summarised == [0]  # the read stopped at its first check, after two records
+    assert [d["updatedFields"]["name"] for d in left] == names[1:]
 
 
 async def test_held_changes_replay_in_stream_order_whatever_their_ids(

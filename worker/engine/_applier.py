@@ -110,6 +110,8 @@ MAX_BATCH_LIMIT = 100_000
 REPLAY_WINDOW = 100_000
 # The first transaction of a replay: small, so that it goes out soon after `resume`.
 REPLAY_FIRST_DOCS = 100
+# How often (in records) a replay's read of the held changes sees whether the states are due.
+HELD_READ_CHECK_EVERY = 1000
 # Longest a batch's look-ahead waits for a busy stream reader to pass its horizon.
 READER_WAIT_S = 0.02
 # A reader this many seconds of cluster time behind a batch's read time has a long stretch of
@@ -689,12 +691,25 @@ class Applier:
     async def _read_held(self, original: str) -> tuple[list[Any], HeldAhead | None]:
         """The ids of the pair's held events in stream order (`HELD_ORDER`, at most
         REPLAY_WINDOW of them) and the summary of all of them (None when too large: each batch
-        then reads its own)."""
+        then reads its own).
+
+        The pair states are read again during the read too (every `refresh_interval`, checked
+        every `HELD_READ_CHECK_EVERY` records): reading 100,000 held changes takes seconds, and
+        a pause in that time is taken up at once. The pair paused again, nothing is returned
+        and the replay stops, its changes still held."""
         started = time.perf_counter()
         order: list[Any] = []
         ahead: HeldAhead | None = HeldAhead(self.ahead_limit)
         cursor = self.store.held_events.find({"pair": original}, HELD_FIELDS).sort(HELD_ORDER)
+        # In batches of that many: one reply of all of them (up to 16 MiB) left no point to
+        # look at the states before it had all arrived.
+        cursor = cursor.batch_size(HELD_READ_CHECK_EVERY)
         async for position, held in _enumerated(cursor):
+            if position % HELD_READ_CHECK_EVERY == HELD_READ_CHECK_EVERY - 1 and self.refresh_due():
+                await self.refresh_pairs()
+                if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
+                    log.debug("held_read_stopped", pair=original, events=position + 1)
+                    return [], None
             if len(order) < REPLAY_WINDOW:
                 order.append(held["_id"])
             if ahead is not None and "paths" not in held:
