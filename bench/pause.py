@@ -126,7 +126,7 @@ async def one_round(
 
     paused = await first_change(client, "insert", pause)
     await asyncio.sleep(paused_s)  # let it hold more
-    held = await store.held_events.count_documents({"pair": PAIR})
+    held = await held_count(client)
     resumed = await first_change(client, "delete", resume)
     repaused = None
     if repause_s is not None:
