@@ -131,6 +131,8 @@ async def one_round(
     repaused = None
     if repause_s is not None:
         await asyncio.sleep(repause_s)
+        if not await behind():
+            return paused, resumed, held, None  # no change left to hold: nothing to time
         repaused = await first_change(client, "insert", pause)
         await asyncio.sleep(0.1)
         await resume()
