@@ -74,6 +74,24 @@ async def _resume(applier: Applier, pair: str) -> None:
     await applier.refresh_pairs()
 
 
+def _paused_after_the_first_transaction(applier: Applier, pair: str) -> list[int]:
+    """Make the pair's state PAUSED (in the state database only) once the applier's first
+    transaction from now on has committed; returns the sizes of its transactions, as they
+    commit."""
+    apply_with_retries = applier._apply_with_retries
+    transactions: list[int] = []
+
+    async def then_pause(events: Any, **kwargs: Any) -> Any:
+        result = await apply_with_retries(events, **kwargs)
+        transactions.append(len(events))
+        if len(transactions) == 1:
+            await applier.store.set_state(pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING")
+        return result
+
+    applier._apply_with_retries = then_pause  # type: ignore[method-assign]
+    return transactions
+
+
 def _conflicts(applier: Applier, pair: str) -> float:
     return applier.metrics.conflicts.labels(pair=pair)._value.get()
 
@@ -122,19 +140,7 @@ async def test_a_pair_paused_again_stops_its_replay_between_batches(
     async with _paused_with_held(mongo_uri, tmp_path, names) as (db, applier, pair, _):
         await _resume(applier, pair)
         applier.refresh_interval = 0.0  # read the states before every transaction
-        apply_with_retries = applier._apply_with_retries
-        transactions: list[int] = []
-
-        async def then_pause(events: Any, **kwargs: Any) -> Any:
-            result = await apply_with_retries(events, **kwargs)
-            transactions.append(len(events))
-            if len(transactions) == 1:
-                await applier.store.set_state(
-                    pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING"
-                )
-            return result
-
-        applier._apply_with_retries = then_pause  # type: ignore[method-assign]
+        transactions = _paused_after_the_first_transaction(applier, pair)
         assert await applier.replay_held(1) == 1
         partner = await db.people_v2.find_one({"_id": 1})
         assert partner is not None and partner["full_name"] == "a"
@@ -251,19 +257,7 @@ async def test_a_pause_during_the_read_of_the_held_changes_stops_the_replay_at_o
         monkeypatch.setattr(applier_module, "REPLAY_FIRST_DOCS", 1)
         monkeypatch.setattr(applier_module, "HELD_READ_CHECK_EVERY", 2)
         applier.refresh_interval = 0.0
-        apply_with_retries = applier._apply_with_retries
-        transactions: list[int] = []
-
-        async def then_pause(events: Any, **kwargs: Any) -> Any:
-            result = await apply_with_retries(events, **kwargs)
-            transactions.append(len(events))
-            if len(transactions) == 1:
-                await applier.store.set_state(
-                    pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING"
-                )
-            return result
-
-        applier._apply_with_retries = then_pause  # type: ignore[method-assign]
+        transactions = _paused_after_the_first_transaction(applier, pair)
         summarised: list[int] = []
         add = HeldAhead.add
 
