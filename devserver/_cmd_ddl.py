@@ -9,7 +9,7 @@ from devserver._cmd_read import open_cursor
 from devserver._command import Context, command, cursor_batch_size, namespace_arg
 from devserver._engine import matches
 from devserver._errors import CommandError
-from devserver._storage import ID_INDEX_DESCRIPTION, IndexSpec, validate_namespace
+from devserver._storage import IndexSpec, creation_record, validate_namespace
 
 __all__: list[str] = []
 
@@ -91,10 +91,7 @@ async def create(ctx: Context) -> dict[str, Any]:
     _check_images(options.get("changeStreamPreAndPostImages"))
     ctx.state.storage.create_collection(ctx.db, coll, options)
     # Creation inside a transaction takes effect at once here (it is never rolled back).
-    described: dict[str, Any] = {"idIndex": dict(ID_INDEX_DESCRIPTION), **options}
-    ctx.wrote(
-        ctx.state.commit([ChangeRecord(op="create", db=ctx.db, coll=coll, description=described)])
-    )
+    ctx.wrote(ctx.state.commit([creation_record(ctx.db, coll, options)]))
     return {}
 
 
@@ -247,8 +244,7 @@ async def create_indexes(ctx: Context) -> dict[str, Any]:
             created.append(spec.to_doc())
     records = []
     if created_collection:
-        id_index: dict[str, Any] = {"idIndex": dict(ID_INDEX_DESCRIPTION)}
-        records.append(ChangeRecord(op="create", db=ctx.db, coll=coll, description=id_index))
+        records.append(creation_record(ctx.db, coll))
     if created:
         built: dict[str, Any] = {"indexes": created}
         records.append(ChangeRecord(op="createIndexes", db=ctx.db, coll=coll, description=built))

@@ -10,7 +10,7 @@ from devserver._command import Context, command
 from devserver._errors import CommandError
 from devserver._keys import id_key
 from devserver._sessions import DocRef, write_conflict
-from devserver._storage import ID_INDEX_DESCRIPTION
+from devserver._storage import creation_record
 
 __all__ = ["commit_transaction"]
 
@@ -61,12 +61,7 @@ def _with_creates(ctx: Context, records: Sequence[ChangeRecord]) -> list[ChangeR
         if record.coll is not None and namespace not in created:
             if storage.meta(record.db, record.coll) is None:
                 storage.create_collection(record.db, record.coll)
-                description = {"idIndex": dict(ID_INDEX_DESCRIPTION)}
-                out.append(
-                    ChangeRecord(
-                        op="create", db=record.db, coll=record.coll, description=description
-                    )
-                )
+                out.append(creation_record(record.db, record.coll))
             created.add(namespace)
         out.append(record)
     return out

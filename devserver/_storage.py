@@ -9,7 +9,7 @@ persistence layer writes once the write unit is complete.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +18,11 @@ import mongomock
 from bson.binary import Binary, UuidRepresentation
 from mongomock.filtering import filter_applies
 
+from devserver._change_history import ChangeRecord
 from devserver._errors import CommandError
 from devserver._keys import MISSING, canonical, dotted_get, format_key_value, id_key, store_key
 
-__all__ = ["IndexSpec", "CollectionMeta", "Storage", "validate_namespace"]
+__all__ = ["IndexSpec", "CollectionMeta", "Storage", "creation_record", "validate_namespace"]
 
 _INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds", "hidden")
 
@@ -91,6 +92,12 @@ class IndexSpec:
 ID_INDEX = IndexSpec(name="_id_", key=[("_id", 1)], unique=True)
 # The `_id` index as a create event's `operationDescription.idIndex` shows it.
 ID_INDEX_DESCRIPTION = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+
+
+def creation_record(db: str, coll: str, options: Mapping[str, Any] | None = None) -> ChangeRecord:
+    """The change record of a collection's creation (its `create` event), with its options."""
+    described = {"idIndex": dict(ID_INDEX_DESCRIPTION), **(options or {})}
+    return ChangeRecord(op="create", db=db, coll=coll, description=described)
 
 
 @dataclass

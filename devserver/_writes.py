@@ -26,7 +26,7 @@ from devserver._engine import (
 from devserver._errors import CommandError
 from devserver._keys import id_key
 from devserver._sessions import Transaction
-from devserver._storage import ID_INDEX, ID_INDEX_DESCRIPTION, CollectionMeta, duplicate_key_error
+from devserver._storage import ID_INDEX, CollectionMeta, creation_record, duplicate_key_error
 from devserver._views import TransactionView, View
 
 __all__ = [
@@ -305,9 +305,7 @@ def _create_implicitly(ctx: Context, db: str, coll: str) -> CollectionMeta:
     transaction the collection is made at the commit, with that event in the transaction:
     `_cmd_txn._with_creates`.)"""
     meta = ctx.state.storage.create_collection(db, coll)
-    described = {"idIndex": dict(ID_INDEX_DESCRIPTION)}
-    created = ChangeRecord(op="create", db=db, coll=coll, description=described)
-    ctx.wrote(ctx.state.commit([created]))
+    ctx.wrote(ctx.state.commit([creation_record(db, coll)]))
     return meta
 
 

@@ -637,21 +637,12 @@ class Applier:
             if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
                 continue
             pair = self._pairs[original]
-            first = True
-            while True:
-                if first:
-                    first_docs = min(max_docs, REPLAY_FIRST_DOCS)
-                    order, ahead = await self._oldest_held(original, first_docs), None
-                    first = False
-                else:
-                    order, ahead = await self._read_held(original)
-                if not order:
-                    break
+            first = min(max_docs, REPLAY_FIRST_DOCS)
+            order, ahead = await self._oldest_held(original, first), None
+            while order:
                 for start in range(0, len(order), max_docs):
-                    if replayed and self.refresh_due():
-                        await self.refresh_pairs()
-                        if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
-                            return self._replayed(replayed)
+                    if replayed and await self._stopped_since(original):
+                        return self._replayed(replayed)
                     wanted = order[start : start + max_docs]
                     found = {
                         h["_id"]: h
@@ -676,12 +667,20 @@ class Applier:
                         beyond=[*later, *beyond],
                     )
                     replayed += len(held)
+                order, ahead = await self._read_held(original)
         return self._replayed(replayed)
 
     def _replayed(self, replayed: int) -> int:
         if replayed:
             self._carry = None  # planned before these writes
         return replayed
+
+    async def _stopped_since(self, original: str) -> bool:
+        """Whether the pair is no longer active, reading the pair states again first when they
+        are due (`refresh_due`): a replay stops there, the rest of its changes still held."""
+        if self.refresh_due():
+            await self.refresh_pairs()
+        return self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES
 
     async def _oldest_held(self, original: str, count: int) -> list[Any]:
         """The ids of the pair's `count` oldest held events, in stream order (`HELD_ORDER`)."""
@@ -705,11 +704,10 @@ class Applier:
         # look at the states before it had all arrived.
         cursor = cursor.batch_size(HELD_READ_CHECK_EVERY)
         async for position, held in _enumerated(cursor):
-            if position % HELD_READ_CHECK_EVERY == HELD_READ_CHECK_EVERY - 1 and self.refresh_due():
-                await self.refresh_pairs()
-                if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
-                    log.debug("held_read_stopped", pair=original, events=position + 1)
-                    return [], None
+            checks = position % HELD_READ_CHECK_EVERY == HELD_READ_CHECK_EVERY - 1
+            if checks and await self._stopped_since(original):
+                log.debug("held_read_stopped", pair=original, events=position + 1)
+                return [], None
             if len(order) < REPLAY_WINDOW:
                 order.append(held["_id"])
             if ahead is not None and "paths" not in held:
