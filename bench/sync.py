@@ -146,13 +146,16 @@ class Contender:
     profile: str | None = None
     log_level: str = "warning"
     max_docs: int = 500
+    # The engine's transform modules (names or files): the customers pair's, and any others.
+    transforms: tuple[str, ...] = (MODULE,)
 
     def command(self) -> list[str]:
         if self.name == "naive":
             return [sys.executable, __file__, "--naive-trigger", self.uri]
         config = self.workdir / "worker.toml"
+        modules = ", ".join(f'"{module}"' for module in self.transforms)
         config.write_text(
-            f'uri = "{self.uri}"\ntransforms = ["{MODULE}"]\nstate_db = "{STATE_DB}"\n'
+            f'uri = "{self.uri}"\ntransforms = [{modules}]\nstate_db = "{STATE_DB}"\n'
             f'[batch]\nmax_docs = {self.max_docs}\nmax_delay_ms = 20\n[http]\nlisten = ""\n'
             f'[log]\nlevel = "{self.log_level}"\n'
         )

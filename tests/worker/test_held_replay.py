@@ -295,6 +295,108 @@ async def test_held_changes_replay_in_stream_order_whatever_their_ids(
     assert (original["name"], partner["full_name"]) == ("newer", "newer")
 
 
+async def test_a_pair_resumed_before_its_replay_holds_its_new_changes_behind_the_old(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The states are read (the pair resumed) and a delivery comes before the replay: its
+    change of the pair is newer than the held one, so it is held behind it rather than
+    applied first (the older held rename then overwrote it). Once the replay has run, the
+    pair's changes are applied as they come again."""
+    async with _paused_with_held(mongo_uri, tmp_path, ["older"]) as (db, applier, pair, _):
+        await _resume(applier, pair)
+        assert applier.replaying
+        newer = await events_of(
+            db, 1, lambda: db.people.update_one({"_id": 1}, {"$set": {"name": "newer"}})
+        )
+        result = await applier.apply(newer)
+        partner = await db.people_v2.find_one({"_id": 1})
+        assert (result.held, partner and partner["full_name"]) == (1, "n")
+        assert await applier.replay_held(10) == 2
+        assert not applier.replaying
+        partner = await db.people_v2.find_one({"_id": 1})
+        assert partner is not None and partner["full_name"] == "newer"
+        latest = await events_of(
+            db, 1, lambda: db.people.update_one({"_id": 1}, {"$set": {"name": "latest"}})
+        )
+        result = await applier.apply(latest)
+        partner = await db.people_v2.find_one({"_id": 1})
+        left = await applier.store.held_events.count_documents({})
+    assert (result.held, result.applied, left) == (0, 1, 0)
+    assert partner is not None and partner["full_name"] == "latest"
+
+
+TWO_PAIRS_MODULE = """
+from transforms import Pair
+
+people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep")
+people.rename("name", "full_name")
+
+orders = Pair(original="{db}.orders", partner="{db}.orders_v2", unmapped="keep")
+orders.rename("total", "amount")
+"""
+
+
+@pytest.mark.parametrize("summary", ["kept", "too-large"])
+async def test_a_long_replay_lets_the_other_pairs_changes_through_in_steps(
+    mongo_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, summary: str
+) -> None:
+    """people resumed with 12 changes held, orders active with a change waiting: the replay
+    stops after a transaction (`REPLAY_STEP_S`), the delivery goes through (orders applied,
+    people's change in it held), and the replay then goes on to the end.
+
+    People's change in that delivery deletes original 1. It is newer than the partner's held
+    delete and insert of 1, which the replay reaches only after it, and the summary of the held
+    changes was read before it was held: added to the summary, it stops the partner's insert
+    from re-creating the original (as when each transaction reads its own later changes)."""
+    monkeypatch.setattr(applier_module, "REPLAY_STEP_S", 0.0)
+    async with applier_in_process(mongo_uri, tmp_path, TWO_PAIRS_MODULE, prefix="steps") as (
+        db,
+        applier,
+    ):
+        if summary == "too-large":
+            applier.ahead_limit = 0
+        people, orders = (pair.original for pair in applier.registry.pairs)
+        async with applier.opened():
+
+            async def seed() -> None:
+                await db.people.insert_many([{"_id": i, "name": f"p{i}"} for i in range(12)])
+                await db.orders.insert_one({"_id": 1, "total": 10})
+
+            await applier.apply(await events_of(db, 13, seed))
+            await applier.store.set_state(
+                people, "PAUSED", expect=["RUNNING"], paused_from="RUNNING"
+            )
+            await applier.refresh_pairs()
+
+            async def while_paused() -> None:
+                for i in range(2, 12):
+                    await db.people.update_one({"_id": i}, {"$set": {"name": f"q{i}"}})
+                await db.people_v2.delete_one({"_id": 1})
+                await db.people_v2.insert_one({"_id": 1, "full_name": "again"})
+
+            await applier.apply(await events_of(db, 12, while_paused))
+            await _resume(applier, people)
+
+            async def meanwhile() -> None:
+                await db.orders.update_one({"_id": 1}, {"$set": {"total": 20}})
+                await db.people.delete_one({"_id": 1})
+
+            delivery = await events_of(db, 2, meanwhile)
+            steps = [await applier.replay_held(5, beyond=delivery) for _ in range(2)]
+            result = await applier.apply(delivery)
+            order = await db.orders_v2.find_one({"_id": 1})
+            assert (result.applied, result.held, order and order["amount"]) == (1, 1, 20)
+            assert applier.replaying
+            steps.append(await applier.replay_held(5))
+            assert not applier.replaying
+            original = await db.people.find_one({"_id": 1})
+            partner = await db.people_v2.find_one({"_id": 1})
+            renamed = await db.people_v2.count_documents({"full_name": {"$regex": "^q"}})
+    assert steps == [5, 5, 3]
+    assert (original, partner) == (None, None)
+    assert renamed == 10
+
+
 CHAIN_MODULE = """
 from transforms import Pair
 

@@ -215,10 +215,13 @@ class HeldAhead:
         # (namespace, id key) -> (_id, {path: (position in HELD_ORDER, cluster time)})
         self.paths: dict[tuple[str, Any], tuple[Any, dict[str, tuple[Any, Any]]]] = {}
         self.size = 0
+        # One past the last position recorded: where a change held after the read goes.
+        self.end = 0
 
     def add(self, held: Mapping[str, Any], position: int) -> bool:
         """Record one held change, the `position`-th in `HELD_ORDER`, as `held_record` stored
         it and `HELD_FIELDS` reads it; False once past `limit` paths."""
+        self.end = max(self.end, position + 1)
         event = held["event"]
         if event.get("operationType") not in DOCUMENT_EVENTS or held.get("ours"):
             return True

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import itertools
 import math
 import random
 import time
@@ -112,6 +113,9 @@ REPLAY_WINDOW = 100_000
 REPLAY_FIRST_DOCS = 100
 # How often (in records) a replay's read of the held changes sees whether the states are due.
 HELD_READ_CHECK_EVERY = 1000
+# A replay runs at least this long before it lets a delivery through for the other pairs
+# (their changes wait in the stream behind the replayed pair's otherwise).
+REPLAY_STEP_S = 0.2
 # Longest a batch's look-ahead waits for a busy stream reader to pass its horizon.
 READER_WAIT_S = 0.02
 # A reader this many seconds of cluster time behind a batch's read time has a long stretch of
@@ -173,6 +177,19 @@ class _PairTally:
     lag_seconds: float | None = None
 
 
+@dataclass
+class _Replay:
+    """A resumed pair's replay of its held changes, carried from one step to the next."""
+
+    # The held ids of the current window, in `HELD_ORDER`, replayed up to `start`.
+    order: list[Any] = field(default_factory=list)
+    start: int = 0
+    # The summary of every change held when the window was read, and of those held since
+    # (None: each transaction asks the server for its later held changes).
+    ahead: HeldAhead | None = None
+    windows: int = 0
+
+
 class _Split(Exception):
     """The batch met client writes; apply it in smaller transactions (see `batch_limit`)."""
 
@@ -229,6 +246,8 @@ class _Prepared:
     committed: bool = False
     # `Applier.routing_changes` when it was planned (the pair states it routed its events by).
     routing_seen: int = 0
+    # The changes it holds for paused or replaying pairs (`held_record`s).
+    held: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Applier:
@@ -318,6 +337,11 @@ class Applier:
         # Whether a batch's writes go out as one bulkWrite command (MongoDB 8.0 and later; see
         # `_commands`). Found out when the applier opens.
         self.combined_writes = False
+        # Active pairs whose held changes are still to replay: their changes from the stream
+        # are held behind them (`_route`), so that each is applied after the older ones.
+        self._replays: dict[str, _Replay] = {}
+        # Active pairs found to hold nothing since they last became active.
+        self._held_checked: set[str] = set()
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[Applier]:
@@ -337,11 +361,13 @@ class Applier:
                 self.session = None
 
     async def refresh_pairs(self) -> dict[str, dict[str, Any]]:
-        """Re-read every pair's record (state, start point) from the state database."""
+        """Re-read every pair's record (state, start point) from the state database, and find
+        the pairs that became active with changes held (`replaying`)."""
         before = _routing(self.pair_states)
         self.pair_states = await self.store.pair_docs()
         self.refreshed_at = anyio.current_time()
-        if _routing(self.pair_states) != before:
+        replays_changed = await self._find_replays()
+        if _routing(self.pair_states) != before or replays_changed:
             self.routing_changes += 1
             self._carry = None
         for original, doc in self.pair_states.items():
@@ -349,6 +375,39 @@ class Applier:
                 self.metrics.set_state(original, doc.get("state", "NOT_STARTED"))
         await self._acknowledge_states()
         return self.pair_states
+
+    async def _find_replays(self) -> bool:
+        """Start a replay for each pair found active for the first time since it was not, if it
+        has changes held; stop those of pairs no longer active. Returns whether any started or
+        stopped.
+
+        Done as the states are read, before anything is routed by them: a resumed pair's
+        changes from the stream are held until its older held changes are replayed. A
+        delivery applied between the refresh and the replay applied them first, and the
+        replayed older change then overwrote the newer one."""
+        changed = False
+        for original in self._pairs:
+            if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
+                self._held_checked.discard(original)
+                changed |= self._replays.pop(original, None) is not None
+            elif original not in self._held_checked and original not in self._replays:
+                if await self._oldest_held(original, 1):
+                    self._replays[original] = _Replay()
+                    log.info("replay_started", pair=original)
+                    changed = True
+                else:
+                    self._held_checked.add(original)
+        return changed
+
+    @property
+    def replaying(self) -> bool:
+        """Whether an active pair has held changes still to replay (`replay_held`)."""
+        return bool(self._replays)
+
+    def forget_replays(self) -> None:
+        """Look for held changes again at the next refresh (a stream opened again)."""
+        self._replays.clear()
+        self._held_checked.clear()
 
     async def _acknowledge_states(self) -> None:
         """Record, for each pair whose state changed since the last refresh, that this worker
@@ -615,47 +674,58 @@ class Applier:
         )
 
     async def replay_held(self, max_docs: int, beyond: Sequence[Mapping[str, Any]] = ()) -> int:
-        """Apply the held events of pairs that are active again; returns how many were replayed.
+        """Apply the held changes of pairs that are active again (`replaying`); returns how
+        many were replayed.
 
         Every event the stream brought since is newer than the held ones: `beyond`, those
         taken from the reader and not applied yet (the rest of a delivery), then the reader's
         unread events and the history past them, as for a batch from `apply`. (Read from the
         server from the checkpoint instead, a replay behind a backlog read the whole backlog
-        twice per batch.) The events held after a batch are newer writes too (`HeldAhead`).
+        twice per batch.) The changes held after a transaction's are newer writes too
+        (`HeldAhead`, or `_held_after`).
 
-        Pair states are read again between batches (every `refresh_interval`): a pair paused
-        again stops replaying at once, its remaining held events before the ones it holds next.
+        Pair states are read again between transactions (every `refresh_interval`): a pair
+        paused again stops replaying at once, its remaining held changes before the ones it
+        holds next.
 
         The first transaction does not wait for the summary of every held change: it takes at
         most `REPLAY_FIRST_DOCS` changes and reads their newer held changes itself
         (`_held_after`); the summary is read after it. A pause of a few seconds behind a busy
         collection holds tens of thousands of changes, and reading them all first put seconds
         between `resume` and the first change replayed.
+
+        A long replay is done in steps when other active pairs have changes waiting (in
+        `beyond` or the reader's buffer): after `REPLAY_STEP_S` it returns, the caller applies
+        a delivery, and the next call goes on where this one stopped. The replaying pair's
+        changes in that delivery are held behind the rest (`_route`). Without others waiting
+        it replays to the end: holding the pair's new changes only to replay them would cost
+        it twice.
         """
         replayed = 0
-        for original, doc in list(self.pair_states.items()):
-            if doc.get("state") not in ACTIVE_STATES or original not in self._pairs:
-                continue
+        started = time.monotonic()
+        for original in list(self._replays):
             pair = self._pairs[original]
-            first = min(max_docs, REPLAY_FIRST_DOCS)
-            order, ahead = await self._oldest_held(original, first), None
-            while order:
-                for start in range(0, len(order), max_docs):
-                    if replayed and await self._stopped_since(original):
-                        return self._replayed(replayed)
-                    wanted = order[start : start + max_docs]
-                    found = {
-                        h["_id"]: h
-                        async for h in self.store.held_events.find({"_id": {"$in": wanted}})
-                    }
-                    held = [found[held_id] for held_id in wanted if held_id in found]
-                    if not held:
-                        continue
+            while (replay := self._replays.get(original)) is not None:
+                if replay.start >= len(replay.order):
+                    await self._next_window(original, replay, max_docs)
+                    if self._replays.get(original) is not replay:
+                        break  # paused again during the read
+                    if not replay.order:
+                        self._finish_replay(original)
+                        break
+                if replayed and await self._stopped_since(original):
+                    return self._replayed(replayed)
+                wanted = replay.order[replay.start : replay.start + max_docs]
+                found = {
+                    h["_id"]: h async for h in self.store.held_events.find({"_id": {"$in": wanted}})
+                }
+                held = [found[held_id] for held_id in wanted if held_id in found]
+                if held:
                     events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
-                    if ahead is not None:
+                    if replay.ahead is not None:
                         keys = {id_key(e["documentKey"]["_id"]) for e in events}
-                        end = start + len(wanted) - 1  # the batch's last position in `order`
-                        later = ahead.after(end, (pair.original, pair.partner), keys)
+                        end = replay.start + len(wanted) - 1  # the last position in `order`
+                        later = replay.ahead.after(end, (pair.original, pair.partner), keys)
                     else:
                         later = await self._held_after(original, held[-1], events)
                     await self._apply_with_retries(
@@ -667,8 +737,58 @@ class Applier:
                         beyond=[*later, *beyond],
                     )
                     replayed += len(held)
-                order, ahead = await self._read_held(original)
+                replay.start += len(wanted)
+                if time.monotonic() - started >= REPLAY_STEP_S and self._others_waiting(beyond):
+                    log.debug("replay_step", pair=original, replayed=replayed)
+                    return self._replayed(replayed)
         return self._replayed(replayed)
+
+    async def _next_window(self, original: str, replay: _Replay, max_docs: int) -> None:
+        """The next held ids to replay: the oldest few first, then (`_read_held`) all the rest
+        with their summary."""
+        if replay.windows == 0:
+            count = min(max_docs, REPLAY_FIRST_DOCS)
+            replay.order, replay.ahead = await self._oldest_held(original, count), None
+        else:
+            replay.order, replay.ahead = await self._read_held(original)
+        replay.start = 0
+        replay.windows += 1
+
+    def _finish_replay(self, original: str) -> None:
+        """Nothing is held for the pair any more: its changes are applied again as they come."""
+        del self._replays[original]
+        self._held_checked.add(original)
+        self.routing_changes += 1
+        self._carry = None
+        log.info("replay_finished", pair=original)
+
+    def _others_waiting(self, beyond: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether a change of an active pair that is not replaying is in `beyond` or among the
+        reader's unread events (it waits for the replay otherwise)."""
+        namespaces: set[str] = set()
+        for original, pair in self._pairs.items():
+            state = self.pair_states.get(original, {}).get("state")
+            if original not in self._replays and state in ACTIVE_STATES:
+                namespaces.update((pair.original, pair.partner))
+        if not namespaces:
+            return False
+        unread = self.unread.peek(len(self.unread)) if self.unread is not None else []
+        for event in itertools.chain(beyond, unread):
+            ns = event.get("ns") or {}
+            if f"{ns.get('db')}.{ns.get('coll')}" in namespaces:
+                return True
+        return False
+
+    def _note_held(self, held: Sequence[Mapping[str, Any]]) -> None:
+        """After a commit: the changes it held for a replaying pair are newer than every one
+        in that replay's summary, and count as later held changes from now on."""
+        for record in held:
+            replay = self._replays.get(record["pair"])
+            if replay is None or replay.ahead is None:
+                continue
+            if not replay.ahead.add(record, replay.ahead.end):
+                log.info("held_ahead_dropped", pair=record["pair"], paths=replay.ahead.size)
+                replay.ahead = None
 
     def _replayed(self, replayed: int) -> int:
         if replayed:
@@ -898,6 +1018,7 @@ class Applier:
             result.phases["commit"] = time.perf_counter() - committing
             prepared.committed = True
             self._remember_echoes(prepared.echoes)
+            self._note_held(prepared.held)
         except BaseException:
             if self.transactions and session.in_transaction:
                 with contextlib.suppress(PyMongoError), anyio.CancelScope(shield=True):
@@ -1352,6 +1473,7 @@ class Applier:
             bases_left=bases_left,
             carried=carried,
             routing_seen=self.routing_changes,
+            held=held,
         )
 
     async def _execute(
@@ -1745,7 +1867,11 @@ class Applier:
             event_time = event.get("clusterTime")
             if start_at is not None and event_time is not None and event_time <= start_at:
                 continue
-            if replay_pair is not None or state in ACTIVE_STATES:
+            if replay_pair is not None:
+                routes.append((pair, side, "apply"))
+            elif state in ACTIVE_STATES and pair.original in self._replays:
+                routes.append((pair, side, "hold"))  # behind its held changes
+            elif state in ACTIVE_STATES:
                 routes.append((pair, side, "apply"))
             elif state == "PAUSED":
                 routes.append((pair, side, "hold"))

@@ -300,6 +300,7 @@ class Worker:
         # The first batch waits for a refresh and a replay: the events held for a pair that
         # was resumed while no worker ran are older than anything the stream brings now.
         applier.refreshed_at = -math.inf
+        applier.forget_replays()
         applied = 0
         idle_saved: Any = None
         idle_saved_at = -IDLE_CHECKPOINT_S
@@ -323,6 +324,9 @@ class Worker:
                 if applier.refresh_due() or not batch:
                     await applier.refresh_pairs()
                     self._outage.recovered()
+                if applier.replaying:
+                    # Older than the delivery; a long replay goes on after it if other pairs
+                    # have changes waiting (the replaying pair's own are held meanwhile).
                     await applier.replay_held(batch_cfg.max_docs, beyond=batch)
                 if batch:
                     await applier.apply(batch)
