@@ -45,6 +45,7 @@ from bench.sync import (  # noqa: E402
     Client,
     Contender,
     Load,
+    caught_up,
     seed,
     server,
     wait_until,
@@ -60,7 +61,7 @@ from transforms import Pair
 orders = Pair(original="{ORDERS}", partner="{ORDERS}_v2", unmapped="keep")
 orders.rename("total", "amount")
 """
-ORDER_DOCS = 16
+ORDER_DOCS = 64
 PROBES_PER_S = 20
 # Longest the benchmark waits for the replay, and for the last probes after it.
 REPLAY_LIMIT_S = 600.0
@@ -134,11 +135,18 @@ async def pairs_running(client: Client) -> bool:
     return states.get(CUSTOMERS) == "RUNNING" and states.get(ORDERS) == "RUNNING"
 
 
+def orders_module(workdir: Path) -> Path:
+    """The orders pair's transform module, written into `workdir` (made if missing)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    module = workdir / "orders_pair.py"
+    module.write_text(ORDERS_MODULE)
+    return module
+
+
 async def main_async(options: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         workdir = Path(options.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
-        module = workdir / "orders_pair.py"
-        module.write_text(ORDERS_MODULE)
+        module = orders_module(workdir)
         where = stack.enter_context(server(options.oplog_mb))
         client: Client = AsyncMongoClient(where.uri, maxPoolSize=40)
         try:
@@ -188,10 +196,9 @@ async def run(
             started = time.monotonic()
             await load.run(options.held, None, None)
 
-            async def all_held() -> bool:
-                return await held_count(client) >= load.done
-
-            await wait_until(all_held, 300, f"{load.done} changes to be held")
+            # Held once the worker's checkpoint is past the last write (an update that
+            # changes nothing makes no change event, so counting the writes would not do).
+            await caught_up(client, contender, load.times[-1], 300)
             held = await held_count(client)
             print(
                 f"held {held} changes in {time.monotonic() - started:.1f} s"

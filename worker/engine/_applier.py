@@ -115,7 +115,7 @@ REPLAY_FIRST_DOCS = 100
 HELD_READ_CHECK_EVERY = 1000
 # A replay runs at least this long before it lets a delivery through for the other pairs
 # (their changes wait in the stream behind the replayed pair's otherwise).
-REPLAY_STEP_S = 0.2
+REPLAY_STEP_S = 0.1
 # Longest a batch's look-ahead waits for a busy stream reader to pass its horizon.
 READER_WAIT_S = 0.02
 # A reader this many seconds of cluster time behind a batch's read time has a long stretch of
