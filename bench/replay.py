@@ -104,8 +104,15 @@ class Prober:
                 self.seen.setdefault(amount, time.monotonic())
 
     def lags_ms(self, serials: list[int]) -> tuple[list[float], int]:
-        """Lag of each of these probes, and how many never showed up."""
-        lags = [max(0.0, self.seen[s] - self.written[s]) * 1000 for s in serials if s in self.seen]
+        """Lag of each of these probes, and how many never showed up. A probe written again on
+        its document before the worker applied it is coalesced with the later one, and its own
+        value never shows up: it arrived when the first later value of its document did."""
+        lags: list[float] = []
+        for serial in serials:
+            later = range(serial, self.serial + 1, ORDER_DOCS)
+            arrived = next((self.seen[s] for s in later if s in self.seen), None)
+            if arrived is not None:
+                lags.append(max(0.0, arrived - self.written[serial]) * 1000)
         return lags, len(serials) - len(lags)
 
 
