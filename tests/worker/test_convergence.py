@@ -73,6 +73,19 @@ class Scenario:
     pauses: int = 0
     pause_after: tuple[int, int] = (10, 60)
     paused_for: tuple[int, int] = (20, 120)
+    # A second pair (orders, never paused) with a client of its own writing beside the
+    # writers: a replay of the paused pair goes in steps between its deliveries, the resumed
+    # pair's new changes held behind the replay.
+    other_pair: bool = False
+
+
+OTHER_MODULE = """
+from transforms import Pair
+
+orders = Pair(original="{db}.orders", partner="{db}.orders_v2", unmapped="keep")
+orders.rename("total", "amount")
+"""
+ORDER_IDS = [f"o{n}" for n in range(4)]
 
 
 @dataclass
@@ -180,11 +193,14 @@ async def short_transactions(aclient: AsyncMongoClient[dict[str, Any]]) -> Async
     )
 
 
-def _config(tmp_path: Path, uri: str, db_name: str, module: str, max_docs: int = 200) -> Path:
+def _config(
+    tmp_path: Path, uri: str, db_name: str, modules: Sequence[str], max_docs: int = 200
+) -> Path:
     path = tmp_path / "worker.toml"
+    listed = ", ".join(f'"{module}"' for module in modules)
     path.write_text(
         f'uri = "{uri}"\n'
-        f'transforms = ["{module}"]\n'
+        f"transforms = [{listed}]\n"
         f'state_db = "{db_name}_state"\n'
         f"[batch]\nmax_docs = {max_docs}\nmax_delay_ms = 10\n"
         f"[lease]\nttl_s = {LEASE_TTL_S}\n"
@@ -209,6 +225,13 @@ CASES = [
     # Paused and resumed among the crashes, in transactions of 5 events: the held changes are
     # replayed between the parts of a delivery, and a pause can stop a replay.
     pytest.param(6, Scenario(max_docs=5, pauses=3), "current", id="seed-6-pause-and-resume"),
+    # The same beside a second pair that keeps being written: the replays go in steps.
+    pytest.param(
+        7,
+        Scenario(max_docs=5, pauses=3, other_pair=True),
+        "current",
+        id="seed-7-pause-beside-another-pair",
+    ),
     # Found by the soak: a partner replace after an original insert the worker had skipped as
     # a conflict (the replace was ahead) left the insert's fields on the original only.
     pytest.param(1002, SOAK, "current", id="regression-1002-replace-after-skipped-insert"),
@@ -240,6 +263,8 @@ class Outcome:
     worker_events: Counter[tuple[str, Any]]
     attempts: int
     crashes: list[int]
+    # The second pair's documents, original and partner side: _id -> total / amount.
+    orders: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
 
 
 async def _run_scenario(
@@ -252,7 +277,10 @@ async def _run_scenario(
 ) -> None:
     module = write_module(tmp_path, "items_sync", ITEMS_MODULE, db=db_name)
     pair = load_registry([module], entry_points=False).pairs[0]
-    worker = WorkerProcess(_config(tmp_path, uri, db_name, module, scenario.max_docs), tmp_path)
+    modules = [module]
+    if scenario.other_pair:
+        modules.append(write_module(tmp_path, "orders_sync", OTHER_MODULE, db=db_name))
+    worker = WorkerProcess(_config(tmp_path, uri, db_name, modules, scenario.max_docs), tmp_path)
     try:
         outcome = await _write_while_crashing(
             aclient, db_name, pair.original, worker, seed, scenario
@@ -264,7 +292,9 @@ async def _run_scenario(
         f" {sum(outcome.worker_events.values())} worker writes,"
         f" crashes after writes {outcome.crashes}, worker exits {worker.exit_codes}"
     )
-    client_writes = sum(outcome.client_events.values())
+    client_writes = sum(
+        n for (coll, _), n in outcome.client_events.items() if coll in ("items", "items_v2")
+    )
     assert client_writes == len(outcome.writes), (
         f"the model missed client writes: {client_writes} events; {context}"
     )
@@ -281,6 +311,10 @@ async def _run_scenario(
         *lww_problems,
         *check_no_extra_writes(outcome.client_events, outcome.worker_events),
     ]
+    if outcome.orders[0] != outcome.orders[1]:
+        problems.append(f"document orders: the second pair's sides differ: {outcome.orders}")
+    if scenario.other_pair and set(outcome.orders[0]) != set(ORDER_IDS):
+        problems.append(f"document orders: not every order was written: {outcome.orders[0]}")
     if problems:
         failing = sorted({int(m) for p in problems if (m := p.split(":")[0].split()[1]).isdigit()})
         histories = "\n".join(history_of(outcome.writes, i) for i in failing[:3])
@@ -314,6 +348,12 @@ async def _write_while_crashing(
         await eventually(
             lambda: _pair_running(state, pair_original), within=30, what="pair RUNNING"
         )
+        if scenario.other_pair:
+            await eventually(
+                lambda: _pair_running(state, f"{db_name}.orders"),
+                within=30,
+                what="the second pair RUNNING",
+            )
         for side, collection in (("original", "items"), ("partner", "items_v2")):
             for n in range(scenario.writers_per_side):
                 session = aclient.start_session(causal_consistency=True)
@@ -339,6 +379,14 @@ async def _write_while_crashing(
                     writing.start_soon(
                         _write, writer, scenario.writes_per_writer, scenario.pause_s, progress
                     )
+                if scenario.other_pair:
+                    writing.start_soon(
+                        _write_orders,
+                        database["orders"],
+                        random.Random(f"{seed}:orders"),
+                        scenario.writes_per_writer,
+                        scenario.pause_s,
+                    )
             crashing.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await resume_pair(StateStore(state), pair_original)  # if a pause was in progress
@@ -358,6 +406,10 @@ async def _write_while_crashing(
             worker_events=worker_events,
             attempts=progress.count,
             crashes=crashes,
+            orders=(
+                {d["_id"]: d.get("total") async for d in database["orders"].find()},
+                {d["_id"]: d.get("amount") async for d in database["orders_v2"].find()},
+            ),
         )
 
 
@@ -382,6 +434,15 @@ async def _write(writer: Writer, count: int, pause_s: float, progress: Progress)
         progress.note()
         # Spread the writes over the crashes (load shaping, not synchronisation).
         await anyio.sleep(writer.rng.uniform(0, 2 * pause_s))
+
+
+async def _write_orders(orders: Any, rng: random.Random, count: int, pause_s: float) -> None:
+    """The second pair's client: inserts the orders, then updates their totals."""
+    for order_id in ORDER_IDS:
+        await orders.insert_one({"_id": order_id, "total": 0})
+    for n in range(1, count + 1):
+        await orders.update_one({"_id": rng.choice(ORDER_IDS)}, {"$set": {"total": n}})
+        await anyio.sleep(rng.uniform(0, 2 * pause_s))
 
 
 async def _crash(
@@ -487,8 +548,8 @@ async def test_soak(
 ) -> None:
     """More writers, ids and crashes per seed than the default run; G1-G3 hold for every seed.
     Every other seed runs transactions of 5 events (a worker behind pipelines them), and every
-    third pauses and resumes the pair four times."""
+    third pauses and resumes the pair four times, half of those beside a second pair."""
     scenario = SOAK if seed % 2 == 0 else dataclasses.replace(SOAK, max_docs=5)
     if seed % 3 == 0:
-        scenario = dataclasses.replace(scenario, pauses=4)
+        scenario = dataclasses.replace(scenario, pauses=4, other_pair=seed % 2 == 1)
     await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, scenario)
