@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import monitoring
+from pymongo import MongoClient, monitoring
 
 import worker.engine._applier as applier_module
 from worker.engine._ahead import HeldAhead
@@ -44,15 +44,18 @@ class _ChangeStreams(CommandStarts):
 
 @contextlib.asynccontextmanager
 async def _paused_with_held(
-    mongo_uri: str, tmp_path: Path, names: list[str]
+    mongo_uri: str, tmp_path: Path, names: list[str], *, ahead_limit: int | None = None
 ) -> AsyncIterator[tuple[Any, Applier, str, _ChangeStreams]]:
     """Document 1 synced, then the pair paused and one update of its `name` per entry of
-    `names` held: (database, applier opened, pair, change streams counter)."""
+    `names` held: (database, applier opened, pair, change streams counter). `ahead_limit`:
+    the applier's, from before the pause."""
     streams = _ChangeStreams()
     async with applier_in_process(
         mongo_uri, tmp_path, PEOPLE_MODULE, prefix="replay", event_listeners=[streams]
     ) as (db, applier):
         pair = applier.registry.pairs[0].original
+        if ahead_limit is not None:
+            applier.ahead_limit = ahead_limit
         async with applier.opened():
             inserted = await events_of(db, 1, lambda: db.people.insert_one({"_id": 1, "name": "n"}))
             await applier.apply(inserted)
@@ -71,6 +74,13 @@ async def _paused_with_held(
 
 async def _resume(applier: Applier, pair: str) -> None:
     await applier.store.set_state(pair, "RUNNING", expect=["PAUSED"], paused_from=None)
+    await applier.refresh_pairs()
+
+
+async def _as_if_restarted(applier: Applier) -> None:
+    """Forget what the applier held itself: the replay reads the held changes from the server,
+    as a worker started again (or one that took over the lease) does."""
+    applier.forget_replays()
     await applier.refresh_pairs()
 
 
@@ -169,20 +179,36 @@ async def test_a_replay_with_no_reader_reads_the_server_s_history(
     assert partner is not None and partner["full_name"] == "newer"
 
 
-@pytest.mark.parametrize("summary", ["kept", "too-large", "held-before-paths"])
+@pytest.mark.parametrize(
+    ("summary", "held_by"),
+    [
+        ("kept", "this-worker"),
+        ("too-large", "this-worker"),
+        ("kept", "before-a-restart"),
+        ("too-large", "before-a-restart"),
+        ("held-before-paths", "before-a-restart"),
+    ],
+)
 @pytest.mark.parametrize("transaction", ["first", "later"])
 async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as_newer(
-    mongo_uri: str, tmp_path: Path, summary: str, transaction: str
+    mongo_uri: str, tmp_path: Path, summary: str, held_by: str, transaction: str
 ) -> None:
     """While paused: the partner document is deleted and inserted again, then the client
     deletes the original. Replayed two changes per transaction, the partner's insert must not
     re-create the original: the original's delete, held for the next transaction, is newer.
-    The first transaction reads its own newer held changes; a later one (two inserts of other
-    documents held first) takes them from the summary of all of them, or without one (too
-    large, or held without the paths they changed) reads its own too."""
-    async with _paused_with_held(mongo_uri, tmp_path, []) as (db, applier, pair, _):
-        if summary == "too-large":
-            applier.ahead_limit = 0
+
+    Held by this worker, every transaction takes the newer ones from the summary it kept while
+    it held them, or without one (too large) reads its own. Held before a restart, the first
+    transaction reads its own newer held changes; a later one (two inserts of other documents
+    held first) takes them from the summary of all of them read from the server, or without
+    one (too large, or held without the paths they changed) reads its own too."""
+    limit = 0 if summary == "too-large" else None
+    async with _paused_with_held(mongo_uri, tmp_path, [], ahead_limit=limit) as (
+        db,
+        applier,
+        pair,
+        _,
+    ):
 
         async def writes() -> None:
             if transaction == "later":
@@ -196,6 +222,8 @@ async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as
         assert await applier.store.held_events.count_documents({}) == count
         if summary == "held-before-paths":
             await applier.store.held_events.update_many({}, {"$unset": {"paths": "", "ours": ""}})
+        if held_by == "before-a-restart":
+            await _as_if_restarted(applier)
         await _resume(applier, pair)
         assert await applier.replay_held(2) == count
         original = await db.people.find_one({"_id": 1})
@@ -208,8 +236,9 @@ async def test_a_replay_in_several_transactions_counts_the_later_held_changes_as
 async def test_the_first_replayed_transaction_does_not_wait_for_the_summary_of_every_held_change(
     mongo_uri: str, tmp_path: Path
 ) -> None:
-    """Resumed, the first transaction goes out before the summary of all the held changes is
-    read (reading tens of thousands of them took seconds), and still finds the newer held
+    """Resumed by a worker that did not hold them itself (after a restart), the first
+    transaction goes out before the summary of all the held changes is read (reading tens of
+    thousands of them took seconds), and still finds the newer held
     change to its target itself: the partner's later rename, held after the original's, wins
     on both sides."""
     async with _paused_with_held(mongo_uri, tmp_path, ["older"]) as (db, applier, pair, _):
@@ -218,6 +247,7 @@ async def test_the_first_replayed_transaction_does_not_wait_for_the_summary_of_e
         )
         await applier.apply(later)
         assert await applier.store.held_events.count_documents({}) == 2
+        await _as_if_restarted(applier)
         await _resume(applier, pair)
         # The reader is past everything: the server's history is not read for newer writes.
         applier.unread = unread_events()
@@ -253,6 +283,7 @@ async def test_a_pause_during_the_read_of_the_held_changes_stops_the_replay_at_o
     resume."""
     names = [f"n{i}" for i in range(6)]
     async with _paused_with_held(mongo_uri, tmp_path, names) as (db, applier, pair, _):
+        await _as_if_restarted(applier)
         await _resume(applier, pair)
         monkeypatch.setattr(applier_module, "REPLAY_FIRST_DOCS", 1)
         monkeypatch.setattr(applier_module, "HELD_READ_CHECK_EVERY", 2)
@@ -274,6 +305,70 @@ async def test_a_pause_during_the_read_of_the_held_changes_stops_the_replay_at_o
     assert [d["updatedFields"]["name"] for d in left] == names[1:]
 
 
+def _calls(applier: Applier, name: str) -> list[Any]:
+    """Record the arguments of each later call of one of the applier's methods."""
+    method = getattr(applier, name)
+    calls: list[Any] = []
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return await method(*args, **kwargs)
+
+    setattr(applier, name, recorded)
+    return calls
+
+
+async def test_a_resume_replays_what_the_worker_held_without_reading_it_back_first(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The worker that held a paused pair's changes kept their ids and their summary as it
+    held them: resumed, it replays them at once, in transactions as large as any, and reads
+    the held changes from the server only to see that none is left (the oldest ones and the
+    whole summary took a read of every held change on the development server)."""
+    async with _paused_with_held(mongo_uri, tmp_path, ["a", "b", "c"]) as (db, applier, pair, _):
+        oldest, summaries = _calls(applier, "_oldest_held"), _calls(applier, "_read_held")
+        transactions = _calls(applier, "_apply_with_retries")
+        await _resume(applier, pair)
+        assert await applier.replay_held(10) == 3
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert (oldest, len(summaries)) == ([], 1)
+    assert [len(events) for events, *_ in transactions] == [3]
+    assert partner is not None and partner["full_name"] == "c"
+
+
+async def test_a_failed_commit_of_held_changes_makes_the_replay_read_them_from_the_server(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """A transaction that holds changes and fails at its commit may have committed all the same
+    (without transactions, its writes land one by one): what the worker kept of the held
+    changes may miss some, so the resume reads them from the server."""
+    async with _paused_with_held(mongo_uri, tmp_path, []) as (db, applier, pair, _):
+        sync: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+        try:
+            sync.admin.command(
+                "configureFailPoint",
+                "failCommand",
+                mode={"times": 1},
+                data={
+                    "failCommands": ["commitTransaction"],
+                    "errorCode": 112,
+                    "errorLabels": ["TransientTransactionError"],
+                },
+            )
+            update = lambda: db.people.update_one({"_id": 1}, {"$set": {"name": "older"}})  # noqa: E731
+            await applier.apply(await events_of(db, 1, update))
+        finally:
+            sync.admin.command("configureFailPoint", "failCommand", mode="off")
+            sync.close()
+        oldest = _calls(applier, "_oldest_held")
+        await _resume(applier, pair)
+        assert await applier.replay_held(10) == 1
+        left = await applier.store.held_events.count_documents({})
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert oldest and left == 0
+    assert partner is not None and partner["full_name"] == "older"
+
+
 async def test_held_changes_replay_in_stream_order_whatever_their_ids(
     mongo_uri: str, tmp_path: Path
 ) -> None:
@@ -287,6 +382,7 @@ async def test_held_changes_replay_in_stream_order_whatever_their_ids(
         ids = sorted([ObjectId(), ObjectId()])
         for held_id, record in zip(ids, reversed(held), strict=True):
             await applier.store.held_events.insert_one({**record, "_id": held_id})
+        await _as_if_restarted(applier)
         await _resume(applier, pair)
         assert await applier.replay_held(1) == 2
         original = await db.people.find_one({"_id": 1})

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from bson import Timestamp
+from bson import ObjectId, Timestamp
 from pymongo.errors import OperationFailure
 
 from worker.engine._plan import changed_paths
@@ -194,8 +194,16 @@ def held_record(
 ) -> dict[str, Any]:
     """A change held for a paused pair: the event, and for `HeldAhead` the paths it changed
     and whether it is the worker's own write (records held before these two were kept make
-    each replay transaction read its later held changes instead)."""
-    return {"pair": pair, "event": dict(event), "paths": sorted(paths), "ours": ours, "at": at}
+    each replay transaction read its later held changes instead). Its id is made here, so that
+    the worker knows it once the record is written (ids made in one process grow)."""
+    return {
+        "_id": ObjectId(),
+        "pair": pair,
+        "event": dict(event),
+        "paths": sorted(paths),
+        "ours": ours,
+        "at": at,
+    }
 
 
 class HeldAhead:

@@ -178,6 +178,18 @@ class _PairTally:
 
 
 @dataclass
+class _HeldLog:
+    """What this worker has held for a paused pair since the pause began (nothing was held
+    then), as a replay reads it: the held ids in `HELD_ORDER` (the first REPLAY_WINDOW of
+    them) and the summary of all of them (None once too large). A resume starts from it
+    instead of reading the held changes back from the server."""
+
+    order: list[Any] = field(default_factory=list)
+    ahead: HeldAhead | None = None
+    count: int = 0
+
+
+@dataclass
 class _Replay:
     """A resumed pair's replay of its held changes, carried from one step to the next."""
 
@@ -342,6 +354,9 @@ class Applier:
         self._replays: dict[str, _Replay] = {}
         # Active pairs found to hold nothing since they last became active.
         self._held_checked: set[str] = set()
+        # Per paused pair: what this worker held for it (`_HeldLog`), or None when changes it
+        # does not know of were held (before a restart, by another worker).
+        self._held_logs: dict[str, _HeldLog | None] = {}
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[Applier]:
@@ -384,19 +399,39 @@ class Applier:
         Done as the states are read, before anything is routed by them: a resumed pair's
         changes from the stream are held until its older held changes are replayed. A
         delivery applied between the refresh and the replay applied them first, and the
-        replayed older change then overwrote the newer one."""
+        replayed older change then overwrote the newer one.
+
+        A pair found paused with nothing held gets a `_HeldLog` of what this worker holds for
+        it from then on: its replay then starts from that, not from reading them all back."""
         changed = False
         for original in self._pairs:
-            if self.pair_states.get(original, {}).get("state") not in ACTIVE_STATES:
+            state = self.pair_states.get(original, {}).get("state")
+            if state not in ACTIVE_STATES:
                 self._held_checked.discard(original)
                 changed |= self._replays.pop(original, None) is not None
-            elif original not in self._held_checked and original not in self._replays:
-                if await self._oldest_held(original, 1):
-                    self._replays[original] = _Replay()
-                    log.info("replay_started", pair=original)
-                    changed = True
-                else:
-                    self._held_checked.add(original)
+                if state != "PAUSED":
+                    self._held_logs.pop(original, None)
+                elif original not in self._held_logs:
+                    nothing = not await self._oldest_held(original, 1)
+                    self._held_logs[original] = (
+                        _HeldLog(ahead=HeldAhead(self.ahead_limit)) if nothing else None
+                    )
+                continue
+            if original in self._held_checked or original in self._replays:
+                continue
+            held_log = self._held_logs.pop(original, None)
+            if held_log is not None and held_log.count:
+                self._replays[original] = _Replay(
+                    order=held_log.order, ahead=held_log.ahead, windows=1
+                )
+            elif await self._oldest_held(original, 1):  # (one look, if it says none was held)
+                held_log = None
+                self._replays[original] = _Replay()
+            else:
+                self._held_checked.add(original)
+                continue
+            log.info("replay_started", pair=original, known=held_log is not None)
+            changed = True
         return changed
 
     @property
@@ -405,9 +440,11 @@ class Applier:
         return bool(self._replays)
 
     def forget_replays(self) -> None:
-        """Look for held changes again at the next refresh (a stream opened again)."""
+        """Look for held changes again at the next refresh, on the server (a stream opened
+        again)."""
         self._replays.clear()
         self._held_checked.clear()
+        self._held_logs.clear()
 
     async def _acknowledge_states(self) -> None:
         """Record, for each pair whose state changed since the last refresh, that this worker
@@ -781,13 +818,34 @@ class Applier:
 
     def _note_held(self, held: Sequence[Mapping[str, Any]]) -> None:
         """After a commit: the changes it held for a replaying pair are newer than every one
-        in that replay's summary, and count as later held changes from now on."""
+        in that replay's summary, and count as later held changes from now on; those held for
+        a paused pair go into its `_HeldLog`."""
         for record in held:
-            replay = self._replays.get(record["pair"])
-            if replay is None or replay.ahead is None:
+            original = record["pair"]
+            replay = self._replays.get(original)
+            if replay is not None:
+                if replay.ahead is not None and not replay.ahead.add(record, replay.ahead.end):
+                    log.info("held_ahead_dropped", pair=original, paths=replay.ahead.size)
+                    replay.ahead = None
                 continue
-            if not replay.ahead.add(record, replay.ahead.end):
-                log.info("held_ahead_dropped", pair=record["pair"], paths=replay.ahead.size)
+            held_log = self._held_logs.get(original)
+            if held_log is None:
+                continue
+            if len(held_log.order) < REPLAY_WINDOW:
+                held_log.order.append(record["_id"])  # the rest is read when the replay is there
+            if held_log.ahead is not None and not held_log.ahead.add(record, held_log.count):
+                held_log.ahead = None
+            held_log.count += 1
+
+    def _lost_track(self, held: Sequence[Mapping[str, Any]]) -> None:
+        """After a failed attempt that held changes (its commit may have been done, and without
+        transactions some of its writes were): what this worker knows of those pairs' held
+        changes may miss some, so their replays read them from the server."""
+        for original in {record["pair"] for record in held}:
+            if original in self._held_logs:
+                self._held_logs[original] = None
+            replay = self._replays.get(original)
+            if replay is not None:
                 replay.ahead = None
 
     def _replayed(self, replayed: int) -> int:
@@ -998,6 +1056,9 @@ class Applier:
         assert session is not None, "use `async with applier.opened()`"
         txn_session = session if self.transactions else None
         started = time.perf_counter()
+        # The batch once its writes may have landed without this attempt seeing it through:
+        # sent without a transaction, or committing.
+        in_doubt: _Prepared | None = None
         try:
             if prepared is None:
                 prepared = await self._prepare(
@@ -1010,16 +1071,22 @@ class Applier:
                     read_ahead=read_ahead,
                     beyond=beyond,
                 )
+            if not self.transactions:
+                in_doubt = prepared
             await self._execute(prepared, txn_session, refused)
             result, tallies = prepared.result, prepared.tallies
             committing = time.perf_counter()
             if self.transactions:
+                in_doubt = prepared
                 await session.commit_transaction()
             result.phases["commit"] = time.perf_counter() - committing
             prepared.committed = True
             self._remember_echoes(prepared.echoes)
             self._note_held(prepared.held)
+            in_doubt = None
         except BaseException:
+            if in_doubt is not None and in_doubt.held:
+                self._lost_track(in_doubt.held)
             if self.transactions and session.in_transaction:
                 with contextlib.suppress(PyMongoError), anyio.CancelScope(shield=True):
                     await session.abort_transaction()
