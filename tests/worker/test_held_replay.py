@@ -336,6 +336,27 @@ async def test_a_resume_replays_what_the_worker_held_without_reading_it_back_fir
     assert partner is not None and partner["full_name"] == "c"
 
 
+async def test_a_replay_paused_again_keeps_its_account_of_the_held_changes(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Paused again after its first transaction, a replay that knew every held change keeps
+    that account while the pair holds more: the next resume goes on where it stopped, the
+    change held since last, without reading the held changes back first."""
+    async with _paused_with_held(mongo_uri, tmp_path, ["a", "b", "c"]) as (db, applier, pair, _):
+        await _resume(applier, pair)
+        applier.refresh_interval = 0.0  # read the states before every transaction
+        _paused_after_the_first_transaction(applier, pair)
+        assert await applier.replay_held(1) == 1
+        update = lambda: db.people.update_one({"_id": 1}, {"$set": {"name": "d"}})  # noqa: E731
+        assert (await applier.apply(await events_of(db, 1, update))).held == 1
+        oldest, summaries = _calls(applier, "_oldest_held"), _calls(applier, "_read_held")
+        await _resume(applier, pair)
+        assert await applier.replay_held(10) == 3
+        partner = await db.people_v2.find_one({"_id": 1})
+    assert (oldest, len(summaries)) == ([], 1)
+    assert partner is not None and partner["full_name"] == "d"
+
+
 async def test_a_failed_commit_of_held_changes_makes_the_replay_read_them_from_the_server(
     mongo_uri: str, tmp_path: Path
 ) -> None:

@@ -178,20 +178,9 @@ class _PairTally:
 
 
 @dataclass
-class _HeldLog:
-    """What this worker has held for a paused pair since the pause began (nothing was held
-    then), as a replay reads it: the held ids in `HELD_ORDER` (the first REPLAY_WINDOW of
-    them) and the summary of all of them (None once too large). A resume starts from it
-    instead of reading the held changes back from the server."""
-
-    order: list[Any] = field(default_factory=list)
-    ahead: HeldAhead | None = None
-    count: int = 0
-
-
-@dataclass
 class _Replay:
-    """A resumed pair's replay of its held changes, carried from one step to the next."""
+    """A pair's held changes as a replay goes through them, carried from one step to the next
+    (and, `complete`, across a pause: see `_held_logs`)."""
 
     # The held ids of the current window, in `HELD_ORDER`, replayed up to `start`.
     order: list[Any] = field(default_factory=list)
@@ -200,6 +189,11 @@ class _Replay:
     # (None: each transaction asks the server for its later held changes).
     ahead: HeldAhead | None = None
     windows: int = 0
+    transactions: int = 0
+    # Whether `order` lists every change held for the pair (and `ahead`, when there is one,
+    # sums all of them up, each at its place in `order`): the changes held from now on are
+    # added to both as they are held.
+    complete: bool = False
 
 
 class _Split(Exception):
@@ -354,9 +348,11 @@ class Applier:
         self._replays: dict[str, _Replay] = {}
         # Active pairs found to hold nothing since they last became active.
         self._held_checked: set[str] = set()
-        # Per paused pair: what this worker held for it (`_HeldLog`), or None when changes it
-        # does not know of were held (before a restart, by another worker).
-        self._held_logs: dict[str, _HeldLog | None] = {}
+        # Per paused pair: every change held for it, as this worker held them (a `_Replay`
+        # that is `complete`), for its replay to start from without reading them back; or
+        # None when changes it does not know of were held (before a restart, by another
+        # worker, by a transaction whose commit failed).
+        self._held_logs: dict[str, _Replay | None] = {}
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[Applier]:
@@ -401,38 +397,45 @@ class Applier:
         delivery applied between the refresh and the replay applied them first, and the
         replayed older change then overwrote the newer one.
 
-        A pair found paused with nothing held gets a `_HeldLog` of what this worker holds for
-        it from then on: its replay then starts from that, not from reading them all back."""
+        A pair paused with nothing held, or in the middle of a replay that knows all its held
+        changes, keeps an account of every change held for it (`_held_logs`): resumed, its
+        replay starts from that rather than from reading them all back."""
         changed = False
         for original in self._pairs:
             state = self.pair_states.get(original, {}).get("state")
             if state not in ACTIVE_STATES:
                 self._held_checked.discard(original)
-                changed |= self._replays.pop(original, None) is not None
+                replay = self._replays.pop(original, None)
+                changed |= replay is not None
                 if state != "PAUSED":
                     self._held_logs.pop(original, None)
                 elif original not in self._held_logs:
-                    nothing = not await self._oldest_held(original, 1)
-                    self._held_logs[original] = (
-                        _HeldLog(ahead=HeldAhead(self.ahead_limit)) if nothing else None
-                    )
+                    self._held_logs[original] = await self._held_log(original, replay)
                 continue
             if original in self._held_checked or original in self._replays:
                 continue
-            held_log = self._held_logs.pop(original, None)
-            if held_log is not None and held_log.count:
-                self._replays[original] = _Replay(
-                    order=held_log.order, ahead=held_log.ahead, windows=1
-                )
+            known = self._held_logs.pop(original, None)
+            if known is not None and known.start < len(known.order):
+                known.transactions = 0
+                self._replays[original] = known
             elif await self._oldest_held(original, 1):  # (one look, if it says none was held)
-                held_log = None
+                known = None
                 self._replays[original] = _Replay()
             else:
                 self._held_checked.add(original)
                 continue
-            log.info("replay_started", pair=original, known=held_log is not None)
+            log.info("replay_started", pair=original, known=known is not None)
             changed = True
         return changed
+
+    async def _held_log(self, original: str, replay: _Replay | None) -> _Replay | None:
+        """The account of a pair's held changes kept from its pause on: the replay it was
+        paused in, if that knows them all, or a new one if none is held; None otherwise."""
+        if replay is not None:
+            return replay if replay.complete else None
+        if await self._oldest_held(original, 1):
+            return None
+        return _Replay(ahead=HeldAhead(self.ahead_limit), windows=1, complete=True)
 
     @property
     def replaying(self) -> bool:
@@ -752,7 +755,9 @@ class Applier:
                         break
                 if replayed and await self._stopped_since(original):
                     return self._replayed(replayed)
-                wanted = replay.order[replay.start : replay.start + max_docs]
+                # The first transaction small, so that it goes out soon after `resume`.
+                size = max_docs if replay.transactions else min(max_docs, REPLAY_FIRST_DOCS)
+                wanted = replay.order[replay.start : replay.start + size]
                 found = {
                     h["_id"]: h async for h in self.store.held_events.find({"_id": {"$in": wanted}})
                 }
@@ -775,6 +780,7 @@ class Applier:
                     )
                     replayed += len(held)
                 replay.start += len(wanted)
+                replay.transactions += 1
                 if time.monotonic() - started >= REPLAY_STEP_S and self._others_waiting(beyond):
                     log.debug("replay_step", pair=original, replayed=replayed)
                     return self._replayed(replayed)
@@ -786,8 +792,9 @@ class Applier:
         if replay.windows == 0:
             count = min(max_docs, REPLAY_FIRST_DOCS)
             replay.order, replay.ahead = await self._oldest_held(original, count), None
+            replay.complete = False
         else:
-            replay.order, replay.ahead = await self._read_held(original)
+            replay.order, replay.ahead, replay.complete = await self._read_held(original)
         replay.start = 0
         replay.windows += 1
 
@@ -818,24 +825,21 @@ class Applier:
 
     def _note_held(self, held: Sequence[Mapping[str, Any]]) -> None:
         """After a commit: the changes it held for a replaying pair are newer than every one
-        in that replay's summary, and count as later held changes from now on; those held for
-        a paused pair go into its `_HeldLog`."""
+        in that replay's summary, and count as later held changes from now on; so are those
+        held for a paused pair whose held changes the worker knows (`_held_logs`). Where the
+        account lists every held change (`complete`), they are added to its order too."""
         for record in held:
             original = record["pair"]
-            replay = self._replays.get(original)
-            if replay is not None:
-                if replay.ahead is not None and not replay.ahead.add(record, replay.ahead.end):
-                    log.info("held_ahead_dropped", pair=original, paths=replay.ahead.size)
-                    replay.ahead = None
+            replay = self._replays.get(original) or self._held_logs.get(original)
+            if replay is None:
                 continue
-            held_log = self._held_logs.get(original)
-            if held_log is None:
-                continue
-            if len(held_log.order) < REPLAY_WINDOW:
-                held_log.order.append(record["_id"])  # the rest is read when the replay is there
-            if held_log.ahead is not None and not held_log.ahead.add(record, held_log.count):
-                held_log.ahead = None
-            held_log.count += 1
+            if replay.complete and len(replay.order) - replay.start >= REPLAY_WINDOW:
+                replay.complete = False  # the rest is read when the replay gets there
+            if replay.complete:
+                replay.order.append(record["_id"])
+            if replay.ahead is not None and not replay.ahead.add(record, replay.ahead.end):
+                log.info("held_ahead_dropped", pair=original, paths=replay.ahead.size)
+                replay.ahead = None
 
     def _lost_track(self, held: Sequence[Mapping[str, Any]]) -> None:
         """After a failed attempt that held changes (its commit may have been done, and without
@@ -847,6 +851,7 @@ class Applier:
             replay = self._replays.get(original)
             if replay is not None:
                 replay.ahead = None
+                replay.complete = False
 
     def _replayed(self, replayed: int) -> int:
         if replayed:
@@ -865,10 +870,10 @@ class Applier:
         cursor = self.store.held_events.find({"pair": original}, {"_id": 1})
         return [held["_id"] async for held in cursor.sort(HELD_ORDER).limit(count)]
 
-    async def _read_held(self, original: str) -> tuple[list[Any], HeldAhead | None]:
+    async def _read_held(self, original: str) -> tuple[list[Any], HeldAhead | None, bool]:
         """The ids of the pair's held events in stream order (`HELD_ORDER`, at most
-        REPLAY_WINDOW of them) and the summary of all of them (None when too large: each batch
-        then reads its own).
+        REPLAY_WINDOW of them), the summary of all of them (None when too large: each batch
+        then reads its own), and whether the ids are all of them.
 
         The pair states are read again during the read too (every `refresh_interval`, checked
         every `HELD_READ_CHECK_EVERY` records): reading 100,000 held changes takes seconds, and
@@ -876,6 +881,7 @@ class Applier:
         and the replay stops, its changes still held."""
         started = time.perf_counter()
         order: list[Any] = []
+        read = 0
         ahead: HeldAhead | None = HeldAhead(self.ahead_limit)
         cursor = self.store.held_events.find({"pair": original}, HELD_FIELDS).sort(HELD_ORDER)
         # In batches of that many: one reply of all of them (up to 16 MiB) left no point to
@@ -885,7 +891,8 @@ class Applier:
             checks = position % HELD_READ_CHECK_EVERY == HELD_READ_CHECK_EVERY - 1
             if checks and await self._stopped_since(original):
                 log.debug("held_read_stopped", pair=original, events=position + 1)
-                return [], None
+                return [], None, False
+            read += 1
             if len(order) < REPLAY_WINDOW:
                 order.append(held["_id"])
             if ahead is not None and "paths" not in held:
@@ -898,7 +905,7 @@ class Applier:
         if order:
             seconds = round(time.perf_counter() - started, 4)
             log.debug("held_read", pair=original, events=len(order), seconds=seconds)
-        return order, ahead
+        return order, ahead, len(order) == read
 
     async def _held_after(
         self, original: str, after: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
