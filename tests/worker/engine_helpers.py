@@ -45,6 +45,18 @@ def from_display(display_name):
 """
 
 
+# Two pairs of one database that share nothing: a replay of one beside the other's changes.
+TWO_PAIRS_MODULE = """
+from transforms import Pair
+
+people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep")
+people.rename("name", "full_name")
+
+orders = Pair(original="{db}.orders", partner="{db}.orders_v2", unmapped="keep")
+orders.rename("total", "amount")
+"""
+
+
 # `@pytest.mark.parametrize("mongo_uri", BOTH_VERSIONS, indirect=True)` runs a test on the
 # server under test and on a development server speaking MongoDB 7.0 (the worker's path for
 # servers before 8.0, which have no cross-collection bulkWrite); see tests/conftest.py.

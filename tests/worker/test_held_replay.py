@@ -20,6 +20,7 @@ from worker.state import id_key
 from .engine_helpers import (
     BOTH_VERSIONS,
     PEOPLE_MODULE,
+    TWO_PAIRS_MODULE,
     CommandStarts,
     applier_in_process,
     events_of,
@@ -440,17 +441,6 @@ async def test_a_pair_resumed_before_its_replay_holds_its_new_changes_behind_the
         left = await applier.store.held_events.count_documents({})
     assert (result.held, result.applied, left) == (0, 1, 0)
     assert partner is not None and partner["full_name"] == "latest"
-
-
-TWO_PAIRS_MODULE = """
-from transforms import Pair
-
-people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep")
-people.rename("name", "full_name")
-
-orders = Pair(original="{db}.orders", partner="{db}.orders_v2", unmapped="keep")
-orders.rename("total", "amount")
-"""
 
 
 @pytest.mark.parametrize("summary", ["kept", "too-large"])

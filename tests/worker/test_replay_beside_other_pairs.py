@@ -7,20 +7,17 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from tests.worker.engine_helpers import eventually, make_config, running_worker, write_module
+from tests.worker.engine_helpers import (
+    TWO_PAIRS_MODULE,
+    eventually,
+    make_config,
+    running_worker,
+    write_module,
+)
 from worker.config import BatchConfig
 from worker.lifecycle import pause_pair, resume_pair
 from worker.state import StateStore
 
-TWO_PAIRS = """
-from transforms import Pair
-
-people = Pair(original="{db}.people", partner="{db}.people_v2", unmapped="keep")
-people.rename("name", "full_name")
-
-orders = Pair(original="{db}.orders", partner="{db}.orders_v2", unmapped="keep")
-orders.rename("total", "amount")
-"""
 HELD = 1000
 
 
@@ -31,7 +28,7 @@ async def test_a_long_replay_does_not_hold_up_the_other_pairs(
     transactions of 10. An orders change made just after the resume reaches orders_v2 while
     people still has changes held, and people's own change made then is applied after its held
     ones (it wins over them)."""
-    module = write_module(tmp_path, "two_pairs", TWO_PAIRS, db=db_name)
+    module = write_module(tmp_path, "two_pairs", TWO_PAIRS_MODULE, db=db_name)
     config = make_config(
         mongo_uri, db_name, module, batch=BatchConfig(max_docs=10, max_delay_ms=10)
     )
