@@ -188,7 +188,6 @@ class _Replay:
     # The summary of every change held when the window was read, and of those held since
     # (None: each transaction asks the server for its later held changes).
     ahead: HeldAhead | None = None
-    windows: int = 0
     transactions: int = 0
     # Whether `order` lists every change held for the pair (and `ahead`, when there is one,
     # sums all of them up, each at its place in `order`): the changes held from now on are
@@ -377,14 +376,16 @@ class Applier:
         before = _routing(self.pair_states)
         self.pair_states = await self.store.pair_docs()
         self.refreshed_at = anyio.current_time()
+        for original, doc in self.pair_states.items():
+            if original in self._pairs:
+                self.metrics.set_state(original, doc.get("state", "NOT_STARTED"))
+        # Nothing is applied before the replays are found: the commands waiting for this
+        # record need not wait for that look at the held changes too.
+        await self._acknowledge_states()
         replays_changed = await self._find_replays()
         if _routing(self.pair_states) != before or replays_changed:
             self.routing_changes += 1
             self._carry = None
-        for original, doc in self.pair_states.items():
-            if original in self._pairs:
-                self.metrics.set_state(original, doc.get("state", "NOT_STARTED"))
-        await self._acknowledge_states()
         return self.pair_states
 
     async def _find_replays(self) -> bool:
@@ -418,9 +419,11 @@ class Applier:
             if known is not None and known.start < len(known.order):
                 known.transactions = 0
                 self._replays[original] = known
-            elif await self._oldest_held(original, 1):  # (one look, if it says none was held)
+            elif oldest := await self._oldest_held(original, REPLAY_FIRST_DOCS):
+                # (Looked for even when the account says none is held.) The oldest few are
+                # the replay's first window: the first transaction need not look again.
                 known = None
-                self._replays[original] = _Replay()
+                self._replays[original] = _Replay(order=oldest)
             else:
                 self._held_checked.add(original)
                 continue
@@ -435,7 +438,7 @@ class Applier:
             return replay if replay.complete else None
         if await self._oldest_held(original, 1):
             return None
-        return _Replay(ahead=HeldAhead(self.ahead_limit), windows=1, complete=True)
+        return _Replay(ahead=HeldAhead(self.ahead_limit), complete=True)
 
     @property
     def replaying(self) -> bool:
@@ -747,7 +750,7 @@ class Applier:
             pair = self._pairs[original]
             while (replay := self._replays.get(original)) is not None:
                 if replay.start >= len(replay.order):
-                    await self._next_window(original, replay, max_docs)
+                    await self._next_window(original, replay)
                     if self._replays.get(original) is not replay:
                         break  # paused again during the read
                     if not replay.order:
@@ -786,17 +789,11 @@ class Applier:
                     return self._replayed(replayed)
         return self._replayed(replayed)
 
-    async def _next_window(self, original: str, replay: _Replay, max_docs: int) -> None:
-        """The next held ids to replay: the oldest few first, then (`_read_held`) all the rest
-        with their summary."""
-        if replay.windows == 0:
-            count = min(max_docs, REPLAY_FIRST_DOCS)
-            replay.order, replay.ahead = await self._oldest_held(original, count), None
-            replay.complete = False
-        else:
-            replay.order, replay.ahead, replay.complete = await self._read_held(original)
+    async def _next_window(self, original: str, replay: _Replay) -> None:
+        """The next held ids to replay (after the first few, or what the account listed): all
+        the rest, with their summary (`_read_held`)."""
+        replay.order, replay.ahead, replay.complete = await self._read_held(original)
         replay.start = 0
-        replay.windows += 1
 
     def _finish_replay(self, original: str) -> None:
         """Nothing is held for the pair any more: its changes are applied again as they come."""
