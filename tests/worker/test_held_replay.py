@@ -450,7 +450,7 @@ async def test_a_pair_resumed_before_its_replay_holds_its_new_changes_behind_the
     assert partner is not None and partner["full_name"] == "latest"
 
 
-@pytest.mark.parametrize("summary", ["kept", "too-large"])
+@pytest.mark.parametrize("summary", ["kept", "kept-trimmed", "too-large"])
 async def test_a_long_replay_lets_the_other_pairs_changes_through_in_steps(
     mongo_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, summary: str
 ) -> None:
@@ -461,8 +461,12 @@ async def test_a_long_replay_lets_the_other_pairs_changes_through_in_steps(
     People's change in that delivery deletes original 1. It is newer than the partner's held
     delete and insert of 1, which the replay reaches only after it, and the summary of the held
     changes was read before it was held: added to the summary, it stops the partner's insert
-    from re-creating the original (as when each transaction reads its own later changes)."""
+    from re-creating the original (as when each transaction reads its own later changes).
+    Trimmed: the replay drops the ids it has replayed after every transaction, as it does
+    every `REPLAY_TRIM_AT`, and the summary still places the changes after each one."""
     monkeypatch.setattr(applier_module, "REPLAY_STEP_S", 0.0)
+    if summary == "kept-trimmed":
+        monkeypatch.setattr(applier_module, "REPLAY_TRIM_AT", 1)
     async with applier_in_process(mongo_uri, tmp_path, TWO_PAIRS_MODULE, prefix="steps") as (
         db,
         applier,

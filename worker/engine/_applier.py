@@ -113,6 +113,9 @@ REPLAY_WINDOW = 100_000
 REPLAY_FIRST_DOCS = 100
 # How often (in records) a replay's read of the held changes sees whether the states are due.
 HELD_READ_CHECK_EVERY = 1000
+# A replay drops the ids it has replayed from its order once there are this many (its order
+# grows with the changes held while it runs).
+REPLAY_TRIM_AT = 10_000
 # A replay runs at least this long before it lets a delivery through for the other pairs
 # (their changes wait in the stream behind the replayed pair's otherwise).
 REPLAY_STEP_S = 0.1
@@ -182,9 +185,11 @@ class _Replay:
     """A pair's held changes as a replay goes through them, carried from one step to the next
     (and, `complete`, across a pause: see `_held_logs`)."""
 
-    # The held ids of the current window, in `HELD_ORDER`, replayed up to `start`.
+    # The held ids of the current window, in `HELD_ORDER`, replayed up to `start`; `base`
+    # ids replayed before them were dropped (`order[i]` is the window's change `base + i`).
     order: list[Any] = field(default_factory=list)
     start: int = 0
+    base: int = 0
     # The summary of every change held when the window was read, and of those held since
     # (None: each transaction asks the server for its later held changes).
     ahead: HeldAhead | None = None
@@ -769,7 +774,8 @@ class Applier:
                     events: list[Mapping[str, Any]] = [dict(h["event"]) for h in held]
                     if replay.ahead is not None:
                         keys = {id_key(e["documentKey"]["_id"]) for e in events}
-                        end = replay.start + len(wanted) - 1  # the last position in `order`
+                        # The transaction's last position in the window.
+                        end = replay.base + replay.start + len(wanted) - 1
                         later = replay.ahead.after(end, (pair.original, pair.partner), keys)
                     else:
                         later = await self._held_after(original, held[-1], events)
@@ -784,6 +790,9 @@ class Applier:
                     replayed += len(held)
                 replay.start += len(wanted)
                 replay.transactions += 1
+                if replay.start >= REPLAY_TRIM_AT:
+                    del replay.order[: replay.start]
+                    replay.base, replay.start = replay.base + replay.start, 0
                 if time.monotonic() - started >= REPLAY_STEP_S and self._others_waiting(beyond):
                     log.debug("replay_step", pair=original, replayed=replayed)
                     return self._replayed(replayed)
@@ -793,7 +802,7 @@ class Applier:
         """The next held ids to replay (after the first few, or what the account listed): all
         the rest, with their summary (`_read_held`)."""
         replay.order, replay.ahead, replay.complete = await self._read_held(original)
-        replay.start = 0
+        replay.start = replay.base = 0
 
     def _finish_replay(self, original: str) -> None:
         """Nothing is held for the pair any more: its changes are applied again as they come."""
