@@ -186,7 +186,7 @@ async def main_async(options: argparse.Namespace) -> None:
                 try:
                     await caught_up(client, contender, last_write, 300)
                     await wait_until(
-                        lambda: _none_held(client), 60, "the held changes to be replayed"
+                        lambda: none_held(client), 60, "the held changes to be replayed"
                     )
                 except TimeoutError as exc:
                     pair = await store.pairs.find_one({"_id": PAIR})
@@ -203,7 +203,7 @@ async def main_async(options: argparse.Namespace) -> None:
             await client.close()
 
 
-async def _none_held(client: Client) -> bool:
+async def none_held(client: Client) -> bool:
     # One document found or none: a count would scan every held change on the development
     # server, as often as this is asked, and slow down the replay it waits for.
     held = client[STATE_DB]["held_events"]

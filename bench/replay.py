@@ -37,10 +37,11 @@ from pymongo import AsyncMongoClient
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.append(str(_HERE.parent))
+from bench.pause import PAIR as CUSTOMERS  # noqa: E402
+from bench.pause import held_count, none_held  # noqa: E402
 from bench.sync import (  # noqa: E402
     DB,
     MODULE,
-    ORIGINAL,
     STATE_DB,
     Client,
     Contender,
@@ -53,7 +54,6 @@ from bench.sync import (  # noqa: E402
 from worker.lifecycle import pause_pair, resume_pair  # noqa: E402
 from worker.state import StateStore  # noqa: E402
 
-CUSTOMERS = f"{DB}.{ORIGINAL}"
 ORDERS = f"{DB}.orders"
 ORDERS_MODULE = f"""
 from transforms import Pair
@@ -125,16 +125,6 @@ async def probed(prober: Prober, until: Any) -> list[int]:
     finally:
         stop.set()
     return await writing
-
-
-async def held_count(client: Client) -> int:
-    return await client[STATE_DB]["held_events"].count_documents({"pair": CUSTOMERS})
-
-
-async def none_held(client: Client) -> bool:
-    # One record found or none: a count scans every held change on the development server.
-    held = client[STATE_DB]["held_events"]
-    return await held.find_one({"pair": CUSTOMERS}, {"_id": 1}) is None
 
 
 async def pairs_running(client: Client) -> bool:
