@@ -28,16 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from pymongo import AsyncMongoClient
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
@@ -47,12 +43,12 @@ from bench.sync import (  # noqa: E402
     ORIGINAL,
     STATE_DB,
     Client,
-    Contender,
     Load,
+    add_engine_options,
     caught_up,
     cluster_time,
+    engine_on_server,
     seed,
-    server,
     wait_until,
 )
 from worker.lifecycle import pause_pair, resume_pair  # noqa: E402
@@ -141,66 +137,48 @@ async def one_round(
 
 async def main_async(options: argparse.Namespace) -> None:
     rng = random.Random(5)
-    with contextlib.ExitStack() as stack:
-        workdir = options.workdir or stack.enter_context(tempfile.TemporaryDirectory())
-        where = stack.enter_context(server(options.oplog_mb))
-        client: Client = AsyncMongoClient(where.uri, maxPoolSize=16)
+    async with engine_on_server(options) as (client, contender, wire):
+        await wait_until(lambda: contender.ready(client), 60, "the worker to start")
+        await seed(client, contender, options.docs)
+        contender.stop()
+        load = Load(client, options.docs, random.Random(11), wire=wire)
+        await load.run(options.backlog, None, None)
+        last_write = await cluster_time(client)
+        contender.start()
+        store = StateStore(client[STATE_DB])
+
+        async def behind() -> bool:
+            position = await contender.position(client)
+            return position is None or position < load.times[-1]
+
+        async def started() -> bool:
+            position = await contender.position(client)
+            return position is not None and position >= load.times[0]
+
+        await wait_until(started, 60, "the worker to begin the backlog")
+        rounds: list[Round] = []
+        for _ in range(options.rounds):
+            # A random moment of a delivery.
+            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            measured = await one_round(client, store, behind, options.paused_s, options.repause_s)
+            if measured is None:
+                break
+            rounds.append(measured)
+        report(options, rounds)
+        # The held changes all replayed and the backlog worked off, or it says so.
+        started_at = time.monotonic()
         try:
-            await client.drop_database(DB)
-            await client.drop_database(STATE_DB)
-            contender = Contender("engine", where.uri, Path(workdir), log_level=options.log_level)
-            contender.start()
-            try:
-                await wait_until(lambda: contender.ready(client), 60, "the worker to start")
-                await seed(client, contender, options.docs)
-                contender.stop()
-                wire = where.uri if where.pid is not None else None
-                load = Load(client, options.docs, random.Random(11), wire=wire)
-                await load.run(options.backlog, None, None)
-                last_write = await cluster_time(client)
-                contender.start()
-                store = StateStore(client[STATE_DB])
-
-                async def behind() -> bool:
-                    position = await contender.position(client)
-                    return position is None or position < load.times[-1]
-
-                async def started() -> bool:
-                    position = await contender.position(client)
-                    return position is not None and position >= load.times[0]
-
-                await wait_until(started, 60, "the worker to begin the backlog")
-                rounds: list[Round] = []
-                for _ in range(options.rounds):
-                    # A random moment of a delivery.
-                    await asyncio.sleep(rng.uniform(0.1, 0.6))
-                    measured = await one_round(
-                        client, store, behind, options.paused_s, options.repause_s
-                    )
-                    if measured is None:
-                        break
-                    rounds.append(measured)
-                report(options, rounds)
-                # The held changes all replayed and the backlog worked off, or it says so.
-                started_at = time.monotonic()
-                try:
-                    await caught_up(client, contender, last_write, 300)
-                    await wait_until(
-                        lambda: none_held(client), 60, "the held changes to be replayed"
-                    )
-                except TimeoutError as exc:
-                    pair = await store.pairs.find_one({"_id": PAIR})
-                    print(
-                        f"  {exc}: the pair is {(pair or {}).get('state')},"
-                        f" {await held_count(client)} changes held,"
-                        f" the worker at {await contender.position(client)} of {last_write}"
-                    )
-                    raise SystemExit(1) from None
-                print(f"  caught up, nothing held, {time.monotonic() - started_at:.1f} s later")
-            finally:
-                contender.stop()
-        finally:
-            await client.close()
+            await caught_up(client, contender, last_write, 300)
+            await wait_until(lambda: none_held(client), 60, "the held changes to be replayed")
+        except TimeoutError as exc:
+            pair = await store.pairs.find_one({"_id": PAIR})
+            print(
+                f"  {exc}: the pair is {(pair or {}).get('state')},"
+                f" {await held_count(client)} changes held,"
+                f" the worker at {await contender.position(client)} of {last_write}"
+            )
+            raise SystemExit(1) from None
+        print(f"  caught up, nothing held, {time.monotonic() - started_at:.1f} s later")
 
 
 async def none_held(client: Client) -> bool:
@@ -255,9 +233,7 @@ def main() -> None:
         type=float,
         help="also pause again this long after each resume took effect (during the replay)",
     )
-    parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
-    parser.add_argument("--workdir", metavar="DIR", help="keep the config and the log here")
-    parser.add_argument("--log-level", default="warning", help="the worker's log level")
+    add_engine_options(parser)
     asyncio.run(main_async(parser.parse_args()))
 
 

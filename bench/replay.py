@@ -27,12 +27,9 @@ import contextlib
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from pymongo import AsyncMongoClient
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
@@ -41,14 +38,14 @@ from bench.pause import PAIR as CUSTOMERS  # noqa: E402
 from bench.pause import held_count, none_held  # noqa: E402
 from bench.sync import (  # noqa: E402
     DB,
-    MODULE,
     STATE_DB,
     Client,
     Contender,
     Load,
+    add_engine_options,
     caught_up,
+    engine_on_server,
     seed,
-    server,
     wait_until,
 )
 from worker.lifecycle import pause_pair, resume_pair  # noqa: E402
@@ -133,37 +130,20 @@ async def pairs_running(client: Client) -> bool:
 
 
 def orders_module(workdir: Path) -> Path:
-    """The orders pair's transform module, written into `workdir` (made if missing)."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    """The orders pair's transform module, written into `workdir`."""
     module = workdir / "orders_pair.py"
     module.write_text(ORDERS_MODULE)
     return module
 
 
 async def main_async(options: argparse.Namespace) -> None:
-    with contextlib.ExitStack() as stack:
-        workdir = Path(options.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
-        module = orders_module(workdir)
-        where = stack.enter_context(server(options.oplog_mb))
-        client: Client = AsyncMongoClient(where.uri, maxPoolSize=40)
-        try:
-            await client.drop_database(DB)
-            await client.drop_database(STATE_DB)
-            contender = Contender(
-                "engine",
-                where.uri,
-                workdir,
-                log_level=options.log_level,
-                max_docs=options.max_docs,
-                transforms=(MODULE, str(module)),
-            )
-            contender.start()
-            try:
-                await run(options, client, contender, where.uri if where.pid else None)
-            finally:
-                contender.stop()
-        finally:
-            await client.close()
+    async with engine_on_server(
+        options,
+        modules=lambda workdir: (str(orders_module(workdir)),),
+        max_docs=options.max_docs,
+        pool=40,
+    ) as (client, contender, wire):
+        await run(options, client, contender, wire)
 
 
 async def run(
@@ -280,9 +260,7 @@ def main() -> None:
         "--rate", type=float, default=0.0, help="customer writes/s during the replay"
     )
     parser.add_argument("--max-docs", type=int, default=500, help="the worker's batch.max_docs")
-    parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
-    parser.add_argument("--workdir", metavar="DIR", help="keep the config and the log here")
-    parser.add_argument("--log-level", default="warning", help="the worker's log level")
+    add_engine_options(parser)
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,57 @@ def server(
         # SIGINT ends the server like Ctrl-C, which lets cProfile write its output.
         process.send_signal(signal.SIGINT if profile else signal.SIGTERM)
         process.wait(timeout=15)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that runs the engine alone (`engine_on_server`)."""
+    parser.add_argument("--oplog-mb", type=int, default=256, help="devserver change history")
+    parser.add_argument("--workdir", metavar="DIR", help="keep the config and the log here")
+    parser.add_argument("--log-level", default="warning", help="the worker's log level")
+
+
+@contextlib.asynccontextmanager
+async def engine_on_server(
+    options: argparse.Namespace,
+    *,
+    modules: Callable[[Path], Sequence[str]] = lambda workdir: (),
+    max_docs: int = 500,
+    pool: int = 16,
+) -> AsyncIterator[tuple[Client, Contender, str | None]]:
+    """A server (`server`, `add_engine_options`) with the benchmark's databases dropped, a
+    client of it with `pool` connections, and the engine started on it with the customers
+    pair and `modules(workdir)`: (client, contender, the URI for bare-command load or None).
+    The engine is stopped and the client closed at the end."""
+    with contextlib.ExitStack() as stack:
+        workdir = _workdir(options.workdir, stack)
+        where = stack.enter_context(server(options.oplog_mb))
+        client: Client = AsyncMongoClient(where.uri, maxPoolSize=pool)
+        try:
+            await client.drop_database(DB)
+            await client.drop_database(STATE_DB)
+            contender = Contender(
+                "engine",
+                where.uri,
+                workdir,
+                log_level=options.log_level,
+                max_docs=max_docs,
+                transforms=(MODULE, *modules(workdir)),
+            )
+            contender.start()
+            try:
+                yield client, contender, where.uri if where.pid is not None else None
+            finally:
+                contender.stop()
+        finally:
+            await client.close()
+
+
+def _workdir(chosen: str | None, stack: contextlib.ExitStack) -> Path:
+    """`chosen` (made if missing), or a temporary directory for the block of `stack`."""
+    if chosen is None:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    Path(chosen).mkdir(parents=True, exist_ok=True)
+    return Path(chosen)
 
 
 # -- load ------------------------------------------------------------------------------------------

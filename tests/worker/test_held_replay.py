@@ -15,6 +15,7 @@ from pymongo import MongoClient, monitoring
 import worker.engine._applier as applier_module
 from worker.engine._ahead import HeldAhead
 from worker.engine._applier import Applier
+from worker.metrics import Metrics
 from worker.state import id_key
 
 from .engine_helpers import (
@@ -396,6 +397,64 @@ async def test_a_failed_commit_of_held_changes_makes_the_replay_read_them_from_t
         partner = await db.people_v2.find_one({"_id": 1})
     assert oldest and left == 0
     assert partner is not None and partner["full_name"] == "older"
+
+
+async def test_without_transactions_a_failed_batch_that_held_changes_makes_the_replay_read_them(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Without transactions (`origin_tag = "field"`) a batch's writes land as they are sent:
+    one that fails after its held change was written leaves that record behind, and its retry
+    holds the change again. The worker cannot tell how far a failed batch got, so its account
+    is dropped and the resume reads the held changes from the server; the pair still ends with
+    the held name."""
+    async with applier_in_process(mongo_uri, tmp_path, PEOPLE_MODULE, prefix="field") as (
+        db,
+        session_applier,
+    ):
+        applier = Applier(
+            session_applier.client,
+            session_applier.store,
+            session_applier.registry,
+            lease=session_applier.lease,
+            metrics=Metrics(),
+            origin_tag="field",
+        )
+        pair = applier.registry.pairs[0].original
+        async with applier.opened():
+            await applier.refresh_pairs()
+            insert = lambda: db.people.insert_one({"_id": 1, "name": "n"})  # noqa: E731
+            await applier.apply(await events_of(db, 1, insert))
+            await applier.store.set_state(pair, "PAUSED", expect=["RUNNING"], paused_from="RUNNING")
+            await applier.refresh_pairs()
+            update = lambda: db.people.update_one({"_id": 1}, {"$set": {"name": "held"}})  # noqa: E731
+            held = await events_of(db, 1, update)
+            sync: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+            try:
+                # A held change's batch writes the held record, then the pair's counters (in
+                # one bulkWrite from MongoDB 8.0, which fails before it writes anything here;
+                # a real error part way through leaves the writes before it).
+                command = "bulkWrite" if applier.combined_writes else "update"
+                sync.admin.command(
+                    "configureFailPoint",
+                    "failCommand",
+                    mode={"times": 1},
+                    data={"failCommands": [command], "errorCode": 112},
+                )
+                await applier.apply(held)
+            finally:
+                sync.admin.command("configureFailPoint", "failCommand", mode="off")
+                sync.close()
+            records = await applier.store.held_events.count_documents({})
+            oldest = _calls(applier, "_oldest_held")
+            await _resume(applier, pair)
+            await applier.replay_held(10)
+            left = await applier.store.held_events.count_documents({})
+            partner = await db.people_v2.find_one({"_id": 1})
+            combined = applier.combined_writes
+    # Per collection: the first attempt's record, and the retry's.
+    assert records == (1 if combined else 2)
+    assert oldest and left == 0
+    assert partner is not None and partner["full_name"] == "held"
 
 
 async def test_held_changes_replay_in_stream_order_whatever_their_ids(

@@ -451,8 +451,9 @@ class Applier:
         return bool(self._replays)
 
     def forget_replays(self) -> None:
-        """Look for held changes again at the next refresh, on the server (a stream opened
-        again)."""
+        """Read the pair states before anything else is applied, and look for held changes
+        again then, on the server (a stream opened again)."""
+        self.refreshed_at = -math.inf
         self._replays.clear()
         self._held_checked.clear()
         self._held_logs.clear()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -299,7 +298,6 @@ class Worker:
         batch_cfg = self.config.batch
         # The first batch waits for a refresh and a replay: the events held for a pair that
         # was resumed while no worker ran are older than anything the stream brings now.
-        applier.refreshed_at = -math.inf
         applier.forget_replays()
         applied = 0
         idle_saved: Any = None
