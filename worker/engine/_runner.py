@@ -219,6 +219,11 @@ class Worker:
         self.applier = applier
         async with applier.opened():
             while not self.stopping.is_set():
+                # The held changes are looked for on the server as the stream (re)opens (in
+                # `_start_position`'s reads of the pair states), and replayed before the first
+                # delivery: those of a pair resumed while no worker ran are older than anything
+                # the stream brings now.
+                applier.forget_replays()
                 try:
                     position = await self._start_position(applier)
                     try:
@@ -296,9 +301,6 @@ class Worker:
         reader: StreamReader,
     ) -> None:
         batch_cfg = self.config.batch
-        # The first batch waits for a refresh and a replay: the events held for a pair that
-        # was resumed while no worker ran are older than anything the stream brings now.
-        applier.forget_replays()
         applied = 0
         idle_saved: Any = None
         idle_saved_at = -IDLE_CHECKPOINT_S
