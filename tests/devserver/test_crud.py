@@ -7,7 +7,7 @@ from typing import Any
 
 import bson
 import pytest
-from bson import Decimal128, Int64, ObjectId, Timestamp
+from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
 from bson.binary import Binary
 from pymongo import MongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
@@ -353,6 +353,39 @@ def test_sub_document_ids_match_by_mongodb_equality(client: Client, db_name: str
         {"_id": {"a": 2, "b": 2}, "v": 3},
         {"_id": {"a": 1, "b": 2}, "v": 11, "w": 1},
     ]
+
+
+def test_comparisons_with_min_key_and_max_key_cross_types(client: Client, db_name: str) -> None:
+    """MinKey and MaxKey sort below and above everything; `$gt`/`$gte` MinKey and `$lt`/`$lte`
+    MaxKey match values of every type (a missing field too), the other way round only the
+    bound itself; in finds, updates and aggregations."""
+    coll = client[db_name]["bounds"]
+    values: list[Any] = [1, "x", None, [], [2], {"b": 1}, MinKey(), MaxKey(), Timestamp(5, 1)]
+    coll.insert_many([{"_id": i, "a": v} for i, v in enumerate(values)] + [{"_id": 20}])
+    every = [*range(len(values)), 20]
+
+    def ids(query: dict[str, Any]) -> list[int]:
+        return sorted(d["_id"] for d in coll.find(query))
+
+    assert ids({"a": {"$gt": MinKey()}}) == [i for i in every if i != 6]
+    assert ids({"a": {"$gte": MinKey()}}) == every
+    assert ids({"a": {"$lt": MaxKey()}}) == [i for i in every if i != 7]
+    assert ids({"a": {"$lte": MaxKey()}}) == every
+    assert ids({"a": {"$lt": MinKey()}}) == []
+    assert ids({"a": {"$lte": MinKey()}}) == [6]
+    assert ids({"a": {"$gt": MaxKey()}}) == []
+    assert ids({"a": {"$gte": MaxKey()}}) == [7]
+    assert ids({"a": MinKey()}) == [6]
+    # A range from MinKey to MaxKey with one bound open: every value but that bound.
+    assert ids({"a": {"$gt": MinKey(), "$lt": MaxKey()}}) == [i for i in every if i not in (6, 7)]
+    # Other operands keep type bracketing.
+    assert ids({"a": {"$gt": 0}}) == [0, 4]
+    ordered = [d["_id"] for d in coll.find({"_id": {"$in": [0, 1, 2, 6, 7, 20]}}, sort=[("a", 1)])]
+    assert ordered[0] == 6 and ordered[-1] == 7
+    assert coll.update_many({"a": {"$lte": MinKey()}}, {"$set": {"low": True}}).modified_count == 1
+    assert ids({"low": True}) == [6]
+    matched = coll.aggregate([{"$match": {"a": {"$gte": MaxKey()}}}, {"$project": {"_id": 1}}])
+    assert [d["_id"] for d in matched] == [7]
 
 
 def test_filters_compare_timestamps_as_mongodb_orders_them(client: Client, db_name: str) -> None:
