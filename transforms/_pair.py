@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
 from typing import Any, Literal, TypeVar, overload
 
@@ -533,6 +533,11 @@ class Pair:
         field by field, never whole, so those fields survive. Use it on converted documents.
         """
         return self._plan(direction).target_patch(old, new)
+
+    def fields_reached(self, direction: Direction, paths: Iterable[str]) -> frozenset[str]:
+        """The target's top-level fields that a change of the source at dotted `paths` can
+        change: those `translate_update` rebuilds for an update touching these paths."""
+        return self._plan(direction).fields_reached(paths)
 
     def translate_update(
         self,

@@ -253,6 +253,14 @@ class DirectionPlan:
             self._top_groups[top] = result
         return result
 
+    def fields_reached(self, paths: Iterable[str]) -> frozenset[str]:
+        """The target's top-level fields that a change at these source paths can rebuild."""
+        keys: set[str] = set()
+        for path in paths:
+            for group in self._groups_touched(self._split(path)):
+                keys.update(group.keys)
+        return frozenset(keys)
+
     def translate_update(
         self,
         base: Mapping[str, Any],

@@ -221,6 +221,45 @@ def test_fast_path_equals_naive_diff(
     assert _same_patch(fast, _naive(pair, direction, base, event))
 
 
+@pytest.mark.parametrize("unmapped", ["keep", "drop"])
+@pytest.mark.parametrize("direction", [FORWARD, BACKWARD])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fields_reached_hold_every_field_an_update_changes(
+    direction: Direction, unmapped: str, data: st.DataObject
+) -> None:
+    """Every top-level target field an update's patch sets or unsets is among the fields its
+    touched paths reach (the worker patches only those for a document it does not know whole)."""
+    pair = _PAIRS[unmapped]
+    base = data.draw(update_bases(direction), label="base")
+    updated, removed, truncated = data.draw(update_descriptions(direction), label="event")
+    touched = [*updated, *removed, *(entry["field"] for entry in truncated)]
+    reached = pair.fields_reached(direction, touched)
+    patch = pair.translate_update(direction, base, updated, removed, truncated)
+    changed = {path.split(".", 1)[0] for path in [*patch.set, *patch.unset]}
+    assert changed <= reached
+    assert "_id" not in reached
+
+
+@pytest.mark.parametrize(
+    ("direction", "paths", "reached"),
+    [
+        (FORWARD, ["name"], {"full_name"}),
+        (FORWARD, ["geo.city"], {"city", "geo"}),  # moved out, and what stays of `geo`
+        (FORWARD, ["zip"], {"address"}),
+        (FORWARD, ["first"], {"display_name"}),
+        (FORWARD, ["p"], {"pq", "meta"}),  # one derive writing two top-level fields
+        (FORWARD, ["legacy_flag", "_id"], set()),
+        (BACKWARD, ["display_name"], {"first", "last"}),
+        (BACKWARD, [], set()),
+    ],
+)
+def test_fields_reached_by_each_mapping_kind(
+    reference_pair: Pair, direction: Direction, paths: list[str], reached: set[str]
+) -> None:
+    assert reference_pair.fields_reached(direction, paths) == reached
+
+
 @pytest.mark.parametrize("direction", [FORWARD, BACKWARD])
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())

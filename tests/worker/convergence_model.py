@@ -179,14 +179,14 @@ class Writer:
         after: dict[str, Any] | None
         session = self.session
         if op == "insert":
-            after = {"_id": document_id, **self._whole_document()}
+            after = {"_id": document_id, **self.whole_document()}
             try:
                 await self.collection.insert_one(after, session=session)
             except DuplicateKeyError:
                 return
             before = None
         elif op == "replace":
-            replacement = self._whole_document()
+            replacement = self.whole_document()
             if DOLLAR in replacement:
                 # A replacement may not hold a top-level `$` name: the pipeline's may.
                 before = await self.collection.find_one_and_update(
@@ -230,7 +230,7 @@ class Writer:
         self._serial += 1
         return int(self.name.rpartition("-")[2]) * 1_000_000 + self._serial
 
-    def _whole_document(self) -> dict[str, Any]:
+    def whole_document(self) -> dict[str, Any]:
         """A full document in this side's schema (derive parts and zip always present)."""
         token = self._token()
         maybe = self.rng.random

@@ -105,7 +105,8 @@ async def test_documents_written_on_both_sides_in_one_batch_are_read_on_both(
 
 async def test_merge_base_too_large_for_one_record_is_not_kept(people: dict[str, Any]) -> None:
     """Both sides of an 8 MiB document exceed a record: the document is synced all the same,
-    and the merge base is left out (an older one removed) instead of failing the batch."""
+    and the merge base is left out (an older one removed) instead of failing the batch; the
+    document's later changes go on syncing without it."""
     db, applier = people["db"], people["applier"]
     async with applier.opened():
         small = await events_of(
@@ -119,10 +120,23 @@ async def test_merge_base_too_large_for_one_record_is_not_kept(people: dict[str,
             lambda: db.people.update_one({"_id": 4}, {"$set": {"notes": "x" * (8 << 20)}}),
         )
         result = await applier.apply(grown)
-    assert result.applied == 1
-    target = await db.people_v2.find_one({"_id": 4})
-    assert target is not None and len(target["notes"]) == 8 << 20
-    assert await applier.store.load_bases(applier.registry.pairs[0].original, [4]) == {}
+        assert result.applied == 1
+        target = await db.people_v2.find_one({"_id": 4})
+        assert target is not None and len(target["notes"]) == 8 << 20
+        assert await applier.store.load_bases(applier.registry.pairs[0].original, [4]) == {}
+        # Without a merge base, later changes still go over, each with the fields it touched.
+        mailed = await events_of(
+            db, 1, lambda: db.people.update_one({"_id": 4}, {"$set": {"email": "big@x"}})
+        )
+        assert (await applier.apply(mailed)).applied == 1
+        renamed = await events_of(
+            db, 1, lambda: db.people_v2.update_one({"_id": 4}, {"$set": {"full_name": "Large"}})
+        )
+        assert (await applier.apply(renamed)).applied == 1
+    target = await db.people_v2.find_one({"_id": 4}, {"notes": 0})
+    original = await db.people.find_one({"_id": 4}, {"notes": 0})
+    assert target is not None and target["email"] == "big@x"
+    assert original is not None and original["name"] == "Large" and original["email"] == "big@x"
 
 
 async def test_reads_side_by_side_leave_the_batch_session_at_their_newest_time(

@@ -41,7 +41,7 @@ from tests.worker.convergence_model import (
     history_of,
 )
 from tests.worker.engine_helpers import eventually, write_module
-from transforms import load_registry
+from transforms import Direction, Pair, load_registry
 from worker.lifecycle import pause_pair, resume_pair
 from worker.state import StateStore
 
@@ -77,6 +77,11 @@ class Scenario:
     # writers: a replay of the paused pair goes in steps between its deliveries, the resumed
     # pair's new changes held behind the replay.
     other_pair: bool = False
+    # Every document already on both sides, equal through the transforms, before the worker
+    # first starts, and no merge base for any (copied by hand, never backfilled): the worker
+    # knows none of them whole until a replace, insert or delete, and must still apply every
+    # update by its fields (G1, G2).
+    unsynced: bool = False
 
 
 OTHER_MODULE = """
@@ -234,6 +239,13 @@ CASES = [
     ),
     # Found by the soak: a partner replace after an original insert the worker had skipped as
     # a conflict (the replace was ahead) left the insert's fields on the original only.
+    # Documents on both sides before the sync, never backfilled: no merge base to start from.
+    pytest.param(
+        8,
+        Scenario(unsynced=True, ids=60, writes_per_writer=100),
+        "current",
+        id="seed-8-documents-never-synced",
+    ),
     pytest.param(1002, SOAK, "current", id="regression-1002-replace-after-skipped-insert"),
 ]
 
@@ -282,6 +294,8 @@ async def _run_scenario(
         modules.append(write_module(tmp_path, "orders_sync", OTHER_MODULE, db=db_name))
     worker = WorkerProcess(_config(tmp_path, uri, db_name, modules, scenario.max_docs), tmp_path)
     try:
+        if scenario.unsynced:
+            await _place_unsynced(aclient[db_name], pair, seed, scenario.ids)
         outcome = await _write_while_crashing(
             aclient, db_name, pair.original, worker, seed, scenario
         )
@@ -324,6 +338,26 @@ async def _run_scenario(
         raise AssertionError(
             f"{context}\n" + "\n".join(problems[:30]) + f"\n{histories}\n{worker.tail()}"
         )
+
+
+async def _place_unsynced(database: Any, pair: Pair, seed: int, ids: int) -> None:
+    """Every document on both sides, the partner's converted from the original's, before the
+    worker starts (so no change event of them reaches it)."""
+    originals: list[dict[str, Any]] = []
+    for document_id in range(ids):
+        maker = Writer(
+            name="u-0",
+            side="original",
+            collection=database["items"],
+            session=None,  # type: ignore[arg-type]  # only its documents are used
+            rng=random.Random(f"{seed}:unsynced:{document_id}"),
+            ids=[document_id],
+        )
+        originals.append({"_id": document_id, **maker.whole_document()})
+    await database["items"].insert_many(originals)
+    await database["items_v2"].insert_many(
+        [pair.convert(document, Direction.FORWARD) for document in originals]
+    )
 
 
 async def _write_while_crashing(
@@ -548,8 +582,11 @@ async def test_soak(
 ) -> None:
     """More writers, ids and crashes per seed than the default run; G1-G3 hold for every seed.
     Every other seed runs transactions of 5 events (a worker behind pipelines them), and every
-    third pauses and resumes the pair four times, half of those beside a second pair."""
+    third pauses and resumes the pair four times, half of those beside a second pair. In every
+    fifth, the documents are on both sides before the sync, with no merge base."""
     scenario = SOAK if seed % 2 == 0 else dataclasses.replace(SOAK, max_docs=5)
     if seed % 3 == 0:
         scenario = dataclasses.replace(scenario, pauses=4, other_pair=seed % 2 == 1)
+    if seed % 5 == 0:
+        scenario = dataclasses.replace(scenario, unsynced=True)
     await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, scenario)

@@ -164,18 +164,86 @@ def test_update_after_target_was_deleted_later_is_a_conflict() -> None:
     assert plan.target_after is None and plan.conflict_paths
 
 
-def test_target_never_seen_is_not_overwritten() -> None:
-    """A target document the worker has no merge base for is left to its own event."""
+# A partner document the worker has no merge base for (on both sides before the sync).
+UNSEEN = {"_id": 1, "full_name": "Other", "age": 30, "loyalty": 3, "city": "Rome"}
+
+
+def plan_without_base(
+    event: dict[str, Any],
+    current_source: dict[str, Any] | None,
+    current_target: dict[str, Any] = UNSEEN,
+    ahead: frozenset[str] = frozenset(),
+) -> Any:
+    return plan_event(
+        PAIR,
+        "original",
+        event,
+        base_source=None,
+        base_target=None,
+        current_source=current_source,
+        current_target=current_target,
+        ahead=ahead,
+    )
+
+
+def test_a_target_never_seen_is_older_than_an_insert() -> None:
+    """A target document the worker has no merge base for, with no write of it ahead, is older
+    than the insert: it takes the insert's owned fields (keeping its own `loyalty`), and from
+    then on both sides are known."""
+    plan = plan_without_base(insert(ORIGINAL), ORIGINAL)
+    assert plan.applied and not plan.conflict_paths
+    assert plan.target_after == {**PARTNER, "loyalty": 3}
+    assert plan.base_source == ORIGINAL and plan.base_target == plan.target_after
+
+
+@pytest.mark.parametrize(
+    ("ahead", "applied"), [(frozenset({""}), False), (frozenset({"city"}), True)]
+)
+def test_a_target_never_seen_keeps_what_a_write_ahead_changes(
+    ahead: frozenset[str], applied: bool
+) -> None:
+    """A target re-created after the insert wins whole; one whose `city` changed after it
+    keeps that city and takes the rest. Its merge base stays unknown: the write ahead must
+    still look new when its event comes."""
+    plan = plan_without_base(insert(ORIGINAL), ORIGINAL, ahead=ahead)
+    assert plan.applied is applied and plan.conflict_paths
+    assert plan.target_after is not None and plan.target_after["city"] == "Rome"
+    assert plan.base_source is None and plan.base_target is None
+    if applied:
+        assert plan.target_after == {**PARTNER, "loyalty": 3, "city": "Rome"}
+
+
+def test_an_update_of_a_document_known_on_neither_side_carries_only_its_fields() -> None:
+    """No merge base on either side: the update's own field goes over at the value the event
+    gave it (the source as read has a later value), the target's other fields stay, and
+    neither side becomes known."""
+    plan = plan_without_base(update({"age": "42"}), {**ORIGINAL, "age": "43"})
+    assert plan.applied and not plan.conflict_paths
+    assert plan.target_after == {**UNSEEN, "age": 42}
+    assert plan.base_source is None and plan.base_target is None
+
+
+def test_a_target_known_absent_but_there_again_is_left_to_its_own_event() -> None:
+    """The merge base says the target was deleted, yet it is there: a client re-created it, and
+    that write (ahead in the stream, or about to be) decides; the update is not applied."""
     plan = plan_event(
         PAIR,
         "original",
-        insert(ORIGINAL),
-        base_source=None,
+        update({"city": "Bergen"}),
+        base_source=ORIGINAL,
         base_target=None,
-        current_source=ORIGINAL,
-        current_target={"_id": 1, "full_name": "Other"},
+        current_source={**ORIGINAL, "city": "Bergen"},
+        current_target=UNSEEN,
     )
     assert not plan.applied and plan.conflict_paths == ["<document>"]
+    assert plan.base_source == {**ORIGINAL, "city": "Bergen"} and plan.base_target is None
+
+
+def test_a_delete_goes_over_a_target_never_seen_unless_a_write_is_ahead() -> None:
+    plan = plan_without_base(DELETE, None)
+    assert plan.applied and plan.target_after is None
+    kept = plan_without_base(DELETE, None, ahead=frozenset({"full_name"}))
+    assert not kept.applied and kept.target_after == UNSEEN
 
 
 def test_transform_failure_is_reported_not_raised() -> None:

@@ -1418,6 +1418,8 @@ class Applier:
             }
             if base is not None and all(base.get(k) == v for k, v in new_base.items()):
                 continue  # nothing new learnt about this document (an echo, mostly)
+            if base is None and plan.base_source is None and plan.base_target is None:
+                continue  # a document still known on neither side (see plan_event)
             bases[(pair.original, key)] = {
                 "_id": merge_base_id(pair.original, document_id),
                 **new_base,

@@ -237,7 +237,11 @@ def plan_event(
     ("" for the whole document): they are newer than this event and win over it. `fast_path`
     False converts whole documents for updates too (tests hold both ways equal).
     """
-    event = with_inferred_paths(event, base_source)
+    # No merge base at all (a side of None in one means "no document there"): a document the
+    # worker does not know whole (see below). Dotted names are told from the source
+    # as read, the only version of it there is.
+    no_base = base_source is None and base_target is None
+    event = with_inferred_paths(event, current_source if no_base else base_source)
     direction = direction_of(side)
     cur_target = _strip(current_target, tag_field)
     known_target = dict(base_target) if base_target is not None else None
@@ -308,10 +312,11 @@ def plan_event(
     )
 
     if target_new is None:
-        # The source document was deleted.
+        # The source document was deleted. A target the worker has never known is older than
+        # the delete unless a write of it is still ahead.
         if cur_target is None:
             plan.base_target = None if not ahead else known_target
-        elif ahead or known_target is None or cur_target != known_target:
+        elif ahead or (not no_base and cur_target != known_target):
             plan.conflict_paths = ["<document>"]
             plan.reason = "target changed after the delete; the later write wins"
         else:
@@ -324,37 +329,109 @@ def plan_event(
         if known_target is not None or ahead:
             plan.conflict_paths = ["<document>"]
             plan.reason = "target deleted after this change; the later delete wins"
+            if no_base:
+                # "Target absent", read now, would make the delete's own event, still ahead,
+                # look like one already seen.
+                plan.base_source = None
         else:
             plan.target_after = target_new
             plan.base_target = dict(target_new)
             plan.applied = True
         return plan
 
-    if known_target is None:
+    whole = event["operationType"] in ("insert", "replace")
+    if known_target is None and not no_base:
+        # Known to have been absent: re-created since, and that write's event decides.
         plan.conflict_paths = ["<document>"]
         plan.reason = "target holds a version the worker has not seen; its own event decides"
         return plan
-
-    # An update carries only the fields it touched: diff the source's states before and after,
-    # so the target's other fields keep their own values. An insert or replace writes the
-    # whole document and is newer than anything folded into the base, including target
-    # changes this pair did not copy (skipped because this very write was ahead): make the
-    # target match it on every owned path, or the two sides stay apart on those paths.
-    whole = event["operationType"] in ("insert", "replace")
-    reference = target_old if target_old is not None and not whole else known_target
-    # Field by field inside sub-documents that may hold fields the target keeps for itself.
-    patch = pair.target_patch(reference, target_new, direction).restricted(owns)
-    documents = (cur_target, known_target, target_new)
+    converted = target_new
+    if no_base:
+        # Not known whole: a document on both sides that the worker has no merge base for
+        # (older than the sync and never backfilled, or too large for a merge base record).
+        # What the target holds is older than this event, except what a write ahead changes.
+        guard_base = cur_target
+        if whole:
+            # Newer than anything the target holds: it matches the event on every owned path.
+            patch = pair.target_patch(cur_target, target_new, direction).restricted(owns)
+        else:
+            # Only the fields this update touched, at their values in the event: the source's
+            # other fields may hold values no event has told the order of.
+            assert source_after is not None  # an update's source is there (target_new is)
+            try:
+                converted = pair.convert(_as_of_event(event, source_after), direction)
+            except TransformFailed as exc:
+                plan.failure = exc
+                plan.base_source = None  # still no merge base
+                return plan
+            reached = _reached(pair, direction, event)
+            patch = pair.target_patch(cur_target, converted, direction).restricted(
+                lambda path: owns(path) and _top_level(path, reached) in reached
+            )
+    else:
+        # An update carries only the fields it touched: diff the source's states before and
+        # after, so the target's other fields keep their own values. An insert or replace
+        # writes the whole document and is newer than anything folded into the base,
+        # including target changes this pair did not copy (skipped because this very write
+        # was ahead): make the target match it on every owned path, or the two sides stay
+        # apart on those paths.
+        assert known_target is not None
+        reference = target_old if target_old is not None and not whole else known_target
+        guard_base = known_target
+        # Field by field inside sub-documents that may hold fields the target keeps for itself.
+        patch = pair.target_patch(reference, target_new, direction).restricted(owns)
+    documents = (cur_target, guard_base, converted)
     named = named_fields(patch, *documents)
     unaddressable = unaddressable_field(patch, *documents, named=named)
     if unaddressable is not None:
         plan.failure = unaddressable_failure(pair, unaddressable, event["documentKey"]["_id"])
+        if no_base:
+            plan.base_source = None  # still no merge base
         return plan
     if "" in ahead:
         plan.conflict_paths = ["<document>"]
         plan.reason = "target replaced or re-created after this change; the later write wins"
+        if no_base:
+            plan.base_source = None  # still not known whole (see below)
         return plan
-    return _patched(plan, patch, cur_target, known_target, ahead, named)
+    plan = _patched(plan, patch, cur_target, guard_base, ahead, named)
+    if no_base:
+        after = plan.target_after
+        if whole and not ahead and after is not None:
+            # Both sides known whole from here on: the event's source and the target it left.
+            plan.base_target = dict(after)
+        else:
+            # Still not known whole. A merge base side of None means "no document there", so
+            # the document keeps no merge base at all. (Nor may the target's values of a write
+            # still ahead be taken for known: its own event would look like nothing new.)
+            plan.base_source = plan.base_target = None
+    return plan
+
+
+def _as_of_event(event: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+    """`source` (the document as read after the update `event`) with the fields the update
+    touched at the values it gave them: a later change of them is still to come."""
+    description = event.get("updateDescription") or {}
+    return apply_update_description(
+        source,
+        description.get("updatedFields") or {},
+        description.get("removedFields") or [],
+        description.get("truncatedArrays") or [],
+        description.get("disambiguatedPaths"),
+    )
+
+
+def _reached(pair: Pair, direction: Direction, event: Mapping[str, Any]) -> frozenset[str]:
+    """The target's top-level fields an update event can change: those its paths reach, and
+    the top-level names its dotted field names stand for (`disambiguatedPaths`)."""
+    description = event.get("updateDescription") or {}
+    named = {str(parts[0]) for parts in (description.get("disambiguatedPaths") or {}).values()}
+    return pair.fields_reached(direction, changed_paths(event)) | named
+
+
+def _top_level(path: str, names: frozenset[str]) -> str:
+    """The top-level field of a dotted `path` (the path itself when it is a field's name)."""
+    return path if path in names else path.split(".", 1)[0]
 
 
 def unaddressable_failure(pair: Pair | None, name: str, document_id: Any) -> TransformFailed:
