@@ -30,7 +30,7 @@ __all__ = ["ChangeHistory", "ChangeRecord", "ChangeStreamCursor", "history_lost"
 
 DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
 # Events only a stream with `showExpandedEvents` shows (MongoDB 6.0).
-EXPANDED_OPS = frozenset({"create", "createIndexes", "dropIndexes"})
+EXPANDED_OPS = frozenset({"create", "createIndexes", "dropIndexes", "modify"})
 _IMAGE_OPS = frozenset({"update", "replace", "delete"})
 _INTERNAL_DBS = frozenset({"admin", "config", "local"})
 _DEFAULT_AWAIT_MS = 1000
@@ -68,7 +68,8 @@ class ChangeRecord(NamedTuple):
     # The writer compared the encoded documents before and after and they differ (an update is
     # then no no-op, and its description need not test that again).
     changed: bool = False
-    # The `operationDescription` of a DDL event only expanded events show (create, ...).
+    # The `operationDescription` of a DDL event only expanded events show (create, ...); for
+    # `modify` (collMod), `before` holds its `stateBeforeChange`.
     description: dict[str, Any] | None = None
     # The collection's UUID when the history cannot look it up at commit (a drop's collection
     # is gone by then); expanded events show it as `collectionUUID`.
@@ -393,6 +394,8 @@ def _make_entry(
         entry["to"] = {"db": record.to[0], "coll": record.to[1]}
     elif op in EXPANDED_OPS:
         entry["operationDescription"] = record.description or {}
+        if op == "modify":
+            entry["stateBeforeChange"] = record.before or {}
     elif op not in ("drop", "dropDatabase"):
         raise ValueError(f"unknown change operation {op!r}")
     if lsid is not None:
@@ -712,6 +715,8 @@ class ChangeStreamCursor:
             event["to"] = entry["to"]
         if op in EXPANDED_OPS:
             event["operationDescription"] = entry["operationDescription"]
+            if op == "modify":
+                event["stateBeforeChange"] = entry["stateBeforeChange"]
         return event
 
     def _post_image(self, entry: dict[str, Any]) -> dict[str, Any] | None:

@@ -173,6 +173,8 @@ async def coll_mod(ctx: Context) -> dict[str, Any]:
     if meta is None:
         raise CommandError(26, "NamespaceNotFound", f"ns does not exist: {ctx.db}.{coll}")
     options = dict(meta.options)
+    # What the command changes: the `modify` event's operationDescription, as mongod logs it.
+    changes: dict[str, Any] = {}
     for key, value in ctx.body.items():
         if key in ("collMod", "lsid") or key.startswith("$"):
             continue
@@ -190,9 +192,11 @@ async def coll_mod(ctx: Context) -> dict[str, Any]:
                 "NotImplemented",
                 f"collMod option '{key}' is not supported by the development server",
             )
-        options[key] = value
+        options[key] = changes[key] = value
+    before = {"collectionOptions": {"uuid": meta.uuid, **meta.options}}
     storage.set_options(ctx.db, coll, options)
-    ctx.wrote(ctx.state.commit([]))
+    record = ChangeRecord(op="modify", db=ctx.db, coll=coll, description=changes, before=before)
+    ctx.wrote(ctx.state.commit([record]))
     return {}
 
 

@@ -130,6 +130,45 @@ def test_expanded_events_show_collection_and_index_changes(db: Database[Doc]) ->
         assert [e["operationType"] for e in events(resumed, 2)] == ["insert", "dropIndexes"]
 
 
+def test_expanded_events_show_a_collmod_as_modify(db: Database[Doc]) -> None:
+    """A collMod is a `modify` event with expanded events (MongoDB 6.0): what it changed as
+    its operationDescription, the collection's options before (with its UUID) as
+    `stateBeforeChange.collectionOptions`; documents around it stream as usual, and streams
+    without expanded events never see it."""
+    validator = {"a": {"$exists": True}}
+    db.create_collection("kept", validator=validator)
+    [info] = db.list_collections(filter={"name": "kept"})
+    with (
+        db.watch(max_await_time_ms=100, show_expanded_events=True) as expanded,
+        db.watch(max_await_time_ms=100) as plain,
+    ):
+        db.command("collMod", "kept", changeStreamPreAndPostImages={"enabled": True})
+        db.command("collMod", "kept", validator={}, validationLevel="off")
+        db.kept.insert_one({"_id": 1})
+        shown = events(expanded, 3)
+        plain_events = events(plain, 1)
+    assert [e["operationType"] for e in shown] == ["modify", "modify", "insert"]
+    first, second = shown[0], shown[1]
+    assert first["ns"] == {"db": db.name, "coll": "kept"}
+    assert first["collectionUUID"] == info["info"]["uuid"]
+    assert first["operationDescription"] == {"changeStreamPreAndPostImages": {"enabled": True}}
+    assert first["stateBeforeChange"] == {
+        "collectionOptions": {"uuid": info["info"]["uuid"], "validator": validator}
+    }
+    assert second["operationDescription"] == {"validator": {}, "validationLevel": "off"}
+    assert second["stateBeforeChange"]["collectionOptions"] == {
+        "uuid": info["info"]["uuid"],
+        "validator": validator,
+        "changeStreamPreAndPostImages": {"enabled": True},
+    }
+    assert "documentKey" not in first and first["clusterTime"] < second["clusterTime"]
+    assert [e["operationType"] for e in plain_events] == ["insert"]
+    with db.watch(
+        max_await_time_ms=100, show_expanded_events=True, resume_after=first["_id"]
+    ) as resumed:
+        assert [e["operationType"] for e in events(resumed, 2)] == ["modify", "insert"]
+
+
 def test_expanded_events_name_the_collection_by_its_uuid(db: Database[Doc]) -> None:
     """With showExpandedEvents every event on a collection carries its `collectionUUID` (the
     UUID listCollections reports, the oplog's `ui`), a drop's the dropped collection's, and a

@@ -11,7 +11,12 @@ import anyio
 from bson import Binary
 from pymongo.errors import OperationFailure
 
-from tests.worker.engine_helpers import PEOPLE_MODULE, applier_in_process, events_of
+from tests.worker.engine_helpers import (
+    PEOPLE_MODULE,
+    applier_in_process,
+    events_of,
+    next_events,
+)
 from worker.engine._stream import StreamPosition, StreamReader
 
 
@@ -117,3 +122,28 @@ async def test_expanded_ddl_events_are_passed_over(mongo_uri: str, tmp_path: Pat
     assert result.events == 5 and result.applied == 2 and result.dead_letters == 0
     assert target is not None and target["full_name"] == "Ada" and target["email"] == "ada@x"
     assert pair is not None and pair["state"] == "RUNNING"
+
+
+async def test_a_collmod_between_two_changes_is_passed_over(mongo_uri: str, tmp_path: Path) -> None:
+    """A collMod of the partner collection between an insert and an update: with expanded
+    events the server reports it as a `modify` event, which the batch passes over."""
+    async with applier_in_process(mongo_uri, tmp_path, PEOPLE_MODULE, prefix="collmod") as (
+        db,
+        applier,
+    ):
+        await db.create_collection("people_v2")
+        async with applier.opened():
+            async with await db.watch(max_await_time_ms=50, show_expanded_events=True) as stream:
+                await db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
+                await db.command(
+                    "collMod", "people_v2", changeStreamPreAndPostImages={"enabled": True}
+                )
+                await db.people.update_one({"_id": 1}, {"$set": {"email": "ada@x"}})
+                batch = await next_events(stream, 4, tries=80)
+            # The first insert creates `people` (its own `create` event comes first).
+            kinds = [e["operationType"] for e in batch]
+            assert kinds == ["create", "insert", "modify", "update"]
+            result = await applier.apply(batch)
+        target = await db.people_v2.find_one({"_id": 1})
+    assert result.applied == 2 and result.dead_letters == 0
+    assert target is not None and target["full_name"] == "Ada" and target["email"] == "ada@x"
