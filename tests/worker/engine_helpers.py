@@ -138,10 +138,17 @@ async def next_events(stream: Any, count: int, *, tries: int = 200) -> list[dict
 
 @contextlib.asynccontextmanager
 async def applier_in_process(
-    uri: str, tmp_path: Path, source: str, *, prefix: str, **client_options: Any
+    uri: str,
+    tmp_path: Path,
+    source: str,
+    *,
+    prefix: str,
+    origin_tag: str = "session",
+    **client_options: Any,
 ) -> AsyncIterator[tuple[Any, Applier]]:
     """The pairs of transform module `source` in a database of their own, all RUNNING, and an
-    applier holding their lease: (database, applier). Both databases are dropped at the end."""
+    applier holding their lease (tagging its writes by `origin_tag`): (database, applier).
+    Both databases are dropped at the end."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     registry = load_registry([write_module(tmp_path, name, source, db=name)], entry_points=False)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -155,7 +162,9 @@ async def applier_in_process(
             await store.set_state(pair.original, "RUNNING")
         lease = Lease(store, f"{prefix}-test", 30.0)
         assert await lease.try_acquire()
-        applier = Applier(client, store, registry, lease=lease, metrics=Metrics())
+        applier = Applier(
+            client, store, registry, lease=lease, metrics=Metrics(), origin_tag=origin_tag
+        )
         await applier.refresh_pairs()
         yield client[name], applier
     finally:
