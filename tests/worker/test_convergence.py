@@ -82,7 +82,13 @@ class Scenario:
     # knows none of them whole until a replace, insert or delete, and must still apply every
     # update by its fields (G1, G2).
     unsynced: bool = False
+    # How the worker tags its writes: "field" writes without transactions, a tag field in each
+    # document, at least once (a batch whose checkpoint a crash lost is applied again).
+    origin_tag: str = "session"
 
+
+TAG_FIELD = "_psync"  # the configuration's default `tag_field`
+COLLECTIONS = {"original": "items", "partner": "items_v2"}
 
 OTHER_MODULE = """
 from transforms import Pair
@@ -199,12 +205,18 @@ async def short_transactions(aclient: AsyncMongoClient[dict[str, Any]]) -> Async
 
 
 def _config(
-    tmp_path: Path, uri: str, db_name: str, modules: Sequence[str], max_docs: int = 200
+    tmp_path: Path,
+    uri: str,
+    db_name: str,
+    modules: Sequence[str],
+    max_docs: int = 200,
+    origin_tag: str = "session",
 ) -> Path:
     path = tmp_path / "worker.toml"
     listed = ", ".join(f'"{module}"' for module in modules)
     path.write_text(
         f'uri = "{uri}"\n'
+        f'origin_tag = "{origin_tag}"\n'
         f"transforms = [{listed}]\n"
         f'state_db = "{db_name}_state"\n'
         f"[batch]\nmax_docs = {max_docs}\nmax_delay_ms = 10\n"
@@ -292,7 +304,8 @@ async def _run_scenario(
     modules = [module]
     if scenario.other_pair:
         modules.append(write_module(tmp_path, "orders_sync", OTHER_MODULE, db=db_name))
-    worker = WorkerProcess(_config(tmp_path, uri, db_name, modules, scenario.max_docs), tmp_path)
+    config = _config(tmp_path, uri, db_name, modules, scenario.max_docs, scenario.origin_tag)
+    worker = WorkerProcess(config, tmp_path)
     try:
         if scenario.unsynced:
             await _place_unsynced(aclient[db_name], pair, seed, scenario.ids)
@@ -431,11 +444,19 @@ async def _write_while_crashing(
             await _closing_update(writer)
         if not worker.alive():
             await worker.start()
-        client_events, worker_events = await _settle(stream, state, worker)
+        tag = TAG_FIELD if scenario.origin_tag == "field" else None
+        deletes = {
+            (COLLECTIONS[w.side], w.document_id, w.at)
+            for writer in writers
+            for w in writer.writes
+            if w.op == "delete"
+        }
+        client_events, worker_events = await _settle(stream, state, worker, tag, deletes)
         return Outcome(
             writes=[w for writer in writers for w in writer.writes],
-            originals={d["_id"]: d async for d in database["items"].find()},
-            partners={d["_id"]: d async for d in database["items_v2"].find()},
+            # The tag field is the worker's own (field tags): not part of either side's data.
+            originals={d["_id"]: d async for d in database["items"].find({}, {TAG_FIELD: 0})},
+            partners={d["_id"]: d async for d in database["items_v2"].find({}, {TAG_FIELD: 0})},
             client_events=client_events,
             worker_events=worker_events,
             attempts=progress.count,
@@ -521,13 +542,31 @@ async def _lease_fence_above(state: Any, fence: int) -> int:
 
 
 async def _settle(
-    stream: Any, state: Any, worker: WorkerProcess, within: float = 60.0
+    stream: Any,
+    state: Any,
+    worker: WorkerProcess,
+    tag_field: str | None,
+    client_deletes: set[tuple[str, Any, Timestamp]],
+    within: float = 60.0,
 ) -> tuple[Counter[tuple[str, Any]], Counter[tuple[str, Any]]]:
     """Wait until the worker's checkpoint covers every client event and no new event comes.
 
     Returns client and worker change events per (collection, document id). The stream is read
     after the checkpoint each round, so a worker write committed with that checkpoint is seen.
+    A worker write is told by its session (`lsid`, transactions); with field tags by the tag
+    it sets, and a delete, which carries none, by not being one of `client_deletes`
+    ((collection, _id, cluster time) each).
     """
+
+    def by_worker(event: dict[str, Any], key: tuple[str, Any]) -> bool:
+        if tag_field is None:
+            return bool(event.get("lsid"))
+        if event["operationType"] == "delete":
+            return (*key, event["clusterTime"]) not in client_deletes
+        if event["operationType"] == "update":
+            return tag_field in event["updateDescription"]["updatedFields"]
+        return tag_field in event["fullDocument"]
+
     clients: Counter[tuple[str, Any]] = Counter()
     workers: Counter[tuple[str, Any]] = Counter()
     latest: list[Timestamp | None] = [None]
@@ -542,7 +581,7 @@ async def _settle(
             if event["operationType"] not in ("insert", "update", "replace", "delete"):
                 continue
             key = (event["ns"]["coll"], event["documentKey"]["_id"])
-            if event.get("lsid"):
+            if by_worker(event, key):
                 workers[key] += 1
             else:
                 # The worker's stream may leave its own writes out (session tags): its
@@ -567,6 +606,8 @@ async def _settle(
 SOAK_SEEDS = int(os.environ.get("CONVERGENCE_SOAK_SEEDS", "0"))
 # Where the soak's seeds begin (CONVERGENCE_SOAK_FIRST), to soak seeds not run before.
 SOAK_FIRST = int(os.environ.get("CONVERGENCE_SOAK_FIRST", "1000"))
+# How the soak's worker tags its writes (CONVERGENCE_SOAK_TAG=field: without transactions).
+SOAK_TAG = os.environ.get("CONVERGENCE_SOAK_TAG", "session")
 
 
 @pytest.mark.slow
@@ -589,4 +630,5 @@ async def test_soak(
         scenario = dataclasses.replace(scenario, pauses=4, other_pair=seed % 2 == 1)
     if seed % 5 == 0:
         scenario = dataclasses.replace(scenario, unsynced=True)
+    scenario = dataclasses.replace(scenario, origin_tag=SOAK_TAG)
     await _run_scenario(aclient, mongo_uri, db_name, tmp_path, seed, scenario)

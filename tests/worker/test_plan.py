@@ -292,6 +292,57 @@ def test_tag_field_is_never_copied() -> None:
     assert plan.target_after is not None and "_psync" not in plan.target_after
 
 
+def test_a_target_path_already_holding_the_new_value_is_recorded_not_counted_a_conflict() -> None:
+    """The target already has the age this update gives it, though the merge base still knows
+    the old one (the worker's own write landed and its merge base did not, outside a
+    transaction): nothing is written, no conflict is counted, and the merge base learns it."""
+    plan = plan_event(
+        PAIR,
+        "original",
+        update({"age": "42"}),
+        base_source=ORIGINAL,
+        base_target=PARTNER,
+        current_source=None,
+        current_target={**PARTNER, "age": 42},
+    )
+    assert not plan.applied and not plan.conflict_paths
+    assert plan.base_target == {**PARTNER, "age": 42}
+    # A client's different value there is still a newer write.
+    other = plan_event(
+        PAIR,
+        "original",
+        update({"age": "42"}),
+        base_source=ORIGINAL,
+        base_target=PARTNER,
+        current_source=None,
+        current_target={**PARTNER, "age": 50},
+    )
+    assert other.conflict_paths == ["age"] and other.base_target == PARTNER
+
+
+def test_a_write_without_a_transaction_expects_the_document_as_read() -> None:
+    """Given the document it was planned on, a write applies only to that document still as it
+    was (the tag field left aside); a document created has nothing to expect."""
+    write = plan_target_write(PARTNER, {**PARTNER, "age": 42}, lambda _: True, document_id=1)
+    assert write is not None
+    operation = write_operation(write, tag={"_t": 7}, expect=PARTNER, tag_field="_t")
+    assert operation._filter == {
+        "_id": 1,
+        "$expr": {
+            "$eq": [
+                {"$unsetField": {"field": {"$literal": "_t"}, "input": "$$ROOT"}},
+                {"$literal": PARTNER},
+            ]
+        },
+    }
+    delete = write_operation(TargetWrite("delete", 1), expect=PARTNER)
+    assert delete._filter == {"_id": 1, "$expr": {"$eq": ["$$ROOT", {"$literal": PARTNER}]}}
+    created = plan_target_write(None, PARTNER, lambda _: True, document_id=1)
+    assert created is not None and created.kind == "insert"
+    insert = write_operation(created)
+    assert insert._filter == {"_id": 1} and insert._upsert
+
+
 def test_target_write_is_never_a_noop() -> None:
     """Planning a write from a document to an equal document plans nothing."""
     assert plan_target_write(PARTNER, dict(PARTNER), lambda _: True, document_id=1) is None

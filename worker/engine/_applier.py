@@ -134,6 +134,9 @@ VIRTUAL = "__partner_sync_virtual__"
 MAX_CASCADES = 100_000
 # A merge base record holds both sides of a document; keep it under MongoDB's 16 MiB limit.
 MAX_BASE_BYTES = 15 * 1024 * 1024
+# Without transactions, the attempts of a batch whose target writes carry preconditions (the
+# document still as read); the attempts after them write as planned.
+PRECONDITION_TRIES = 5
 # Dead letters keep the error's first characters and events up to this size whole.
 MAX_ERROR_CHARS = 2000
 MAX_DEAD_LETTER_EVENT_BYTES = 4 * 1024 * 1024
@@ -206,6 +209,11 @@ class _Split(Exception):
 
 class _CombinedRefused(Exception):
     """The server refused the combined bulkWrite command itself: send per-collection commands."""
+
+
+def _without(document: Mapping[str, Any], name: str | None) -> dict[str, Any]:
+    """`document` without its field `name` (the worker's tag field), as a new dict."""
+    return {k: v for k, v in document.items() if k != name}
 
 
 class _StaleRead(Exception):
@@ -979,6 +987,9 @@ class Applier:
                     read_ahead=read_ahead,
                     beyond=beyond,
                     prepared=first,
+                    # A document that never reads back as written (one the server compares
+                    # otherwise than Python does) must not hold the batch up for ever.
+                    preconditions=stale_reads < PRECONDITION_TRIES,
                 )
             except _CombinedRefused:
                 continue  # the same batch again, one command per collection
@@ -1063,9 +1074,11 @@ class Applier:
         read_ahead: bool = False,
         beyond: Sequence[Mapping[str, Any]] = (),
         prepared: _Prepared | None = None,
+        preconditions: bool = True,
     ) -> BatchResult:
         """One transaction for `events`: read and plan them (unless `prepared` already did,
-        while the batch before was written), write, check and commit."""
+        while the batch before was written), write, check and commit. `preconditions`: see
+        `_prepare`."""
         session = self.session
         assert session is not None, "use `async with applier.opened()`"
         txn_session = session if self.transactions else None
@@ -1084,6 +1097,7 @@ class Applier:
                     refused=refused,
                     read_ahead=read_ahead,
                     beyond=beyond,
+                    preconditions=preconditions,
                 )
             if not self.transactions:
                 in_doubt = prepared
@@ -1125,6 +1139,7 @@ class Applier:
         previous: _Prepared | None = None,
         read: anyio.Event | None = None,
         unread_own: bool = False,
+        preconditions: bool = True,
     ) -> _Prepared:
         """Read what the batch touches, plan every event and build the transaction's writes.
 
@@ -1134,6 +1149,8 @@ class Applier:
         have them yet), and `_still_as_planned` checks those documents once it has committed.
         `read`: set once the batch has read all it reads from the server (its look-ahead too).
         `unread_own`: the events are the reader's oldest unread ones, not taken yet (`_carry`).
+        `preconditions`: without transactions, each target write applies only to the document
+        still as the batch read it (`_verify_written` then finds those a client changed).
         """
         result = BatchResult(events=len(events))
         laps = _Laps()
@@ -1465,8 +1482,17 @@ class Applier:
             if write is None:
                 continue
             leaves[(namespace, key)] = write.result(before)
+            expect = None
+            if preconditions and not self.transactions and before is not None:
+                expect = _without(before, self.tag_field)
             operations.setdefault(namespace, []).append(
-                write_operation(write, tag=self._tag(), namespace=namespace)
+                write_operation(
+                    write,
+                    tag=self._tag(),
+                    namespace=namespace,
+                    expect=expect,
+                    tag_field=self.tag_field,
+                )
             )
             # A chain may write one document several times in a batch: all their paths count.
             written[(namespace, key)] = written.get((namespace, key), frozenset()) | (
@@ -1579,7 +1605,7 @@ class Applier:
             if prepared.read_at is not None:
                 session.advance_operation_time(prepared.read_at)
             await session.start_transaction()
-        if prepared.targets.combined:
+        if prepared.targets.combined and self.transactions:
             prepared.targets.extend(prepared.writes)
             await self._send(prepared.targets, session, refused)
             await self._check_overwritten(prepared, session)
@@ -1588,10 +1614,39 @@ class Applier:
         # Separate commands: the target writes first, and the batch's other writes only once
         # no newer client write makes it plan again.
         await self._send(prepared.targets, session, refused)
+        if not self.transactions:
+            await self._verify_written(prepared)
         await self._check_overwritten(prepared, session)
         laps.lap("check")
         await self._send(prepared.writes, session, refused)
         laps.lap("write")
+
+    async def _verify_written(self, prepared: _Prepared) -> None:
+        """Without a transaction: every target document reads back as the batch wrote it, or
+        `_StaleRead` names those that do not. A write planned on a document a client changed
+        since the batch read it matched nothing (its precondition), and a client may have
+        written one since: either way the batch plans again, before its merge base records and
+        its checkpoint are written."""
+        by_namespace: dict[str, dict[Any, Any]] = {}
+        for namespace, key, document_id in prepared.written_ids:
+            by_namespace.setdefault(namespace, {})[key] = document_id
+        stale: list[tuple[str, Any]] = []
+        for namespace, ids in by_namespace.items():
+            found: dict[Any, dict[str, Any]] = {}
+            query = {"_id": {"$in": list(ids.values())}}
+            async for document in self._collection(namespace).find(query):
+                found[id_key(document["_id"])] = document
+            for key in ids:
+                expected = prepared.leaves.get((namespace, key))
+                actual = found.get(key)
+                if (expected is None) != (actual is None) or (
+                    expected is not None
+                    and actual is not None
+                    and _without(expected, self.tag_field) != _without(actual, self.tag_field)
+                ):
+                    stale.append((namespace, key))
+        if stale:
+            raise _StaleRead(stale)
 
     async def _check_overwritten(
         self, prepared: _Prepared, session: AsyncClientSession | None

@@ -537,14 +537,28 @@ def _guard(
     conflicts: list[str] = []
     kept_set: dict[str, Any] = {}
     kept_unset: list[str] = []
+    # A path that already holds what the patch writes is kept (for the merge base) though it
+    # differs from the known value: the worker's own write of it landed without its merge base
+    # (an attempt outside a transaction that did not see it through), or a client wrote the
+    # same value. Counted as a newer write, the merge base would keep the old value for good.
     for path, value in patch.set.items():
-        if overlaps(path, ahead) or not _equal(at(current, path), at(known, path)):
+        if overlaps(path, ahead):
             conflicts.append(path)
+        elif not _equal(at(current, path), at(known, path)):
+            if _equal(at(current, path), value):
+                kept_set[path] = value
+            else:
+                conflicts.append(path)
         elif not _equal(at(current, path), value):
             kept_set[path] = value
     for path in patch.unset:
-        if overlaps(path, ahead) or not _equal(at(current, path), at(known, path)):
+        if overlaps(path, ahead):
             conflicts.append(path)
+        elif not _equal(at(current, path), at(known, path)):
+            if at(current, path) is _MISSING:
+                kept_unset.append(path)
+            else:
+                conflicts.append(path)
         elif at(current, path) is not _MISSING:
             kept_unset.append(path)
     return Patch(set=kept_set, unset=tuple(kept_unset)), conflicts

@@ -85,37 +85,55 @@ def plan_target_write(
 
 
 def write_operation(
-    write: TargetWrite, *, tag: Mapping[str, Any] | None = None, namespace: str | None = None
+    write: TargetWrite,
+    *,
+    tag: Mapping[str, Any] | None = None,
+    namespace: str | None = None,
+    expect: Mapping[str, Any] | None = None,
+    tag_field: str | None = None,
 ) -> DeleteOne | ReplaceOne[dict[str, Any]] | UpdateOne:
     """The planned write as a bulk-write operation, for sending many in one round trip.
 
     `namespace` ("db.collection") is for a client-level bulk write; a collection's ignores it.
+    `expect`: the document as the write was planned on (without `tag_field`); the write then
+    applies only to the document still as it was, and matches nothing once a client changed
+    it (writes outside a transaction, which nothing else keeps from overwriting a newer one).
     """
+    where: dict[str, Any] = {"_id": write.document_id}
+    if expect is not None:
+        where["$expr"] = _unchanged(expect, tag_field)
+    # Creating the document (nothing expected) inserts it; replacing one that must still be as
+    # it was never does.
+    upsert = expect is None
     if write.kind == "delete":
-        return DeleteOne({"_id": write.document_id}, namespace=namespace)
+        return DeleteOne(where, namespace=namespace)
     if write.kind == "insert":
         document = {**(write.document or {}), **(tag or {})}
         if any(name[:1] == "$" for name in document):
             # A replacement may not hold a top-level `$` name (DollarPrefixedFieldName); the
             # same document as the pipeline's one stage may.
             return UpdateOne(
-                {"_id": write.document_id},
+                where,
                 [{"$replaceWith": {"$literal": document}}],
-                upsert=True,
+                upsert=upsert,
                 namespace=namespace,
             )
-        return ReplaceOne({"_id": write.document_id}, document, upsert=True, namespace=namespace)
+        return ReplaceOne(where, document, upsert=upsert, namespace=namespace)
     assert write.patch is not None
     if write.fields:
-        return UpdateOne(
-            {"_id": write.document_id},
-            _pipeline(write.patch, write.fields, tag),
-            namespace=namespace,
-        )
+        return UpdateOne(where, _pipeline(write.patch, write.fields, tag), namespace=namespace)
     update = write.patch.to_update()
     if tag:
         update.setdefault("$set", {}).update(tag)
-    return UpdateOne({"_id": write.document_id}, update, namespace=namespace)
+    return UpdateOne(where, update, namespace=namespace)
+
+
+def _unchanged(expect: Mapping[str, Any], tag_field: str | None) -> dict[str, Any]:
+    """An `$expr` true for the document equal to `expect`, its `tag_field` left aside."""
+    root: Any = "$$ROOT"
+    if tag_field:
+        root = {"$unsetField": {"field": {"$literal": tag_field}, "input": "$$ROOT"}}
+    return {"$eq": [root, {"$literal": dict(expect)}]}
 
 
 def _pipeline(

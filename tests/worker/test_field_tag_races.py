@@ -1,0 +1,99 @@
+"""Without transactions (`origin_tag = "field"`) nothing holds a target document between the
+batch's read of it and the worker's write: a client write that lands in between must still
+win (G2), and the two sides must still agree (G1)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of, next_events
+
+
+def _after_reads(applier: Any, write: Callable[[], Awaitable[Any]]) -> None:
+    """Make `write` (a client's) once, right after the next batch has read its documents and
+    looked ahead in the stream for newer writes: just before the batch writes."""
+    peek_ahead = applier._peek_ahead
+    pending = [write]
+
+    async def peek_then_write(*args: Any, **kwargs: Any) -> Any:
+        found = await peek_ahead(*args, **kwargs)
+        if pending:
+            await pending.pop()()
+        return found
+
+    applier._peek_ahead = peek_then_write
+
+
+async def _drain(stream: Any, quiet_reads: int = 4, most: int = 40) -> list[dict[str, Any]]:
+    """The stream's events until it has nothing new for a few reads (bounded)."""
+    events: list[dict[str, Any]] = []
+    quiet = 0
+    for _ in range(most):
+        event = await stream.try_next()
+        if event is None:
+            quiet += 1
+            if quiet >= quiet_reads:
+                break
+        else:
+            quiet = 0
+            events.append(event)
+    return events
+
+
+def _tagged(event: dict[str, Any]) -> bool:
+    """A write the worker made (field tags): it sets the tag field."""
+    if event["operationType"] == "update":
+        return "_psync" in event["updateDescription"]["updatedFields"]
+    return "_psync" in (event.get("fullDocument") or {})
+
+
+async def _untagged(collection: Any, document_id: Any) -> dict[str, Any] | None:
+    document = await collection.find_one({"_id": document_id})
+    if document is not None:
+        document.pop("_psync", None)
+    return document
+
+
+@pytest.mark.parametrize(
+    "client_write",
+    [
+        pytest.param(
+            lambda db: db.people_v2.update_one({"_id": 1}, {"$set": {"email": "late@x"}}),
+            id="update",
+        ),
+        pytest.param(
+            lambda db: db.people_v2.replace_one(
+                {"_id": 1}, {"full_name": "Ada", "email": "late@x", "tier": "basic", "loyalty": 0}
+            ),
+            id="replace",
+        ),
+    ],
+)
+async def test_a_client_write_between_the_read_and_the_write_wins(
+    mongo_uri: str, tmp_path: Path, client_write: Callable[[Any], Awaitable[Any]]
+) -> None:
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="race", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            inserted = await events_of(
+                db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
+            )
+            await applier.apply(inserted)
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await db.people.update_one({"_id": 1}, {"$set": {"email": "ada@x"}})
+                changed = await next_events(stream, 1, tries=40)
+                _after_reads(applier, lambda: client_write(db))
+                await applier.apply(changed)
+                # The client's write comes next (the worker's own writes, tagged, are left out).
+                later = [e for e in await _drain(stream) if not _tagged(e)]
+            assert [e["ns"]["coll"] for e in later] == ["people_v2"]
+            await applier.apply(later)
+        original = await _untagged(db.people, 1)
+        partner = await _untagged(db.people_v2, 1)
+    assert original is not None and partner is not None
+    assert original["email"] == partner["email"] == "late@x"
