@@ -296,27 +296,21 @@ def test_a_target_path_already_holding_the_new_value_is_recorded_not_counted_a_c
     """The target already has the age this update gives it, though the merge base still knows
     the old one (the worker's own write landed and its merge base did not, outside a
     transaction): nothing is written, no conflict is counted, and the merge base learns it."""
-    plan = plan_event(
-        PAIR,
-        "original",
-        update({"age": "42"}),
-        base_source=ORIGINAL,
-        base_target=PARTNER,
-        current_source=None,
-        current_target={**PARTNER, "age": 42},
+    plan, other = (
+        plan_event(
+            PAIR,
+            "original",
+            update({"age": "42"}),
+            base_source=ORIGINAL,
+            base_target=PARTNER,
+            current_source=None,
+            current_target={**PARTNER, "age": age},
+        )
+        for age in (42, 50)
     )
     assert not plan.applied and not plan.conflict_paths
     assert plan.base_target == {**PARTNER, "age": 42}
     # A client's different value there is still a newer write.
-    other = plan_event(
-        PAIR,
-        "original",
-        update({"age": "42"}),
-        base_source=ORIGINAL,
-        base_target=PARTNER,
-        current_source=None,
-        current_target={**PARTNER, "age": 50},
-    )
     assert other.conflict_paths == ["age"] and other.base_target == PARTNER
 
 
