@@ -148,6 +148,8 @@ class Contender:
     max_docs: int = 500
     # The engine's transform modules (names or files): the customers pair's, and any others.
     transforms: tuple[str, ...] = (MODULE,)
+    # How the engine tags its writes: "session" (transactions) or "field" (without them).
+    origin_tag: str = "session"
 
     def command(self) -> list[str]:
         if self.name == "naive":
@@ -156,6 +158,7 @@ class Contender:
         modules = ", ".join(f'"{module}"' for module in self.transforms)
         config.write_text(
             f'uri = "{self.uri}"\ntransforms = [{modules}]\nstate_db = "{STATE_DB}"\n'
+            f'origin_tag = "{self.origin_tag}"\n'
             f'[batch]\nmax_docs = {self.max_docs}\nmax_delay_ms = 20\n[http]\nlisten = ""\n'
             f'[log]\nlevel = "{self.log_level}"\n'
         )
@@ -702,6 +705,7 @@ async def measure(name: str, options: argparse.Namespace) -> dict[str, Any]:
                 profile=options.profile,
                 log_level=options.log_level,
                 max_docs=options.max_docs,
+                origin_tag=options.origin_tag,
             )
             contender.start()
             try:
@@ -841,6 +845,13 @@ def main() -> None:
         " default; about half the CPU on this machine, where the applications' writes would"
         " come from machines of their own), or through PyMongo; with MONGODB_URI they always"
         " go through PyMongo",
+    )
+    parser.add_argument(
+        "--origin-tag",
+        choices=["session", "field"],
+        default="session",
+        help="how the engine tags its writes: in transactions (the default), or by a field"
+        " without them",
     )
     parser.add_argument("--naive-trigger", metavar="URI", help=argparse.SUPPRESS)
     options = parser.parse_args()
