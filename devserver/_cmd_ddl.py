@@ -175,8 +175,14 @@ async def coll_mod(ctx: Context) -> dict[str, Any]:
     options = dict(meta.options)
     # What the command changes: the `modify` event's operationDescription, as mongod logs it.
     changes: dict[str, Any] = {}
+    reply: dict[str, Any] = {}
+    index_before: dict[str, Any] | None = None
     for key, value in ctx.body.items():
         if key in ("collMod", "lsid") or key.startswith("$"):
+            continue
+        if key == "index":
+            name, index_changes, index_before, reply = _index_change(ctx, coll, meta, value)
+            changes["index"] = {"name": name, **index_changes}
             continue
         if key == "validator":
             _check_validator(value)
@@ -193,11 +199,76 @@ async def coll_mod(ctx: Context) -> dict[str, Any]:
                 f"collMod option '{key}' is not supported by the development server",
             )
         options[key] = changes[key] = value
-    before = {"collectionOptions": {"uuid": meta.uuid, **meta.options}}
+    before: dict[str, Any] = {"collectionOptions": {"uuid": meta.uuid, **meta.options}}
+    if index_before is not None:
+        before["indexOptions"] = index_before
+        storage.set_index_options(
+            ctx.db,
+            coll,
+            changes["index"]["name"],
+            {k: v for k, v in changes["index"].items() if k != "name"},
+        )
     storage.set_options(ctx.db, coll, options)
     record = ChangeRecord(op="modify", db=ctx.db, coll=coll, description=changes, before=before)
     ctx.wrote(ctx.state.commit([record]))
-    return {}
+    return reply
+
+
+def _index_change(
+    ctx: Context, coll: str, meta: Any, spec: Any
+) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """collMod's `index` (`name` or `keyPattern`, with `hidden` and/or `expireAfterSeconds`):
+    (index name, the options it sets, their values before, the reply's `<option>_old` and
+    `<option>_new` fields)."""
+    if not isinstance(spec, dict):
+        raise CommandError(14, "TypeMismatch", "collMod 'index' must be an object")
+    if "name" in spec:
+        name = spec["name"]
+        found = meta.indexes.get(name) if isinstance(name, str) else None
+    elif isinstance(spec.get("keyPattern"), dict):
+        pattern = list(spec["keyPattern"].items())
+        found = next((s for s in meta.indexes.values() if s.key == pattern), None)
+    else:
+        raise CommandError(
+            72, "InvalidOptions", "must specify either index name or key pattern for collMod"
+        )
+    if found is None:
+        raise CommandError(27, "IndexNotFound", f"cannot find index {spec} for ns {ctx.db}.{coll}")
+    sets: dict[str, Any] = {}
+    before: dict[str, Any] = {}
+    reply: dict[str, Any] = {}
+    for option, value in spec.items():
+        if option in ("name", "keyPattern"):
+            continue
+        if option == "hidden":
+            if not isinstance(value, bool):
+                raise CommandError(14, "TypeMismatch", "collMod 'index.hidden' must be a boolean")
+            if found.name == "_id_":
+                raise CommandError(
+                    72, "InvalidOptions", "cannot modify hidden field of an _id index"
+                )
+            old = bool(found.extra.get("hidden", False))
+        elif option == "expireAfterSeconds":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise CommandError(
+                    2, "BadValue", "collMod 'index.expireAfterSeconds' must be a number >= 0"
+                )
+            if "expireAfterSeconds" not in found.extra:
+                raise CommandError(72, "InvalidOptions", "no expireAfterSeconds field to update")
+            old = found.extra["expireAfterSeconds"]
+        else:
+            raise CommandError(
+                238,
+                "NotImplemented",
+                f"collMod index option '{option}' is not supported by the development server",
+            )
+        sets[option] = value
+        before[option] = old
+        reply[f"{option}_old"] = old
+        reply[f"{option}_new"] = value
+    if not sets:
+        raise CommandError(72, "InvalidOptions", "no expireAfterSeconds or hidden field to update")
+    return found.name, sets, before, reply
 
 
 @command("listCollections", in_transaction=True)

@@ -270,6 +270,13 @@ class Storage:
         self._log({"o": "index", "d": db, "c": coll, "spec": spec.to_doc()})
         return True
 
+    def set_index_options(self, db: str, coll: str, name: str, options: dict[str, Any]) -> None:
+        """Change options of an existing index that do not change its entries (collMod's
+        `index`: `hidden`, `expireAfterSeconds`)."""
+        spec = self._meta[(db, coll)].indexes[name]
+        spec.extra.update(options)
+        self._log({"o": "indexOptions", "d": db, "c": coll, "name": name, "options": options})
+
     def drop_index(self, db: str, coll: str, name: str) -> None:
         meta = self._meta[(db, coll)]
         del meta.indexes[name]
@@ -392,6 +399,8 @@ class Storage:
             self.create_index(db, coll, IndexSpec.from_doc(op["spec"]))
         elif kind == "dropIndex":
             self.drop_index(db, coll, op["name"])
+        elif kind == "indexOptions":
+            self.set_index_options(db, coll, op["name"], op["options"])
         else:
             raise ValueError(f"unknown journal operation {kind!r}")
 

@@ -169,6 +169,38 @@ def test_expanded_events_show_a_collmod_as_modify(db: Database[Doc]) -> None:
         assert [e["operationType"] for e in events(resumed, 2)] == ["modify", "insert"]
 
 
+def test_a_collmod_of_an_index_is_a_modify_with_its_index_options(db: Database[Doc]) -> None:
+    """collMod's `index` hides an index or changes a TTL index's expiry: the reply says the
+    value before and after, listIndexes shows it, and the `modify` event names the index
+    with what changed (`stateBeforeChange.indexOptions` holding the values before)."""
+    db.create_collection("indexed")
+    db.indexed.create_index("email")
+    db.indexed.create_index("seen", expireAfterSeconds=60)
+    with db.watch(max_await_time_ms=100, show_expanded_events=True) as expanded:
+        hidden = db.command("collMod", "indexed", index={"name": "email_1", "hidden": True})
+        expiry = db.command(
+            "collMod", "indexed", index={"keyPattern": {"seen": 1}, "expireAfterSeconds": 90}
+        )
+        shown = events(expanded, 2)
+    assert (hidden["hidden_old"], hidden["hidden_new"]) == (False, True)
+    assert (expiry["expireAfterSeconds_old"], expiry["expireAfterSeconds_new"]) == (60, 90)
+    listed = {i["name"]: i for i in db.indexed.list_indexes()}
+    assert listed["email_1"]["hidden"] is True and listed["seen_1"]["expireAfterSeconds"] == 90
+    assert [e["operationType"] for e in shown] == ["modify", "modify"]
+    assert shown[0]["operationDescription"] == {"index": {"name": "email_1", "hidden": True}}
+    assert shown[0]["stateBeforeChange"]["indexOptions"] == {"hidden": False}
+    assert shown[1]["operationDescription"] == {
+        "index": {"name": "seen_1", "expireAfterSeconds": 90}
+    }
+    assert shown[1]["stateBeforeChange"]["indexOptions"] == {"expireAfterSeconds": 60}
+    with pytest.raises(OperationFailure) as missing:
+        db.command("collMod", "indexed", index={"name": "nope_1", "hidden": True})
+    assert missing.value.code == 27
+    with pytest.raises(OperationFailure) as not_ttl:
+        db.command("collMod", "indexed", index={"name": "email_1", "expireAfterSeconds": 5})
+    assert not_ttl.value.code == 72
+
+
 def test_expanded_events_name_the_collection_by_its_uuid(db: Database[Doc]) -> None:
     """With showExpandedEvents every event on a collection carries its `collectionUUID` (the
     UUID listCollections reports, the oplog's `ui`), a drop's the dropped collection's, and a

@@ -25,12 +25,15 @@ pytestmark = pytest.mark.usefixtures("devserver_factory")
 
 
 def test_clean_restart_keeps_everything(devserver_factory: Any, tmp_path: Path) -> None:
-    """Documents, unique indexes, collection options and history survive a restart."""
+    """Documents, unique indexes, collection and index options and history survive a
+    restart."""
     server = devserver_factory(dbpath=str(tmp_path))
     with MongoClient(server.uri) as mongo:
         db = mongo.shop
         db.create_collection("items", changeStreamPreAndPostImages={"enabled": True})
         db.items.create_index("sku", unique=True)
+        db.items.create_index("seen", expireAfterSeconds=60)
+        db.command("collMod", "items", index={"name": "seen_1", "expireAfterSeconds": 90})
         db.items.insert_many([{"_id": i, "sku": f"s{i}"} for i in range(20)])
         db.items.update_one({"_id": 3}, {"$set": {"price": 5}})
         db.items.delete_one({"_id": 4})
@@ -49,6 +52,8 @@ def test_clean_restart_keeps_everything(devserver_factory: Any, tmp_path: Path) 
         }
         with pytest.raises(DuplicateKeyError):
             db.items.insert_one({"sku": "s1"})
+        listed = {i["name"]: i for i in db.items.list_indexes()}
+        assert listed["seen_1"]["expireAfterSeconds"] == 90
         with db.items.watch(start_at_operation_time=Timestamp(first_time.time - 60, 0)) as stream:
             kinds = [stream.next()["operationType"] for _ in range(22)]
         assert kinds[:20] == ["insert"] * 20 and kinds[20:] == ["update", "delete"]
