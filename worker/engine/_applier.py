@@ -216,6 +216,12 @@ def _without(document: Mapping[str, Any], name: str | None) -> dict[str, Any]:
     return {k: v for k, v in document.items() if k != name}
 
 
+def _same(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
+    """Equal documents: the same BSON (NaN equals NaN, as MongoDB compares it), or equal as
+    Python compares them (fields in another order)."""
+    return bson.encode(left) == bson.encode(right) or left == right
+
+
 class _StaleRead(Exception):
     """A client wrote a path of a target document between the batch's read and its write."""
 
@@ -266,6 +272,8 @@ class _Prepared:
     routing_seen: int = 0
     # The changes it holds for paused or replaying pairs (`held_record`s).
     held: list[dict[str, Any]] = field(default_factory=list)
+    # Its target writes carry preconditions, to be read back (`_verify_written`).
+    verify: bool = False
 
 
 class Applier:
@@ -1583,6 +1591,7 @@ class Applier:
             carried=carried,
             routing_seen=self.routing_changes,
             held=held,
+            verify=preconditions and not self.transactions,
         )
 
     async def _execute(
@@ -1614,7 +1623,7 @@ class Applier:
         # Separate commands: the target writes first, and the batch's other writes only once
         # no newer client write makes it plan again.
         await self._send(prepared.targets, session, refused)
-        if not self.transactions:
+        if prepared.verify:
             await self._verify_written(prepared)
         await self._check_overwritten(prepared, session)
         laps.lap("check")
@@ -1642,7 +1651,9 @@ class Applier:
                 if (expected is None) != (actual is None) or (
                     expected is not None
                     and actual is not None
-                    and _without(expected, self.tag_field) != _without(actual, self.tag_field)
+                    and not _same(
+                        _without(expected, self.tag_field), _without(actual, self.tag_field)
+                    )
                 ):
                     stale.append((namespace, key))
         if stale:
