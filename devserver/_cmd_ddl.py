@@ -176,13 +176,15 @@ async def coll_mod(ctx: Context) -> dict[str, Any]:
     # What the command changes: the `modify` event's operationDescription, as mongod logs it.
     changes: dict[str, Any] = {}
     reply: dict[str, Any] = {}
-    index_before: dict[str, Any] | None = None
+    # collMod's `index`: (its name, the options it sets, their values before).
+    index: tuple[str, dict[str, Any], dict[str, Any]] | None = None
     for key, value in ctx.body.items():
         if key in ("collMod", "lsid") or key.startswith("$"):
             continue
         if key == "index":
-            name, index_changes, index_before, reply = _index_change(ctx, coll, meta, value)
-            changes["index"] = {"name": name, **index_changes}
+            name, sets, old, reply = _index_change(ctx, coll, meta, value)
+            index = (name, sets, old)
+            changes["index"] = {"name": name, **sets}
             continue
         if key == "validator":
             _check_validator(value)
@@ -200,14 +202,9 @@ async def coll_mod(ctx: Context) -> dict[str, Any]:
             )
         options[key] = changes[key] = value
     before: dict[str, Any] = {"collectionOptions": {"uuid": meta.uuid, **meta.options}}
-    if index_before is not None:
-        before["indexOptions"] = index_before
-        storage.set_index_options(
-            ctx.db,
-            coll,
-            changes["index"]["name"],
-            {k: v for k, v in changes["index"].items() if k != "name"},
-        )
+    if index is not None:
+        name, sets, before["indexOptions"] = index
+        storage.set_index_options(ctx.db, coll, name, sets)
     storage.set_options(ctx.db, coll, options)
     record = ChangeRecord(op="modify", db=ctx.db, coll=coll, description=changes, before=before)
     ctx.wrote(ctx.state.commit([record]))

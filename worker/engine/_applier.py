@@ -34,7 +34,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -70,6 +70,7 @@ from worker.engine._plan import (
     other_side,
     overlaps,
     plan_event,
+    without_tag,
 )
 from worker.engine._stream import (
     DOCUMENT_EVENTS,
@@ -209,11 +210,6 @@ class _Split(Exception):
 
 class _CombinedRefused(Exception):
     """The server refused the combined bulkWrite command itself: send per-collection commands."""
-
-
-def _without(document: Mapping[str, Any], name: str | None) -> dict[str, Any]:
-    """`document` without its field `name` (the worker's tag field), as a new dict."""
-    return {k: v for k, v in document.items() if k != name}
 
 
 def _same(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
@@ -693,23 +689,34 @@ class Applier:
             return False
 
     async def _carried_as_planned(self, prepared: _Prepared) -> bool:
+        found = await self._read_back(
+            (namespace, key, document_id)
+            for (namespace, key), (document_id, _) in prepared.carried.items()
+        )
+        for document, actual in found.items():
+            left = prepared.carried[document][1]
+            if (left is None) != (actual is None):
+                return False
+            if left is not None and actual is not None:
+                if not diff_documents(left, actual).is_empty():
+                    return False
+        return True
+
+    async def _read_back(
+        self, documents: Iterable[tuple[str, Any, Any]]
+    ) -> dict[tuple[str, Any], dict[str, Any] | None]:
+        """The documents ((namespace, id key, _id) each) as the server has them now, None for
+        those it does not have: one read per namespace."""
         wanted: dict[str, dict[Any, Any]] = {}
-        for (namespace, key), (document_id, _) in prepared.carried.items():
+        for namespace, key, document_id in documents:
             wanted.setdefault(namespace, {})[key] = document_id
+        found: dict[tuple[str, Any], dict[str, Any] | None] = {}
         for namespace, ids in wanted.items():
-            found: dict[Any, dict[str, Any]] = {}
+            found.update(((namespace, key), None) for key in ids)
             query = {"_id": {"$in": list(ids.values())}}
             async for document in self._collection(namespace).find(query):
-                found[id_key(document["_id"])] = document
-            for key in ids:
-                left = prepared.carried[(namespace, key)][1]
-                actual = found.get(key)
-                if (left is None) != (actual is None):
-                    return False
-                if left is not None and actual is not None:
-                    if not diff_documents(left, actual).is_empty():
-                        return False
-        return True
+                found[(namespace, id_key(document["_id"]))] = document
+        return found
 
     def _touches_idle_pair(self, events: Sequence[Mapping[str, Any]]) -> bool:
         """Whether a document event belongs to a pair the worker last saw neither active nor
@@ -1161,6 +1168,8 @@ class Applier:
         still as the batch read it (`_verify_written` then finds those a client changed).
         """
         result = BatchResult(events=len(events))
+        # Without a transaction, the target writes expect the documents as read.
+        guarded = preconditions and not self.transactions
         laps = _Laps()
         result.phases = laps.phases
         tallies: dict[str, _PairTally] = {}
@@ -1490,9 +1499,7 @@ class Applier:
             if write is None:
                 continue
             leaves[(namespace, key)] = write.result(before)
-            expect = None
-            if preconditions and not self.transactions and before is not None:
-                expect = _without(before, self.tag_field)
+            expect = without_tag(before, self.tag_field) if guarded else None
             operations.setdefault(namespace, []).append(
                 write_operation(
                     write,
@@ -1591,7 +1598,7 @@ class Applier:
             carried=carried,
             routing_seen=self.routing_changes,
             held=held,
-            verify=preconditions and not self.transactions,
+            verify=guarded,
         )
 
     async def _execute(
@@ -1636,26 +1643,18 @@ class Applier:
         since the batch read it matched nothing (its precondition), and a client may have
         written one since: either way the batch plans again, before its merge base records and
         its checkpoint are written."""
-        by_namespace: dict[str, dict[Any, Any]] = {}
-        for namespace, key, document_id in prepared.written_ids:
-            by_namespace.setdefault(namespace, {})[key] = document_id
+        found = await self._read_back(prepared.written_ids)
         stale: list[tuple[str, Any]] = []
-        for namespace, ids in by_namespace.items():
-            found: dict[Any, dict[str, Any]] = {}
-            query = {"_id": {"$in": list(ids.values())}}
-            async for document in self._collection(namespace).find(query):
-                found[id_key(document["_id"])] = document
-            for key in ids:
-                expected = prepared.leaves.get((namespace, key))
-                actual = found.get(key)
-                if (expected is None) != (actual is None) or (
-                    expected is not None
-                    and actual is not None
-                    and not _same(
-                        _without(expected, self.tag_field), _without(actual, self.tag_field)
-                    )
-                ):
-                    stale.append((namespace, key))
+        for document, actual in found.items():
+            expected = prepared.leaves.get(document)
+            if (expected is None) != (actual is None) or (
+                expected is not None
+                and actual is not None
+                and not _same(
+                    without_tag(expected, self.tag_field), without_tag(actual, self.tag_field)
+                )
+            ):
+                stale.append(document)
         if stale:
             raise _StaleRead(stale)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from transforms import (
     Direction,
@@ -39,6 +39,7 @@ __all__ = [
     "plan_event",
     "unaddressable_failure",
     "value_at",
+    "without_tag",
 ]
 
 Side = str  # "original" | "partner"
@@ -90,7 +91,16 @@ class EventPlan:
     reason: str = ""
 
 
-def _strip(document: Mapping[str, Any] | None, tag_field: str | None) -> dict[str, Any] | None:
+@overload
+def without_tag(document: Mapping[str, Any], tag_field: str | None) -> dict[str, Any]: ...
+
+
+@overload
+def without_tag(document: None, tag_field: str | None) -> None: ...
+
+
+def without_tag(document: Mapping[str, Any] | None, tag_field: str | None) -> dict[str, Any] | None:
+    """A copy of `document` without the worker's tag field (with field tags), None for None."""
     if document is None:
         return None
     if tag_field and tag_field in document:
@@ -190,31 +200,23 @@ def _source_after(
     """The source document right after the event; (False, None) when it cannot be known."""
     op = event["operationType"]
     if op in ("insert", "replace"):
-        return True, _strip(event.get("fullDocument"), tag_field)
+        return True, without_tag(event.get("fullDocument"), tag_field)
     if op == "delete":
         return True, None
     if op != "update":
         raise ValueError(f"not a document event: {op}")
-    description = event.get("updateDescription") or {}
     if base_source is not None:
         # A path through a dotted field name is placed by its components (disambiguatedPaths).
         # Taking the document as it is now instead made this event carry later changes of
         # the source: those lost to target writes between the two, and their own events, no
         # longer changing the merge base, were passed over as echoes.
-        after = apply_update_description(
-            base_source,
-            description.get("updatedFields") or {},
-            description.get("removedFields") or [],
-            description.get("truncatedArrays") or [],
-            description.get("disambiguatedPaths"),
-        )
-        return True, _strip(after, tag_field)
+        return True, without_tag(_as_of_event(event, base_source), tag_field)
     # No merge base yet (a document older than the sync): the event's own post-image, or the
     # document as it is now. A newer state is safe: its own events will be no-ops on it.
     if event.get("fullDocument") is not None:
-        return True, _strip(event["fullDocument"], tag_field)
+        return True, without_tag(event["fullDocument"], tag_field)
     if current_source is not None:
-        return True, _strip(current_source, tag_field)
+        return True, without_tag(current_source, tag_field)
     return False, None
 
 
@@ -243,7 +245,7 @@ def plan_event(
     no_base = base_source is None and base_target is None
     event = with_inferred_paths(event, current_source if no_base else base_source)
     direction = direction_of(side)
-    cur_target = _strip(current_target, tag_field)
+    cur_target = without_tag(current_target, tag_field)
     known_target = dict(base_target) if base_target is not None else None
     known, source_after = _source_after(event, base_source, current_source, tag_field)
     if not known:
@@ -409,8 +411,9 @@ def plan_event(
 
 
 def _as_of_event(event: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
-    """`source` (the document as read after the update `event`) with the fields the update
-    touched at the values it gave them: a later change of them is still to come."""
+    """`source` with what the update `event` did applied to it: the document after the event
+    when `source` is the one before (the merge base); with the document as read after it, that
+    document with the fields the update touched at the values it gave them."""
     description = event.get("updateDescription") or {}
     return apply_update_description(
         source,
