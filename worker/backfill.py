@@ -35,7 +35,7 @@ from worker.engine import (
 )
 from worker.errors import ResyncRequired, StateRefused
 from worker.lifecycle import Workspace, run_transaction
-from worker.state import id_key, merge_base_id, utcnow
+from worker.state import id_key, merge_base_id, settled_base, utcnow
 
 __all__ = [
     "BackfillOptions",
@@ -504,8 +504,10 @@ def _plan_batch(
         document_id = document["_id"]
         key = id_key(document_id)
         target = targets.get(key)
-        base = bases.get(key)
         original, partner = (document, target) if source == "original" else (target, document)
+        # A record a worker without transactions left pending reads as what it settles to.
+        stored = bases.get(key)
+        base = settled_base(stored, original, partner, workspace.ignored_field)
         try:
             if base is not None:
                 if not options.restart:
@@ -526,7 +528,7 @@ def _plan_batch(
                 batch.reconciled += 1
             else:
                 outcome = settle(pair, source, document_id, original, partner)
-                outcome.new_base = True
+                outcome.new_base = stored is None  # (else replaced, not inserted)
                 if target is None:
                     batch.written += 1
                 elif not outcome.writes:

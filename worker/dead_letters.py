@@ -19,7 +19,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from transforms import Side, TransformFailed
 from worker.backfill import settle, write_settled
 from worker.lifecycle import Workspace, run_transaction
-from worker.state import StateStore, merge_base_id, utcnow
+from worker.state import StateStore, merge_base_id, settled_base, utcnow
 
 __all__ = [
     "RetryReport",
@@ -120,8 +120,13 @@ async def _retry_one(
         {"_id": document_id}, session=session
     )
     source = original if side == "original" else partner
-    base = await store.merge_base.find_one(
-        {"_id": merge_base_id(pair_ns, document_id)}, session=session
+    base = settled_base(
+        await store.merge_base.find_one(
+            {"_id": merge_base_id(pair_ns, document_id)}, session=session
+        ),
+        original,
+        partner,
+        workspace.ignored_field,
     )
     if source is None and base is None:
         # Gone before it was ever synced: nothing to copy, and the other side's document (if

@@ -18,7 +18,12 @@ Collections (documents sketched; `ns` is the pair's original namespace):
                    last_client_write: {original, partner}, lag_seconds, resync_reason, updated_at}
     checkpoints   {_id: stream key, resume_token, cluster_time, fence, sessions, updated_at}
     merge_base    {_id: {pair: ns, id: document _id}, o: original doc | None,
-                   p: partner doc | None, at: Timestamp}
+                   p: partner doc | None, at: Timestamp,
+                   pending: {o, p, at, tags: {o | p: tag token | None}, echo}, unknown: bool,
+                   echo: {o | p: {after: Timestamp, until: Timestamp}}, folded: Timestamp}
+                   (`pending`, `unknown`, `echo`, `folded`: without transactions a batch
+                   writes its records before its target writes, and remembers its deletes;
+                   see `settle_record`)
     leases        {_id: stream key, holder, fence, expires_at, since, sessions}
     dead_letters  {_id: ObjectId, pair, side, direction, document_id, event, error, code,
                    mapping, field, at, retries, last_retry_at}
@@ -33,8 +38,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import bson
 from bson import Timestamp
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
@@ -47,9 +53,12 @@ __all__ = [
     "ACTIVE_STATES",
     "DEFAULT_STREAM",
     "STATES",
+    "SettledRecord",
     "StateStore",
     "id_key",
     "merge_base_id",
+    "settle_record",
+    "settled_base",
     "state_taken_up",
     "utcnow",
 ]
@@ -87,6 +96,100 @@ def utcnow() -> dt.datetime:
 def merge_base_id(pair_ns: str, document_id: Any) -> dict[str, Any]:
     """The merge base `_id` of one logical document of a pair."""
     return {"pair": pair_ns, "id": document_id}
+
+
+def settled_base(
+    record: Mapping[str, Any] | None,
+    original: Mapping[str, Any] | None,
+    partner: Mapping[str, Any] | None,
+    tag_field: str | None,
+) -> dict[str, Any] | None:
+    """The merge base a stored record stands for, given both sides' documents (None: no merge
+    base). See `settle_record`."""
+    return settle_record(record, original, partner, tag_field).base
+
+
+class SettledRecord(NamedTuple):
+    """What a stored merge base record stands for (`settle_record`)."""
+
+    base: dict[str, Any] | None
+    echo: dict[str, dict[str, Any]]
+    # "stored" (nothing was pending), "written" (every pending write landed), "not written"
+    # (none did) or "cut" (some did).
+    outcome: str
+    # The cluster time up to which the changes of the document are in the record already,
+    # applied by a batch cut short whose writes all landed (`folded`): planned again, they
+    # would be applied twice.
+    folded: Timestamp | None = None
+
+
+def settle_record(
+    record: Mapping[str, Any] | None,
+    original: Mapping[str, Any] | None,
+    partner: Mapping[str, Any] | None,
+    tag_field: str | None,
+) -> SettledRecord:
+    """The merge base a stored record stands for (None: no merge base), and the worker's own
+    deletes whose events may still come (`echo`: side -> {after, until}).
+
+    Without transactions a batch writes its merge base records before its target writes, each
+    as it was (`o`, `p`, `at`; `unknown` when there was none) with what the batch leaves beside
+    it (`pending`, with the tag token of each side it writes, None for a delete, and the
+    deletes it makes, `echo`); its last write replaces them with what it leaves. A record
+    still pending was left by a batch cut short (a killed worker, a stale read): when every
+    side it wrote holds that write (its token, or the very document; absent for a delete), it
+    is what the batch leaves; when none does, it is what it was before. A batch cut between
+    the writes of a document's two sides leaves no merge base (the document then syncs by
+    cluster time, as one never synced). A record known absent on both sides is kept only for
+    its `echo` (a delete carries no tag field, so nothing else tells the worker's own from a
+    client's) or its `folded`; it stands for no merge base. A pending delete that landed is
+    returned with `until` None: the caller bounds it.
+    """
+    if record is None:
+        return SettledRecord(None, {}, "stored")
+    echo: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (record.get("echo") or {}).items()}
+    pending = record.get("pending")
+    outcome = "stored"
+    folded = record.get("folded")
+    if pending is None:
+        settled = {"o": record.get("o"), "p": record.get("p"), "at": record.get("at")}
+    else:
+        current = {"o": original, "p": partner}
+        landed = {
+            side: _holds(current[side], pending.get(side), token, tag_field)
+            for side, token in (pending.get("tags") or {}).items()
+        }
+        for side, mark in (pending.get("echo") or {}).items():
+            if landed.get(side):
+                echo[side] = dict(mark)
+        if landed and all(landed.values()):
+            outcome = "written"
+            settled = {"o": pending.get("o"), "p": pending.get("p"), "at": pending.get("at")}
+            folded = pending.get("at") or folded
+        elif not any(landed.values()):
+            outcome = "not written"
+            settled = {"o": record.get("o"), "p": record.get("p"), "at": record.get("at")}
+        else:
+            return SettledRecord(None, echo, "cut", folded)
+    if settled["o"] is None and settled["p"] is None:
+        # Known absent on both sides: no merge base.
+        return SettledRecord(None, echo, outcome, folded)
+    return SettledRecord({"_id": record["_id"], **settled}, echo, outcome, folded)
+
+
+def _holds(
+    document: Mapping[str, Any] | None,
+    written: Mapping[str, Any] | None,
+    token: str | None,
+    tag_field: str | None,
+) -> bool:
+    """Whether `document` holds a worker write that left `written` with `token`."""
+    if written is None or document is None:
+        return written is None and document is None
+    if tag_field and token is not None and document.get(tag_field) == token:
+        return True
+    left, right = ({k: v for k, v in doc.items() if k != tag_field} for doc in (document, written))
+    return bson.encode(left) == bson.encode(right) or left == right
 
 
 class StateStore:

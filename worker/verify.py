@@ -30,7 +30,7 @@ from worker.backfill import (
 )
 from worker.engine import cluster_time
 from worker.lifecycle import Workspace, run_transaction
-from worker.state import id_key, utcnow
+from worker.state import id_key, settled_base, utcnow
 
 __all__ = [
     "DRIFT_KINDS",
@@ -342,7 +342,8 @@ class _Verifier:
             if compare_documents(self.pair, original, partner, ignored=self.ignored) is None:
                 repaired += 1  # settled meanwhile (the worker caught up)
                 continue
-            winner = last_writer(original, partner, bases.get(key), ignored=self.ignored)
+            base = settled_base(bases.get(key), original, partner, self.ignored)
+            winner = last_writer(original, partner, base, ignored=self.ignored)
             try:
                 settled.append(settle(self.pair, winner, document_id, original, partner))
             except TransformFailed:

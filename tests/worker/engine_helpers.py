@@ -173,6 +173,19 @@ async def applier_in_process(
         await client.close()
 
 
+def another_applier(applier: Applier, *, origin_tag: str) -> Applier:
+    """A new applier on `applier`'s client, state, pairs and lease, with nothing of its memory
+    (a worker started again, or one tagging its writes otherwise)."""
+    return Applier(
+        applier.client,
+        applier.store,
+        applier.registry,
+        lease=applier.lease,
+        metrics=Metrics(),
+        origin_tag=origin_tag,
+    )
+
+
 async def events_of(db: Any, count: int, write: Callable[[], Awaitable[Any]]) -> list[Any]:
     """The change events on `db` of the writes `write()` makes (at least `count` of them)."""
     async with await db.watch(max_await_time_ms=50) as stream:

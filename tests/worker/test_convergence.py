@@ -259,6 +259,16 @@ CASES = [
         id="seed-8-documents-never-synced",
     ),
     pytest.param(1002, SOAK, "current", id="regression-1002-replace-after-skipped-insert"),
+    # Without transactions: a killed worker leaves some of a batch's writes landed and some
+    # not; its merge base records say what each would leave, and its deletes (which carry no
+    # tag) are remembered in them.
+    pytest.param(9, Scenario(origin_tag="field"), "current", id="seed-9-field-tags"),
+    pytest.param(
+        9731,
+        dataclasses.replace(SOAK, origin_tag="field", max_docs=5),
+        "current",
+        id="regression-9731-field-tags-replayed-batch",
+    ),
 ]
 
 

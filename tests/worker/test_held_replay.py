@@ -15,7 +15,6 @@ from pymongo import MongoClient, monitoring
 import worker.engine._applier as applier_module
 from worker.engine._ahead import HeldAhead
 from worker.engine._applier import Applier
-from worker.metrics import Metrics
 from worker.state import id_key
 
 from .engine_helpers import (
@@ -23,6 +22,7 @@ from .engine_helpers import (
     PEOPLE_MODULE,
     TWO_PAIRS_MODULE,
     CommandStarts,
+    another_applier,
     applier_in_process,
     events_of,
     unread_events,
@@ -411,14 +411,7 @@ async def test_without_transactions_a_failed_batch_that_held_changes_makes_the_r
         db,
         session_applier,
     ):
-        applier = Applier(
-            session_applier.client,
-            session_applier.store,
-            session_applier.registry,
-            lease=session_applier.lease,
-            metrics=Metrics(),
-            origin_tag="field",
-        )
+        applier = another_applier(session_applier, origin_tag="field")
         pair = applier.registry.pairs[0].original
         async with applier.opened():
             await applier.refresh_pairs()

@@ -145,6 +145,7 @@ class WritesAhead:
         batch_time_handed_over: bool,
         since: Timestamp | None,
         until: Timestamp,
+        unsure: Callable[[str, Any, Timestamp], bool] | None = None,
     ) -> dict[tuple[str, Any], set[str]] | None:
         """Paths of `documents` (namespace -> id keys) written after the batch, up to `until`.
 
@@ -153,6 +154,8 @@ class WritesAhead:
         later time than `until` (it keeps only each path's newest write), or a path's newest
         write shares the batch's cluster time (the same client transaction) and the reader has
         not handed every event of that time over, so it is not known to come after the batch.
+        None too when a document's newest whole-document write may be the worker's own
+        delete (`unsure(namespace, id key, cluster time)`; field tags): only the events tell.
         """
         threshold = since if since is not None else batch_time
         if self.broken is not None or self.covered != until or threshold is None:
@@ -166,6 +169,8 @@ class WritesAhead:
                 for path, stamp in paths.items():
                     if stamp < threshold:
                         continue
+                    if path == "" and unsure is not None and unsure(namespace, key, stamp):
+                        return None
                     if stamp == threshold:
                         if since is not None or batch_time_handed_over:
                             # Up to `since` the reads saw it; at the batch's time with every

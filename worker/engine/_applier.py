@@ -88,6 +88,7 @@ from worker.state import (
     StateStore,
     id_key,
     merge_base_id,
+    settle_record,
     state_taken_up,
     utcnow,
 )
@@ -247,9 +248,14 @@ class _Prepared:
     # The cluster time every read of the batch reflects (None without sessions).
     read_at: Timestamp | None
     # The target writes (refusable), then the state writes: merge base, dead letters, held
-    # events, counters, checkpoint.
+    # events, counters, checkpoint. Without transactions, `intents` go before the target
+    # writes: the merge base records of the documents they write, pending (`settled_base`).
     targets: BatchWrites
     writes: BatchWrites
+    intents: BatchWrites
+    # Field tags: merge base records remembering a delete of the batch (`echo`), whose bound
+    # (`until`) is the time of the target writes' reply; written with `writes`.
+    late_records: list[dict[str, Any]]
     # Per target document written: the paths set or unset, and (namespace, key, _id) each.
     written: dict[tuple[str, Any], frozenset[str]]
     written_ids: list[tuple[str, Any, Any]]
@@ -1251,6 +1257,25 @@ class Applier:
             as_source[source] = as_source.get(source, False) or needs
         only_source = {doc: needs for doc, needs in as_source.items() if doc not in targets_read}
         bases: dict[tuple[str, Any], dict[str, Any]] = {}
+        # The merge base records as read (settled: `settled_base`), before planning changes
+        # them: what a batch without transactions writes first, beside what it will leave.
+        prior_bases: dict[tuple[str, Any], dict[str, Any]] = {}
+        # Every merge base record read: (pair, id key) -> its _id.
+        stored_ids: dict[tuple[str, Any], Any] = {}
+        # Records this batch writes again even if their merge base is unchanged: settled
+        # (left pending by a batch cut short), or their `echo` changed.
+        rewrite: set[tuple[str, Any]] = set()
+        # Field tags: the worker's own deletes whose events may still come (`settle_record`),
+        # as read and as this batch leaves them (it forgets those whose events it meets).
+        echoes_read: dict[tuple[str, Any], dict[str, dict[str, Any]]] = {}
+        echoes_due: dict[tuple[str, Any], dict[str, dict[str, Any]]] = {}
+        # (pair, id key) -> the document's _id, for every document whose record is read.
+        document_ids: dict[tuple[str, Any], Any] = {}
+        # Records settled as written by a batch cut short (`settle_record`): (pair, id key) ->
+        # the cluster time of the last change that batch folded in. Its older changes are in
+        # the record (and in the documents) already: planned again, a delete the batch had
+        # overruled with a newer write took the document out of the merge base once more.
+        folded: dict[tuple[str, Any], Timestamp] = {}
         docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
         initial: dict[tuple[str, Any], dict[str, Any] | None] = {}
         loaded: set[tuple[str, Any]] = set()
@@ -1276,10 +1301,24 @@ class Applier:
         # each on a session of its own, and `session` takes the newest of their times.
         side_by_side = session is None or not session.in_transaction
 
+        def remember_echo(original: str, key: Any, echo: dict[str, dict[str, Any]]) -> None:
+            echoes_read[(original, key)] = {side: dict(mark) for side, mark in echo.items()}
+            echoes_due[(original, key)] = echo
+
         async def read_bases(pair: Pair, ids: list[Any], read_session: Any) -> None:
             records = await self.store.load_bases(pair.original, ids, session=read_session)
             for key, record in records.items():
-                bases[(pair.original, key)] = record
+                stored_ids[(pair.original, key)] = record["_id"]
+                if "pending" in record:
+                    bases[(pair.original, key)] = record  # settled once both sides are read
+                    continue
+                base, echo, _, folded_at = settle_record(record, None, None, self.tag_field)
+                if echo:
+                    remember_echo(pair.original, key, echo)
+                if folded_at is not None:
+                    folded[(pair.original, key)] = folded_at
+                if base is not None:
+                    bases[(pair.original, key)] = prior_bases[(pair.original, key)] = base
 
         async def read_documents(namespace: str, fetch: dict[Any, Any], read_session: Any) -> None:
             for key in fetch:
@@ -1305,6 +1344,8 @@ class Applier:
             pair).
             """
             sources = sources or {}
+            for key, document_id in ids.items():
+                document_ids[(pair.original, key)] = document_id
             reads: list[Callable[[Any], Coroutine[Any, Any, None]]] = []
             wanted = [v for k, v in ids.items() if (pair.original, k) not in loaded]
             if wanted:
@@ -1329,10 +1370,66 @@ class Applier:
                 }
                 if fetch:
                     await read_documents(namespace, fetch, session)
+            await settle(pair, ids)
+
+        async def settle(pair: Pair, ids: Mapping[Any, Any]) -> None:
+            """Settle the records a batch without transactions left pending (cut short by a
+            crash or a stale read) against both sides' documents, read for it if need be."""
+            unsettled = [k for k in ids if "pending" in bases.get((pair.original, k), {})]
+            if not unsettled:
+                return
+            for namespace in (pair.original, pair.partner):
+                fetch = {k: ids[k] for k in unsettled if (namespace, k) not in docs}
+                if fetch:
+                    await read_documents(namespace, fetch, session)
+            for key in unsettled:
+                record = bases.pop((pair.original, key))
+                rewrite.add((pair.original, key))
+                now, echo, outcome, folded_at = settle_record(
+                    record, docs[(pair.original, key)], docs[(pair.partner, key)], self.tag_field
+                )
+                if any(mark.get("until") is None for mark in echo.values()):
+                    # A delete of the batch cut short that landed: its event comes before now.
+                    until = await self._server_time()
+                    for mark in echo.values():
+                        mark["until"] = mark.get("until") or until
+                if echo:
+                    remember_echo(pair.original, key, echo)
+                if folded_at is not None:
+                    folded[(pair.original, key)] = folded_at
+                log.info(
+                    "merge_base_settled",
+                    pair=pair.original,
+                    document_id=record["_id"].get("id"),
+                    outcome=outcome,
+                )
+                if now is not None:
+                    bases[(pair.original, key)] = prior_bases[(pair.original, key)] = now
+
+        def own_delete(namespace: str, key: Any, stamp: Timestamp | None) -> bool:
+            """Whether a delete of this document at `stamp` is the worker's own (field tags:
+            a delete carries no tag, its record's `echo` tells)."""
+            for other, side in self.registry.by_namespace(namespace):
+                marks = echoes_due.get((other.original, key)) or {}
+                if _is_echo(marks.get("o" if side == "original" else "p"), stamp):
+                    return True
+            return False
 
         laps.lap("plan")  # routing the events
         for original, ids in ids_by_pair.items():
             await load(self._pairs[original], ids, only_source)
+        if echoes_due:
+            # The worker's own deletes later in the batch are echoes, not newer writes.
+            for (namespace, key), entries in later_by_doc.items():
+                for n, (index, changed, echo_of) in enumerate(entries):
+                    event = events[index]
+                    if (
+                        echo_of is None
+                        and event.get("operationType") == "delete"
+                        and own_delete(namespace, key, event.get("clusterTime"))
+                    ):
+                        pairs_of = self.registry.by_namespace(namespace)
+                        entries[n] = (index, changed, frozenset(p.original for p, _ in pairs_of))
         laps.lap("read")
         # Field tags read without the session: the look-ahead then reads to the stream's end.
         read_at = session.operation_time if session is not None else None
@@ -1345,6 +1442,7 @@ class Applier:
             unread_own=len(events) if unread_own else 0,
             # A replay writes no checkpoint; its held events are older than all the rest.
             batch_time=_end_of(events)[1] if checkpoint is None and events else None,
+            own_delete=own_delete if echoes_due else None,
         )
         laps.lap("look_ahead")
         if read is not None:
@@ -1369,6 +1467,31 @@ class Applier:
             target_ns = pair.partner if side == "original" else pair.original
             base = bases.get((pair.original, key))
             source_field, target_field = ("o", "p") if side == "original" else ("p", "o")
+            stamp = event.get("clusterTime")
+            done_until = folded.get((pair.original, key))
+            if (
+                done_until is not None
+                and stamp is not None
+                and stamp <= done_until
+                and not event.get(VIRTUAL)
+            ):
+                # Applied by the attempt that left its record pending, the newest one too:
+                # planned again, a delete it overruled took the document out of the record.
+                continue
+            marks = echoes_due.get((pair.original, key))
+            if (
+                marks
+                and event.get("operationType") == "delete"
+                and not event.get(VIRTUAL)
+                and _is_echo(marks.get(source_field), event.get("clusterTime"))
+            ):
+                # The worker's own delete (for this pair), made before a restart or by the
+                # batch before: its record forgets it now.
+                del marks[source_field]
+                rewrite.add((pair.original, key))
+                tally.echoes_skipped += 1
+                result.echoes += 1
+                continue
             plan = plan_event(
                 pair,
                 side,
@@ -1485,6 +1608,13 @@ class Applier:
         written_ids: list[tuple[str, Any, Any]] = []
         # Per target document written: the document as the write leaves it (None: deleted).
         leaves: dict[tuple[str, Any], dict[str, Any] | None] = {}
+        # Per target document written: the tag token its write leaves (None: deleted, or
+        # session tags).
+        tokens: dict[tuple[str, Any], str | None] = {}
+        # Field tags: per record, the sides this batch deletes; their events come after the
+        # batch's last event and before the writes' reply (`until`, set by `_execute`).
+        fresh: dict[tuple[str, Any], dict[str, dict[str, Any]]] = {}
+        after_batch = _end_of(events)[1] if events else None
         for write_owners, namespace, key, before, after in planned:
             if before is None and after is None:
                 continue  # created and deleted again within the batch: nothing to write
@@ -1500,13 +1630,18 @@ class Applier:
                 continue
             leaves[(namespace, key)] = write.result(before)
             expect = without_tag(before, self.tag_field) if guarded else None
+            tag = self._tag()
+            tokens[(namespace, key)] = (
+                None if tag is None or write.kind == "delete" else next(iter(tag.values()))
+            )
             operations.setdefault(namespace, []).append(
                 write_operation(
                     write,
-                    tag=self._tag(),
+                    tag=tag,
                     namespace=namespace,
                     expect=expect,
                     tag_field=self.tag_field,
+                    absent=guarded and before is None,
                 )
             )
             # A chain may write one document several times in a batch: all their paths count.
@@ -1514,7 +1649,13 @@ class Applier:
                 _written_paths(write)
             )
             written_ids.append((namespace, key, write.document_id))
-            echoes_expected.append(((namespace, key), write_owners))
+            if self.tag_field is not None and write.kind == "delete":
+                # Untagged: its record remembers it (`echo`), for this worker and the next.
+                for owner in write_owners:
+                    field_of = "o" if namespace == self._pairs[owner].original else "p"
+                    fresh.setdefault((owner, key), {})[field_of] = {"after": after_batch}
+            else:
+                echoes_expected.append(((namespace, key), write_owners))
             result.writes += 1
             if self.echoes_filtered:
                 # The stream leaves this write's event out: its echo is skipped right here.
@@ -1533,24 +1674,85 @@ class Applier:
         bases_ns = self.store.merge_base.full_name
         base_ops: list[Any] = []
         bases_left: dict[tuple[str, Any], dict[str, Any] | None] = {}
-        for pair_original, key in touched_bases:
-            stored = bases[(pair_original, key)]
-            bases_left[(pair_original, key)] = None
-            if stored.get("o") is None and stored.get("p") is None:
-                base_ops.append(DeleteOne({"_id": stored["_id"]}, namespace=bases_ns))
-            else:
+        # Without transactions: the records of the documents the batch writes, as they were
+        # with what the batch leaves beside them, written before its target writes.
+        intents = BatchWrites(self.client, combined=self.combined_writes)
+        intent_ops: list[Any] = []
+        # Records remembering a delete this batch makes: written once it has been sent.
+        late: list[dict[str, Any]] = []
+        first_time = events[0].get("clusterTime") if events else None
+        for record_key in touched_bases | rewrite | fresh.keys():
+            pair_original, key = record_key
+            record_id = merge_base_id(pair_original, document_ids[record_key])
+            stored = bases.get(record_key)
+            if stored is not None and stored.get("o") is None and stored.get("p") is None:
+                stored = None  # known absent on both sides: no merge base
+            echo = {
+                side: mark
+                for side, mark in (echoes_due.get(record_key) or {}).items()
+                if not _expired(mark, first_time)
+            }
+            new_marks = fresh.get(record_key, {})
+            folded_at = folded.get(record_key)
+            bases_left[record_key] = None
+            if not self.transactions:
+                intent = self._intent(
+                    self._pairs[pair_original],
+                    key,
+                    record_id,
+                    prior_bases.get(record_key),
+                    stored,
+                    tokens,
+                    echo=echoes_read.get(record_key),
+                    deletes=new_marks,
+                    folded=folded_at,
+                    at=after_batch,
+                )
+                if intent is not None:
+                    intent_ops.append(intent)
+            if folded_at is not None and first_time is not None and folded_at < first_time:
+                folded_at = None  # no change it folded in can be read again (see `_expired`)
+            if folded_at is not None and stored is not None:
+                stored = {**stored, "folded": folded_at}
+            encoded: _EncodedRecord | None = None
+            if stored is not None:
                 # Measured by encoding it, and the encoding is what is sent.
                 encoded = _EncodedRecord(bson.encode(stored))
                 if len(encoded.raw) > MAX_BASE_BYTES:
                     # Both sides of a very large document do not fit one record: keep none,
                     # so the document syncs without the newer-write guard rather than not at all.
                     log.warning("merge_base_too_large", pair=pair_original, document_id=key)
-                    base_ops.append(DeleteOne({"_id": stored["_id"]}, namespace=bases_ns))
+                    stored = encoded = None
+            if stored is not None:
+                bases_left[record_key] = stored
+            if not echo and not new_marks and (folded_at is None or stored is not None):
+                if encoded is None:
+                    base_ops.append(DeleteOne({"_id": record_id}, namespace=bases_ns))
                 else:
-                    bases_left[(pair_original, key)] = stored
                     base_ops.append(
-                        ReplaceOne({"_id": stored["_id"]}, encoded, upsert=True, namespace=bases_ns)
+                        ReplaceOne({"_id": record_id}, encoded, upsert=True, namespace=bases_ns)
                     )
+                continue
+            record = (
+                dict(stored)
+                if stored is not None
+                else {
+                    "_id": record_id,
+                    "o": None,
+                    "p": None,
+                    "at": after_batch,
+                    **({"folded": folded_at} if folded_at is not None else {}),
+                }
+            )
+            if echo or new_marks:
+                record["echo"] = {**echo, **new_marks}
+            if new_marks:
+                late.append(record)
+            else:
+                base_ops.append(
+                    ReplaceOne({"_id": record_id}, record, upsert=True, namespace=bases_ns)
+                )
+        intents.add(bases_ns, intent_ops)
         store = self.store
         writes.add(bases_ns, base_ops)
         writes.add(
@@ -1589,6 +1791,8 @@ class Applier:
             read_at=read_at,
             targets=targets,
             writes=writes,
+            intents=intents,
+            late_records=late,
             written=written,
             written_ids=written_ids,
             resync=resync,
@@ -1627,14 +1831,35 @@ class Applier:
             await self._check_overwritten(prepared, session)
             laps.lap("check")
             return
-        # Separate commands: the target writes first, and the batch's other writes only once
-        # no newer client write makes it plan again.
-        await self._send(prepared.targets, session, refused)
+        # Separate commands: the target writes first (without transactions, after the merge
+        # base records saying what they will leave), and the batch's other writes only once no
+        # newer client write makes it plan again.
+        await self._send(prepared.intents, session, refused)
+        if prepared.late_records:
+            # Sent on the worker's session, whose operation time then bounds the deletes.
+            await self._send(prepared.targets, self.session, refused)
+        else:
+            await self._send(prepared.targets, session, refused)
         if prepared.verify:
             await self._verify_written(prepared)
         await self._check_overwritten(prepared, session)
         laps.lap("check")
-        await self._send(prepared.writes, session, refused)
+        writes = prepared.writes
+        if prepared.late_records:
+            assert self.session is not None
+            until = self.session.operation_time
+            namespace = self.store.merge_base.full_name
+            writes = BatchWrites(self.client, combined=self.combined_writes)
+            ops = []
+            for record in prepared.late_records:
+                for mark in record["echo"].values():
+                    mark.setdefault("until", until)
+                ops.append(
+                    ReplaceOne({"_id": record["_id"]}, record, upsert=True, namespace=namespace)
+                )
+            writes.add(namespace, ops)
+            writes.extend(prepared.writes)
+        await self._send(writes, session, refused)
         laps.lap("write")
 
     async def _verify_written(self, prepared: _Prepared) -> None:
@@ -1755,6 +1980,7 @@ class Applier:
         documents: Sequence[tuple[str, Any, Any]] | None = None,
         unread_own: int = 0,
         batch_time: Timestamp | None = None,
+        own_delete: Callable[[str, Any, Timestamp | None], bool] | None = None,
     ) -> dict[tuple[str, Any], frozenset[str]]:
         """Target paths that client writes after the batch, up to `until`, have changed.
 
@@ -1769,6 +1995,8 @@ class Applier:
         the batch wrote, a chain's other collections included. `unread_own`: the batch is the
         reader's oldest unread events, planned before they were taken (`_carry`).
         `batch_time`: the batch's last cluster time when it stores no checkpoint (a replay).
+        `own_delete(namespace, id key, cluster time)`: whether a delete is the worker's own
+        (field tags, whose deletes carry no tag).
         """
         if not work and not documents:
             return {}
@@ -1803,6 +2031,12 @@ class Applier:
             ns = event.get("ns") or {}
             namespace = f"{ns.get('db')}.{ns.get('coll')}"
             key = id_key(event["documentKey"]["_id"])
+            if (
+                own_delete is not None
+                and event.get("operationType") == "delete"
+                and own_delete(namespace, key, stamp)
+            ):
+                return True
             if key in targets.get(namespace, {}):
                 found.setdefault((namespace, key), set()).update(changed_paths(event))
             return True
@@ -1842,6 +2076,7 @@ class Applier:
                     batch_time=checkpoint[1] if checkpoint is not None else batch_time,
                     since=since,
                     until=until,
+                    own_delete=own_delete,
                 )
             if answer is not None:
                 for document, paths in answer.items():
@@ -1866,6 +2101,7 @@ class Applier:
         batch_time: Timestamp | None,
         since: Timestamp | None,
         until: Timestamp,
+        own_delete: Callable[[str, Any, Timestamp | None], bool] | None = None,
     ) -> dict[tuple[str, Any], set[str]] | None:
         """The newer writes past the reader from the summary of that history (`WritesAhead`),
         or None when the server must be asked for this batch's documents alone."""
@@ -1907,6 +2143,7 @@ class Applier:
             batch_time_handed_over=batch_time is not None and unread.covers(batch_time),
             since=since,
             until=until,
+            unsure=own_delete,
         )
 
     def _far_behind(self, unread: UnreadEvents, until: Timestamp) -> bool:
@@ -1971,10 +2208,9 @@ class Applier:
         namespace = f"{ns.get('db')}.{ns.get('coll')}"
         key = (namespace, id_key(event["documentKey"]["_id"]))
         queue = pending.get(key)
-        ours = self._is_ours(event)
-        if self.tag_field is not None and op == "delete" and queue:
-            ours = True  # deletes carry no tag field; an expected one is ours
-        if not ours:
+        if not self._is_ours(event):
+            # (With field tags a delete carries no tag: planning tells the worker's own by
+            # its merge base record's `echo`.)
             return None
         if queue:
             owner = queue.pop(0)
@@ -2083,6 +2319,64 @@ class Applier:
             "at": utcnow(),
             "retries": 0,
         }
+
+    def _intent(
+        self,
+        pair: Pair,
+        key: Any,
+        record_id: Any,
+        prior: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+        tokens: Mapping[tuple[str, Any], str | None],
+        *,
+        echo: Mapping[str, Any] | None,
+        deletes: Mapping[str, Any],
+        folded: Timestamp | None,
+        at: Timestamp | None,
+    ) -> DeleteOne | ReplaceOne[Any] | None:
+        """The write of a merge base record before the batch's target writes of its document
+        (None when the batch writes neither side): `prior` (and the `echo` it was read with)
+        with `after` pending (None: no merge base), the tag token of each side written and the
+        sides deleted (`settle_record` reads them back). A record too large for both is
+        dropped instead: the document then syncs without a merge base until its next whole
+        write."""
+        tags = {
+            side: tokens[(namespace, key)]
+            for side, namespace in (("o", pair.original), ("p", pair.partner))
+            if (namespace, key) in tokens
+        }
+        if not tags:
+            return None
+        namespace = self.store.merge_base.full_name
+        was: dict[str, Any] = (
+            {"o": prior.get("o"), "p": prior.get("p"), "at": prior.get("at")}
+            if prior
+            else {"unknown": True}
+        )
+        if folded is not None:
+            was["folded"] = folded
+        record = {
+            "_id": record_id,
+            **was,
+            "pending": {
+                "o": (after or {}).get("o"),
+                "p": (after or {}).get("p"),
+                "at": (after or {}).get("at", at),
+                "tags": tags,
+                **({"echo": dict(deletes)} if deletes else {}),
+            },
+            **({"echo": dict(echo)} if echo else {}),
+        }
+        encoded = _EncodedRecord(bson.encode(record))
+        if len(encoded.raw) > MAX_BASE_BYTES:
+            return DeleteOne({"_id": record_id}, namespace=namespace)
+        return ReplaceOne({"_id": record_id}, encoded, upsert=True, namespace=namespace)
+
+    async def _server_time(self) -> Timestamp | None:
+        """The server's cluster time now (a round trip on the worker's session)."""
+        assert self.session is not None
+        await self.client.admin.command("ping", session=self.session)
+        return self.session.operation_time
 
     def _checkpoint_write(
         self, checkpoint: tuple[Mapping[str, Any], Timestamp | None]
@@ -2219,6 +2513,22 @@ def _virtual_event(
             # places it on its merge base by name, not as nested fields.
             event["updateDescription"]["disambiguatedPaths"] = {name: [name] for name in dotted}
     return event
+
+
+def _is_echo(mark: Mapping[str, Any] | None, stamp: Timestamp | None) -> bool:
+    """Whether a delete at `stamp` is the one a record's `echo` mark remembers: the first
+    after the batch that made it, no later than that batch's writes' reply."""
+    if mark is None or stamp is None:
+        return False
+    after, until = mark.get("after"), mark.get("until")
+    return (after is None or stamp > after) and (until is None or stamp <= until)
+
+
+def _expired(mark: Mapping[str, Any], first: Timestamp | None) -> bool:
+    """Whether a record's `echo` mark is past: its delete's event, if any, came before
+    `first` (the stream is in cluster time order)."""
+    until = mark.get("until")
+    return until is not None and first is not None and until < first
 
 
 def _ahead(

@@ -91,6 +91,7 @@ def write_operation(
     namespace: str | None = None,
     expect: Mapping[str, Any] | None = None,
     tag_field: str | None = None,
+    absent: bool = False,
 ) -> DeleteOne | ReplaceOne[dict[str, Any]] | UpdateOne:
     """The planned write as a bulk-write operation, for sending many in one round trip.
 
@@ -98,6 +99,9 @@ def write_operation(
     `expect`: the document as the write was planned on (without `tag_field`); the write then
     applies only to the document still as it was, and matches nothing once a client changed
     it (writes outside a transaction, which nothing else keeps from overwriting a newer one).
+    `absent`: the same for a document planned on as absent: the insert leaves one a client
+    created since as it is (`$setOnInsert`; a document holding a top-level name an update
+    cannot address is still written whole).
     """
     where: dict[str, Any] = {"_id": write.document_id}
     if expect is not None:
@@ -109,6 +113,9 @@ def write_operation(
         return DeleteOne(where, namespace=namespace)
     if write.kind == "insert":
         document = {**(write.document or {}), **(tag or {})}
+        fields = {name: value for name, value in document.items() if name != "_id"}
+        if absent and fields and not any(_unaddressable(name) for name in fields):
+            return UpdateOne(where, {"$setOnInsert": fields}, upsert=True, namespace=namespace)
         if any(name[:1] == "$" for name in document):
             # A replacement may not hold a top-level `$` name (DollarPrefixedFieldName); the
             # same document as the pipeline's one stage may.
@@ -126,6 +133,11 @@ def write_operation(
     if tag:
         update.setdefault("$set", {}).update(tag)
     return UpdateOne(where, update, namespace=namespace)
+
+
+def _unaddressable(name: str) -> bool:
+    """Whether an update operator cannot name top-level field `name` (it would be a path)."""
+    return not name or "." in name or name.startswith("$")
 
 
 def _unchanged(expect: Mapping[str, Any], tag_field: str | None) -> dict[str, Any]:
