@@ -25,6 +25,7 @@ from devserver._errors import CommandError, bson_type_name
 from devserver._fastproject import BAIL, inclusion_tree, project_document
 from devserver._fastupdate import fast_update
 from devserver._keys import store_key
+from devserver._nan import has_nan, same_nan
 from devserver._order import install as install_order
 from devserver._pipeline import install, prepared
 
@@ -76,6 +77,9 @@ def _code_name(code: int) -> str:
 
 def matches(filter_doc: dict[str, Any], doc: dict[str, Any]) -> bool:
     """Whether `doc` matches a query filter."""
+    if has_nan(filter_doc):
+        # NaN equals NaN in MongoDB, not in Python (see devserver._nan).
+        filter_doc, doc = same_nan(filter_doc), same_nan(doc)
     return engine_errors(lambda: bool(filter_applies(filter_doc, doc)))  # type: ignore[no-untyped-call]
 
 

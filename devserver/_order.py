@@ -25,9 +25,13 @@ from typing import Any
 from bson import MaxKey, MinKey, Timestamp
 from mongomock import filtering
 
+from devserver._nan import NaNValue
+
 __all__ = ["install"]
 
 _TIMESTAMP = 47
+# mongomock's number for numbers (a filter's NaN, `devserver._nan`, is one).
+_NUMBER = 10
 # MongoDB's canonical numbers: below and above every other type.
 _MIN_KEY = -1
 _MAX_KEY = 127
@@ -51,6 +55,8 @@ def install() -> None:
             return _MIN_KEY
         if kind is MaxKey:
             return _MAX_KEY
+        if kind is NaNValue:
+            return _NUMBER
         return original(value)
 
     filtering._get_compare_type = compare_type

@@ -388,6 +388,34 @@ def test_comparisons_with_min_key_and_max_key_cross_types(client: Client, db_nam
     assert [d["_id"] for d in matched] == [7]
 
 
+def test_nan_equals_nan_in_filters(client: Client, db_name: str) -> None:
+    """To MongoDB NaN equals NaN (a double's and a Decimal128's alike): equality, `$in`, `$ne`,
+    `$gte`, an `$expr` `$eq` over a sub-document holding one, in finds and in an update's
+    filter. A range over other numbers leaves NaN out."""
+    coll = client[db_name]["nan"]
+    nan = float("nan")
+    coll.insert_many([{"_id": 1, "a": nan}, {"_id": 2, "a": 3.0}, {"_id": 3, "a": {"x": nan}}])
+
+    def ids(query: dict[str, Any]) -> list[int]:
+        return sorted(d["_id"] for d in coll.find(query))
+
+    assert ids({"a": nan}) == [1]
+    assert ids({"a": Decimal128("NaN")}) == [1]
+    assert ids({"a": {"$in": [nan, 7]}}) == [1]
+    assert ids({"a": {"$ne": nan}}) == [2, 3]
+    assert ids({"a": {"$nin": [nan]}}) == [2, 3]
+    assert ids({"a": {"$gte": nan}}) == [1]
+    assert ids({"a": {"$gt": nan}}) == []
+    assert ids({"a": {"$lt": 5}}) == [2]
+    assert ids({"a.x": nan}) == [3]
+    assert ids({"$expr": {"$eq": ["$a", {"$literal": {"x": nan}}]}}) == [3]
+    assert [d["_id"] for d in coll.aggregate([{"$match": {"a": nan}}])] == [1]
+    # A write that applies only to the document still as it was read (the worker's
+    # precondition without transactions).
+    unchanged = {"$eq": ["$$ROOT", {"$literal": {"_id": 3, "a": {"x": nan}}}]}
+    assert coll.update_one({"_id": 3, "$expr": unchanged}, {"$set": {"b": 1}}).matched_count == 1
+
+
 def test_filters_compare_timestamps_as_mongodb_orders_them(client: Client, db_name: str) -> None:
     """Timestamps compare by seconds, then increment, in finds, updates, aggregations and
     change stream filters, at the top level and along dotted paths; a comparison with another

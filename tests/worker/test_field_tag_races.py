@@ -102,10 +102,9 @@ async def test_a_client_write_between_the_read_and_the_write_wins(
 
 
 async def test_a_document_holding_nan_still_syncs(mongo_uri: str, tmp_path: Path) -> None:
-    """NaN is not equal to itself in Python, as MongoDB's comparisons have it: a document
-    holding one must not make its batch plan again for ever. Its change lands (on the
-    development server, whose precondition compares with Python, once the batch gives the
-    preconditions up)."""
+    """NaN is not equal to itself in Python; in MongoDB's comparisons it is. A document holding
+    one must still read back as written (or the batch would plan again for ever), and its
+    change must land."""
     async with applier_in_process(
         mongo_uri, tmp_path, PEOPLE_MODULE, prefix="nan", origin_tag="field"
     ) as (db, applier):
