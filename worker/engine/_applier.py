@@ -249,7 +249,7 @@ class _Prepared:
     read_at: Timestamp | None
     # The target writes (refusable), then the state writes: merge base, dead letters, held
     # events, counters, checkpoint. Without transactions, `intents` go before the target
-    # writes: the merge base records of the documents they write, pending (`settled_base`).
+    # writes: the merge base records of the documents they write, pending (`settle_record`).
     targets: BatchWrites
     writes: BatchWrites
     intents: BatchWrites
@@ -1257,11 +1257,9 @@ class Applier:
             as_source[source] = as_source.get(source, False) or needs
         only_source = {doc: needs for doc, needs in as_source.items() if doc not in targets_read}
         bases: dict[tuple[str, Any], dict[str, Any]] = {}
-        # The merge base records as read (settled: `settled_base`), before planning changes
+        # The merge base records as read (settled: `settle_record`), before planning changes
         # them: what a batch without transactions writes first, beside what it will leave.
         prior_bases: dict[tuple[str, Any], dict[str, Any]] = {}
-        # Every merge base record read: (pair, id key) -> its _id.
-        stored_ids: dict[tuple[str, Any], Any] = {}
         # Records this batch writes again even if their merge base is unchanged: settled
         # (left pending by a batch cut short), or their `echo` changed.
         rewrite: set[tuple[str, Any]] = set()
@@ -1308,7 +1306,6 @@ class Applier:
         async def read_bases(pair: Pair, ids: list[Any], read_session: Any) -> None:
             records = await self.store.load_bases(pair.original, ids, session=read_session)
             for key, record in records.items():
-                stored_ids[(pair.original, key)] = record["_id"]
                 if "pending" in record:
                     bases[(pair.original, key)] = record  # settled once both sides are read
                     continue
@@ -1382,6 +1379,7 @@ class Applier:
                 fetch = {k: ids[k] for k in unsettled if (namespace, k) not in docs}
                 if fetch:
                     await read_documents(namespace, fetch, session)
+            now_time: Timestamp | None = None
             for key in unsettled:
                 record = bases.pop((pair.original, key))
                 rewrite.add((pair.original, key))
@@ -1390,9 +1388,9 @@ class Applier:
                 )
                 if any(mark.get("until") is None for mark in echo.values()):
                     # A delete of the batch cut short that landed: its event comes before now.
-                    until = await self._server_time()
+                    now_time = now_time or await self._server_time()
                     for mark in echo.values():
-                        mark["until"] = mark.get("until") or until
+                        mark["until"] = mark.get("until") or now_time
                 if echo:
                     remember_echo(pair.original, key, echo)
                 if folded_at is not None:
