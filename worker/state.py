@@ -20,7 +20,7 @@ Collections (documents sketched; `ns` is the pair's original namespace):
     merge_base    {_id: {pair: ns, id: document _id}, o: original doc | None,
                    p: partner doc | None, at: Timestamp,
                    pending: {o, p, at, tags: {o | p: tag token | None}, echo}, unknown: bool,
-                   echo: {o | p: {after: Timestamp, until: Timestamp}}, folded: Timestamp}
+                   echo: {o | p: [{after: Timestamp, until: Timestamp}]}, folded: Timestamp}
                    (`pending`, `unknown`, `echo`, `folded`: without transactions a batch
                    writes its records before its target writes, and remembers its deletes;
                    see `settle_record`)
@@ -113,7 +113,7 @@ class SettledRecord(NamedTuple):
     """What a stored merge base record stands for (`settle_record`)."""
 
     base: dict[str, Any] | None
-    echo: dict[str, dict[str, Any]]
+    echo: dict[str, list[dict[str, Any]]]
     # "stored" (nothing was pending), "written" (every pending write landed), "not written"
     # (none did) or "cut" (some did).
     outcome: str
@@ -130,7 +130,7 @@ def settle_record(
     tag_field: str | None,
 ) -> SettledRecord:
     """The merge base a stored record stands for (None: no merge base), and the worker's own
-    deletes whose events may still come (`echo`: side -> {after, until}).
+    deletes whose events may still come (`echo`: side -> [{after, until}], one per delete).
 
     Without transactions a batch writes its merge base records before its target writes, each
     as it was (`o`, `p`, `at`; `unknown` when there was none) with what the batch leaves beside
@@ -147,7 +147,8 @@ def settle_record(
     """
     if record is None:
         return SettledRecord(None, {}, "stored")
-    echo: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (record.get("echo") or {}).items()}
+    stored_echo: Mapping[str, list[Mapping[str, Any]]] = record.get("echo") or {}
+    echo = {side: [dict(mark) for mark in marks] for side, marks in stored_echo.items()}
     pending = record.get("pending")
     outcome = "stored"
     folded = record.get("folded")
@@ -159,9 +160,9 @@ def settle_record(
             side: _holds(current[side], pending.get(side), token, tag_field)
             for side, token in (pending.get("tags") or {}).items()
         }
-        for side, mark in (pending.get("echo") or {}).items():
+        for side, marks in (pending.get("echo") or {}).items():
             if landed.get(side):
-                echo[side] = dict(mark)
+                echo.setdefault(side, []).extend(dict(mark) for mark in marks)
         if landed and all(landed.values()):
             outcome = "written"
             settled = {"o": pending.get("o"), "p": pending.get("p"), "at": pending.get("at")}

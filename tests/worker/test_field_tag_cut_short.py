@@ -15,6 +15,7 @@ import pytest
 from bson import Timestamp
 
 from tests.worker.test_field_tag_races import _after_reads, _drain, _tagged, _untagged
+from worker.engine._ahead import HeldAhead
 from worker.engine._applier import Applier
 from worker.state import merge_base_id, settled_base
 
@@ -284,6 +285,40 @@ async def test_a_restarted_worker_knows_its_own_delete(mongo_uri: str, tmp_path:
     assert original is not None and original["name"] == "Bea"
 
 
+async def test_each_of_the_workers_deletes_is_known_for_its_own(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The client deletes and creates a document twice; the worker, behind, applies each change
+    in a batch of its own, deleting the partner copy twice before either delete's event comes
+    back. A restarted worker must take both for its own (neither is a client's delete of the
+    partner document, to be carried over to the original)."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="own", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            await _synced(db, applier)
+            clients = await db.people.watch(max_await_time_ms=50)
+            workers = await db.people_v2.watch(max_await_time_ms=50)
+            async with clients, workers:
+                await db.people.delete_one({"_id": 1})
+                await db.people.insert_one({"_id": 1, "name": "Bea"})
+                await db.people.delete_one({"_id": 1})
+                await db.people.insert_one({"_id": 1, "name": "Cy"})
+                for event in await _drain(clients):  # a batch each, the worker behind
+                    await applier.apply([event])
+                echoes = await _drain(workers)
+
+        worker = await _restarted(applier)
+        async with worker.opened():
+            result = await worker.apply(echoes)
+        original = await _untagged(db.people, 1)
+        partner = await _untagged(db.people_v2, 1)
+    assert [e["operationType"] for e in echoes] == ["delete", "insert", "delete", "insert"]
+    assert result.echoes == 4 and result.applied == 0
+    assert original is not None and original["name"] == "Cy"
+    assert partner is not None and partner["full_name"] == "Cy"
+
+
 async def test_a_document_a_client_creates_before_the_worker_is_kept(
     mongo_uri: str, tmp_path: Path
 ) -> None:
@@ -341,3 +376,25 @@ async def test_a_replayed_batch_does_not_undo_what_it_wrote(mongo_uri: str, tmp_
         partner = await _untagged(db.people_v2, 1)
     assert result.applied == 1
     assert partner is not None and partner["email"] == "last@x"
+
+
+def test_held_changes_name_a_delete_as_a_delete() -> None:
+    """A replay's summary of the changes held after a transaction names a whole-document change
+    by what it was: a delete is told from a replace, so that the worker's own (field tags,
+    no tag in a delete) is known by the document's merge base record."""
+
+    def held(operation: str, stamp: Timestamp) -> dict[str, Any]:
+        key = {"ns": {"db": "d", "coll": "people"}, "documentKey": {"_id": 1}}
+        return {"event": {**key, "operationType": operation, "clusterTime": stamp}, "paths": [""]}
+
+    def later(ahead: HeldAhead, position: int) -> list[tuple[str, Timestamp]]:
+        return [
+            (e["operationType"], e["clusterTime"]) for e in ahead.after(position, ["d.people"], [1])
+        ]
+
+    ahead = HeldAhead()
+    ahead.add(held("delete", AT), 0)
+    assert later(ahead, -1) == [("delete", AT)]
+    ahead.add(held("replace", NEXT), 1)  # the newest whole-document change is the one kept
+    assert later(ahead, -1) == [("replace", NEXT)]
+    assert later(ahead, 1) == []

@@ -225,8 +225,10 @@ class HeldAhead:
 
     def __init__(self, limit: int = AHEAD_LIMIT):
         self.limit = limit
-        # (namespace, id key) -> (_id, {path: (position in HELD_ORDER, cluster time)})
-        self.paths: dict[tuple[str, Any], tuple[Any, dict[str, tuple[Any, Any]]]] = {}
+        # (namespace, id key) -> (_id, {path: (position in HELD_ORDER, cluster time, whether
+        # a delete)}): with field tags a delete of the worker's own is held as a client's (it
+        # carries no tag), and the look-ahead tells it by the document's merge base record.
+        self.paths: dict[tuple[str, Any], tuple[Any, dict[str, tuple[Any, Any, bool]]]] = {}
         self.size = 0
         # One past the last position recorded: where a change held after the read goes.
         self.end = 0
@@ -245,7 +247,11 @@ class HeldAhead:
         for path in held["paths"]:
             if path not in paths:
                 self.size += 1
-            paths[path] = (position, event.get("clusterTime"))
+            paths[path] = (
+                position,
+                event.get("clusterTime"),
+                event.get("operationType") == "delete",
+            )
         return self.size <= self.limit
 
     def after(
@@ -253,7 +259,8 @@ class HeldAhead:
     ) -> list[dict[str, Any]]:
         """The changes held after `position` on these documents (id keys, in any of these
         namespaces), as the change events a look-ahead reads: one per changed path, each
-        naming its path ("" for a whole document) and cluster time."""
+        naming its path ("" for a whole document: a delete, or else a replace) and cluster
+        time."""
         found: list[dict[str, Any]] = []
         for namespace in namespaces:
             db, _, coll = namespace.partition(".")
@@ -262,11 +269,12 @@ class HeldAhead:
                 if entry is None:
                     continue
                 document_id, paths = entry
-                for path, (later, stamp) in paths.items():
+                for path, (later, stamp, deleted) in paths.items():
                     if later <= position:
                         continue
+                    whole = "delete" if deleted else "replace"
                     event: dict[str, Any] = {
-                        "operationType": "update" if path else "replace",
+                        "operationType": "update" if path else whole,
                         "ns": {"db": db, "coll": coll},
                         "documentKey": {"_id": document_id},
                         "clusterTime": stamp,

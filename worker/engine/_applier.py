@@ -227,6 +227,10 @@ class _StaleRead(Exception):
         self.documents = documents
 
 
+# A merge base record's `echo`: per side ("o", "p"), the worker's deletes of that side whose
+# events have not come yet, each as {after, until} (`settle_record`).
+Echo = dict[str, list[dict[str, Any]]]
+
 Echoes = tuple[
     dict[tuple[str, Any], list[frozenset[str]]],
     list[tuple[tuple[str, Any], frozenset[str]]],
@@ -1265,8 +1269,8 @@ class Applier:
         rewrite: set[tuple[str, Any]] = set()
         # Field tags: the worker's own deletes whose events may still come (`settle_record`),
         # as read and as this batch leaves them (it forgets those whose events it meets).
-        echoes_read: dict[tuple[str, Any], dict[str, dict[str, Any]]] = {}
-        echoes_due: dict[tuple[str, Any], dict[str, dict[str, Any]]] = {}
+        echoes_read: dict[tuple[str, Any], Echo] = {}
+        echoes_due: dict[tuple[str, Any], Echo] = {}
         # (pair, id key) -> the document's _id, for every document whose record is read.
         document_ids: dict[tuple[str, Any], Any] = {}
         # Records settled as written by a batch cut short (`settle_record`): (pair, id key) ->
@@ -1299,8 +1303,10 @@ class Applier:
         # each on a session of its own, and `session` takes the newest of their times.
         side_by_side = session is None or not session.in_transaction
 
-        def remember_echo(original: str, key: Any, echo: dict[str, dict[str, Any]]) -> None:
-            echoes_read[(original, key)] = {side: dict(mark) for side, mark in echo.items()}
+        def remember_echo(original: str, key: Any, echo: Echo) -> None:
+            echoes_read[(original, key)] = {
+                side: [dict(mark) for mark in marks] for side, marks in echo.items()
+            }
             echoes_due[(original, key)] = echo
 
         async def read_bases(pair: Pair, ids: list[Any], read_session: Any) -> None:
@@ -1386,11 +1392,12 @@ class Applier:
                 now, echo, outcome, folded_at = settle_record(
                     record, docs[(pair.original, key)], docs[(pair.partner, key)], self.tag_field
                 )
-                if any(mark.get("until") is None for mark in echo.values()):
-                    # A delete of the batch cut short that landed: its event comes before now.
+                unbounded = [m for marks in echo.values() for m in marks if m.get("until") is None]
+                if unbounded:
+                    # Deletes of the batch cut short that landed: their events come before now.
                     now_time = now_time or await self._server_time()
-                    for mark in echo.values():
-                        mark["until"] = mark.get("until") or now_time
+                    for mark in unbounded:
+                        mark["until"] = now_time
                 if echo:
                     remember_echo(pair.original, key, echo)
                 if folded_at is not None:
@@ -1408,8 +1415,10 @@ class Applier:
             """Whether a delete of this document at `stamp` is the worker's own (field tags:
             a delete carries no tag, its record's `echo` tells)."""
             for other, side in self.registry.by_namespace(namespace):
-                marks = echoes_due.get((other.original, key)) or {}
-                if _is_echo(marks.get("o" if side == "original" else "p"), stamp):
+                marks = (echoes_due.get((other.original, key)) or {}).get(
+                    "o" if side == "original" else "p", []
+                )
+                if _echo_index(marks, stamp) is not None:
                     return True
             return False
 
@@ -1476,16 +1485,16 @@ class Applier:
                 # Applied by the attempt that left its record pending, the newest one too:
                 # planned again, a delete it overruled took the document out of the record.
                 continue
-            marks = echoes_due.get((pair.original, key))
-            if (
-                marks
-                and event.get("operationType") == "delete"
-                and not event.get(VIRTUAL)
-                and _is_echo(marks.get(source_field), event.get("clusterTime"))
-            ):
-                # The worker's own delete (for this pair), made before a restart or by the
-                # batch before: its record forgets it now.
-                del marks[source_field]
+            marks = (echoes_due.get((pair.original, key)) or {}).get(source_field, [])
+            mine = (
+                _echo_index(marks, stamp)
+                if marks and event.get("operationType") == "delete" and not event.get(VIRTUAL)
+                else None
+            )
+            if mine is not None:
+                # The worker's own delete (for this pair), made before a restart or by a batch
+                # before: its record forgets it now.
+                del marks[mine]
                 rewrite.add((pair.original, key))
                 tally.echoes_skipped += 1
                 result.echoes += 1
@@ -1611,7 +1620,7 @@ class Applier:
         tokens: dict[tuple[str, Any], str | None] = {}
         # Field tags: per record, the sides this batch deletes; their events come after the
         # batch's last event and before the writes' reply (`until`, set by `_execute`).
-        fresh: dict[tuple[str, Any], dict[str, dict[str, Any]]] = {}
+        fresh: dict[tuple[str, Any], Echo] = {}
         after_batch = _end_of(events)[1] if events else None
         for write_owners, namespace, key, before, after in planned:
             if before is None and after is None:
@@ -1651,7 +1660,9 @@ class Applier:
                 # Untagged: its record remembers it (`echo`), for this worker and the next.
                 for owner in write_owners:
                     field_of = "o" if namespace == self._pairs[owner].original else "p"
-                    fresh.setdefault((owner, key), {})[field_of] = {"after": after_batch}
+                    fresh.setdefault((owner, key), {}).setdefault(field_of, []).append(
+                        {"after": after_batch}
+                    )
             else:
                 echoes_expected.append(((namespace, key), write_owners))
             result.writes += 1
@@ -1685,11 +1696,11 @@ class Applier:
             stored = bases.get(record_key)
             if stored is not None and stored.get("o") is None and stored.get("p") is None:
                 stored = None  # known absent on both sides: no merge base
-            echo = {
-                side: mark
-                for side, mark in (echoes_due.get(record_key) or {}).items()
-                if not _expired(mark, first_time)
-            }
+            echo: Echo = {}
+            for side, marks in (echoes_due.get(record_key) or {}).items():
+                kept = [mark for mark in marks if not _expired(mark, first_time)]
+                if kept:
+                    echo[side] = kept
             new_marks = fresh.get(record_key, {})
             folded_at = folded.get(record_key)
             bases_left[record_key] = None
@@ -1743,7 +1754,10 @@ class Applier:
                 }
             )
             if echo or new_marks:
-                record["echo"] = {**echo, **new_marks}
+                record["echo"] = {
+                    side: [*echo.get(side, []), *new_marks.get(side, [])]
+                    for side in sorted(echo.keys() | new_marks.keys())
+                }
             if new_marks:
                 late.append(record)
             else:
@@ -1850,8 +1864,9 @@ class Applier:
             writes = BatchWrites(self.client, combined=self.combined_writes)
             ops = []
             for record in prepared.late_records:
-                for mark in record["echo"].values():
-                    mark.setdefault("until", until)
+                for marks in record["echo"].values():
+                    for mark in marks:
+                        mark.setdefault("until", until)
                 ops.append(
                     ReplaceOne({"_id": record["_id"]}, record, upsert=True, namespace=namespace)
                 )
@@ -2513,13 +2528,17 @@ def _virtual_event(
     return event
 
 
-def _is_echo(mark: Mapping[str, Any] | None, stamp: Timestamp | None) -> bool:
-    """Whether a delete at `stamp` is the one a record's `echo` mark remembers: the first
-    after the batch that made it, no later than that batch's writes' reply."""
-    if mark is None or stamp is None:
-        return False
-    after, until = mark.get("after"), mark.get("until")
-    return (after is None or stamp > after) and (until is None or stamp <= until)
+def _echo_index(marks: Sequence[Mapping[str, Any]], stamp: Timestamp | None) -> int | None:
+    """Which of a record's `echo` marks (one side's) a delete at `stamp` is the event of: the
+    first whose delete came after the batch that made it and no later than that batch's
+    writes' reply. None: a client's delete."""
+    if stamp is None:
+        return None
+    for index, mark in enumerate(marks):
+        after, until = mark.get("after"), mark.get("until")
+        if (after is None or stamp > after) and (until is None or stamp <= until):
+            return index
+    return None
 
 
 def _expired(mark: Mapping[str, Any], first: Timestamp | None) -> bool:
