@@ -4,6 +4,7 @@ win (G2), and the two sides must still agree (G1)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import anyio
 import pytest
+
+from worker.engine._applier import PRECONDITION_TRIES, _StaleRead
 
 from .engine_helpers import PEOPLE_MODULE, applier_in_process, events_of, next_events
 
@@ -124,3 +127,39 @@ async def test_a_document_holding_nan_still_syncs(mongo_uri: str, tmp_path: Path
     assert result.applied == 1
     assert partner is not None and partner["full_name"] == "Ada L"
     assert math.isnan(partner["score"])
+
+
+async def test_giving_the_preconditions_up_is_logged(
+    mongo_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A document that never reads back as written (one the server and the worker compare
+    otherwise) must not hold the stream up: after `PRECONDITION_TRIES` stale attempts the
+    batch writes without preconditions, which can overwrite a client's write made in between,
+    and says so."""
+    caplog.set_level(logging.WARNING)
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="giveup", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            inserted = await events_of(
+                db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
+            )
+            await applier.apply(inserted)
+            verified: list[int] = []
+
+            async def never_as_written(prepared: Any) -> None:
+                verified.append(len(prepared.written_ids))
+                raise _StaleRead([(ns, key) for ns, key, _ in prepared.written_ids])
+
+            applier._verify_written = never_as_written
+            renamed = await events_of(
+                db, 1, lambda: db.people.update_one({"_id": 1}, {"$set": {"name": "Ada L"}})
+            )
+            with anyio.fail_after(30):
+                result = await applier.apply(renamed)
+        partner = await _untagged(db.people_v2, 1)
+    logged = [getattr(r, "event_name", None) for r in caplog.records]
+    assert len(verified) == PRECONDITION_TRIES
+    assert logged.count("preconditions_given_up") == 1
+    assert result.applied == 1
+    assert partner is not None and partner["full_name"] == "Ada L"

@@ -1026,6 +1026,13 @@ class Applier:
                 if splittable:
                     self._split_smaller(events)
                 stale_reads += 1
+                if stale_reads == PRECONDITION_TRIES and not self.transactions:
+                    # From here a client write between the read and the write is overwritten.
+                    log.warning(
+                        "preconditions_given_up",
+                        attempts=stale_reads,
+                        documents=[str(key) for _, key in exc.documents[:10]],
+                    )
                 if stale_reads == 1:
                     continue  # the newer writes are known now: plan again at once
             except Refused as exc:
@@ -1484,6 +1491,14 @@ class Applier:
             ):
                 # Applied by the attempt that left its record pending, the newest one too:
                 # planned again, a delete it overruled took the document out of the record.
+                # That attempt's counters were never written: the change counts here (one
+                # that attempt found in conflict counts as applied too).
+                if not self._is_ours(event):
+                    if direction_of(side).value == "forward":
+                        tally.applied_forward += 1
+                    else:
+                        tally.applied_backward += 1
+                    result.applied += 1
                 continue
             marks = (echoes_due.get((pair.original, key)) or {}).get(source_field, [])
             mine = (
