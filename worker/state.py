@@ -58,6 +58,7 @@ __all__ = [
     "id_key",
     "merge_base_id",
     "settle_record",
+    "same_apart_from",
     "settled_base",
     "state_taken_up",
     "utcnow",
@@ -109,6 +110,10 @@ def settled_base(
     return settle_record(record, original, partner, tag_field).base
 
 
+# What a batch without transactions adds to a merge base record (`settle_record`).
+_WORKER_NOTES = frozenset({"pending", "echo", "folded", "unknown"})
+
+
 class SettledRecord(NamedTuple):
     """What a stored merge base record stands for (`settle_record`)."""
 
@@ -147,6 +152,10 @@ def settle_record(
     """
     if record is None:
         return SettledRecord(None, {}, "stored")
+    if not record.keys() & _WORKER_NOTES:
+        # The common record (a batch with a transaction, or one seen through): as stored.
+        plain = record.get("o") is not None or record.get("p") is not None
+        return SettledRecord(dict(record) if plain else None, {}, "stored")
     stored_echo: Mapping[str, list[Mapping[str, Any]]] = record.get("echo") or {}
     echo = {side: [dict(mark) for mark in marks] for side, marks in stored_echo.items()}
     pending = record.get("pending")
@@ -189,7 +198,20 @@ def _holds(
         return written is None and document is None
     if tag_field and token is not None and document.get(tag_field) == token:
         return True
-    left, right = ({k: v for k, v in doc.items() if k != tag_field} for doc in (document, written))
+    return same_apart_from(document, written, tag_field)
+
+
+def same_apart_from(
+    left: Mapping[str, Any] | None, right: Mapping[str, Any] | None, field: str | None
+) -> bool:
+    """Whether two documents (None: absent) are equal with top-level `field` left aside: the
+    same BSON (NaN equals NaN, as MongoDB compares it), or equal as Python compares them
+    (fields in another order)."""
+    if left is None or right is None:
+        return left is None and right is None
+    if field:
+        left = {k: v for k, v in left.items() if k != field}
+        right = {k: v for k, v in right.items() if k != field}
     return bson.encode(left) == bson.encode(right) or left == right
 
 

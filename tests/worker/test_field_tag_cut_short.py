@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from bson import Timestamp
 
-from tests.worker.test_field_tag_races import _after_reads, _drain, _tagged, _untagged
+from tests.worker.test_field_tag_races import (
+    _after_reads,
+    _drain,
+    _synced,
+    _tagged,
+    _untagged,
+)
 from worker.engine._ahead import HeldAhead
 from worker.engine._applier import Applier
 from worker.state import merge_base_id, settled_base
@@ -48,14 +54,6 @@ async def _restarted(applier: Applier) -> Applier:
     fresh = another_applier(applier, origin_tag="field")
     await fresh.refresh_pairs()
     return fresh
-
-
-async def _synced(db: Any, applier: Applier) -> None:
-    """Document 1 created on the original side and copied to the partner."""
-    inserted = await events_of(
-        db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
-    )
-    await applier.apply(inserted)
 
 
 async def _record(applier: Applier, db: Any, document_id: Any) -> dict[str, Any] | None:

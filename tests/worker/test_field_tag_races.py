@@ -63,6 +63,14 @@ async def _untagged(collection: Any, document_id: Any) -> dict[str, Any] | None:
     return document
 
 
+async def _synced(db: Any, applier: Any) -> None:
+    """Document 1 created on the original side and copied to the partner."""
+    inserted = await events_of(
+        db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
+    )
+    await applier.apply(inserted)
+
+
 @pytest.mark.parametrize(
     "client_write",
     [
@@ -85,10 +93,7 @@ async def test_a_client_write_between_the_read_and_the_write_wins(
         mongo_uri, tmp_path, PEOPLE_MODULE, prefix="race", origin_tag="field"
     ) as (db, applier):
         async with applier.opened():
-            inserted = await events_of(
-                db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
-            )
-            await applier.apply(inserted)
+            await _synced(db, applier)
             async with await db.watch(max_await_time_ms=50) as stream:
                 await db.people.update_one({"_id": 1}, {"$set": {"email": "ada@x"}})
                 changed = await next_events(stream, 1, tries=40)
@@ -141,10 +146,7 @@ async def test_giving_the_preconditions_up_is_logged(
         mongo_uri, tmp_path, PEOPLE_MODULE, prefix="giveup", origin_tag="field"
     ) as (db, applier):
         async with applier.opened():
-            inserted = await events_of(
-                db, 1, lambda: db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
-            )
-            await applier.apply(inserted)
+            await _synced(db, applier)
             verified: list[int] = []
 
             async def never_as_written(prepared: Any) -> None:

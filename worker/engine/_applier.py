@@ -88,6 +88,7 @@ from worker.state import (
     StateStore,
     id_key,
     merge_base_id,
+    same_apart_from,
     settle_record,
     state_taken_up,
     utcnow,
@@ -211,12 +212,6 @@ class _Split(Exception):
 
 class _CombinedRefused(Exception):
     """The server refused the combined bulkWrite command itself: send per-collection commands."""
-
-
-def _same(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
-    """Equal documents: the same BSON (NaN equals NaN, as MongoDB compares it), or equal as
-    Python compares them (fields in another order)."""
-    return bson.encode(left) == bson.encode(right) or left == right
 
 
 class _StaleRead(Exception):
@@ -1899,14 +1894,7 @@ class Applier:
         found = await self._read_back(prepared.written_ids)
         stale: list[tuple[str, Any]] = []
         for document, actual in found.items():
-            expected = prepared.leaves.get(document)
-            if (expected is None) != (actual is None) or (
-                expected is not None
-                and actual is not None
-                and not _same(
-                    without_tag(expected, self.tag_field), without_tag(actual, self.tag_field)
-                )
-            ):
+            if not same_apart_from(prepared.leaves.get(document), actual, self.tag_field):
                 stale.append(document)
         if stale:
             raise _StaleRead(stale)
