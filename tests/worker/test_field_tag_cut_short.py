@@ -317,6 +317,46 @@ async def test_each_of_the_workers_deletes_is_known_for_its_own(
     assert partner is not None and partner["full_name"] == "Cy"
 
 
+async def test_a_delete_mark_outlives_the_changes_before_its_event(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """The worker deletes the partner document while a client creates the original again, so
+    the client's insert comes before the worker's delete in the stream. The batch of the
+    insert writes the document's record; the mark of the worker's delete must stay in it (its
+    event is still to come), or the delete is taken for a client's and carried over."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="mark", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            await _synced(db, applier)
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await db.people.delete_one({"_id": 1})
+                deleted = await _drain(stream)
+                _after_reads(
+                    applier, lambda: db.people.insert_one({"_id": 1, "name": "Bea", "email": "b@x"})
+                )
+                await applier.apply(deleted)
+                later = await _drain(stream)
+                assert [(e["ns"]["coll"], e["operationType"]) for e in later] == [
+                    ("people", "insert"),
+                    ("people_v2", "delete"),
+                ]
+                inserted = await applier.apply(later[:1])  # a batch of its own
+                marks = ((await _record(applier, db, 1)) or {}).get("echo", {}).get("p")
+                echoed = await applier.apply(later[1:])
+                last = [e for e in await _drain(stream) if not _tagged(e)]
+            await applier.apply(last)
+            record = await _record(applier, db, 1)
+        original = await _untagged(db.people, 1)
+        partner = await _untagged(db.people_v2, 1)
+    assert inserted.applied == 1
+    assert marks is not None and len(marks) == 1
+    assert echoed.echoes == 1 and echoed.applied == 0
+    assert record is not None and not record.get("echo")
+    assert original is not None and original["name"] == "Bea"
+    assert partner is not None and partner["full_name"] == "Bea"
+
+
 async def test_a_document_a_client_creates_before_the_worker_is_kept(
     mongo_uri: str, tmp_path: Path
 ) -> None:
