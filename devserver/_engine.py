@@ -21,6 +21,7 @@ from mongomock import aggregate as mm_aggregate
 from mongomock.filtering import filter_applies, resolve_sort_key
 from pymongo.errors import OperationFailure
 
+from devserver._compare import install as install_compare
 from devserver._errors import CommandError, bson_type_name
 from devserver._fastproject import BAIL, inclusion_tree, project_document
 from devserver._fastupdate import fast_update
@@ -31,6 +32,7 @@ from devserver._pipeline import install, prepared
 
 install()  # $getField, $setField, $unsetField and $mergeObjects in every pipeline mongomock runs
 install_order()  # Timestamps in filters' comparisons
+install_compare()  # MongoDB's equality in filters, and its order in aggregation comparisons
 
 __all__ = [
     "Engine",

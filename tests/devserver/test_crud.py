@@ -410,10 +410,109 @@ def test_nan_equals_nan_in_filters(client: Client, db_name: str) -> None:
     assert ids({"a.x": nan}) == [3]
     assert ids({"$expr": {"$eq": ["$a", {"$literal": {"x": nan}}]}}) == [3]
     assert [d["_id"] for d in coll.aggregate([{"$match": {"a": nan}}])] == [1]
+    later = coll.aggregate([{"$project": {"a": 1}}, {"$match": {"a": {"$in": [nan]}}}])
+    assert [d["_id"] for d in later] == [1]
     # A write that applies only to the document still as it was read (the worker's
     # precondition without transactions).
     unchanged = {"$eq": ["$$ROOT", {"$literal": {"_id": 3, "a": {"x": nan}}}]}
     assert coll.update_one({"_id": 3, "$expr": unchanged}, {"$set": {"b": 1}}).matched_count == 1
+
+
+def test_filters_compare_values_as_mongodb_does(client: Client, db_name: str) -> None:
+    """Equality in a filter is MongoDB's, not Python's: an embedded document equals one with
+    the same fields in the same order only, a boolean is not a number, numbers of any type
+    equal by value; in equality, `$eq`, `$ne`, `$in`, `$nin`, `$all`, along arrays, in an
+    aggregation's `$match` and in an update's filter."""
+    coll = client[db_name]["equality"]
+    ordered, reordered = bson.SON([("x", 1), ("y", 2)]), bson.SON([("y", 2), ("x", 1)])
+    coll.insert_many(
+        [
+            {"_id": 1, "a": ordered},
+            {"_id": 2, "a": reordered},
+            {"_id": 3, "a": [ordered, 5]},
+            {"_id": 4, "b": True},
+            {"_id": 5, "b": 1},
+            {"_id": 6, "b": 1.0},
+            {"_id": 7, "b": Decimal128("1")},
+            {"_id": 8, "b": Int64(1)},
+            {"_id": 9, "b": [0, True]},
+            {"_id": 10, "a": {"x": bson.SON([("p", 1), ("q", 2)])}},
+        ]
+    )
+
+    def ids(query: dict[str, Any]) -> list[int]:
+        return sorted(d["_id"] for d in coll.find(query))
+
+    assert ids({"a": ordered}) == [1, 3]
+    assert ids({"a": reordered}) == [2]
+    assert ids({"a": {"$eq": ordered}}) == [1, 3]
+    assert ids({"a": {"$in": [reordered]}}) == [2]
+    assert ids({"a": {"$all": [ordered]}}) == [1, 3]
+    assert ids({"a": {"$ne": ordered}}) == [2, 4, 5, 6, 7, 8, 9, 10]
+    assert ids({"a.x": bson.SON([("q", 2), ("p", 1)])}) == []
+    assert ids({"a.x": {"p": 1, "q": 2}}) == [10]
+    assert ids({"b": 1}) == [5, 6, 7, 8]
+    assert ids({"b": Decimal128("1.0")}) == [5, 6, 7, 8]
+    assert ids({"b": True}) == [4, 9]
+    assert ids({"b": {"$in": [True]}}) == [4, 9]
+    assert ids({"b": {"$nin": [1]}}) == [1, 2, 3, 4, 9, 10]
+    assert ids({"b": {"$ne": True}}) == [1, 2, 3, 5, 6, 7, 8, 10]
+    assert ids({"b": {"$elemMatch": {"$eq": 1}}}) == []
+    assert ids({"b": None}) == [1, 2, 3, 10]  # null still matches a missing field
+    assert ids({"b": [0, True]}) == [9]
+    assert ids({"b": [0, 1]}) == []
+    assert [d["_id"] for d in coll.aggregate([{"$match": {"b": True}}])] == [4, 9]
+    assert coll.update_many({"b": 1}, {"$set": {"seen": 1}}).matched_count == 4
+    assert coll.delete_many({"a": reordered}).deleted_count == 1
+
+
+def test_aggregation_comparisons_follow_mongodbs_order(client: Client, db_name: str) -> None:
+    """`$eq`, `$ne`, `$cmp` and the ranges of an aggregation expression compare any two values
+    by MongoDB's order (no type bracketing); a missing field is a value of its own, below
+    null. A document whose fields are the same in another order is another value, which is
+    what the worker's precondition without transactions relies on."""
+    coll = client[db_name]["expressions"]
+    coll.insert_many(
+        [
+            {"_id": 1, "v": None},
+            {"_id": 2},
+            {"_id": 3, "v": True},
+            {"_id": 4, "v": 1},
+            {"_id": 5, "v": datetime.datetime(2026, 1, 1)},
+            {"_id": 6, "v": "s"},
+        ]
+    )
+    rows = coll.aggregate(
+        [
+            {
+                "$project": {
+                    "is_null": {"$eq": ["$v", None]},
+                    "not_null": {"$ne": ["$v", None]},
+                    "same_missing": {"$eq": ["$v", "$nothing"]},
+                    "against_one": {"$cmp": ["$v", 1]},
+                    "below_a_date": {"$lt": ["$v", datetime.datetime(2000, 1, 1)]},
+                }
+            },
+            {"$sort": {"_id": 1}},
+        ]
+    )
+    got = {row["_id"]: row for row in rows}
+
+    def column(name: str) -> list[Any]:
+        return [got[i][name] for i in range(1, 7)]
+
+    assert column("is_null") == [True, False, False, False, False, False]
+    assert column("not_null") == [False, True, True, True, True, True]
+    assert column("same_missing") == [False, True, False, False, False, False]
+    assert column("against_one") == [-1, -1, 1, 0, 1, 1]
+    assert column("below_a_date") == [True, True, True, True, False, True]
+    assert sorted(d["_id"] for d in coll.find({"$expr": {"$gt": ["$v", 0]}})) == [3, 4, 5, 6]
+
+    coll.insert_one({"_id": 7, "x": 1, "y": 2})
+    reordered = {"$eq": ["$$ROOT", {"$literal": {"_id": 7, "y": 2, "x": 1}}]}
+    assert coll.count_documents({"$expr": reordered}) == 0
+    as_stored = {"$eq": ["$$ROOT", {"$literal": {"_id": 7, "x": 1, "y": 2.0}}]}
+    assert coll.count_documents({"$expr": as_stored}) == 1
 
 
 def test_filters_compare_timestamps_as_mongodb_orders_them(client: Client, db_name: str) -> None:
