@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymongo import MongoClient
 
 from tests.transforms.pairs import build_reference_pair, update_bases, update_descriptions
 from transforms import Direction, Pair, apply_patch, apply_update_description
@@ -335,6 +336,31 @@ def test_a_write_without_a_transaction_expects_the_document_as_read() -> None:
     assert created is not None and created.kind == "insert"
     insert = write_operation(created)
     assert insert._filter == {"_id": 1} and insert._upsert
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param({"_id": 1, "name": "Ada"}, id="plain"),
+        pytest.param({"_id": 1, "a.b": 1, "$p": {"x": 2}}, id="names-no-path-can-name"),
+    ],
+)
+def test_an_insert_planned_on_an_absent_document_leaves_a_clients_be(
+    client: MongoClient[dict[str, Any]], db_name: str, document: dict[str, Any]
+) -> None:
+    """Without a transaction, a document the worker planned on as absent is created only if
+    it is still absent: one a client created in the meantime is left as it is (and the
+    worker's read-back then finds it), whatever names the worker's document holds."""
+    collection = client[db_name]["absent"]
+    insert = write_operation(
+        TargetWrite("insert", 1, document=document), tag={"_t": "t1"}, absent=True
+    )
+    collection.bulk_write([insert])
+    assert collection.find_one({"_id": 1}) == {**document, "_t": "t1"}
+    collection.delete_one({"_id": 1})
+    collection.insert_one({"_id": 1, "name": "Bea"})
+    collection.bulk_write([insert])
+    assert collection.find_one({"_id": 1}) == {"_id": 1, "name": "Bea"}
 
 
 def test_target_write_is_never_a_noop() -> None:

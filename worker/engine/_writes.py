@@ -100,8 +100,9 @@ def write_operation(
     applies only to the document still as it was, and matches nothing once a client changed
     it (writes outside a transaction, which nothing else keeps from overwriting a newer one).
     `absent`: the same for a document planned on as absent: the insert leaves one a client
-    created since as it is (`$setOnInsert`; a document holding a top-level name an update
-    cannot address is still written whole).
+    created since as it is (`$setOnInsert`; for a document holding a top-level name an update
+    operator cannot address, a pipeline that keeps any document but the upsert's bare
+    `{_id}`).
     """
     where: dict[str, Any] = {"_id": write.document_id}
     if expect is not None:
@@ -114,8 +115,15 @@ def write_operation(
     if write.kind == "insert":
         document = {**(write.document or {}), **(tag or {})}
         fields = {name: value for name, value in document.items() if name != "_id"}
-        if absent and fields and not any(_unaddressable(name) for name in fields):
-            return UpdateOne(where, {"$setOnInsert": fields}, upsert=True, namespace=namespace)
+        if absent and fields:
+            if not any(_unaddressable(name) for name in fields):
+                return UpdateOne(where, {"$setOnInsert": fields}, upsert=True, namespace=namespace)
+            # The upsert runs the pipeline over `{_id}` alone when nothing matched.
+            created = {"$eq": ["$$ROOT", {"$literal": {"_id": write.document_id}}]}
+            only_if_created = {"$cond": [created, {"$literal": document}, "$$ROOT"]}
+            return UpdateOne(
+                where, [{"$replaceWith": only_if_created}], upsert=True, namespace=namespace
+            )
         if any(name[:1] == "$" for name in document):
             # A replacement may not hold a top-level `$` name (DollarPrefixedFieldName); the
             # same document as the pipeline's one stage may.
