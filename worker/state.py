@@ -126,6 +126,10 @@ class SettledRecord(NamedTuple):
     # applied by a batch cut short whose writes all landed (`folded`): planned again, they
     # would be applied twice.
     folded: Timestamp | None = None
+    # How many of the document's changes at exactly `folded` that batch applied (the changes
+    # of a client transaction share one cluster time, and a batch can end between them); the
+    # rest are new. None: every change at that time (a record of an older version).
+    folded_left: int | None = None
 
 
 def settle_record(
@@ -139,8 +143,9 @@ def settle_record(
 
     Without transactions a batch writes its merge base records before its target writes, each
     as it was (`o`, `p`, `at`; `unknown` when there was none) with what the batch leaves beside
-    it (`pending`, with the tag token of each side it writes, None for a delete, and the
-    deletes it makes, `echo`); its last write replaces them with what it leaves. A record
+    it (`pending`, with the tag token of each side it writes, None for a delete, the deletes
+    it makes, `echo`, and `n`, how many of the document's changes at its `at` it applied);
+    its last write replaces them with what it leaves. A record
     still pending was left by a batch cut short (a killed worker, a stale read): when every
     side it wrote holds that write (its token, or the very document; absent for a delete), it
     is what the batch leaves; when none does, it is what it was before. A batch cut between
@@ -161,6 +166,7 @@ def settle_record(
     pending = record.get("pending")
     outcome = "stored"
     folded = record.get("folded")
+    folded_left = record.get("folded_left")
     if pending is None:
         settled = {"o": record.get("o"), "p": record.get("p"), "at": record.get("at")}
     else:
@@ -175,16 +181,17 @@ def settle_record(
         if landed and all(landed.values()):
             outcome = "written"
             settled = {"o": pending.get("o"), "p": pending.get("p"), "at": pending.get("at")}
-            folded = pending.get("at") or folded
+            if pending.get("at") is not None:
+                folded, folded_left = pending["at"], pending.get("n")
         elif not any(landed.values()):
             outcome = "not written"
             settled = {"o": record.get("o"), "p": record.get("p"), "at": record.get("at")}
         else:
-            return SettledRecord(None, echo, "cut", folded)
+            return SettledRecord(None, echo, "cut", folded, folded_left)
     if settled["o"] is None and settled["p"] is None:
         # Known absent on both sides: no merge base.
-        return SettledRecord(None, echo, outcome, folded)
-    return SettledRecord({"_id": record["_id"], **settled}, echo, outcome, folded)
+        return SettledRecord(None, echo, outcome, folded, folded_left)
+    return SettledRecord({"_id": record["_id"], **settled}, echo, outcome, folded, folded_left)
 
 
 def _holds(

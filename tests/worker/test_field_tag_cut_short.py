@@ -23,7 +23,7 @@ from tests.worker.test_field_tag_races import (
 )
 from worker.engine._ahead import HeldAhead
 from worker.engine._applier import Applier
-from worker.state import merge_base_id, settled_base
+from worker.state import merge_base_id, settle_record, settled_base
 
 from .engine_helpers import PEOPLE_MODULE, another_applier, applier_in_process, events_of
 
@@ -237,6 +237,26 @@ def test_a_record_that_was_not_there_stays_away_unless_written() -> None:
     assert written is not None and written["p"] == NEW_P
 
 
+def test_a_written_batch_folds_in_as_many_changes_at_its_time_as_it_applied() -> None:
+    """A pending record that landed says up to which change its batch applied: its `at`, and
+    how many of the document's changes carry that cluster time (`n`); one that did not land
+    keeps what the record held before (an older version's record: every change at that
+    time)."""
+    record = _pending({"p": "w#1"})
+    record["pending"]["n"] = 2
+    written = settle_record(record, NEW_O, {**NEW_P, TAG: "w#1"}, TAG)
+    assert (written.outcome, written.folded, written.folded_left) == ("written", NEXT, 2)
+    record.update(folded=AT, folded_left=1)
+    not_written = settle_record(record, NEW_O, {**OLD_P, TAG: "w#0"}, TAG)
+    assert (not_written.outcome, not_written.folded, not_written.folded_left) == (
+        "not written",
+        AT,
+        1,
+    )
+    older = settle_record({"_id": RECORD_ID, "o": OLD_O, "p": OLD_P, "folded": AT}, None, None, TAG)
+    assert (older.folded, older.folded_left) == (AT, None)
+
+
 def test_a_batch_cut_between_the_two_sides_leaves_no_merge_base() -> None:
     record = _pending({"o": "w#1", "p": "w#2"})
     assert settled_base(record, {**NEW_O, TAG: "w#1"}, {**OLD_P, TAG: "w#0"}, TAG) is None
@@ -436,3 +456,47 @@ def test_held_changes_name_a_delete_as_a_delete() -> None:
     ahead.add(held("replace", NEXT), 1)  # the newest whole-document change is the one kept
     assert later(ahead, -1) == [("replace", NEXT)]
     assert later(ahead, 1) == []
+
+
+@pytest.mark.parametrize(
+    ("applied", "replays"),
+    [
+        pytest.param(1, [3], id="one-applied-replayed-at-once"),
+        pytest.param(2, [1, 2], id="two-applied-replayed-in-two-batches"),
+        pytest.param(2, [1, 1, 1], id="two-applied-replayed-one-by-one"),
+    ],
+)
+async def test_a_client_transaction_split_between_batches_is_replayed_in_full(
+    mongo_uri: str, tmp_path: Path, applied: int, replays: list[int]
+) -> None:
+    """A client transaction changes the original three times; its changes share one cluster
+    time, and the worker, killed before its checkpoint, had applied only the first `applied`
+    (its batch ended between them). The restarted worker, reading them again in batches of
+    `replays` changes, skips what that batch applied (its record says how many), not the
+    rest, whose cluster time is the same."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="txn", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            await _synced(db, applier)
+            async with await db.people.watch(max_await_time_ms=50) as stream:
+                async with db.client.start_session() as session:
+                    async with await session.start_transaction():
+                        for change in ({"email": "t1@x"}, {"name": "Bea"}, {"email": "t3@x"}):
+                            await db.people.update_one(
+                                {"_id": 1}, {"$set": change}, session=session
+                            )
+                changes = await _drain(stream)
+                assert len({e["clusterTime"] for e in changes}) == 1 and len(changes) == 3
+                await _apply_killed(applier, stream, changes[:applied], ".checkpoints")
+        worker = await _restarted(applier)
+        counted = 0
+        async with worker.opened():
+            start = 0
+            for size in replays:
+                result = await worker.apply(changes[start : start + size])
+                counted += result.applied
+                start += size
+        partner = await _untagged(db.people_v2, 1)
+    assert counted == 3
+    assert partner is not None and partner["email"] == "t3@x" and partner["full_name"] == "Bea"

@@ -1276,10 +1276,14 @@ class Applier:
         # (pair, id key) -> the document's _id, for every document whose record is read.
         document_ids: dict[tuple[str, Any], Any] = {}
         # Records settled as written by a batch cut short (`settle_record`): (pair, id key) ->
-        # the cluster time of the last change that batch folded in. Its older changes are in
+        # the cluster time of the last change that batch folded in, and how many of the
+        # document's changes at that very time it applied (None: all). Those changes are in
         # the record (and in the documents) already: planned again, a delete the batch had
         # overruled with a newer write took the document out of the merge base once more.
-        folded: dict[tuple[str, Any], Timestamp] = {}
+        folded: dict[tuple[str, Any], tuple[Timestamp, int | None]] = {}
+        # Per (pair, id key): how many of the document's changes in this batch carry each
+        # cluster time (a client transaction's changes share one).
+        at_counts: dict[tuple[str, Any], collections.Counter[Timestamp]] = {}
         docs: dict[tuple[str, Any], dict[str, Any] | None] = {}
         initial: dict[tuple[str, Any], dict[str, Any] | None] = {}
         loaded: set[tuple[str, Any]] = set()
@@ -1317,11 +1321,12 @@ class Applier:
                 if "pending" in record:
                     bases[(pair.original, key)] = record  # settled once both sides are read
                     continue
-                base, echo, _, folded_at = settle_record(record, None, None, self.tag_field)
+                settled = settle_record(record, None, None, self.tag_field)
+                base, echo = settled.base, settled.echo
                 if echo:
                     remember_echo(pair.original, key, echo)
-                if folded_at is not None:
-                    folded[(pair.original, key)] = folded_at
+                if settled.folded is not None:
+                    folded[(pair.original, key)] = (settled.folded, settled.folded_left)
                 if base is not None:
                     bases[(pair.original, key)] = prior_bases[(pair.original, key)] = base
 
@@ -1391,9 +1396,10 @@ class Applier:
             for key in unsettled:
                 record = bases.pop((pair.original, key))
                 rewrite.add((pair.original, key))
-                now, echo, outcome, folded_at = settle_record(
+                settled = settle_record(
                     record, docs[(pair.original, key)], docs[(pair.partner, key)], self.tag_field
                 )
+                now, echo, outcome = settled.base, settled.echo, settled.outcome
                 unbounded = [m for marks in echo.values() for m in marks if m.get("until") is None]
                 if unbounded:
                     # Deletes of the batch cut short that landed: their events come before now.
@@ -1402,8 +1408,8 @@ class Applier:
                         mark["until"] = now_time
                 if echo:
                     remember_echo(pair.original, key, echo)
-                if folded_at is not None:
-                    folded[(pair.original, key)] = folded_at
+                if settled.folded is not None:
+                    folded[(pair.original, key)] = (settled.folded, settled.folded_left)
                 log.info(
                     "merge_base_settled",
                     pair=pair.original,
@@ -1460,6 +1466,9 @@ class Applier:
         dead_letters: list[dict[str, Any]] = []
 
         queue = collections.deque(work)
+        # `folded` as read: planning counts off the changes it skips, and a batch that does
+        # not land leaves them to be skipped again.
+        folded_read = dict(folded)
         cascades = 0
         planned_events = 0
         while queue:
@@ -1477,17 +1486,14 @@ class Applier:
             base = bases.get((pair.original, key))
             source_field, target_field = ("o", "p") if side == "original" else ("p", "o")
             stamp = event.get("clusterTime")
-            done_until = folded.get((pair.original, key))
-            if (
-                done_until is not None
-                and stamp is not None
-                and stamp <= done_until
-                and not event.get(VIRTUAL)
-            ):
+            if stamp is not None and not event.get(VIRTUAL):
+                at_counts.setdefault((pair.original, key), collections.Counter())[stamp] += 1
+            if _folded_in(folded, (pair.original, key), stamp, event):
                 # Applied by the attempt that left its record pending, the newest one too:
                 # planned again, a delete it overruled took the document out of the record.
                 # That attempt's counters were never written: the change counts here (one
                 # that attempt found in conflict counts as applied too).
+                rewrite.add((pair.original, key))  # it keeps the count left
                 if not self._is_ours(event):
                     if direction_of(side).value == "forward":
                         tally.applied_forward += 1
@@ -1712,7 +1718,7 @@ class Applier:
                 if kept:
                     echo[side] = kept
             new_marks = fresh.get(record_key, {})
-            folded_at = folded.get(record_key)
+            folding = folded.get(record_key)
             bases_left[record_key] = None
             if not self.transactions:
                 intent = self._intent(
@@ -1724,15 +1730,19 @@ class Applier:
                     tokens,
                     echo=echoes_read.get(record_key),
                     deletes=new_marks,
-                    folded=folded_at,
+                    folded=folded_read.get(record_key),
                     at=after_batch,
+                    at_counts=at_counts.get(record_key),
                 )
                 if intent is not None:
                     intent_ops.append(intent)
-            if folded_at is not None and first_time is not None and folded_at < first_time:
-                folded_at = None  # no change it folded in can be read again (see `_expired`)
-            if folded_at is not None and stored is not None:
-                stored = {**stored, "folded": folded_at}
+            if folding is not None and (
+                folding[1] == 0 or (first_time is not None and folding[0] < first_time)
+            ):
+                folding = None  # no change it folded in can be read again (see `_expired`)
+            notes = _folded_notes(folding)
+            if notes and stored is not None:
+                stored = {**stored, **notes}
             encoded: _EncodedRecord | None = None
             if stored is not None:
                 # Measured by encoding it, and the encoding is what is sent.
@@ -1744,7 +1754,7 @@ class Applier:
                     stored = encoded = None
             if stored is not None:
                 bases_left[record_key] = stored
-            if not echo and not new_marks and (folded_at is None or stored is not None):
+            if not echo and not new_marks and (folding is None or stored is not None):
                 if encoded is None:
                     base_ops.append(DeleteOne({"_id": record_id}, namespace=bases_ns))
                 else:
@@ -1760,7 +1770,7 @@ class Applier:
                     "o": None,
                     "p": None,
                     "at": after_batch,
-                    **({"folded": folded_at} if folded_at is not None else {}),
+                    **notes,
                 }
             )
             if echo or new_marks:
@@ -2347,8 +2357,9 @@ class Applier:
         *,
         echo: Mapping[str, Any] | None,
         deletes: Mapping[str, Any],
-        folded: Timestamp | None,
+        folded: tuple[Timestamp, int | None] | None,
         at: Timestamp | None,
+        at_counts: Mapping[Timestamp, int] | None,
     ) -> DeleteOne | ReplaceOne[Any] | None:
         """The write of a merge base record before the batch's target writes of its document
         (None when the batch writes neither side): `prior` (and the `echo` it was read with)
@@ -2369,15 +2380,18 @@ class Applier:
             if prior
             else {"unknown": True}
         )
-        if folded is not None:
-            was["folded"] = folded
+        was.update(_folded_notes(folded))
+        pending_at = (after or {}).get("at", at)
         record = {
             "_id": record_id,
             **was,
             "pending": {
                 "o": (after or {}).get("o"),
                 "p": (after or {}).get("p"),
-                "at": (after or {}).get("at", at),
+                "at": pending_at,
+                # How many of the document's changes at `at` the batch applies: on a replay, a
+                # later one of a client transaction sharing that time is new.
+                "n": (at_counts or {}).get(pending_at, 0),
                 "tags": tags,
                 **({"echo": dict(deletes)} if deletes else {}),
             },
@@ -2542,6 +2556,36 @@ def _echo_index(marks: Sequence[Mapping[str, Any]], stamp: Timestamp | None) -> 
         if (after is None or stamp > after) and (until is None or stamp <= until):
             return index
     return None
+
+
+def _folded_in(
+    folded: dict[tuple[str, Any], tuple[Timestamp, int | None]],
+    record_key: tuple[str, Any],
+    stamp: Timestamp | None,
+    event: Mapping[str, Any],
+) -> bool:
+    """Whether a change is one a batch cut short applied already (`folded`): older than the
+    last change it applied to the document, or one of the as many changes at that very
+    cluster time as it applied (each counted off here, in the stream's order)."""
+    done = folded.get(record_key)
+    if done is None or stamp is None or event.get(VIRTUAL):
+        return False
+    until, left = done
+    if stamp < until:
+        return True
+    if stamp > until or left == 0:
+        return False
+    if left is not None:
+        folded[record_key] = (until, left - 1)
+    return True
+
+
+def _folded_notes(folded: tuple[Timestamp, int | None] | None) -> dict[str, Any]:
+    """A merge base record's fields for `folded` (see `settle_record`)."""
+    if folded is None:
+        return {}
+    until, left = folded
+    return {"folded": until} if left is None else {"folded": until, "folded_left": left}
 
 
 def _expired(mark: Mapping[str, Any], first: Timestamp | None) -> bool:
