@@ -346,11 +346,15 @@ class StreamReader:
                             started = True
                             task_status.started()
                         fragments: list[dict[str, Any]] = []
+                        reads = 0
                         while True:
                             event = await stream.try_next()
-                            if outage_logged:
+                            reads += 1
+                            if outage_logged and (event is not None or reads > 1):
                                 # Over only once a read succeeds: a stream that reopens and
-                                # fails again at once is the same outage, not a new one.
+                                # fails again at once is the same outage, not a new one. The
+                                # first read of a stream reopened empty can be answered by the
+                                # open itself, without a getMore: it proves nothing yet.
                                 log.info("stream_reconnected")
                                 outage_logged = False
                                 delay = 0.1
