@@ -8,7 +8,6 @@ from typing import Any
 import bson
 from bson import ObjectId
 from bson.int64 import Int64
-from mongomock import helpers
 
 __all__ = ["MISSING", "canonical", "dotted_get", "id_key", "store_key", "format_key_value"]
 
@@ -73,11 +72,11 @@ def id_key(doc_id: Any) -> bytes:
 _CANONICAL_TYPES = frozenset({str, int, bool, ObjectId, type(None)})
 
 
-def store_key(doc_id: Any) -> Any:
-    """The key mongomock uses for a document in its collection store."""
-    if isinstance(doc_id, dict):
-        return helpers.hashdict(doc_id)
-    return doc_id
+def store_key(doc_id: Any) -> bytes:
+    """The key of a document in its collection's store (mongomock's `_documents`): equal for
+    MongoDB-equal ids (1, 1.0), distinct for ids MongoDB tells apart and Python does not (true
+    and 1; sub-documents with their fields in another order)."""
+    return id_key(doc_id)
 
 
 def dotted_get(doc: Any, path: str) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 import bson
 import mongomock
 from bson.binary import Binary, UuidRepresentation
+from bson.errors import InvalidDocument
 from mongomock.filtering import filter_applies
 
 from devserver._change_history import ChangeRecord
@@ -294,7 +295,7 @@ class Storage:
             store = self._store(db, coll)
         try:
             doc: dict[str, Any] | None = store._documents.get(store_key(doc_id))
-        except TypeError:  # unhashable _id value (never stored)
+        except (TypeError, InvalidDocument):  # an _id value BSON cannot hold (never stored)
             return None
         return doc
 

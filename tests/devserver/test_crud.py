@@ -355,6 +355,43 @@ def test_sub_document_ids_match_by_mongodb_equality(client: Client, db_name: str
     ]
 
 
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["plain", "transaction"])
+def test_ids_mongodb_tells_apart_are_two_documents(
+    client: Client, db_name: str, in_transaction: bool
+) -> None:
+    """`true` and `1` are two ids, and so are sub-documents with their fields in another
+    order (Python takes each pair for one value); `1` and `1.0` are one."""
+    coll = client[db_name]["ids"]
+    ordered, reordered = bson.SON([("a", 1), ("b", 2)]), bson.SON([("b", 2), ("a", 1)])
+
+    def run(session: Any) -> None:
+        coll.insert_many(
+            [
+                {"_id": True, "v": "bool"},
+                {"_id": 1, "v": "int"},
+                {"_id": ordered, "v": "ab"},
+                {"_id": reordered, "v": "ba"},
+            ],
+            session=session,
+        )
+
+    if in_transaction:
+        with client.start_session() as session:
+            with session.start_transaction():
+                run(session)
+    else:
+        run(None)
+    with pytest.raises(DuplicateKeyError):
+        coll.insert_one({"_id": 1.0, "v": "double"})
+    assert [d["v"] for d in coll.find({"_id": True})] == ["bool"]
+    assert [d["v"] for d in coll.find({"_id": 1.0})] == ["int"]
+    assert [d["v"] for d in coll.find({"_id": reordered})] == ["ba"]
+    assert coll.update_one({"_id": ordered}, {"$set": {"w": 1}}).modified_count == 1
+    assert coll.delete_one({"_id": True}).deleted_count == 1
+    assert sorted(d["v"] for d in coll.find()) == ["ab", "ba", "int"]
+    assert coll.find_one({"_id": ordered}) == {"_id": ordered, "v": "ab", "w": 1}
+
+
 def test_comparisons_with_min_key_and_max_key_cross_types(client: Client, db_name: str) -> None:
     """MinKey and MaxKey sort below and above everything; `$gt`/`$gte` MinKey and `$lt`/`$lte`
     MaxKey match values of every type (a missing field too), the other way round only the
