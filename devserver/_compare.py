@@ -1,7 +1,7 @@
 """MongoDB's comparison of values, where mongomock compares them as Python does.
 
 mongomock answers equality in filters (`{"a": v}`, `$eq`, `$ne`, `$in`, `$nin`, `$all`) and in
-aggregation expressions (`$eq`, `$ne`) with Python's `==`, which differs from MongoDB's:
+aggregation expressions (`$eq`, `$ne`, `$in`) with Python's `==`, which differs from MongoDB's:
 
 - `True == 1`: Python's booleans are numbers; to MongoDB a boolean equals only a boolean;
 - `{"a": 1, "b": 2} == {"b": 2, "a": 1}`: MongoDB compares embedded documents field by field,
@@ -14,7 +14,8 @@ without `a`), where MongoDB takes the missing value as a value of its own: below
 equal only to another missing value.
 
 `compare` orders two values as MongoDB does (BSON comparison order across types, then within
-the type); `install()` makes mongomock's filters and aggregation comparisons use it.
+the type); `install()` makes mongomock's filters, aggregation comparisons and the `$in`
+expression use it.
 """
 
 from __future__ import annotations
@@ -345,6 +346,23 @@ def _install_expressions() -> None:
 
     parser: Any = aggregate._Parser
     parser._handle_comparison_operator = comparison
+    set_operator = parser._handle_set_operator
+
+    def membership(parser: Any, operator: str, values: Any) -> Any:
+        if operator != "$in":
+            return set_operator(parser, operator, values)
+        if not isinstance(values, list) or len(values) != 2:
+            count = len(values) if isinstance(values, list) else 1
+            raise OperationFailure(
+                f"Expression $in takes exactly 2 arguments. {count} were passed in."
+            )
+        value = parser._parse_or_nothing(values[0])
+        array = parser._parse_or_nothing(values[1])
+        if not isinstance(array, list):
+            raise OperationFailure("$in requires an array as a second argument")
+        return any(equal(value, item) for item in array)
+
+    parser._handle_set_operator = membership
 
 
 _installed = False

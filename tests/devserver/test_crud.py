@@ -528,6 +528,7 @@ def test_aggregation_comparisons_follow_mongodbs_order(client: Client, db_name: 
                     "same_missing": {"$eq": ["$v", "$nothing"]},
                     "against_one": {"$cmp": ["$v", 1]},
                     "below_a_date": {"$lt": ["$v", datetime.datetime(2000, 1, 1)]},
+                    "one_or_null": {"$in": ["$v", [1.0, None]]},
                 }
             },
             {"$sort": {"_id": 1}},
@@ -543,6 +544,7 @@ def test_aggregation_comparisons_follow_mongodbs_order(client: Client, db_name: 
     assert column("same_missing") == [False, True, False, False, False, False]
     assert column("against_one") == [-1, -1, 1, 0, 1, 1]
     assert column("below_a_date") == [True, True, True, True, False, True]
+    assert column("one_or_null") == [True, False, False, True, False, False]
     assert sorted(d["_id"] for d in coll.find({"$expr": {"$gt": ["$v", 0]}})) == [3, 4, 5, 6]
 
     coll.insert_one({"_id": 7, "x": 1, "y": 2})
