@@ -333,15 +333,19 @@ _VERDICTS: dict[str, Callable[[int], Any]] = {
 }
 
 
+def _two_operands(parser: Any, operator: str, values: Any) -> tuple[Any, Any]:
+    """The two operands of expression `operator`, evaluated (NOTHING for a missing field)."""
+    if not isinstance(values, list) or len(values) != 2:
+        count = len(values) if isinstance(values, list) else 1
+        raise OperationFailure(
+            f"Expression {operator} takes exactly 2 arguments. {count} were passed in."
+        )
+    return parser._parse_or_nothing(values[0]), parser._parse_or_nothing(values[1])
+
+
 def _install_expressions() -> None:
     def comparison(parser: Any, operator: str, values: Any) -> Any:
-        if not isinstance(values, list) or len(values) != 2:
-            count = len(values) if isinstance(values, list) else 1
-            raise OperationFailure(
-                f"Expression {operator} takes exactly 2 arguments. {count} were passed in."
-            )
-        left = parser._parse_or_nothing(values[0])
-        right = parser._parse_or_nothing(values[1])
+        left, right = _two_operands(parser, operator, values)
         return _VERDICTS[operator](compare(left, right))
 
     parser: Any = aggregate._Parser
@@ -351,13 +355,7 @@ def _install_expressions() -> None:
     def membership(parser: Any, operator: str, values: Any) -> Any:
         if operator != "$in":
             return set_operator(parser, operator, values)
-        if not isinstance(values, list) or len(values) != 2:
-            count = len(values) if isinstance(values, list) else 1
-            raise OperationFailure(
-                f"Expression $in takes exactly 2 arguments. {count} were passed in."
-            )
-        value = parser._parse_or_nothing(values[0])
-        array = parser._parse_or_nothing(values[1])
+        value, array = _two_operands(parser, operator, values)
         if not isinstance(array, list):
             raise OperationFailure("$in requires an array as a second argument")
         return any(equal(value, item) for item in array)
