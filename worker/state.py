@@ -19,11 +19,12 @@ Collections (documents sketched; `ns` is the pair's original namespace):
     checkpoints   {_id: stream key, resume_token, cluster_time, fence, sessions, updated_at}
     merge_base    {_id: {pair: ns, id: document _id}, o: original doc | None,
                    p: partner doc | None, at: Timestamp,
-                   pending: {o, p, at, tags: {o | p: tag token | None}, echo}, unknown: bool,
-                   echo: {o | p: [{after: Timestamp, until: Timestamp}]}, folded: Timestamp}
-                   (`pending`, `unknown`, `echo`, `folded`: without transactions a batch
-                   writes its records before its target writes, and remembers its deletes;
-                   see `settle_record`)
+                   pending: {o, p, at, n, tags: {o | p: tag token | None}, echo},
+                   unknown: bool, echo: {o | p: [{after: Timestamp, until: Timestamp}]},
+                   folded: Timestamp, folded_left: int}
+                   (`pending`, `unknown`, `echo`, `folded`, `folded_left`: without
+                   transactions a batch writes its records before its target writes, and
+                   remembers its deletes; see `settle_record`)
     leases        {_id: stream key, holder, fence, expires_at, since, sessions}
     dead_letters  {_id: ObjectId, pair, side, direction, document_id, event, error, code,
                    mapping, field, at, retries, last_retry_at}

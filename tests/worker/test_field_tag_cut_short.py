@@ -7,7 +7,7 @@ landed (G1, G2, G4)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,21 @@ def test_a_batch_cut_between_the_two_sides_leaves_no_merge_base() -> None:
 # -- the worker's own deletes, and documents a client creates meanwhile ----------------------------
 
 
+async def _delete_applied_while(
+    applier: Applier,
+    stream: Any,
+    delete: Callable[[], Awaitable[Any]],
+    client_write: Callable[[], Awaitable[Any]],
+) -> list[dict[str, Any]]:
+    """A client's `delete`, applied by the worker while `client_write` lands between the
+    batch's reads and its writes; the events after the delete."""
+    await delete()
+    deleted = await _drain(stream)
+    _after_reads(applier, client_write)
+    await applier.apply(deleted)
+    return await _drain(stream)
+
+
 async def test_a_restarted_worker_knows_its_own_delete(mongo_uri: str, tmp_path: Path) -> None:
     """A delete carries no tag field. The client deletes the partner document and creates it
     again while the worker deletes the original, so the worker's delete comes after the
@@ -278,16 +293,14 @@ async def test_a_restarted_worker_knows_its_own_delete(mongo_uri: str, tmp_path:
         async with applier.opened():
             await _synced(db, applier)
             async with await db.watch(max_await_time_ms=50) as stream:
-                await db.people_v2.delete_one({"_id": 1})
-                deleted = await _drain(stream)
-                _after_reads(
+                later = await _delete_applied_while(
                     applier,
+                    stream,
+                    lambda: db.people_v2.delete_one({"_id": 1}),
                     lambda: db.people_v2.insert_one(
                         {"_id": 1, "full_name": "Bea", "email": "b@x", "tier": "gold"}
                     ),
                 )
-                await applier.apply(deleted)
-                later = await _drain(stream)
             assert [(e["ns"]["coll"], e["operationType"]) for e in later] == [
                 ("people_v2", "insert"),
                 ("people", "delete"),
@@ -350,13 +363,12 @@ async def test_a_delete_mark_outlives_the_changes_before_its_event(
         async with applier.opened():
             await _synced(db, applier)
             async with await db.watch(max_await_time_ms=50) as stream:
-                await db.people.delete_one({"_id": 1})
-                deleted = await _drain(stream)
-                _after_reads(
-                    applier, lambda: db.people.insert_one({"_id": 1, "name": "Bea", "email": "b@x"})
+                later = await _delete_applied_while(
+                    applier,
+                    stream,
+                    lambda: db.people.delete_one({"_id": 1}),
+                    lambda: db.people.insert_one({"_id": 1, "name": "Bea", "email": "b@x"}),
                 )
-                await applier.apply(deleted)
-                later = await _drain(stream)
                 assert [(e["ns"]["coll"], e["operationType"]) for e in later] == [
                     ("people", "insert"),
                     ("people_v2", "delete"),

@@ -1486,7 +1486,8 @@ class Applier:
             base = bases.get((pair.original, key))
             source_field, target_field = ("o", "p") if side == "original" else ("p", "o")
             stamp = event.get("clusterTime")
-            if stamp is not None and not event.get(VIRTUAL):
+            if not self.transactions and stamp is not None and not event.get(VIRTUAL):
+                # For the records written before the target writes (`_intent`).
                 at_counts.setdefault((pair.original, key), collections.Counter())[stamp] += 1
             if _folded_in(folded, (pair.original, key), stamp, event):
                 # Applied by the attempt that left its record pending, the newest one too:
