@@ -29,6 +29,7 @@ from devserver._keys import store_key
 from devserver._nan import has_nan, same_nan
 from devserver._order import install as install_order
 from devserver._pipeline import install, prepared
+from devserver._update_order import with_update_order
 
 install()  # $getField, $setField, $unsetField and $mergeObjects in every pipeline mongomock runs
 install_order()  # Timestamps in filters' comparisons
@@ -188,6 +189,40 @@ def check_update_operators(update: dict[str, Any]) -> None:
                 f"Modifiers operate on fields but we found type {bson_type_name(operand)}"
                 f" instead. For example: {{$mod: {{<field>: ...}}}} not {{{name}: {shown}}}",
             )
+    _check_conflicts(update)
+
+
+def _check_conflicts(update: dict[str, Any]) -> None:
+    """Refuse two paths of one update where one is the other or lies under it (`$set` and
+    `$inc` of `a`, `a` and `a.b`, a `$rename`'s target among them), as mongod does when it
+    builds the update's tree: ConflictingUpdateOperators."""
+    seen: dict[tuple[str, ...], str] = {}
+    for name, fields in update.items():
+        for path, operand in fields.items():
+            paths = [path]
+            if name == "$rename" and isinstance(operand, str):
+                paths.append(operand)
+            for one in paths:
+                if not isinstance(one, str):
+                    continue
+                parts = tuple(one.split("."))
+                for length in range(1, len(parts) + 1):
+                    other = seen.get(parts[:length])
+                    if other is not None:
+                        raise _conflict(one, other)
+                seen[parts] = one
+    keys = sorted(seen)
+    for shorter, longer in zip(keys, keys[1:], strict=False):
+        if longer[: len(shorter)] == shorter:
+            raise _conflict(".".join(longer), ".".join(shorter))
+
+
+def _conflict(path: str, at: str) -> CommandError:
+    return CommandError(
+        40,
+        "ConflictingUpdateOperators",
+        f"Updating the path '{path}' would create a conflict at '{at}'",
+    )
 
 
 def check_modified_names(update: dict[str, Any]) -> None:
@@ -307,7 +342,9 @@ class Engine:
             self._load([working])
             try:
                 engine_errors(lambda: self._coll.update_one(query, spec))
-                new = next(iter(self._coll._store._documents.values()))
+                new = with_update_order(
+                    next(iter(self._coll._store._documents.values())), doc, spec
+                )
             finally:
                 self._load(())
         else:
@@ -327,6 +364,18 @@ class Engine:
             raise CommandError(2, "BadValue", "update pipeline must produce one document")
         return result[0]
 
+    def _upsert_seed(self, query: dict[str, Any]) -> dict[str, Any]:
+        """The document an upsert starts from: the query's equality fields, `_id` first."""
+        if len(query) == 1 and _is_plain_value(query.get("_id")):
+            return {"_id": query["_id"]}
+        self._load(())
+        try:
+            engine_errors(lambda: self._coll.update_one(query, {"$setOnInsert": {}}, upsert=True))
+            seed = dict(next(iter(self._coll._store._documents.values())))
+        finally:
+            self._load(())
+        return {"_id": seed.pop("_id"), **seed} if "_id" in seed else seed
+
     def upsert_document(
         self,
         query: dict[str, Any],
@@ -340,17 +389,37 @@ class Engine:
                 self.upsert_document(query, {"$setOnInsert": {}}, None), update
             )
         if is_operator_update(update):
+            seed = self._upsert_seed(query)
+            if not array_filters and (on_insert := _as_inserted(update)) is not None:
+                fast = fast_update(seed, on_insert)
+                if fast is not None:
+                    return fast
             self._load(())
             try:
                 spec = expand_array_filters(update, {}, array_filters or [])
                 engine_errors(lambda: self._coll.update_one(query, spec, upsert=True))
-                return dict(next(iter(self._coll._store._documents.values())))
+                new = next(iter(self._coll._store._documents.values()))
+                return with_update_order(new, seed, spec)  # type: ignore[no-any-return]
             finally:
                 self._load(())
         doc_id = query.get("_id") if _is_plain_value(query.get("_id")) else None
         if doc_id is None:
             doc_id = update.get("_id", ObjectId())
         return replacement(doc_id, update)
+
+
+def _as_inserted(update: dict[str, Any]) -> dict[str, Any] | None:
+    """An upsert's operator update as it applies to the document it inserts (`$setOnInsert`
+    as `$set`), or None when both name one path (mongomock then raises MongoDB's error)."""
+    sets = dict(update.get("$set") or {})
+    for path, value in (update.get("$setOnInsert") or {}).items():
+        if path in sets:
+            return None
+        sets[path] = value
+    out = {op: fields for op, fields in update.items() if op not in ("$set", "$setOnInsert")}
+    if sets:
+        out["$set"] = sets
+    return out
 
 
 def _is_plain_value(value: Any) -> bool:
