@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import bson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -788,3 +789,54 @@ def test_inference_leaves_events_it_cannot_improve_as_they_are() -> None:
     assert with_inferred_paths(plain, None) is plain
     in_array = with_inferred_paths(_update({"l.0.v.1": 5}), {"l": [{"v.1": 4}]})
     assert in_array["updateDescription"]["disambiguatedPaths"] == {"l.0.v.1": ["l", "0", "v.1"]}
+
+
+# Names whose update order is a total order (9 before 10 by number, both before letters).
+_ORDER_NAMES = ["b", "a", "10", "9", "c"]
+_order_values = st.recursive(
+    st.integers(0, 3) | st.sampled_from(["x", "y"]),
+    lambda inner: st.dictionaries(st.sampled_from(_ORDER_NAMES), inner, max_size=4),
+    max_leaves=6,
+)
+_order_documents = st.dictionaries(st.sampled_from(_ORDER_NAMES), _order_values, max_size=5)
+
+
+@given(
+    current=st.none() | _order_documents,
+    desired=st.none() | _order_documents,
+    absent=st.booleans(),
+)
+@settings(
+    max_examples=120,
+    deadline=None,
+    # One collection, emptied for each example.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+def test_a_writes_result_has_its_fields_in_the_servers_order(
+    client: MongoClient[dict[str, Any]],
+    db_name: str,
+    current: dict[str, Any] | None,
+    desired: dict[str, Any] | None,
+    absent: bool,
+) -> None:
+    """`TargetWrite.result` is the document the server stores, field order included: a
+    precondition compares whole documents in order (`$eq`), and a batch that writes one
+    document twice expects the first write's result. New fields go where the server puts
+    them, whatever order the patch lists them in (an update processes names sorted)."""
+    collection = client[db_name]["docs"]
+    collection.delete_many({})
+    before = None if current is None else {"_id": 1, **current}
+    after = None if desired is None else {"_id": 1, **desired}
+    write = plan_target_write(before, after, lambda _: True, document_id=1)
+    if write is None:
+        return
+    if before is not None:
+        collection.insert_one(before)
+    operation = write_operation(write, tag={"_t": "t1"}, absent=absent and before is None)
+    collection.bulk_write([operation])
+    stored = collection.find_one({"_id": 1})
+    if stored is not None:
+        stored.pop("_t", None)
+    result = write.result(before, absent=absent and before is None)
+    assert result == after
+    assert bson.encode(stored) == bson.encode(result) if stored else result is None

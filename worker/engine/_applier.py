@@ -1640,6 +1640,13 @@ class Applier:
         fresh: dict[tuple[str, Any], Echo] = {}
         after_batch = _end_of(events)[1] if events else None
         for write_owners, namespace, key, before, after in planned:
+            # What the server holds when this write runs, fields in its order (a precondition
+            # compares them): as read, or as this batch's write before it left it. The model
+            # planning kept may order them otherwise (a chain writes a document once per event).
+            if (namespace, key) in leaves:
+                before = leaves[(namespace, key)]
+            elif (namespace, key) in initial:
+                before = initial[(namespace, key)]
             if before is None and after is None:
                 continue  # created and deleted again within the batch: nothing to write
             try:
@@ -1652,7 +1659,8 @@ class Applier:
                 raise Refused(OperationFailure(str(exc))) from exc
             if write is None:
                 continue
-            leaves[(namespace, key)] = write.result(before)
+            absent = guarded and before is None
+            leaves[(namespace, key)] = write.result(before, absent=absent)
             expect = without_tag(before, self.tag_field) if guarded else None
             tag = self._tag()
             tokens[(namespace, key)] = (
@@ -1665,7 +1673,7 @@ class Applier:
                     namespace=namespace,
                     expect=expect,
                     tag_field=self.tag_field,
-                    absent=guarded and before is None,
+                    absent=absent,
                 )
             )
             # A chain may write one document several times in a batch: all their paths count.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cmp_to_key
 from typing import Any, Literal
 
 from pymongo import DeleteOne, ReplaceOne, UpdateOne
@@ -24,7 +25,7 @@ from transforms import (
 )
 from worker.engine._plan import unaddressable_failure
 
-__all__ = ["TargetWrite", "plan_target_write", "write_operation"]
+__all__ = ["TargetWrite", "plan_target_write", "update_order", "write_operation"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,61 @@ class TargetWrite:
     # inside, a leading `$`): written by name, with `$setField` (`transforms.named_fields`).
     fields: frozenset[str] = frozenset()
 
-    def result(self, current: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        """The target document after this write, given what it was before."""
+    def result(
+        self, current: Mapping[str, Any] | None, *, absent: bool = False
+    ) -> dict[str, Any] | None:
+        """The target document after this write, given what it was before, with its fields in
+        the order the server stores them once `write_operation` (with the same `absent`) has
+        run. Field order counts: a precondition (`expect`) compares whole documents with
+        `$eq`, which MongoDB does field by field in order.
+
+        - An insert: `_id` first, then the document's order; created with `$setOnInsert`, the
+          other fields in the order an update processes names (`update_order`).
+        - An update by operators: fields keep their place, and those it adds come after them
+          level by level in that order, whatever the patch's order.
+        - An update by a pipeline (`fields`): its `$set` stage adds fields in the patch's order,
+          then each top-level name is set by a stage of its own, in sorted order.
+        """
         if self.kind == "delete":
             return None
         if self.kind == "insert":
-            return dict(self.document or {})
+            document = dict(self.document or {})
+            names = [name for name in document if name != "_id"]
+            if absent and names and not any(_unaddressable(name) for name in names):
+                names.sort(key=update_order)
+            elif any(name[:1] == "$" for name in document) or (absent and names):
+                return document  # a pipeline's `$replaceWith`: the literal's order
+            return {"_id": document.get("_id", self.document_id)} | {
+                name: document[name] for name in names
+            }
         assert self.patch is not None and current is not None
-        return apply_patch(current, self.patch, self.fields)
+        sets = self.patch.set
+        # Fields already there keep their place: the order matters only for those added.
+        if len(sets) > 1 and not all(path in current for path in sets):
+            if self.fields:
+                by_path = [path for path in sets if path not in self.fields]
+                by_name = sorted(path for path in sets if path in self.fields)
+                order = by_path + by_name
+            else:
+                order = sorted(sets, key=_path_order)
+            sets = {path: sets[path] for path in order}
+        return apply_patch(current, Patch(sets, self.patch.unset), self.fields)
+
+
+def _compare_names(left: str, right: str) -> int:
+    """Which of two field names an update processes first (MongoDB 5.0 and later): numeric
+    names by number, any other pair by their characters."""
+    if len(left) != len(right) and left.isdigit() and right.isdigit():
+        return len(left) - len(right)
+    return (left > right) - (left < right)
+
+
+update_order = cmp_to_key(_compare_names)
+
+
+def _path_order(path: str) -> list[Any]:
+    """A dotted path's place among an update's paths: its names level by level."""
+    return [update_order(name) for name in path.split(".")]
 
 
 def plan_target_write(
