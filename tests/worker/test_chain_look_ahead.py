@@ -48,3 +48,34 @@ async def test_batch_does_not_recreate_a_document_deleted_further_along_the_chai
         coll: [doc async for doc in db[coll].find({}, {"_id": 1})] for coll in ("v1", "v2", "v3")
     }
     assert state["v1"] == state["v2"] == state["v3"], state
+
+
+async def test_the_workers_own_delete_further_along_is_not_taken_for_a_clients(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Field tags (a delete carries no tag: only its record tells the worker's own). A client
+    deletes the document on v2 while another updates it on v1. The first batch keeps v1 (its
+    update is newer) and deletes v3; the next applies v1's update, which re-creates v2, and
+    the hop re-creates v3. That batch's look-ahead meets the worker's own delete on v3: taken
+    for a client's newer delete, it dropped v3's copy, and v3 stayed without the document."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainown", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            created = await events_of(db, 1, lambda: db.v1.insert_one({"_id": 3, "name": "Ann"}))
+            await applier.apply(created)
+
+            async def writes() -> None:
+                await db.v2.delete_one({"_id": 3})
+                await db.v1.update_one({"_id": 3}, {"$set": {"city": "Oslo"}})
+
+            changed = await events_of(db, 2, writes)
+            await applier.apply(changed[:1])
+            assert await db.v3.find_one({"_id": 3}) is None
+            await applier.apply(changed[1:])
+        state = {
+            name: await db[name].find_one({"_id": 3}, {"_psync": 0}) for name in ("v1", "v2", "v3")
+        }
+    assert state["v1"] == {"_id": 3, "name": "Ann", "city": "Oslo"}
+    assert state["v2"] == {"_id": 3, "full_name": "Ann", "city": "Oslo"}
+    assert state["v3"] == {"_id": 3, "display": "Ann", "city": "Oslo"}

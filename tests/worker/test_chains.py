@@ -228,13 +228,19 @@ async def _write_chain_randomly(
         await anyio.sleep(rng.uniform(0.001, 0.01))
 
 
-@pytest.mark.parametrize("seed", [pytest.param(n, id=f"seed{n}") for n in range(1, 7)])
+@pytest.mark.parametrize(
+    ("origin_tag", "seed"),
+    [pytest.param("session", n, id=f"session-seed{n}") for n in range(1, 7)]
+    # Field tags: seeds 3, 4, 7, 10, 11 and 12 left a document missing at one end while the
+    # look-ahead took the worker's own delete further along for a client's.
+    + [pytest.param("field", n, id=f"field-seed{n}") for n in range(1, 13)],
+)
 async def test_chain_converges_under_concurrent_writes(
-    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, seed: int
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str, seed: int
 ) -> None:
     """Clients writing v1, v2 and v3 at once (updates, inserts, upserts and deletes on shared
     documents): when they stop, all three collections agree through both pairs."""
-    config = _chain_config(mongo_uri, db_name, tmp_path, "session")
+    config = _chain_config(mongo_uri, db_name, tmp_path, origin_tag)
     db = aclient[db_name]
     rng = random.Random(seed)
     async with running_worker(config):

@@ -1152,6 +1152,26 @@ class Applier:
         )
         return result
 
+    def _chain_hops(
+        self,
+        work: Sequence[tuple[Pair, str, Mapping[str, Any], int]],
+        ids_by_pair: Mapping[str, Mapping[Any, Any]],
+    ) -> dict[str, dict[Any, Any]]:
+        """Per pair: the documents of `work` a hop along the chain may reach in it, beyond
+        those its own events name (`ids_by_pair`)."""
+        hops: dict[str, dict[Any, Any]] = {}
+        for pair, side, event, _ in work:
+            document_id = event["documentKey"]["_id"]
+            key = id_key(document_id)
+            target_ns = pair.partner if side == "original" else pair.original
+            for namespace in self._reach[target_ns]:
+                for other, _ in self.registry.by_namespace(namespace):
+                    if key in ids_by_pair.get(other.original, {}):
+                        continue
+                    if self._state(other) in ACTIVE_STATES:
+                        hops.setdefault(other.original, {})[key] = document_id
+        return hops
+
     async def _prepare(
         self,
         events: list[Mapping[str, Any]],
@@ -1433,6 +1453,14 @@ class Applier:
         laps.lap("plan")  # routing the events
         for original, ids in ids_by_pair.items():
             await load(self._pairs[original], ids, only_source)
+        if self.chained and self.tag_field is not None:
+            # The pairs further along a chain, whose records a hop reads while planning: with
+            # field tags only a record tells the worker's own delete from a client's, and the
+            # look-ahead below must know them. Taken for a client's newer delete, the worker's
+            # own delete of a document further along dropped the copy a hop re-creates there,
+            # and the chain's ends stayed apart.
+            for original, ids in self._chain_hops(work, ids_by_pair).items():
+                await load(self._pairs[original], ids)
         if echoes_due:
             # The worker's own deletes later in the batch are echoes, not newer writes.
             for (namespace, key), entries in later_by_doc.items():
