@@ -339,6 +339,13 @@ def plan_event(
             plan.target_after = target_new
             plan.base_target = dict(target_new)
             plan.applied = True
+            if no_base and event["operationType"] == "update":
+                # Created from the source as read, which may hold changes newer than this
+                # update: they come as events of their own and must not be taken as folded in
+                # here. A chain's other pair writes this target too, and took their values for
+                # this event's, older than its own next change; the newer change, an echo of
+                # a merge base that held it, never went further. Still not known whole.
+                plan.base_source = plan.base_target = None
         return plan
 
     whole = event["operationType"] in ("insert", "replace")
