@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .engine_helpers import applier_in_process, events_of
+from .test_field_tag_races import _after_reads
 from .test_chains import CHAIN_MODULE
 
 
@@ -79,3 +80,32 @@ async def test_the_workers_own_delete_further_along_is_not_taken_for_a_clients(
     assert state["v1"] == {"_id": 3, "name": "Ann", "city": "Oslo"}
     assert state["v2"] == {"_id": 3, "full_name": "Ann", "city": "Oslo"}
     assert state["v3"] == {"_id": 3, "display": "Ann", "city": "Oslo"}
+
+
+async def test_a_write_landed_in_the_middle_by_an_attempt_cut_short_still_goes_further(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Field tags. A client changes `city` on v3; the batch writes v2 and, hopping along the
+    chain, v1. Between the batch's read and its writes a client changes another field on v1,
+    so the write to v1 matches nothing (its precondition) while the write to v2 lands, and the
+    batch is planned again. The retry finds v2 written already: it must still carry the change
+    on to v1 (before, it wrote nothing, and v1 kept the old city for good)."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainland", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            created = await events_of(
+                db, 1, lambda: db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
+            )
+            await applier.apply(created)
+            changed = await events_of(
+                db, 1, lambda: db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+            )
+            _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
+            await applier.apply(changed)
+        state = {
+            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
+        }
+    assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Rome", "zip": "1"}
+    assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Rome"}
+    assert state["v3"] == {"_id": 5, "display": "Ann", "city": "Rome"}

@@ -217,9 +217,15 @@ class _CombinedRefused(Exception):
 class _StaleRead(Exception):
     """A client wrote a path of a target document between the batch's read and its write."""
 
-    def __init__(self, documents: Sequence[tuple[str, Any]]) -> None:
+    def __init__(
+        self,
+        documents: Sequence[tuple[str, Any]],
+        landed: Mapping[tuple[str, Any], dict[str, Any] | None] | None = None,
+    ) -> None:
         super().__init__(f"{len(documents)} target document(s) changed while the batch was planned")
         self.documents = documents
+        # The batch's other target writes, which landed: each document as it was before them.
+        self.landed = dict(landed or {})
 
 
 # A merge base record's `echo`: per side ("o", "p"), the worker's deletes of that side whose
@@ -275,6 +281,8 @@ class _Prepared:
     held: list[dict[str, Any]] = field(default_factory=list)
     # Its target writes carry preconditions, to be read back (`_verify_written`).
     verify: bool = False
+    # Per target document written: the document before the batch's first write of it.
+    befores: dict[tuple[str, Any], dict[str, Any] | None] = field(default_factory=dict)
 
 
 class Applier:
@@ -305,6 +313,10 @@ class Applier:
         # Worker writes whose change events have not come back yet, per (namespace, document
         # key), oldest first, naming the pair that wrote them: an echo belongs to that pair only.
         self.pending_echoes: dict[tuple[str, Any], list[frozenset[str]]] = {}
+        # While a chained batch without transactions is retried after a stale read: the target
+        # documents an attempt wrote, whose write landed, each as it was before
+        # (`_StaleRead.landed`).
+        self._landed_before: dict[tuple[str, Any], dict[str, Any] | None] = {}
         self._pairs = {pair.original: pair for pair in registry.pairs}
         # With session tags and no chains, the worker's own writes need no attribution: the
         # stream can leave them out server-side (see `StreamReader.skip_sessions`). A chain
@@ -994,6 +1006,7 @@ class Applier:
         outage_logged = False
         stale_reads = 0
         started = time.monotonic()
+        self._landed_before = {}
         while True:
             if not self.lease.held:
                 raise LeaseLost("the lease expired before the batch could be applied")
@@ -1015,6 +1028,9 @@ class Applier:
                 continue  # the same batch again, one command per collection
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
+                if self.chained:
+                    for document, before in exc.landed.items():
+                        self._landed_before.setdefault(document, before)
                 # Halved even the first time: a large batch planned again whole meets another
                 # client write in its longer window as often as not, and a worker behind on
                 # busy documents stayed behind (see docs/benchmarks.md, "Tried and not kept").
@@ -1136,6 +1152,7 @@ class Applier:
                 await session.commit_transaction()
             result.phases["commit"] = time.perf_counter() - committing
             prepared.committed = True
+            self._landed_before = {}
             self._remember_echoes(prepared.echoes)
             self._note_held(prepared.held)
             in_doubt = None
@@ -1498,6 +1515,59 @@ class Applier:
         # not land leaves them to be skipped again.
         folded_read = dict(folded)
         cascades = 0
+        # Targets whose landed write (`_landed_before`) this batch carried along the chain.
+        landed_hops: set[tuple[str, Any]] = set()
+
+        async def hop(
+            pair: Pair,
+            target_ns: str,
+            key: Any,
+            before: dict[str, Any] | None,
+            after: dict[str, Any] | None,
+            event: Mapping[str, Any],
+            position: int,
+            owners: set[str],
+        ) -> None:
+            """A collection in two pairs (a chain): a write to it is a change for the other pair
+            too, at this event's place in the order; apply it there now (its echo will belong
+            to both pairs: `owners`)."""
+            nonlocal cascades
+            document_id = event["documentKey"]["_id"]
+            for other, other_side_name in self.registry.by_namespace(target_ns):
+                if other.original == pair.original or self._state(other) not in ACTIVE_STATES:
+                    continue
+                if cascades >= MAX_CASCADES:
+                    log.warning("chain_cascade_limit", pair=other.original)
+                    break
+                cascades += 1
+                owners.add(other.original)
+                await load(other, {key: document_id})
+                virtual = _virtual_event(target_ns, document_id, before, after, event)
+                queue.appendleft((other, other_side_name, virtual, position))
+
+        def landed_here(target_ns: str, key: Any, now: dict[str, Any] | None) -> bool:
+            """Whether an attempt of this batch cut short by a stale read wrote this target of
+            a chain already (its write landed, one further along did not), and that change is
+            still to be carried along the chain: the event, planned again, finds it done or
+            folded in."""
+            document = (target_ns, key)
+            if document not in self._landed_before or document in landed_hops:
+                return False
+            before = without_tag(self._landed_before[document], self.tag_field)
+            return before != now
+
+        async def carry_landed(
+            pair: Pair,
+            target_ns: str,
+            key: Any,
+            now: dict[str, Any] | None,
+            event: Mapping[str, Any],
+            position: int,
+        ) -> None:
+            landed_hops.add((target_ns, key))
+            before = without_tag(self._landed_before[(target_ns, key)], self.tag_field)
+            await hop(pair, target_ns, key, before, now, event, position, {pair.original})
+
         planned_events = 0
         while queue:
             planned_events += 1
@@ -1529,6 +1599,9 @@ class Applier:
                     else:
                         tally.applied_backward += 1
                     result.applied += 1
+                now = without_tag(docs.get((target_ns, key)), self.tag_field)
+                if landed_here(target_ns, key, now):
+                    await carry_landed(pair, target_ns, key, now, event, position)
                 continue
             marks = (echoes_due.get((pair.original, key)) or {}).get(source_field, [])
             mine = (
@@ -1573,30 +1646,12 @@ class Applier:
                         (pair.original, target_ns, key, before, plan.target_after, owners)
                     )
                     docs[(target_ns, key)] = plan.target_after
-                    # A collection in two pairs (a chain): this write is a change for the other
-                    # pair too, at this event's place in the order; apply it there now, and its
-                    # echo will belong to both pairs.
-                    for other, other_side_name in self.registry.by_namespace(target_ns):
-                        if other.original == pair.original or self._state(other) not in (
-                            ACTIVE_STATES
-                        ):
-                            continue
-                        if cascades >= MAX_CASCADES:
-                            log.warning("chain_cascade_limit", pair=other.original)
-                            break
-                        cascades += 1
-                        owners.add(other.original)
-                        await load(other, {key: document_id})
-                        queue.appendleft(
-                            (
-                                other,
-                                other_side_name,
-                                _virtual_event(
-                                    target_ns, document_id, before, plan.target_after, event
-                                ),
-                                position,
-                            )
-                        )
+                    await hop(
+                        pair, target_ns, key, before, plan.target_after, event, position, owners
+                    )
+                elif landed_here(target_ns, key, plan.target_after):
+                    await carry_landed(pair, target_ns, key, plan.target_after, event, position)
+                if plan.applied:
                     if direction_of(side).value == "forward":
                         tally.applied_forward += 1
                     else:
@@ -1660,6 +1715,7 @@ class Applier:
         written_ids: list[tuple[str, Any, Any]] = []
         # Per target document written: the document as the write leaves it (None: deleted).
         leaves: dict[tuple[str, Any], dict[str, Any] | None] = {}
+        befores: dict[tuple[str, Any], dict[str, Any] | None] = {}
         # Per target document written: the tag token its write leaves (None: deleted, or
         # session tags).
         tokens: dict[tuple[str, Any], str | None] = {}
@@ -1688,6 +1744,7 @@ class Applier:
             if write is None:
                 continue
             absent = guarded and before is None
+            befores.setdefault((namespace, key), before)
             leaves[(namespace, key)] = write.result(before, absent=absent)
             expect = without_tag(before, self.tag_field) if guarded else None
             tag = self._tag()
@@ -1867,6 +1924,7 @@ class Applier:
             resync=resync,
             echoes=(pending, [] if self.echoes_filtered else echoes_expected),
             leaves=leaves,
+            befores=befores,
             bases_left=bases_left,
             carried=carried,
             routing_seen=self.routing_changes,
@@ -1944,7 +2002,12 @@ class Applier:
             if not same_apart_from(prepared.leaves.get(document), actual, self.tag_field):
                 stale.append(document)
         if stale:
-            raise _StaleRead(stale)
+            landed = {
+                document: prepared.befores.get(document)
+                for document in found
+                if document not in stale and document in prepared.befores
+            }
+            raise _StaleRead(stale, landed)
 
     async def _check_overwritten(
         self, prepared: _Prepared, session: AsyncClientSession | None
