@@ -1627,6 +1627,7 @@ class Applier:
                 current_target=docs.get((target_ns, key)),
                 tag_field=self.tag_field,
                 ahead=_ahead(pair.original, target_ns, key, position, later_by_doc, peeked),
+                shared_target=self.chained and len(self.registry.by_namespace(target_ns)) > 1,
             )
             ours = bool(event.get(VIRTUAL)) or self._is_ours(event)
             if plan.failure is not None or (refused is not None and plan.applied):

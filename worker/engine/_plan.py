@@ -232,12 +232,14 @@ def plan_event(
     tag_field: str | None = None,
     ahead: frozenset[str] = frozenset(),
     fast_path: bool = True,
+    shared_target: bool = False,
 ) -> EventPlan:
     """Plan one insert, update, replace or delete event of `pair` that happened on `side`.
 
     `ahead` names the target paths that client writes still ahead in the stream have changed
     ("" for the whole document): they are newer than this event and win over it. `fast_path`
     False converts whole documents for updates too (tests hold both ways equal).
+    `shared_target`: another pair writes the target collection too (a chain).
     """
     # No merge base at all (a side of None in one means "no document there"): a document the
     # worker does not know whole (see below). Dotted names are told from the source
@@ -339,12 +341,12 @@ def plan_event(
             plan.target_after = target_new
             plan.base_target = dict(target_new)
             plan.applied = True
-            if no_base and event["operationType"] == "update":
+            if no_base and shared_target and event["operationType"] == "update":
                 # Created from the source as read, which may hold changes newer than this
-                # update: they come as events of their own and must not be taken as folded in
-                # here. A chain's other pair writes this target too, and took their values for
-                # this event's, older than its own next change; the newer change, an echo of
-                # a merge base that held it, never went further. Still not known whole.
+                # update: in a chain they must not be taken as folded in here. The chain's
+                # other pair, which writes this target too, took their values for this
+                # event's, older than its own next change; the newer change, an echo of a
+                # merge base that held it, never went further. Still not known whole.
                 plan.base_source = plan.base_target = None
         return plan
 
