@@ -196,23 +196,14 @@ def _check_conflicts(update: dict[str, Any]) -> None:
     """Refuse two paths of one update where one is the other or lies under it (`$set` and
     `$inc` of `a`, `a` and `a.b`, a `$rename`'s target among them), as mongod does when it
     builds the update's tree: ConflictingUpdateOperators."""
-    seen: dict[tuple[str, ...], str] = {}
+    paths: list[tuple[str, ...]] = []
     for name, fields in update.items():
         for path, operand in fields.items():
-            paths = [path]
-            if name == "$rename" and isinstance(operand, str):
-                paths.append(operand)
-            for one in paths:
-                if not isinstance(one, str):
-                    continue
-                parts = tuple(one.split("."))
-                for length in range(1, len(parts) + 1):
-                    other = seen.get(parts[:length])
-                    if other is not None:
-                        raise _conflict(one, other)
-                seen[parts] = one
-    keys = sorted(seen)
-    for shorter, longer in zip(keys, keys[1:], strict=False):
+            named = [path, operand] if name == "$rename" else [path]
+            paths.extend(tuple(one.split(".")) for one in named if isinstance(one, str))
+    # Sorted, a path comes right before the paths under it, and next to its own repeat.
+    paths.sort()
+    for shorter, longer in zip(paths, paths[1:], strict=False):
         if longer[: len(shorter)] == shorter:
             raise _conflict(".".join(longer), ".".join(shorter))
 
@@ -385,9 +376,7 @@ class Engine:
         """The document an upsert inserts when nothing matched `query`."""
         if isinstance(update, list):
             # The query's equality fields (and an _id), then the pipeline over them.
-            return self._pipeline_result(
-                self.upsert_document(query, {"$setOnInsert": {}}, None), update
-            )
+            return self._pipeline_result(self._upsert_seed(query), update)
         if is_operator_update(update):
             seed = self._upsert_seed(query)
             if not array_filters and (on_insert := _as_inserted(update)) is not None:
@@ -399,7 +388,7 @@ class Engine:
                 spec = expand_array_filters(update, {}, array_filters or [])
                 engine_errors(lambda: self._coll.update_one(query, spec, upsert=True))
                 new = next(iter(self._coll._store._documents.values()))
-                return with_update_order(new, seed, spec)  # type: ignore[no-any-return]
+                return with_update_order(new, seed, spec)
             finally:
                 self._load(())
         doc_id = query.get("_id") if _is_plain_value(query.get("_id")) else None

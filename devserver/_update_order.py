@@ -39,7 +39,9 @@ def _compare_names(left: str, right: str) -> int:
 update_order_key = cmp_to_key(_compare_names)
 
 
-def with_update_order(new: dict[str, Any], old: dict[str, Any], update: dict[str, Any]) -> Any:
+def with_update_order(
+    new: dict[str, Any], old: dict[str, Any], update: dict[str, Any]
+) -> dict[str, Any]:
     """`new`, the document operator update `update` made of `old` (for an upsert: the
     document built from the query), with its fields where MongoDB would have put them."""
     tree: _Level = {}
@@ -54,7 +56,8 @@ def with_update_order(new: dict[str, Any], old: dict[str, Any], update: dict[str
                 renamed.append(operand.split("."))
     for path in renamed:
         old = _without(old, path)
-    return _ordered(new, old, tree)
+    ordered: dict[str, Any] = _ordered(new, old, tree)
+    return ordered
 
 
 def _add(tree: _Level, parts: list[str]) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from .engine_helpers import applier_in_process, events_of
-from .test_field_tag_races import _after_reads
 from .test_chains import CHAIN_MODULE
+from .test_field_tag_races import _after_reads
 
 
 @pytest.fixture

@@ -791,8 +791,9 @@ def test_inference_leaves_events_it_cannot_improve_as_they_are() -> None:
     assert in_array["updateDescription"]["disambiguatedPaths"] == {"l.0.v.1": ["l", "0", "v.1"]}
 
 
-# Names whose update order is a total order (9 before 10 by number, both before letters).
-_ORDER_NAMES = ["b", "a", "10", "9", "c"]
+# Names whose update order is a total order (9 before 10 by number, both after `$p` and
+# before letters); `$p`, a top-level name no update operator can address, takes pipelines.
+_ORDER_NAMES = ["b", "a", "10", "9", "c", "$p"]
 _order_values = st.recursive(
     st.integers(0, 3) | st.sampled_from(["x", "y"]),
     lambda inner: st.dictionaries(st.sampled_from(_ORDER_NAMES), inner, max_size=4),

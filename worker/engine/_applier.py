@@ -328,6 +328,8 @@ class Applier:
         # for one pair is a change for the other), so it reads them inside the transaction's
         # snapshot, as one consistent view; its look-ahead covers every collection it reaches.
         self.chained = len(namespaces) != len(set(namespaces))
+        # The collections in two pairs (another pair writes them too).
+        self._shared = {ns for ns in namespaces if namespaces.count(ns) > 1}
         # Per namespace, every collection a write to it reaches along a chain (itself first).
         self._reach = {ns: _chain_from(registry, ns) for ns in namespaces}
         self.echoes_filtered = self.transactions and not self.chained
@@ -1545,17 +1547,6 @@ class Applier:
                 virtual = _virtual_event(target_ns, document_id, before, after, event)
                 queue.appendleft((other, other_side_name, virtual, position))
 
-        def landed_here(target_ns: str, key: Any, now: dict[str, Any] | None) -> bool:
-            """Whether an attempt of this batch cut short by a stale read wrote this target of
-            a chain already (its write landed, one further along did not), and that change is
-            still to be carried along the chain: the event, planned again, finds it done or
-            folded in."""
-            document = (target_ns, key)
-            if document not in self._landed_before or document in landed_hops:
-                return False
-            before = without_tag(self._landed_before[document], self.tag_field)
-            return before != now
-
         async def carry_landed(
             pair: Pair,
             target_ns: str,
@@ -1564,9 +1555,16 @@ class Applier:
             event: Mapping[str, Any],
             position: int,
         ) -> None:
-            landed_hops.add((target_ns, key))
-            before = without_tag(self._landed_before[(target_ns, key)], self.tag_field)
-            await hop(pair, target_ns, key, before, now, event, position, {pair.original})
+            """Carry along the chain, once, what an attempt of this batch cut short by a stale
+            read wrote to this target already (its write landed, one further along did not):
+            the event, planned again, finds it done or folded in (`now`: the target)."""
+            document = (target_ns, key)
+            if document not in self._landed_before or document in landed_hops:
+                return
+            before = without_tag(self._landed_before[document], self.tag_field)
+            if before != now:
+                landed_hops.add(document)
+                await hop(pair, target_ns, key, before, now, event, position, {pair.original})
 
         planned_events = 0
         while queue:
@@ -1599,8 +1597,8 @@ class Applier:
                     else:
                         tally.applied_backward += 1
                     result.applied += 1
-                now = without_tag(docs.get((target_ns, key)), self.tag_field)
-                if landed_here(target_ns, key, now):
+                if self._landed_before:
+                    now = without_tag(docs.get((target_ns, key)), self.tag_field)
                     await carry_landed(pair, target_ns, key, now, event, position)
                 continue
             marks = (echoes_due.get((pair.original, key)) or {}).get(source_field, [])
@@ -1627,7 +1625,7 @@ class Applier:
                 current_target=docs.get((target_ns, key)),
                 tag_field=self.tag_field,
                 ahead=_ahead(pair.original, target_ns, key, position, later_by_doc, peeked),
-                shared_target=self.chained and len(self.registry.by_namespace(target_ns)) > 1,
+                shared_target=target_ns in self._shared,
             )
             ours = bool(event.get(VIRTUAL)) or self._is_ours(event)
             if plan.failure is not None or (refused is not None and plan.applied):
@@ -1650,7 +1648,7 @@ class Applier:
                     await hop(
                         pair, target_ns, key, before, plan.target_after, event, position, owners
                     )
-                elif landed_here(target_ns, key, plan.target_after):
+                elif self._landed_before:
                     await carry_landed(pair, target_ns, key, plan.target_after, event, position)
                 if plan.applied:
                     if direction_of(side).value == "forward":
@@ -2003,11 +2001,7 @@ class Applier:
             if not same_apart_from(prepared.leaves.get(document), actual, self.tag_field):
                 stale.append(document)
         if stale:
-            landed = {
-                document: prepared.befores.get(document)
-                for document in found
-                if document not in stale and document in prepared.befores
-            }
+            landed = {d: prepared.befores[d] for d in found if d not in stale}
             raise _StaleRead(stale, landed)
 
     async def _check_overwritten(

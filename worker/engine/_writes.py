@@ -25,7 +25,7 @@ from transforms import (
 )
 from worker.engine._plan import unaddressable_failure
 
-__all__ = ["TargetWrite", "plan_target_write", "update_order", "write_operation"]
+__all__ = ["TargetWrite", "plan_target_write", "write_operation"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,12 @@ class TargetWrite:
             return None
         if self.kind == "insert":
             document = dict(self.document or {})
+            form = _insert_form(document, absent)
+            if form == "pipeline":
+                return document  # `$replaceWith`: the literal's order
             names = [name for name in document if name != "_id"]
-            if absent and names and not any(_unaddressable(name) for name in names):
+            if form == "setOnInsert":
                 names.sort(key=update_order)
-            elif any(name[:1] == "$" for name in document) or (absent and names):
-                return document  # a pipeline's `$replaceWith`: the literal's order
             return {"_id": document.get("_id", self.document_id)} | {
                 name: document[name] for name in names
             }
@@ -162,17 +163,18 @@ def write_operation(
         return DeleteOne(where, namespace=namespace)
     if write.kind == "insert":
         document = {**(write.document or {}), **(tag or {})}
-        fields = {name: value for name, value in document.items() if name != "_id"}
-        if absent and fields:
-            if not any(_unaddressable(name) for name in fields):
-                return UpdateOne(where, {"$setOnInsert": fields}, upsert=True, namespace=namespace)
+        form = _insert_form(document, absent)
+        if form == "setOnInsert":
+            fields = {name: value for name, value in document.items() if name != "_id"}
+            return UpdateOne(where, {"$setOnInsert": fields}, upsert=True, namespace=namespace)
+        if absent and form == "pipeline":
             # The upsert runs the pipeline over `{_id}` alone when nothing matched.
             created = {"$eq": ["$$ROOT", {"$literal": {"_id": write.document_id}}]}
             only_if_created = {"$cond": [created, {"$literal": document}, "$$ROOT"]}
             return UpdateOne(
                 where, [{"$replaceWith": only_if_created}], upsert=True, namespace=namespace
             )
-        if any(name[:1] == "$" for name in document):
+        if form == "pipeline":
             # A replacement may not hold a top-level `$` name (DollarPrefixedFieldName); the
             # same document as the pipeline's one stage may.
             return UpdateOne(
@@ -189,6 +191,19 @@ def write_operation(
     if tag:
         update.setdefault("$set", {}).update(tag)
     return UpdateOne(where, update, namespace=namespace)
+
+
+def _insert_form(
+    document: Mapping[str, Any], absent: bool
+) -> Literal["setOnInsert", "pipeline", "replace"]:
+    """How `write_operation` creates `document`: by `$setOnInsert` (planned on as absent), by a
+    pipeline's `$replaceWith` (a name an update operator cannot address, or a top-level `$`
+    name a replacement may not hold), or by a replacement. `TargetWrite.result` follows it:
+    each form leaves the fields in an order of its own."""
+    names = [name for name in document if name != "_id"]
+    if absent and names:
+        return "pipeline" if any(_unaddressable(name) for name in names) else "setOnInsert"
+    return "pipeline" if any(name[:1] == "$" for name in document) else "replace"
 
 
 def _unaddressable(name: str) -> bool:
