@@ -11,7 +11,7 @@ import pytest
 
 from .engine_helpers import applier_in_process, events_of
 from .test_chains import CHAIN_MODULE
-from .test_field_tag_races import _after_reads
+from .test_field_tag_races import _after_reads, _drain, _tagged
 
 
 @pytest.fixture
@@ -109,3 +109,69 @@ async def test_a_write_landed_in_the_middle_by_an_attempt_cut_short_still_goes_f
     assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Rome", "zip": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Rome"}
     assert state["v3"] == {"_id": 5, "display": "Ann", "city": "Rome"}
+
+
+async def test_the_echoes_of_writes_landed_by_an_attempt_cut_short_are_known_as_echoes(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Field tags. Clients set `city` on v3, `name` on v1, then `city` on v3 again on document
+    5; both pairs write v2, so the batch writes it once per change (`city` "Rome", `full_name`,
+    `city` "Paris"). A client write to document 6 on v2 after the batch's reads makes the
+    batch's write of it match nothing while those of document 5 land, and the batch is planned
+    again. The echoes of the landed writes come later although that attempt never committed:
+    they are the worker's own, for both pairs. Before, neither pair expected them, and each
+    took the first one (city "Rome", older than "Paris") for a client change and wrote it to v1
+    and v3 again."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainecho", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+
+            async def create() -> None:
+                await db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
+                await db.v1.insert_one({"_id": 6, "name": "Cy"})
+
+            created = await events_of(db, 2, create)
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await applier.apply(created)
+                await applier.apply(await _drain(stream))  # the echoes
+
+            async def four_changes() -> None:
+                await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+                await db.v1.update_one({"_id": 5}, {"$set": {"name": "Bo"}})
+                await db.v3.update_one({"_id": 5}, {"$set": {"city": "Paris"}})
+                await db.v1.update_one({"_id": 6}, {"$set": {"name": "Di"}})
+
+            changed = await events_of(db, 4, four_changes)
+            async with await db.watch(max_await_time_ms=50) as stream:
+                # Document 6 on v2 is read before the look-ahead; this makes its write stale.
+                _after_reads(applier, lambda: db.v2.update_one({"_id": 6}, {"$set": {"zip": "1"}}))
+                await applier.apply(changed)
+                after = await _drain(stream)
+            echoes = [event for event in after if _tagged(event)]
+            on_v2 = [e for e in echoes if e["ns"]["coll"] == "v2" and e["documentKey"]["_id"] == 5]
+            # The first attempt's writes to v2 landed (the retry had nothing left to write
+            # there): the first one's echo holds the older city.
+            assert [e["updateDescription"]["updatedFields"].get("city") for e in on_v2] == [
+                "Rome",
+                None,
+                "Paris",
+            ]
+            # One batch each, as a worker keeping up meets them (in one batch, the later echo
+            # hides the earlier one's older city).
+            results = []
+            async with await db.watch(max_await_time_ms=50) as stream:
+                for echo in echoes:
+                    results.append(await applier.apply([echo]))
+                later = await _drain(stream)
+        state = {
+            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
+        }
+    # An echo on v2 is skipped by both pairs, one on v1 or v3 by one.
+    assert [(r.echoes, r.applied, r.writes) for r in results] == [
+        (2 if echo["ns"]["coll"] == "v2" else 1, 0, 0) for echo in echoes
+    ]
+    assert later == []
+    assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Paris"}
+    assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Paris"}
+    assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Paris"}

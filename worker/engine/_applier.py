@@ -221,11 +221,14 @@ class _StaleRead(Exception):
         self,
         documents: Sequence[tuple[str, Any]],
         landed: Mapping[tuple[str, Any], dict[str, Any] | None] | None = None,
+        echoes: Sequence[tuple[tuple[str, Any], frozenset[str]]] = (),
     ) -> None:
         super().__init__(f"{len(documents)} target document(s) changed while the batch was planned")
         self.documents = documents
         # The batch's other target writes, which landed: each document as it was before them.
         self.landed = dict(landed or {})
+        # The echoes the writes that landed will bring, in order (`_landed_echoes`).
+        self.echoes = list(echoes)
 
 
 # A merge base record's `echo`: per side ("o", "p"), the worker's deletes of that side whose
@@ -283,6 +286,8 @@ class _Prepared:
     verify: bool = False
     # Per target document written: the document before the batch's first write of it.
     befores: dict[tuple[str, Any], dict[str, Any] | None] = field(default_factory=dict)
+    # Field tags: the tag token of each echo in `echoes`' expected ones, in the same order.
+    echo_tokens: list[str | None] = field(default_factory=list)
 
 
 class Applier:
@@ -1033,6 +1038,8 @@ class Applier:
                 if self.chained:
                     for document, before in exc.landed.items():
                         self._landed_before.setdefault(document, before)
+                for document, owners in exc.echoes:
+                    self.pending_echoes.setdefault(document, []).append(owners)
                 # Halved even the first time: a large batch planned again whole meets another
                 # client write in its longer window as often as not, and a worker behind on
                 # busy documents stayed behind (see docs/benchmarks.md, "Tried and not kept").
@@ -1708,6 +1715,7 @@ class Applier:
                 owners = echo_owners[(namespace, key)]
             planned.append((frozenset(owners), namespace, key, before, after))
         echoes_expected: list[tuple[tuple[str, Any], frozenset[str]]] = []
+        echo_tokens: list[str | None] = []
         operations: dict[str, list[Any]] = {}
         # Per target document written: the paths the write sets or unsets ("" for all).
         written: dict[tuple[str, Any], frozenset[str]] = {}
@@ -1774,6 +1782,7 @@ class Applier:
                     )
             else:
                 echoes_expected.append(((namespace, key), write_owners))
+                echo_tokens.append(tokens[(namespace, key)])
             result.writes += 1
             if self.echoes_filtered:
                 # The stream leaves this write's event out: its echo is skipped right here.
@@ -1924,6 +1933,7 @@ class Applier:
             echoes=(pending, [] if self.echoes_filtered else echoes_expected),
             leaves=leaves,
             befores=befores,
+            echo_tokens=[] if self.echoes_filtered else echo_tokens,
             bases_left=bases_left,
             carried=carried,
             routing_seen=self.routing_changes,
@@ -2002,7 +2012,35 @@ class Applier:
                 stale.append(document)
         if stale:
             landed = {d: prepared.befores[d] for d in found if d not in stale}
-            raise _StaleRead(stale, landed)
+            raise _StaleRead(stale, landed, self._landed_echoes(prepared, found))
+
+    def _landed_echoes(
+        self,
+        prepared: _Prepared,
+        found: Mapping[tuple[str, Any], Mapping[str, Any] | None],
+    ) -> list[tuple[tuple[str, Any], frozenset[str]]]:
+        """The echoes that the writes of an attempt cut short will bring although it never
+        commits: per document read back, its writes up to the one whose tag token it holds (each
+        write's precondition is the document as the one before left it, so they landed in
+        order, and no later one did). A chain needs them: its shared collection's echo would
+        otherwise be taken for a client change by both pairs (`_echo_owner`)."""
+        _, expected = prepared.echoes
+        holds = {
+            document: actual.get(self.tag_field)
+            for document, actual in found.items()
+            if actual is not None and self.tag_field is not None
+        }
+        last: dict[tuple[str, Any], int] = {}
+        for index, ((document, _), token) in enumerate(
+            zip(expected, prepared.echo_tokens, strict=True)
+        ):
+            if token is not None and holds.get(document) == token:
+                last[document] = index
+        return [
+            (document, owners)
+            for index, (document, owners) in enumerate(expected)
+            if index <= last.get(document, -1)
+        ]
 
     async def _check_overwritten(
         self, prepared: _Prepared, session: AsyncClientSession | None
