@@ -175,3 +175,42 @@ async def test_the_echoes_of_writes_landed_by_an_attempt_cut_short_are_known_as_
     assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Paris"}
     assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Paris"}
     assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Paris"}
+
+
+async def test_a_landed_write_still_goes_further_when_the_retry_is_split(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Field tags. As above (a client's write to v1 after the batch's reads makes the batch's
+    write there stale while its write to v2 lands), with an event on another document first:
+    the stale read halves the batch, so the first part commits without the `city` change, and
+    the second part plans it again. That part must still carry v2's landed `city` on to v1
+    (before, the first part's commit forgot the landed write, and v1 kept the old city)."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainsplit", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+
+            async def create() -> None:
+                await db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
+                await db.v1.insert_one({"_id": 6, "name": "Cy"})
+
+            created = await events_of(db, 2, create)
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await applier.apply(created)
+                await applier.apply(await _drain(stream))  # the echoes
+
+            async def two_changes() -> None:
+                await db.v1.update_one({"_id": 6}, {"$set": {"name": "Di"}})
+                await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+
+            changed = await events_of(db, 2, two_changes)
+            _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
+            result = await applier.apply(changed)
+            assert applier.batch_limit is not None  # the stale read split the batch
+        state = {
+            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
+        }
+    assert result.events == 2
+    assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Rome", "zip": "1"}
+    assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Rome"}
+    assert state["v3"] == {"_id": 5, "display": "Ann", "city": "Rome"}

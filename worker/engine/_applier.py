@@ -231,6 +231,17 @@ class _StaleRead(Exception):
         self.echoes = list(echoes)
 
 
+@dataclass
+class _Landed:
+    """A chain's target document whose write landed in an attempt cut short by a stale read:
+    the document before that attempt's first write of it, and the cluster time of the last
+    event of that attempt (once a batch through it commits, every event that wrote it has been
+    planned again)."""
+
+    before: dict[str, Any] | None
+    until: Timestamp | None
+
+
 # A merge base record's `echo`: per side ("o", "p"), the worker's deletes of that side whose
 # events have not come yet, each as {after, until} (`settle_record`).
 Echo = dict[str, list[dict[str, Any]]]
@@ -288,6 +299,8 @@ class _Prepared:
     befores: dict[tuple[str, Any], dict[str, Any] | None] = field(default_factory=dict)
     # Field tags: the tag token of each echo in `echoes`' expected ones, in the same order.
     echo_tokens: list[str | None] = field(default_factory=list)
+    # The documents of `Applier._landed_before` it carried along the chain.
+    landed_hops: set[tuple[str, Any]] = field(default_factory=set)
 
 
 class Applier:
@@ -321,7 +334,7 @@ class Applier:
         # While a chained batch without transactions is retried after a stale read: the target
         # documents an attempt wrote, whose write landed, each as it was before
         # (`_StaleRead.landed`).
-        self._landed_before: dict[tuple[str, Any], dict[str, Any] | None] = {}
+        self._landed_before: dict[tuple[str, Any], _Landed] = {}
         self._pairs = {pair.original: pair for pair in registry.pairs}
         # With session tags and no chains, the worker's own writes need no attribution: the
         # stream can leave them out server-side (see `StreamReader.skip_sessions`). A chain
@@ -1013,7 +1026,6 @@ class Applier:
         outage_logged = False
         stale_reads = 0
         started = time.monotonic()
-        self._landed_before = {}
         while True:
             if not self.lease.held:
                 raise LeaseLost("the lease expired before the batch could be applied")
@@ -1036,8 +1048,7 @@ class Applier:
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
                 if self.chained:
-                    for document, before in exc.landed.items():
-                        self._landed_before.setdefault(document, before)
+                    self._keep_landed(exc.landed, _end_of(events)[1])
                 for document, owners in exc.echoes:
                     self.pending_echoes.setdefault(document, []).append(owners)
                 # Halved even the first time: a large batch planned again whole meets another
@@ -1105,6 +1116,33 @@ class Applier:
             _add_results(total, result)
         return total
 
+    def _keep_landed(
+        self,
+        landed: Mapping[tuple[str, Any], dict[str, Any] | None],
+        until: Timestamp | None,
+    ) -> None:
+        """Remember the chain writes an attempt cut short landed (`carry_landed` in
+        `_prepare`), across its retries and the smaller parts a split makes of its events: the
+        event that made one may be planned again in any of them."""
+        for document, before in landed.items():
+            kept = self._landed_before.get(document)
+            if kept is None:
+                self._landed_before[document] = _Landed(before, until)
+            elif until is not None and (kept.until is None or kept.until < until):
+                kept.until = until  # the first attempt's document before, the later end
+
+    def _forget_landed(self, prepared: _Prepared) -> None:
+        """After a commit: the landed writes it carried along, and those whose events it has
+        all planned again, are done with."""
+        if not self._landed_before:
+            return
+        end = _end_of(prepared.events)[1] if prepared.events else None
+        for document in list(self._landed_before):
+            until = self._landed_before[document].until
+            done = until is None or (end is not None and until <= end)
+            if done or document in prepared.landed_hops:
+                del self._landed_before[document]
+
     def _split_smaller(self, events: Sequence[Mapping[str, Any]]) -> None:
         """After a conflict with client writes, halve the events per transaction and raise
         _Split for `apply` to take a smaller first part (a lone event is retried as it is)."""
@@ -1161,7 +1199,7 @@ class Applier:
                 await session.commit_transaction()
             result.phases["commit"] = time.perf_counter() - committing
             prepared.committed = True
-            self._landed_before = {}
+            self._forget_landed(prepared)
             self._remember_echoes(prepared.echoes)
             self._note_held(prepared.held)
             in_doubt = None
@@ -1568,7 +1606,7 @@ class Applier:
             document = (target_ns, key)
             if document not in self._landed_before or document in landed_hops:
                 return
-            before = without_tag(self._landed_before[document], self.tag_field)
+            before = without_tag(self._landed_before[document].before, self.tag_field)
             if before != now:
                 landed_hops.add(document)
                 await hop(pair, target_ns, key, before, now, event, position, {pair.original})
@@ -1934,6 +1972,7 @@ class Applier:
             leaves=leaves,
             befores=befores,
             echo_tokens=[] if self.echoes_filtered else echo_tokens,
+            landed_hops=landed_hops,
             bases_left=bases_left,
             carried=carried,
             routing_seen=self.routing_changes,
