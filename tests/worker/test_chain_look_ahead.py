@@ -214,3 +214,41 @@ async def test_a_landed_write_still_goes_further_when_the_retry_is_split(
     assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Rome", "zip": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Rome"}
     assert state["v3"] == {"_id": 5, "display": "Ann", "city": "Rome"}
+
+
+async def test_a_landed_write_is_carried_on_by_the_pair_that_made_it(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Field tags. Clients change document 5 on v3 (`display`), v2 (`zip`) and v1 (`city`); the
+    batch writes v2 for the first and the last, v1 and v3 for the others. A client write to v3
+    after the batch's reads makes the write there stale while those to v2 and v1 land; the
+    batch is split to one event per part. The part of v3's change finds v2 written and carries
+    it on to v1, its other side. That must not count as carrying v1's change: the part of v1's
+    change still carries v2's landed `city` on to v3 (before, v3 never got it)."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainwho", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            created = await events_of(
+                db, 1, lambda: db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
+            )
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await applier.apply(created)
+                await applier.apply(await _drain(stream))  # the echoes
+
+            async def three_changes() -> None:
+                await db.v3.update_one({"_id": 5}, {"$set": {"display": "Bo"}})
+                await db.v2.update_one({"_id": 5}, {"$set": {"zip": "9"}})
+                await db.v1.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+
+            changed = await events_of(db, 3, three_changes)
+            _after_reads(applier, lambda: db.v3.update_one({"_id": 5}, {"$set": {"tel": "1"}}))
+            result = await applier.apply(changed)
+            assert applier.batch_limit is not None  # the stale read split the batch
+        state = {
+            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
+        }
+    assert result.events == 3
+    assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Rome", "zip": "9", "tel": "1"}
+    assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Rome", "zip": "9"}
+    assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Rome", "zip": "9"}

@@ -222,11 +222,14 @@ class _StaleRead(Exception):
         documents: Sequence[tuple[str, Any]],
         landed: Mapping[tuple[str, Any], dict[str, Any] | None] | None = None,
         echoes: Sequence[tuple[tuple[str, Any], frozenset[str]]] = (),
+        writers: Mapping[tuple[str, Any], frozenset[str]] | None = None,
     ) -> None:
         super().__init__(f"{len(documents)} target document(s) changed while the batch was planned")
         self.documents = documents
-        # The batch's other target writes, which landed: each document as it was before them.
+        # The batch's other target writes, which landed: each document as it was before them,
+        # and the pairs whose events wrote it.
         self.landed = dict(landed or {})
+        self.writers = dict(writers or {})
         # The echoes the writes that landed will bring, in order (`_landed_echoes`).
         self.echoes = list(echoes)
 
@@ -240,6 +243,9 @@ class _Landed:
 
     before: dict[str, Any] | None
     until: Timestamp | None
+    # The pairs whose events wrote it and have not carried it along yet: an event of one of
+    # them carries it to the collection's other pairs (one of another would carry it back).
+    writers: set[str]
 
 
 # A merge base record's `echo`: per side ("o", "p"), the worker's deletes of that side whose
@@ -299,8 +305,11 @@ class _Prepared:
     befores: dict[tuple[str, Any], dict[str, Any] | None] = field(default_factory=dict)
     # Field tags: the tag token of each echo in `echoes`' expected ones, in the same order.
     echo_tokens: list[str | None] = field(default_factory=list)
-    # The documents of `Applier._landed_before` it carried along the chain.
-    landed_hops: set[tuple[str, Any]] = field(default_factory=set)
+    # The documents of `Applier._landed_before` it carried along the chain, each with the
+    # pair whose event carried it.
+    landed_hops: set[tuple[tuple[str, Any], str]] = field(default_factory=set)
+    # Per target document written: the pairs whose events wrote it.
+    writers: dict[tuple[str, Any], frozenset[str]] = field(default_factory=dict)
 
 
 class Applier:
@@ -1048,7 +1057,7 @@ class Applier:
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
                 if self.chained:
-                    self._keep_landed(exc.landed, _end_of(events)[1])
+                    self._keep_landed(exc.landed, exc.writers, _end_of(events)[1])
                 for document, owners in exc.echoes:
                     self.pending_echoes.setdefault(document, []).append(owners)
                 # Halved even the first time: a large batch planned again whole meets another
@@ -1119,6 +1128,7 @@ class Applier:
     def _keep_landed(
         self,
         landed: Mapping[tuple[str, Any], dict[str, Any] | None],
+        writers: Mapping[tuple[str, Any], frozenset[str]],
         until: Timestamp | None,
     ) -> None:
         """Remember the chain writes an attempt cut short landed (`carry_landed` in
@@ -1127,9 +1137,10 @@ class Applier:
         for document, before in landed.items():
             kept = self._landed_before.get(document)
             if kept is None:
-                self._landed_before[document] = _Landed(before, until)
+                kept = self._landed_before[document] = _Landed(before, until, set())
             elif until is not None and (kept.until is None or kept.until < until):
                 kept.until = until  # the first attempt's document before, the later end
+            kept.writers.update(writers.get(document, ()))
 
     def _forget_landed(self, prepared: _Prepared) -> None:
         """After a commit: the landed writes it carried along, and those whose events it has
@@ -1137,10 +1148,13 @@ class Applier:
         if not self._landed_before:
             return
         end = _end_of(prepared.events)[1] if prepared.events else None
+        for document, original in prepared.landed_hops:
+            if document in self._landed_before:
+                self._landed_before[document].writers.discard(original)
         for document in list(self._landed_before):
-            until = self._landed_before[document].until
-            done = until is None or (end is not None and until <= end)
-            if done or document in prepared.landed_hops:
+            landed = self._landed_before[document]
+            done = landed.until is None or (end is not None and landed.until <= end)
+            if done or not landed.writers:
                 del self._landed_before[document]
 
     def _split_smaller(self, events: Sequence[Mapping[str, Any]]) -> None:
@@ -1563,7 +1577,7 @@ class Applier:
         folded_read = dict(folded)
         cascades = 0
         # Targets whose landed write (`_landed_before`) this batch carried along the chain.
-        landed_hops: set[tuple[str, Any]] = set()
+        landed_hops: set[tuple[tuple[str, Any], str]] = set()
 
         async def hop(
             pair: Pair,
@@ -1604,11 +1618,14 @@ class Applier:
             read wrote to this target already (its write landed, one further along did not):
             the event, planned again, finds it done or folded in (`now`: the target)."""
             document = (target_ns, key)
-            if document not in self._landed_before or document in landed_hops:
+            landed = self._landed_before.get(document)
+            if landed is None or pair.original not in landed.writers:
                 return
-            before = without_tag(self._landed_before[document].before, self.tag_field)
+            if (document, pair.original) in landed_hops:
+                return
+            before = without_tag(landed.before, self.tag_field)
             if before != now:
-                landed_hops.add(document)
+                landed_hops.add((document, pair.original))
                 await hop(pair, target_ns, key, before, now, event, position, {pair.original})
 
         planned_events = 0
@@ -1973,6 +1990,7 @@ class Applier:
             befores=befores,
             echo_tokens=[] if self.echoes_filtered else echo_tokens,
             landed_hops=landed_hops,
+            writers={document: frozenset(pairs) for document, pairs in writers.items()},
             bases_left=bases_left,
             carried=carried,
             routing_seen=self.routing_changes,
@@ -2051,7 +2069,12 @@ class Applier:
                 stale.append(document)
         if stale:
             landed = {d: prepared.befores[d] for d in found if d not in stale}
-            raise _StaleRead(stale, landed, self._landed_echoes(prepared, found))
+            raise _StaleRead(
+                stale,
+                landed,
+                self._landed_echoes(prepared, found),
+                {d: prepared.writers.get(d, frozenset()) for d in landed},
+            )
 
     def _landed_echoes(
         self,
