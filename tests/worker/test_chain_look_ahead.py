@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from worker.engine._applier import _StaleRead
+
 from .engine_helpers import applier_in_process, events_of
 from .test_chains import CHAIN_MODULE
 from .test_field_tag_races import _after_reads, _drain, _tagged
@@ -252,3 +254,58 @@ async def test_a_landed_write_is_carried_on_by_the_pair_that_made_it(
     assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Rome", "zip": "9", "tel": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Rome", "zip": "9"}
     assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Rome", "zip": "9"}
+
+
+async def test_a_landed_write_is_carried_as_it_was_written_not_as_the_document_is_now(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """Field tags. A client changes `city` on v3; the batch's write to v2 lands and its write to
+    v1 is stale (a client wrote v1 after the batch's reads). Before the retry, one client
+    renames the document on v1 and then another on v2. The retry carries v2's landed `city` on
+    to v1, and only that: the names are newer changes with events of their own, and v2's, the
+    last, must win everywhere. Before, the carry took v2 as it was read again, its name
+    included: v1's newer name kept v1 from taking it, and v2's name then counted as known to
+    the v1 <-> v2 pair, so its own event changed nothing and v1 kept the other name."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainleft", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            created = await events_of(
+                db, 1, lambda: db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
+            )
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await applier.apply(created)
+                await applier.apply(await _drain(stream))  # the echoes
+            changed = await events_of(
+                db, 1, lambda: db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+            )
+            _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
+            verify = applier._verify_written
+            renamed: list[Any] = []
+
+            async def two_renames() -> None:
+                await db.v1.update_one({"_id": 5}, {"$set": {"name": "Cy"}})
+                await db.v2.update_one({"_id": 5}, {"$set": {"full_name": "Bo"}})
+
+            async def rename_after_a_stale_read(prepared: Any) -> None:
+                try:
+                    await verify(prepared)
+                except _StaleRead:
+                    if not renamed:
+                        renamed.extend(await events_of(db, 2, two_renames))
+                    raise
+
+            applier._verify_written = rename_after_a_stale_read
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await applier.apply(changed)
+                echoes = [event for event in await _drain(stream) if _tagged(event)]
+            applier._verify_written = verify
+            assert len(renamed) == 2
+            # The clients' renames, then the echoes of the retry, as the stream has them.
+            await applier.apply(renamed + echoes)
+        state = {
+            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
+        }
+    assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Rome"}
+    assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Rome"}
+    assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Rome", "zip": "1"}

@@ -223,13 +223,15 @@ class _StaleRead(Exception):
         landed: Mapping[tuple[str, Any], dict[str, Any] | None] | None = None,
         echoes: Sequence[tuple[tuple[str, Any], frozenset[str]]] = (),
         writers: Mapping[tuple[str, Any], frozenset[str]] | None = None,
+        left: Mapping[tuple[str, Any], dict[str, Any] | None] | None = None,
     ) -> None:
         super().__init__(f"{len(documents)} target document(s) changed while the batch was planned")
         self.documents = documents
         # The batch's other target writes, which landed: each document as it was before them,
-        # and the pairs whose events wrote it.
+        # the pairs whose events wrote it, and the document as they left it.
         self.landed = dict(landed or {})
         self.writers = dict(writers or {})
+        self.left = dict(left or {})
         # The echoes the writes that landed will bring, in order (`_landed_echoes`).
         self.echoes = list(echoes)
 
@@ -242,6 +244,9 @@ class _Landed:
     planned again)."""
 
     before: dict[str, Any] | None
+    # The document as the attempt's writes left it (the change to carry is before -> left;
+    # the document as read now may hold newer client writes, whose own events carry them).
+    left: dict[str, Any] | None
     until: Timestamp | None
     # The pairs whose events wrote it and have not carried it along yet: an event of one of
     # them carries it to the collection's other pairs (one of another would carry it back).
@@ -1057,7 +1062,7 @@ class Applier:
             except _StaleRead as exc:
                 log.debug("batch_retry", reason="stale_read", documents=len(exc.documents))
                 if self.chained:
-                    self._keep_landed(exc.landed, exc.writers, _end_of(events)[1])
+                    self._keep_landed(exc, _end_of(events)[1])
                 for document, owners in exc.echoes:
                     self.pending_echoes.setdefault(document, []).append(owners)
                 # Halved even the first time: a large batch planned again whole meets another
@@ -1127,20 +1132,22 @@ class Applier:
 
     def _keep_landed(
         self,
-        landed: Mapping[tuple[str, Any], dict[str, Any] | None],
-        writers: Mapping[tuple[str, Any], frozenset[str]],
+        stale: _StaleRead,
         until: Timestamp | None,
     ) -> None:
         """Remember the chain writes an attempt cut short landed (`carry_landed` in
         `_prepare`), across its retries and the smaller parts a split makes of its events: the
         event that made one may be planned again in any of them."""
-        for document, before in landed.items():
+        for document, before in stale.landed.items():
+            left = stale.left.get(document)
             kept = self._landed_before.get(document)
             if kept is None:
-                kept = self._landed_before[document] = _Landed(before, until, set())
-            elif until is not None and (kept.until is None or kept.until < until):
-                kept.until = until  # the first attempt's document before, the later end
-            kept.writers.update(writers.get(document, ()))
+                kept = self._landed_before[document] = _Landed(before, left, until, set())
+            else:
+                kept.left = left  # the first attempt's document before, the later one's after
+                if until is not None and (kept.until is None or kept.until < until):
+                    kept.until = until
+            kept.writers.update(stale.writers.get(document, ()))
 
     def _forget_landed(self, prepared: _Prepared) -> None:
         """After a commit: the landed writes it carried along, and those whose events it has
@@ -1607,16 +1614,11 @@ class Applier:
                 queue.appendleft((other, other_side_name, virtual, position))
 
         async def carry_landed(
-            pair: Pair,
-            target_ns: str,
-            key: Any,
-            now: dict[str, Any] | None,
-            event: Mapping[str, Any],
-            position: int,
+            pair: Pair, target_ns: str, key: Any, event: Mapping[str, Any], position: int
         ) -> None:
             """Carry along the chain, once, what an attempt of this batch cut short by a stale
             read wrote to this target already (its write landed, one further along did not):
-            the event, planned again, finds it done or folded in (`now`: the target)."""
+            the event, planned again, finds it done or folded in."""
             document = (target_ns, key)
             landed = self._landed_before.get(document)
             if landed is None or pair.original not in landed.writers:
@@ -1624,9 +1626,10 @@ class Applier:
             if (document, pair.original) in landed_hops:
                 return
             before = without_tag(landed.before, self.tag_field)
-            if before != now:
+            left = without_tag(landed.left, self.tag_field)
+            if before != left:
                 landed_hops.add((document, pair.original))
-                await hop(pair, target_ns, key, before, now, event, position, {pair.original})
+                await hop(pair, target_ns, key, before, left, event, position, {pair.original})
 
         planned_events = 0
         while queue:
@@ -1660,8 +1663,7 @@ class Applier:
                         tally.applied_backward += 1
                     result.applied += 1
                 if self._landed_before:
-                    now = without_tag(docs.get((target_ns, key)), self.tag_field)
-                    await carry_landed(pair, target_ns, key, now, event, position)
+                    await carry_landed(pair, target_ns, key, event, position)
                 continue
             marks = (echoes_due.get((pair.original, key)) or {}).get(source_field, [])
             mine = (
@@ -1711,7 +1713,7 @@ class Applier:
                         pair, target_ns, key, before, plan.target_after, event, position, owners
                     )
                 elif self._landed_before:
-                    await carry_landed(pair, target_ns, key, plan.target_after, event, position)
+                    await carry_landed(pair, target_ns, key, event, position)
                 if plan.applied:
                     if direction_of(side).value == "forward":
                         tally.applied_forward += 1
@@ -2074,6 +2076,7 @@ class Applier:
                 landed,
                 self._landed_echoes(prepared, found),
                 {d: prepared.writers.get(d, frozenset()) for d in landed},
+                {d: prepared.leaves.get(d) for d in landed},
             )
 
     def _landed_echoes(
