@@ -214,3 +214,74 @@ def test_no_false_drift_while_the_worker_streams_writes(scenario: Scenario) -> N
         writer.join(timeout=60)
     assert report["drift"] == 0, report
     assert code == 0
+
+
+CHAIN = """
+from transforms import Pair
+
+first = Pair(original="{db}.v1", partner="{db}.v2", unmapped="keep")
+first.rename("name", "full_name")
+
+second = Pair(original="{db}.v2", partner="{db}.v3", unmapped="keep")
+second.rename("full_name", "display")
+"""
+
+
+def test_verify_and_repair_a_chain(scenario: Scenario) -> None:
+    """A chain (v1 <-> v2 <-> v3) is verified pair by pair, in the registry's order. A repair
+    of the first pair is seen by the second in the same run, so drift from v1 reaches v3 in one
+    `verify --repair`; drift from v3 reaches v2 in that run and v1 in the next."""
+    module = scenario.tmp_path / "chain_mod.py"
+    module.write_text(CHAIN.format(db=scenario.db_name))
+    scenario.module_path = module
+    scenario.write_config()
+    v1, v2, v3 = (scenario.db[name] for name in ("v1", "v2", "v3"))
+    v1.insert_many([{"_id": i, "name": f"n{i}", "city": "Oslo"} for i in range(5)])
+    result = scenario.cli("backfill")
+    assert result.exit_code == 0, result.output
+    assert v3.count_documents({}) == 5
+    result = scenario.cli("verify")
+    assert result.exit_code == 0, result.output
+
+    v1.update_one({"_id": 1}, {"$set": {"city": "Rome"}})  # travels forward
+    v2.update_one({"_id": 3}, {"$set": {"full_name": "Bo"}})  # both ways from the middle
+    v3.delete_one({"_id": 2})  # travels backward
+
+    def reports(*args: str) -> tuple[int, dict[str, dict[str, Any]]]:
+        result = scenario.cli("verify", "--json", *args)
+        lines = [orjson.loads(line) for line in result.stdout.splitlines() if line]
+        return result.exit_code, {line["pair"]: line for line in lines}
+
+    first, second = f"{scenario.db_name}.v1", f"{scenario.db_name}.v2"
+    code, found = reports()
+    assert code == 1
+    assert found[first]["counts"]["differs"] == 2
+    assert found[second]["counts"] == {
+        "missing_partner": 1,
+        "missing_original": 0,
+        "differs": 1,
+        "unconvertible": 0,
+    }
+
+    code, repaired = reports("--repair")
+    assert repaired[first]["repaired"] == 2
+    # The second pair saw v1's city in v2 (repaired a moment before) besides its own drift.
+    assert repaired[second]["repaired"] == 3
+    assert v1.find_one({"_id": 2}) is not None  # v3's delete reached v2, not yet v1
+    code, again = reports("--repair")
+    assert again[first]["repaired"] == 1 and again[second]["repaired"] == 0
+    code, last = reports()
+    assert code == 0, last
+
+    def plain(document: dict[str, Any]) -> dict[str, Any]:
+        names = {"full_name": "name", "display": "name"}
+        return {names.get(k, k): v for k, v in document.items()}
+
+    expected = {
+        0: {"_id": 0, "name": "n0", "city": "Oslo"},
+        1: {"_id": 1, "name": "n1", "city": "Rome"},
+        3: {"_id": 3, "name": "Bo", "city": "Oslo"},
+        4: {"_id": 4, "name": "n4", "city": "Oslo"},
+    }
+    for collection in (v1, v2, v3):
+        assert {d["_id"]: plain(d) for d in collection.find({})} == expected
