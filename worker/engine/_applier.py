@@ -313,7 +313,7 @@ class _Prepared:
     # The documents of `Applier._landed_before` it carried along the chain, each with the
     # pair whose event carried it.
     landed_hops: set[tuple[tuple[str, Any], str]] = field(default_factory=set)
-    # Per target document written: the pairs whose events wrote it.
+    # Per target document written: the pairs whose events wrote it (chains only).
     writers: dict[tuple[str, Any], frozenset[str]] = field(default_factory=dict)
 
 
@@ -1992,7 +1992,11 @@ class Applier:
             befores=befores,
             echo_tokens=[] if self.echoes_filtered else echo_tokens,
             landed_hops=landed_hops,
-            writers={document: frozenset(pairs) for document, pairs in writers.items()},
+            writers=(
+                {document: frozenset(pairs) for document, pairs in writers.items()}
+                if self.chained
+                else {}
+            ),
             bases_left=bases_left,
             carried=carried,
             routing_seen=self.routing_changes,
