@@ -26,6 +26,28 @@ async def chain(mongo_uri: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]
         yield {"db": db, "applier": applier}
 
 
+async def _synced(db: Any, applier: Any, *documents: dict[str, Any]) -> None:
+    """Clients insert `documents` on v1; the applier takes them along the chain, then their
+    echoes, so that what follows starts from three collections in step."""
+
+    async def insert() -> None:
+        for document in documents:
+            await db.v1.insert_one(document)
+
+    created = await events_of(db, len(documents), insert)
+    async with await db.watch(max_await_time_ms=50) as stream:
+        await applier.apply(created)
+        await applier.apply(await _drain(stream))  # the echoes
+
+
+async def _untagged_everywhere(db: Any, document_id: Any) -> dict[str, Any]:
+    """The document in each collection of the chain, without the tag field."""
+    return {
+        name: await db[name].find_one({"_id": document_id}, {"_psync": 0})
+        for name in ("v1", "v2", "v3")
+    }
+
+
 async def test_batch_does_not_recreate_a_document_deleted_further_along_the_chain(
     chain: dict[str, Any],
 ) -> None:
@@ -105,16 +127,28 @@ async def test_a_write_landed_in_the_middle_by_an_attempt_cut_short_still_goes_f
             )
             _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
             await applier.apply(changed)
-        state = {
-            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
-        }
+        state = await _untagged_everywhere(db, 5)
     assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Rome", "zip": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Rome"}
     assert state["v3"] == {"_id": 5, "display": "Ann", "city": "Rome"}
 
 
+@pytest.fixture
+async def field_chain(mongo_uri: str, tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """v1 <-> v2 <-> v3 with field tags, an applier opened in this process, and documents 5 and
+    6 in step on all three: (database, applier)."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, CHAIN_MODULE, prefix="fieldchain", origin_tag="field"
+    ) as (db, applier):
+        async with applier.opened():
+            await _synced(
+                db, applier, {"_id": 5, "name": "Ann", "city": "Oslo"}, {"_id": 6, "name": "Cy"}
+            )
+            yield db, applier
+
+
 async def test_the_echoes_of_writes_landed_by_an_attempt_cut_short_are_known_as_echoes(
-    mongo_uri: str, tmp_path: Path
+    field_chain: tuple[Any, Any],
 ) -> None:
     """Field tags. Clients set `city` on v3, `name` on v1, then `city` on v3 again on document
     5; both pairs write v2, so the batch writes it once per change (`city` "Rome", `full_name`,
@@ -124,51 +158,37 @@ async def test_the_echoes_of_writes_landed_by_an_attempt_cut_short_are_known_as_
     they are the worker's own, for both pairs. Before, neither pair expected them, and each
     took the first one (city "Rome", older than "Paris") for a client change and wrote it to v1
     and v3 again."""
-    async with applier_in_process(
-        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainecho", origin_tag="field"
-    ) as (db, applier):
-        async with applier.opened():
+    db, applier = field_chain
 
-            async def create() -> None:
-                await db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
-                await db.v1.insert_one({"_id": 6, "name": "Cy"})
+    async def four_changes() -> None:
+        await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+        await db.v1.update_one({"_id": 5}, {"$set": {"name": "Bo"}})
+        await db.v3.update_one({"_id": 5}, {"$set": {"city": "Paris"}})
+        await db.v1.update_one({"_id": 6}, {"$set": {"name": "Di"}})
 
-            created = await events_of(db, 2, create)
-            async with await db.watch(max_await_time_ms=50) as stream:
-                await applier.apply(created)
-                await applier.apply(await _drain(stream))  # the echoes
-
-            async def four_changes() -> None:
-                await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
-                await db.v1.update_one({"_id": 5}, {"$set": {"name": "Bo"}})
-                await db.v3.update_one({"_id": 5}, {"$set": {"city": "Paris"}})
-                await db.v1.update_one({"_id": 6}, {"$set": {"name": "Di"}})
-
-            changed = await events_of(db, 4, four_changes)
-            async with await db.watch(max_await_time_ms=50) as stream:
-                # Document 6 on v2 is read before the look-ahead; this makes its write stale.
-                _after_reads(applier, lambda: db.v2.update_one({"_id": 6}, {"$set": {"zip": "1"}}))
-                await applier.apply(changed)
-                after = await _drain(stream)
-            echoes = [event for event in after if _tagged(event)]
-            on_v2 = [e for e in echoes if e["ns"]["coll"] == "v2" and e["documentKey"]["_id"] == 5]
-            # The first attempt's writes to v2 landed (the retry had nothing left to write
-            # there): the first one's echo holds the older city.
-            assert [e["updateDescription"]["updatedFields"].get("city") for e in on_v2] == [
-                "Rome",
-                None,
-                "Paris",
-            ]
-            # One batch each, as a worker keeping up meets them (in one batch, the later echo
-            # hides the earlier one's older city).
-            results = []
-            async with await db.watch(max_await_time_ms=50) as stream:
-                for echo in echoes:
-                    results.append(await applier.apply([echo]))
-                later = await _drain(stream)
-        state = {
-            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
-        }
+    changed = await events_of(db, 4, four_changes)
+    async with await db.watch(max_await_time_ms=50) as stream:
+        # Document 6 on v2 is read before the look-ahead; this makes its write stale.
+        _after_reads(applier, lambda: db.v2.update_one({"_id": 6}, {"$set": {"zip": "1"}}))
+        await applier.apply(changed)
+        after = await _drain(stream)
+    echoes = [event for event in after if _tagged(event)]
+    on_v2 = [e for e in echoes if e["ns"]["coll"] == "v2" and e["documentKey"]["_id"] == 5]
+    # The first attempt's writes to v2 landed (the retry had nothing left to write
+    # there): the first one's echo holds the older city.
+    assert [e["updateDescription"]["updatedFields"].get("city") for e in on_v2] == [
+        "Rome",
+        None,
+        "Paris",
+    ]
+    # One batch each, as a worker keeping up meets them (in one batch, the later echo
+    # hides the earlier one's older city).
+    results = []
+    async with await db.watch(max_await_time_ms=50) as stream:
+        for echo in echoes:
+            results.append(await applier.apply([echo]))
+        later = await _drain(stream)
+    state = await _untagged_everywhere(db, 5)
     # An echo on v2 is skipped by both pairs, one on v1 or v3 by one.
     assert [(r.echoes, r.applied, r.writes) for r in results] == [
         (2 if echo["ns"]["coll"] == "v2" else 1, 0, 0) for echo in echoes
@@ -180,38 +200,24 @@ async def test_the_echoes_of_writes_landed_by_an_attempt_cut_short_are_known_as_
 
 
 async def test_a_landed_write_still_goes_further_when_the_retry_is_split(
-    mongo_uri: str, tmp_path: Path
+    field_chain: tuple[Any, Any],
 ) -> None:
     """Field tags. As above (a client's write to v1 after the batch's reads makes the batch's
     write there stale while its write to v2 lands), with an event on another document first:
     the stale read halves the batch, so the first part commits without the `city` change, and
     the second part plans it again. That part must still carry v2's landed `city` on to v1
     (before, the first part's commit forgot the landed write, and v1 kept the old city)."""
-    async with applier_in_process(
-        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainsplit", origin_tag="field"
-    ) as (db, applier):
-        async with applier.opened():
+    db, applier = field_chain
 
-            async def create() -> None:
-                await db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
-                await db.v1.insert_one({"_id": 6, "name": "Cy"})
+    async def two_changes() -> None:
+        await db.v1.update_one({"_id": 6}, {"$set": {"name": "Di"}})
+        await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
 
-            created = await events_of(db, 2, create)
-            async with await db.watch(max_await_time_ms=50) as stream:
-                await applier.apply(created)
-                await applier.apply(await _drain(stream))  # the echoes
-
-            async def two_changes() -> None:
-                await db.v1.update_one({"_id": 6}, {"$set": {"name": "Di"}})
-                await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
-
-            changed = await events_of(db, 2, two_changes)
-            _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
-            result = await applier.apply(changed)
-            assert applier.batch_limit is not None  # the stale read split the batch
-        state = {
-            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
-        }
+    changed = await events_of(db, 2, two_changes)
+    _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
+    result = await applier.apply(changed)
+    assert applier.batch_limit is not None  # the stale read split the batch
+    state = await _untagged_everywhere(db, 5)
     assert result.events == 2
     assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Rome", "zip": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Rome"}
@@ -219,7 +225,7 @@ async def test_a_landed_write_still_goes_further_when_the_retry_is_split(
 
 
 async def test_a_landed_write_is_carried_on_by_the_pair_that_made_it(
-    mongo_uri: str, tmp_path: Path
+    field_chain: tuple[Any, Any],
 ) -> None:
     """Field tags. Clients change document 5 on v3 (`display`), v2 (`zip`) and v1 (`city`); the
     batch writes v2 for the first and the last, v1 and v3 for the others. A client write to v3
@@ -227,85 +233,61 @@ async def test_a_landed_write_is_carried_on_by_the_pair_that_made_it(
     batch is split to one event per part. The part of v3's change finds v2 written and carries
     it on to v1, its other side. That must not count as carrying v1's change: the part of v1's
     change still carries v2's landed `city` on to v3 (before, v3 never got it)."""
-    async with applier_in_process(
-        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainwho", origin_tag="field"
-    ) as (db, applier):
-        async with applier.opened():
-            created = await events_of(
-                db, 1, lambda: db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
-            )
-            async with await db.watch(max_await_time_ms=50) as stream:
-                await applier.apply(created)
-                await applier.apply(await _drain(stream))  # the echoes
+    db, applier = field_chain
 
-            async def three_changes() -> None:
-                await db.v3.update_one({"_id": 5}, {"$set": {"display": "Bo"}})
-                await db.v2.update_one({"_id": 5}, {"$set": {"zip": "9"}})
-                await db.v1.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+    async def three_changes() -> None:
+        await db.v3.update_one({"_id": 5}, {"$set": {"display": "Bo"}})
+        await db.v2.update_one({"_id": 5}, {"$set": {"zip": "9"}})
+        await db.v1.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
 
-            changed = await events_of(db, 3, three_changes)
-            _after_reads(applier, lambda: db.v3.update_one({"_id": 5}, {"$set": {"tel": "1"}}))
-            result = await applier.apply(changed)
-            assert applier.batch_limit is not None  # the stale read split the batch
-        state = {
-            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
-        }
+    changed = await events_of(db, 3, three_changes)
+    _after_reads(applier, lambda: db.v3.update_one({"_id": 5}, {"$set": {"tel": "1"}}))
+    result = await applier.apply(changed)
+    assert applier.batch_limit is not None  # the stale read split the batch
+    state = await _untagged_everywhere(db, 5)
     assert result.events == 3
     assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Rome", "zip": "9", "tel": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Rome", "zip": "9"}
     assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Rome", "zip": "9"}
 
 
-async def test_a_landed_write_is_carried_as_it_was_written_not_as_the_document_is_now(
-    mongo_uri: str, tmp_path: Path
+async def test_a_landed_write_is_carried_beside_newer_client_writes(
+    field_chain: tuple[Any, Any],
 ) -> None:
     """Field tags. A client changes `city` on v3; the batch's write to v2 lands and its write to
     v1 is stale (a client wrote v1 after the batch's reads). Before the retry, one client
     renames the document on v1 and then another on v2. The retry carries v2's landed `city` on
-    to v1, and only that: the names are newer changes with events of their own, and v2's, the
-    last, must win everywhere. Before, the carry took v2 as it was read again, its name
-    included: v1's newer name kept v1 from taking it, and v2's name then counted as known to
-    the v1 <-> v2 pair, so its own event changed nothing and v1 kept the other name."""
-    async with applier_in_process(
-        mongo_uri, tmp_path, CHAIN_MODULE, prefix="chainleft", origin_tag="field"
-    ) as (db, applier):
-        async with applier.opened():
-            created = await events_of(
-                db, 1, lambda: db.v1.insert_one({"_id": 5, "name": "Ann", "city": "Oslo"})
-            )
-            async with await db.watch(max_await_time_ms=50) as stream:
-                await applier.apply(created)
-                await applier.apply(await _drain(stream))  # the echoes
-            changed = await events_of(
-                db, 1, lambda: db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
-            )
-            _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
-            verify = applier._verify_written
-            renamed: list[Any] = []
+    to v1 (the change as the attempt wrote it); the names are newer changes with events of
+    their own, and v2's, the last, wins everywhere."""
+    db, applier = field_chain
+    changed = await events_of(
+        db, 1, lambda: db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+    )
+    _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
+    verify = applier._verify_written
+    renamed: list[Any] = []
 
-            async def two_renames() -> None:
-                await db.v1.update_one({"_id": 5}, {"$set": {"name": "Cy"}})
-                await db.v2.update_one({"_id": 5}, {"$set": {"full_name": "Bo"}})
+    async def two_renames() -> None:
+        await db.v1.update_one({"_id": 5}, {"$set": {"name": "Cy"}})
+        await db.v2.update_one({"_id": 5}, {"$set": {"full_name": "Bo"}})
 
-            async def rename_after_a_stale_read(prepared: Any) -> None:
-                try:
-                    await verify(prepared)
-                except _StaleRead:
-                    if not renamed:
-                        renamed.extend(await events_of(db, 2, two_renames))
-                    raise
+    async def rename_after_a_stale_read(prepared: Any) -> None:
+        try:
+            await verify(prepared)
+        except _StaleRead:
+            if not renamed:
+                renamed.extend(await events_of(db, 2, two_renames))
+            raise
 
-            applier._verify_written = rename_after_a_stale_read
-            async with await db.watch(max_await_time_ms=50) as stream:
-                await applier.apply(changed)
-                echoes = [event for event in await _drain(stream) if _tagged(event)]
-            applier._verify_written = verify
-            assert len(renamed) == 2
-            # The clients' renames, then the echoes of the retry, as the stream has them.
-            await applier.apply(renamed + echoes)
-        state = {
-            name: await db[name].find_one({"_id": 5}, {"_psync": 0}) for name in ("v1", "v2", "v3")
-        }
+    applier._verify_written = rename_after_a_stale_read
+    async with await db.watch(max_await_time_ms=50) as stream:
+        await applier.apply(changed)
+        echoes = [event for event in await _drain(stream) if _tagged(event)]
+    applier._verify_written = verify
+    assert len(renamed) == 2
+    # The clients' renames, then the echoes of the retry, as the stream has them.
+    await applier.apply(renamed + echoes)
+    state = await _untagged_everywhere(db, 5)
     assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Rome"}
     assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Rome"}
     assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Rome", "zip": "1"}
