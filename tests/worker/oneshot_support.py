@@ -68,6 +68,9 @@ class Scenario:
         self.state = self.client[self.state_db_name]
         self.ns = f"{db_name}.people"
         self.settings: dict[str, Any] = {}
+        # The commands' and workers' log level ("info" keeps every conflict a worker resolves
+        # in the test's captured output, shown when it fails).
+        self.log_level = "warning"
         self.workers: list[subprocess.Popen[bytes]] = []
         self.module_path = self.write_module()
 
@@ -96,7 +99,7 @@ class Scenario:
             **self.settings,
         }
         lines = [f"{key} = {_toml(value)}" for key, value in top.items()]
-        lines += ["[http]", 'listen = ""', "[log]", 'level = "warning"']
+        lines += ["[http]", 'listen = ""', "[log]", f"level = {_toml(self.log_level)}"]
         self.config_path = self.tmp_path / "partner-sync.toml"
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path

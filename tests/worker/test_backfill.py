@@ -260,6 +260,9 @@ def test_backfill_beside_a_running_worker_and_writers_on_both_sides_converges(
     """Writers on both sides during a killed-and-resumed backfill: afterwards no drift and the
     last write to each field survives on both sides."""
     scenario.original.insert_many(_people(200))
+    # A rare failure here (drift that stays) is to be diagnosed from the worker's log.
+    scenario.log_level = "info"
+    scenario.write_config()
     scenario.start_worker()
     rng = random.Random(3)
     stop = threading.Event()
@@ -287,12 +290,27 @@ def test_backfill_beside_a_running_worker_and_writers_on_both_sides_converges(
         stop.set()
     scenario.original.insert_one({"_id": 1000, "name": "late", "age": "30", "city": "Nice"})
 
+    last: list[dict[str, Any]] = []
+
     async def drift() -> int:
         async with open_workspace(scenario.config()) as workspace:
             report = await verify_pair(workspace, workspace.pair(scenario.ns))
+            last[:] = [report.as_dict()]
             return report.drift
 
-    wait_for(lambda: anyio.run(drift) == 0, timeout=60, what="no drift")
+    try:
+        wait_for(lambda: anyio.run(drift) == 0, timeout=60, what="no drift")
+    except AssertionError as exc:
+        drifted = [
+            (
+                sample,
+                scenario.original.find_one({"_id": sample["document_id"]}),
+                scenario.partner.find_one({"_id": sample["document_id"]}),
+            )
+            for samples in last[0]["samples"].values()
+            for sample in samples
+        ]
+        raise AssertionError(f"{exc}: {last[0]['counts']}; {drifted}") from None
     for document_id, name in names.items():
         assert scenario.original.find_one({"_id": document_id})["name"] == name
         assert scenario.partner.find_one({"_id": document_id})["full_name"] == name
