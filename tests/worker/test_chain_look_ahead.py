@@ -291,3 +291,33 @@ async def test_a_landed_write_is_carried_beside_newer_client_writes(
     assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Rome"}
     assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Rome"}
     assert state["v1"] == {"_id": 5, "name": "Bo", "city": "Rome", "zip": "1"}
+
+
+async def test_a_change_folded_in_before_a_split_is_not_applied_again_in_a_later_part(
+    field_chain: tuple[Any, Any],
+) -> None:
+    """Field tags. Clients change document 6 on v1, then document 5: `city` on v3, `name` on
+    v1 ("Bo"), `display` on v3 ("Cy", the last name). A client write to document 6 on v2 after
+    the batch's reads makes that write stale while all of document 5's land, and the batch is
+    split in two. The v1 <-> v2 pair's record of document 5 says its writes landed, up to the
+    time of the last change, which reached that pair by the chain (so no change of its own has
+    that time). The first part settles that record; the second plans `name` "Bo" again and must
+    find it folded in. Before, the first part's commit dropped the record's note of what was
+    folded in, and the second part wrote the older "Bo" over "Cy"."""
+    db, applier = field_chain
+
+    async def four_changes() -> None:
+        await db.v1.update_one({"_id": 6}, {"$set": {"zip": "6"}})
+        await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
+        await db.v1.update_one({"_id": 5}, {"$set": {"name": "Bo"}})
+        await db.v3.update_one({"_id": 5}, {"$set": {"display": "Cy"}})
+
+    changed = await events_of(db, 4, four_changes)
+    _after_reads(applier, lambda: db.v2.update_one({"_id": 6}, {"$set": {"tel": "1"}}))
+    result = await applier.apply(changed)
+    assert applier.batch_limit is not None  # the stale read split the batch
+    state = await _untagged_everywhere(db, 5)
+    assert result.events == 4
+    assert state["v1"] == {"_id": 5, "name": "Cy", "city": "Rome"}
+    assert state["v2"] == {"_id": 5, "full_name": "Cy", "city": "Rome"}
+    assert state["v3"] == {"_id": 5, "display": "Cy", "city": "Rome"}

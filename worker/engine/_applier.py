@@ -1895,9 +1895,7 @@ class Applier:
                 )
                 if intent is not None:
                     intent_ops.append(intent)
-            if folding is not None and (
-                folding[1] == 0 or (first_time is not None and folding[0] < first_time)
-            ):
+            if folding is not None and _folded_done(folding, first_time, after_batch):
                 folding = None  # no change it folded in can be read again (see `_expired`)
             notes = _folded_notes(folding)
             if notes and stored is not None:
@@ -2780,6 +2778,23 @@ def _folded_in(
     if left is not None:
         folded[record_key] = (until, left - 1)
     return True
+
+
+def _folded_done(
+    folded: tuple[Timestamp, int | None], first: Timestamp | None, last: Timestamp | None
+) -> bool:
+    """Whether no change a batch cut short folded in (`folded`: up to and at `until`, how many
+    at it are left) can come again after a batch from `first` to `last`: that batch began after
+    `until`, or got past it, or reached it and counted off every change at it. A batch that
+    ends before `until` (the first part of a split) leaves the older changes to a later part;
+    its count at `until` may be none from the start (that time a change another pair brought
+    along a chain)."""
+    until, left = folded
+    if first is not None and until < first:
+        return True
+    if last is None:
+        return False
+    return last > until or (last == until and left == 0)
 
 
 def _folded_notes(folded: tuple[Timestamp, int | None] | None) -> dict[str, Any]:
