@@ -201,11 +201,13 @@ def _holds(
     token: str | None,
     tag_field: str | None,
 ) -> bool:
-    """Whether `document` holds a worker write that left `written` with `token`."""
+    """Whether `document` holds a worker write that left `written` with `token` (`written`
+    None with a token: a write of a document the batch left without a merge base)."""
+    if tag_field and token is not None and document is not None:
+        if document.get(tag_field) == token:
+            return True
     if written is None or document is None:
         return written is None and document is None
-    if tag_field and token is not None and document.get(tag_field) == token:
-        return True
     return same_apart_from(document, written, tag_field)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from worker.engine._applier import _StaleRead
+from worker.state import merge_base_id
 
 from .engine_helpers import applier_in_process, events_of
 from .test_chains import CHAIN_MODULE
@@ -321,3 +322,32 @@ async def test_a_change_folded_in_before_a_split_is_not_applied_again_in_a_later
     assert state["v1"] == {"_id": 5, "name": "Cy", "city": "Rome"}
     assert state["v2"] == {"_id": 5, "full_name": "Cy", "city": "Rome"}
     assert state["v3"] == {"_id": 5, "display": "Cy", "city": "Rome"}
+
+
+async def test_a_change_to_a_document_without_a_merge_base_is_folded_in_too(
+    field_chain: tuple[Any, Any],
+) -> None:
+    """Field tags. Document 5 has no merge base in the v2 <-> v3 pair (one it does not know
+    whole: its changes there go by cluster time). Clients set `zip` on v3 ("A"), then on v1
+    ("B", the later). The batch writes v2 for both; a client write to document 6 on v2 after
+    its reads makes it plan again, split in parts. The part of v3's change must find it folded
+    in. Before, such a document had no pending record, so that part planned the change again
+    by cluster time and wrote the older "A" over the "B" the chain had brought to v2 (a write
+    of the worker's own is no newer client write to the look-ahead)."""
+    db, applier = field_chain
+    await applier.store.merge_base.delete_one({"_id": merge_base_id(f"{db.name}.v2", 5)})
+
+    async def three_changes() -> None:
+        await db.v1.update_one({"_id": 6}, {"$set": {"zip": "6"}})
+        await db.v3.update_one({"_id": 5}, {"$set": {"zip": "A"}})
+        await db.v1.update_one({"_id": 5}, {"$set": {"zip": "B"}})
+
+    changed = await events_of(db, 3, three_changes)
+    _after_reads(applier, lambda: db.v2.update_one({"_id": 6}, {"$set": {"tel": "1"}}))
+    result = await applier.apply(changed)
+    assert applier.batch_limit is not None  # the stale read split the batch
+    state = await _untagged_everywhere(db, 5)
+    assert result.events == 3
+    assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Oslo", "zip": "B"}
+    assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Oslo", "zip": "B"}
+    assert state["v3"] == {"_id": 5, "display": "Ann", "city": "Oslo", "zip": "B"}

@@ -257,6 +257,24 @@ def test_a_written_batch_folds_in_as_many_changes_at_its_time_as_it_applied() ->
     assert (older.folded, older.folded_left) == (AT, None)
 
 
+def test_a_document_still_without_a_merge_base_folds_in_what_its_batch_wrote() -> None:
+    """A document the batch left without a merge base has a pending record with neither side:
+    its writes' tokens still tell that they landed, and its retry does not apply the changes
+    the batch applied again."""
+    record = _pending({"o": "w#1", "p": "w#2"}, new=(None, None), prior=None)
+    record["pending"]["n"] = 1
+    written = settle_record(record, {**NEW_O, TAG: "w#1"}, {**NEW_P, TAG: "w#2"}, TAG)
+    assert (written.base, written.outcome, written.folded, written.folded_left) == (
+        None,
+        "written",
+        NEXT,
+        1,
+    )
+    # Neither landed (the documents hold older tokens): nothing is folded in.
+    not_written = settle_record(record, {**NEW_O, TAG: "w#0"}, {**NEW_P, TAG: "w#0"}, TAG)
+    assert (not_written.base, not_written.folded) == (None, None)
+
+
 def test_a_batch_cut_between_the_two_sides_leaves_no_merge_base() -> None:
     record = _pending({"o": "w#1", "p": "w#2"})
     assert settled_base(record, {**NEW_O, TAG: "w#1"}, {**OLD_P, TAG: "w#0"}, TAG) is None

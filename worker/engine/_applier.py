@@ -1130,6 +1130,29 @@ class Applier:
             _add_results(total, result)
         return total
 
+    def _unknown_written(
+        self,
+        tokens: Mapping[tuple[str, Any], str | None],
+        bases: Mapping[tuple[str, Any], Any],
+        document_ids: Mapping[tuple[str, Any], Any],
+    ) -> set[tuple[str, Any]]:
+        """Without transactions: the records of documents the batch writes (with a tag token)
+        and has no merge base for. They get a pending record too, so that a retry after a cut
+        knows which of their changes its writes applied (`settle_record`'s `folded`): planned
+        again by cluster time, an older change lost to no write of the worker's own, and a
+        chain's newer change brought along to the document was overwritten."""
+        if self.transactions:
+            return set()
+        unknown: set[tuple[str, Any]] = set()
+        for (namespace, key), token in tokens.items():
+            if token is None:
+                continue
+            for pair, _ in self.registry.by_namespace(namespace):
+                record_key = (pair.original, key)
+                if bases.get(record_key) is None and record_key in document_ids:
+                    unknown.add(record_key)
+        return unknown
+
     def _keep_landed(
         self,
         stale: _StaleRead,
@@ -1865,7 +1888,12 @@ class Applier:
         # Records remembering a delete this batch makes: written once it has been sent.
         late: list[dict[str, Any]] = []
         first_time = events[0].get("clusterTime") if events else None
-        for record_key in touched_bases | rewrite | fresh.keys():
+        for record_key in (
+            touched_bases
+            | rewrite
+            | fresh.keys()
+            | self._unknown_written(tokens, bases, document_ids)
+        ):
             pair_original, key = record_key
             record_id = merge_base_id(pair_original, document_ids[record_key])
             stored = bases.get(record_key)
