@@ -3,7 +3,7 @@ through v2 in the same transaction, so a client's newer writes on v3 must be kno
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,23 @@ async def _untagged_everywhere(db: Any, document_id: Any) -> dict[str, Any]:
         name: await db[name].find_one({"_id": document_id}, {"_psync": 0})
         for name in ("v1", "v2", "v3")
     }
+
+
+async def _split_by_a_stale_read(
+    db: Any,
+    applier: Any,
+    changes: Callable[[], Awaitable[None]],
+    count: int,
+    client_write: Callable[[], Awaitable[Any]],
+) -> tuple[Any, dict[str, Any]]:
+    """Clients make `count` changes (`changes`), and the applier takes them in one delivery
+    while `client_write` lands right after the batch's reads: the batch is planned again, split
+    in parts. Its result, and document 5 in each collection of the chain."""
+    changed = await events_of(db, count, changes)
+    _after_reads(applier, client_write)
+    result = await applier.apply(changed)
+    assert applier.batch_limit is not None  # the stale read split the batch
+    return result, await _untagged_everywhere(db, 5)
 
 
 async def test_batch_does_not_recreate_a_document_deleted_further_along_the_chain(
@@ -214,11 +231,9 @@ async def test_a_landed_write_still_goes_further_when_the_retry_is_split(
         await db.v1.update_one({"_id": 6}, {"$set": {"name": "Di"}})
         await db.v3.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
 
-    changed = await events_of(db, 2, two_changes)
-    _after_reads(applier, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}}))
-    result = await applier.apply(changed)
-    assert applier.batch_limit is not None  # the stale read split the batch
-    state = await _untagged_everywhere(db, 5)
+    result, state = await _split_by_a_stale_read(
+        db, applier, two_changes, 2, lambda: db.v1.update_one({"_id": 5}, {"$set": {"zip": "1"}})
+    )
     assert result.events == 2
     assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Rome", "zip": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Rome"}
@@ -241,11 +256,9 @@ async def test_a_landed_write_is_carried_on_by_the_pair_that_made_it(
         await db.v2.update_one({"_id": 5}, {"$set": {"zip": "9"}})
         await db.v1.update_one({"_id": 5}, {"$set": {"city": "Rome"}})
 
-    changed = await events_of(db, 3, three_changes)
-    _after_reads(applier, lambda: db.v3.update_one({"_id": 5}, {"$set": {"tel": "1"}}))
-    result = await applier.apply(changed)
-    assert applier.batch_limit is not None  # the stale read split the batch
-    state = await _untagged_everywhere(db, 5)
+    result, state = await _split_by_a_stale_read(
+        db, applier, three_changes, 3, lambda: db.v3.update_one({"_id": 5}, {"$set": {"tel": "1"}})
+    )
     assert result.events == 3
     assert state["v3"] == {"_id": 5, "display": "Bo", "city": "Rome", "zip": "9", "tel": "1"}
     assert state["v2"] == {"_id": 5, "full_name": "Bo", "city": "Rome", "zip": "9"}
@@ -313,11 +326,9 @@ async def test_a_change_folded_in_before_a_split_is_not_applied_again_in_a_later
         await db.v1.update_one({"_id": 5}, {"$set": {"name": "Bo"}})
         await db.v3.update_one({"_id": 5}, {"$set": {"display": "Cy"}})
 
-    changed = await events_of(db, 4, four_changes)
-    _after_reads(applier, lambda: db.v2.update_one({"_id": 6}, {"$set": {"tel": "1"}}))
-    result = await applier.apply(changed)
-    assert applier.batch_limit is not None  # the stale read split the batch
-    state = await _untagged_everywhere(db, 5)
+    result, state = await _split_by_a_stale_read(
+        db, applier, four_changes, 4, lambda: db.v2.update_one({"_id": 6}, {"$set": {"tel": "1"}})
+    )
     assert result.events == 4
     assert state["v1"] == {"_id": 5, "name": "Cy", "city": "Rome"}
     assert state["v2"] == {"_id": 5, "full_name": "Cy", "city": "Rome"}
@@ -342,11 +353,9 @@ async def test_a_change_to_a_document_without_a_merge_base_is_folded_in_too(
         await db.v3.update_one({"_id": 5}, {"$set": {"zip": "A"}})
         await db.v1.update_one({"_id": 5}, {"$set": {"zip": "B"}})
 
-    changed = await events_of(db, 3, three_changes)
-    _after_reads(applier, lambda: db.v2.update_one({"_id": 6}, {"$set": {"tel": "1"}}))
-    result = await applier.apply(changed)
-    assert applier.batch_limit is not None  # the stale read split the batch
-    state = await _untagged_everywhere(db, 5)
+    result, state = await _split_by_a_stale_read(
+        db, applier, three_changes, 3, lambda: db.v2.update_one({"_id": 6}, {"$set": {"tel": "1"}})
+    )
     assert result.events == 3
     assert state["v1"] == {"_id": 5, "name": "Ann", "city": "Oslo", "zip": "B"}
     assert state["v2"] == {"_id": 5, "full_name": "Ann", "city": "Oslo", "zip": "B"}

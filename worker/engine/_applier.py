@@ -214,43 +214,38 @@ class _CombinedRefused(Exception):
     """The server refused the combined bulkWrite command itself: send per-collection commands."""
 
 
+@dataclass
+class _Landed:
+    """A target document whose write landed in an attempt cut short by a stale read: the
+    document before that attempt's first write of it, the document as its writes left it (the
+    change a chain carries is before -> left; the document as read now may hold newer client
+    writes, whose own events carry them), and the cluster time of the last event of that
+    attempt (once a batch through it commits, every event that wrote it has been planned
+    again)."""
+
+    before: dict[str, Any] | None
+    left: dict[str, Any] | None
+    until: Timestamp | None
+    # The pairs whose events wrote it and have not carried it along yet: an event of one of
+    # them carries it to the collection's other pairs (one of another would carry it back).
+    writers: set[str]
+
+
 class _StaleRead(Exception):
     """A client wrote a path of a target document between the batch's read and its write."""
 
     def __init__(
         self,
         documents: Sequence[tuple[str, Any]],
-        landed: Mapping[tuple[str, Any], dict[str, Any] | None] | None = None,
+        landed: Mapping[tuple[str, Any], _Landed] | None = None,
         echoes: Sequence[tuple[tuple[str, Any], frozenset[str]]] = (),
-        writers: Mapping[tuple[str, Any], frozenset[str]] | None = None,
-        left: Mapping[tuple[str, Any], dict[str, Any] | None] | None = None,
     ) -> None:
         super().__init__(f"{len(documents)} target document(s) changed while the batch was planned")
         self.documents = documents
-        # The batch's other target writes, which landed: each document as it was before them,
-        # the pairs whose events wrote it, and the document as they left it.
+        # The batch's other target writes, which landed (`until` not known here).
         self.landed = dict(landed or {})
-        self.writers = dict(writers or {})
-        self.left = dict(left or {})
         # The echoes the writes that landed will bring, in order (`_landed_echoes`).
         self.echoes = list(echoes)
-
-
-@dataclass
-class _Landed:
-    """A chain's target document whose write landed in an attempt cut short by a stale read:
-    the document before that attempt's first write of it, and the cluster time of the last
-    event of that attempt (once a batch through it commits, every event that wrote it has been
-    planned again)."""
-
-    before: dict[str, Any] | None
-    # The document as the attempt's writes left it (the change to carry is before -> left;
-    # the document as read now may hold newer client writes, whose own events carry them).
-    left: dict[str, Any] | None
-    until: Timestamp | None
-    # The pairs whose events wrote it and have not carried it along yet: an event of one of
-    # them carries it to the collection's other pairs (one of another would carry it back).
-    writers: set[str]
 
 
 # A merge base record's `echo`: per side ("o", "p"), the worker's deletes of that side whose
@@ -1161,16 +1156,16 @@ class Applier:
         """Remember the chain writes an attempt cut short landed (`carry_landed` in
         `_prepare`), across its retries and the smaller parts a split makes of its events: the
         event that made one may be planned again in any of them."""
-        for document, before in stale.landed.items():
-            left = stale.left.get(document)
+        for document, landed in stale.landed.items():
             kept = self._landed_before.get(document)
             if kept is None:
-                kept = self._landed_before[document] = _Landed(before, left, until, set())
-            else:
-                kept.left = left  # the first attempt's document before, the later one's after
-                if until is not None and (kept.until is None or kept.until < until):
-                    kept.until = until
-            kept.writers.update(stale.writers.get(document, ()))
+                landed.until = until
+                self._landed_before[document] = landed
+                continue
+            kept.left = landed.left  # the first attempt's document before, the later one's after
+            if until is not None and (kept.until is None or kept.until < until):
+                kept.until = until
+            kept.writers |= landed.writers
 
     def _forget_landed(self, prepared: _Prepared) -> None:
         """After a commit: the landed writes it carried along, and those whose events it has
@@ -2100,14 +2095,17 @@ class Applier:
             if not same_apart_from(prepared.leaves.get(document), actual, self.tag_field):
                 stale.append(document)
         if stale:
-            landed = {d: prepared.befores[d] for d in found if d not in stale}
-            raise _StaleRead(
-                stale,
-                landed,
-                self._landed_echoes(prepared, found),
-                {d: prepared.writers.get(d, frozenset()) for d in landed},
-                {d: prepared.leaves.get(d) for d in landed},
-            )
+            landed = {
+                d: _Landed(
+                    prepared.befores[d],
+                    prepared.leaves.get(d),
+                    None,
+                    set(prepared.writers.get(d, ())),
+                )
+                for d in found
+                if d not in stale
+            }
+            raise _StaleRead(stale, landed, self._landed_echoes(prepared, found))
 
     def _landed_echoes(
         self,
