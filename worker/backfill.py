@@ -34,7 +34,7 @@ from worker.engine import (
     write_operation,
 )
 from worker.errors import ResyncRequired, StateRefused
-from worker.lifecycle import Workspace, run_transaction
+from worker.lifecycle import Workspace, introduce_session, run_transaction
 from worker.state import id_key, merge_base_id, settled_base, utcnow
 
 __all__ = [
@@ -301,6 +301,8 @@ class BackfillProgress:
     done: bool = False
     dry_run: bool = False
     already_done: bool = False
+    # Something the user must act on after the run (a worker that did not learn the session).
+    warning: str = ""
 
     @property
     def rate(self) -> float:
@@ -327,6 +329,7 @@ class BackfillProgress:
             "done": self.done,
             "dry_run": self.dry_run,
             "already_done": self.already_done,
+            **({"warning": self.warning} if self.warning else {}),
         }
 
 
@@ -717,7 +720,7 @@ async def run_backfill(
             progress.scanned = progress.resumed_from = int(record.get("docs", 0))
     async with workspace.client.start_session() as session:
         if not options.dry_run:
-            await _claim_session(workspace, pair, record, session)
+            progress.warning = await _claim_session(workspace, pair, record, session)
         await _scan(workspace, pair, options, after, progress, session, on_progress, on_failure)
     if not options.dry_run:
         await _finish(workspace, pair)
@@ -728,8 +731,10 @@ async def run_backfill(
 
 async def _claim_session(
     workspace: Workspace, pair: Pair, record: Mapping[str, Any], session: AsyncClientSession
-) -> None:
-    """Record this run's session, first killing the one a killed run left behind.
+) -> str:
+    """Record this run's session, first killing the one a killed run left behind, and wait
+    until the worker holding the lease knows it (with session tags): "" once it does, else a
+    sentence for the user.
 
     A process killed inside a batch leaves its transaction open on the server until the
     transaction lifetime runs out (a minute by default), and its locks make every write to
@@ -741,8 +746,9 @@ async def _claim_session(
             await workspace.client.admin.command("killSessions", [previous])
         except PyMongoError:
             pass  # gone already, or not ours to kill: the transaction lifetime ends it anyway
-    await workspace.store.pairs.update_one(
-        {"_id": pair.original}, {"$set": {"backfill.session": session.session_id}}
+    # A running worker must know the session before the first write (`introduce_session`).
+    return await introduce_session(
+        workspace, pair, session, **{"backfill.session": session.session_id}
     )
 
 

@@ -31,6 +31,8 @@ __all__ = [
     "LifecycleResult",
     "Workspace",
     "complete_pair",
+    "introduce_session",
+    "let_worker_notice",
     "open_workspace",
     "pause_pair",
     "resume_pair",
@@ -49,6 +51,8 @@ _PAUSABLE = ACTIVE_STATES
 # worker holds the lease; rollback waits longer, since it deletes what a batch in flight writes.
 _WORKER_ACK_S = 5.0
 _ROLLBACK_ACK_S = 30.0
+# How long a backfill or repair waits for the running worker to know its session.
+_SESSION_ACK_S = 30.0
 _ACK_POLL_S = 0.05
 # A transaction that keeps failing with transient errors for this long is given up: the server
 # is overloaded or a writer holds the documents, and the operator should hear about it.
@@ -237,7 +241,7 @@ async def _record(store: StateStore, original: str) -> dict[str, Any]:
     return doc
 
 
-async def _let_worker_notice(
+async def let_worker_notice(
     store: StateStore, original: str, *, within: float | None = None
 ) -> str:
     """Wait until the worker holding the lease acts on the pair's latest state change.
@@ -268,6 +272,30 @@ async def _let_worker_notice(
         doc = await store.pair_doc(original)
 
 
+async def introduce_session(
+    workspace: Workspace, pair: Pair, session: AsyncClientSession, **fields: Any
+) -> str:
+    """Tell the worker holding the lease that `session` writes the pair's collections for it
+    (`StateStore.record_writer_session`, with `fields` beside it), and wait until it knows.
+
+    With session tags a backfill's or repair's write, made from documents read a moment
+    before, is the worker's own to that pair; taken for a client's, a newer-looking write of
+    older content, it wins over a change made in between, which is lost. With field tags the
+    writes carry the tag: there is nothing to wait for. Returns "", or a sentence for the
+    user when a live worker did not take the session up within `_SESSION_ACK_S`.
+    """
+    await workspace.store.record_writer_session(pair.original, session.session_id, **fields)
+    if workspace.tag is not None:
+        return ""
+    if not await let_worker_notice(workspace.store, pair.original, within=_SESSION_ACK_S):
+        return ""
+    return (
+        f"the running worker did not take this command's session up within"
+        f" {_SESSION_ACK_S:g}s, so a document a client changed while it was written may be"
+        f" left apart: run `partner-sync verify --repair --pair {pair.original}` after this"
+    )
+
+
 async def pause_pair(store: StateStore, original: str) -> LifecycleResult:
     """Move an active pair to PAUSED, remembering the state to resume to."""
     doc = await _record(store, original)
@@ -280,7 +308,7 @@ async def pause_pair(store: StateStore, original: str) -> LifecycleResult:
         )
     if not await store.set_state(original, "PAUSED", expect=[state], paused_from=state):
         return await pause_pair(store, original)  # the state moved under us: decide again
-    pending = await _let_worker_notice(store, original)
+    pending = await let_worker_notice(store, original)
     return LifecycleResult(
         original,
         state,
@@ -303,7 +331,7 @@ async def resume_pair(store: StateStore, original: str) -> LifecycleResult:
         target = "RUNNING"
     if not await store.set_state(original, target, expect=["PAUSED"], paused_from=None):
         return await resume_pair(store, original)
-    pending = await _let_worker_notice(store, original)
+    pending = await let_worker_notice(store, original)
     held = await store.held_events.count_documents({"pair": original})
     return LifecycleResult(
         original,
@@ -366,7 +394,7 @@ async def complete_pair(
         original, "COMPLETED", expect=[state], completed_at=now, paused_from=None
     ):
         return await complete_pair(store, original, quiet_period_s=quiet_period_s, force=force)
-    pending = await _let_worker_notice(store, original)
+    pending = await let_worker_notice(store, original)
     quiet = "never written by a client" if last is None else f"last client write {_iso(last)}"
     return LifecycleResult(
         original,
@@ -411,7 +439,7 @@ async def rollback_pair(
         )
     # The worker must have let go of the pair before its merge base goes, or a batch in flight
     # would write merge base records back.
-    pending = await _let_worker_notice(store, original, within=_ROLLBACK_ACK_S)
+    pending = await let_worker_notice(store, original, within=_ROLLBACK_ACK_S)
     await store.merge_base.delete_many({"_id.pair": original})
     await store.held_events.delete_many({"pair": original})
     message = f"{original}: rolled back (was {state}); syncing stopped{pending}"

@@ -10,6 +10,8 @@ Collections (documents sketched; `ns` is the pair's original namespace):
                    backfill: {done, docs, direction, last_id, has_last_id, t0, written, adopted,
                               kept, synced, reconciled, dead_letters, restart, started_at,
                               finished_at, session},
+                   writer_sessions (the session ids of the last backfills and repairs, newest
+                   last: their writes are the worker's own, for this pair),
                    paused_from, completed_at, rolled_back_at,
                    state_serial (counts state changes), seen_serial, seen_by, seen_at (the
                    change the lease holder acts on: `acknowledge_state`),
@@ -78,6 +80,9 @@ STATES = (
 # beside a running worker hands over without a gap.
 ACTIVE_STATES = frozenset({"RUNNING", "BACKFILLING"})
 DEFAULT_STREAM = "default"
+# Sessions of past backfills and repairs a pair's record keeps: a worker that was down while
+# several of them ran still meets their writes in its stream.
+REMEMBERED_WRITER_SESSIONS = 8
 # The server's code for "collection already exists".
 NAMESPACE_EXISTS = 48
 
@@ -350,6 +355,26 @@ class StateStore:
             "$set": {"state": state, "updated_at": utcnow(), **fields},
             "$inc": {"state_serial": 1},
         }
+
+    async def record_writer_session(
+        self, original: str, session_id: Mapping[str, Any], **fields: Any
+    ) -> None:
+        """Record a session a one-shot command writes the pair's collections in (last among
+        `writer_sessions`; `fields` are set beside it), counting up `state_serial` so that the
+        running worker acknowledges it: from then on it takes those writes for its own."""
+        await self.pairs.update_one(
+            {"_id": original},
+            {
+                "$set": {**fields, "updated_at": utcnow()},
+                "$push": {
+                    "writer_sessions": {
+                        "$each": [session_id["id"]],
+                        "$slice": -REMEMBERED_WRITER_SESSIONS,
+                    }
+                },
+                "$inc": {"state_serial": 1},
+            },
+        )
 
     async def acknowledge_state(self, original: str, serial: int, holder: str) -> None:
         """Record that the worker `holder` acts on the pair's state change `serial` from now on

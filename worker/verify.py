@@ -29,7 +29,7 @@ from worker.backfill import (
     write_settled,
 )
 from worker.engine import cluster_time
-from worker.lifecycle import Workspace, run_transaction
+from worker.lifecycle import Workspace, introduce_session, run_transaction
 from worker.state import id_key, settled_base, utcnow
 
 __all__ = [
@@ -88,6 +88,8 @@ class VerifyReport:
     repaired: int = 0
     unrepaired: int = 0
     recheck_delay_s: float = 0.0
+    # Something the user must act on after a repair (a worker that did not learn its session).
+    warning: str = ""
 
     @property
     def drift(self) -> int:
@@ -122,6 +124,7 @@ class VerifyReport:
             },
             "repaired": self.repaired,
             "unrepaired": self.unrepaired,
+            **({"warning": self.warning} if self.warning else {}),
         }
 
 
@@ -218,6 +221,9 @@ class _Verifier:
         self.repair = repair
         self.pending: deque[_Suspect] = deque()
         self.ignored = workspace.ignored_field
+        # The session the repairs write in, introduced to the running worker before the first
+        # (`introduce_session`); None until then, and without transactions.
+        self.session: AsyncClientSession | None = None
 
     async def scan(self) -> None:
         originals = self.workspace.collection(self.pair.original).find(
@@ -321,9 +327,14 @@ class _Verifier:
             self.report.add(drift)
         if not self.repair:
             return
+        if self.session is None and self.workspace.transactional:
+            self.session = self.workspace.client.start_session()
+            self.report.warning = await introduce_session(self.workspace, self.pair, self.session)
         for start in range(0, len(drifts), 100):
             chunk = [drift.document_id for drift in drifts[start : start + 100]]
-            repaired, failed = await run_transaction(self.workspace, partial(self._repair, chunk))
+            repaired, failed = await run_transaction(
+                self.workspace, partial(self._repair, chunk), session=self.session
+            )
             self.report.repaired += repaired
             self.report.unrepaired += failed
 
@@ -359,5 +370,10 @@ async def verify_pair(workspace: Workspace, pair: Pair, *, repair: bool = False)
     pair_doc = await workspace.store.pair_doc(pair.original)
     report = VerifyReport(pair.original, pair.partner)
     report.recheck_delay_s = await recheck_delay(workspace, pair_doc)
-    await _Verifier(workspace, pair, report, repair=repair).scan()
+    verifier = _Verifier(workspace, pair, report, repair=repair)
+    try:
+        await verifier.scan()
+    finally:
+        if verifier.session is not None:
+            await verifier.session.end_session()
     return report

@@ -17,12 +17,13 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from tests.waiting import wait_until
 from worker.cli import main
 from worker.config import Config, load_config
 
-__all__ = ["PEOPLE", "Scenario", "wait_for"]
+__all__ = ["CHAIN", "PEOPLE", "Scenario", "wait_for"]
 
 # The pair the tests use; `{db}` and `{extra}` are filled in per test.
 PEOPLE = """
@@ -33,6 +34,17 @@ people.rename("name", "full_name")
 people.convert("age", forward=int, backward=str)
 people.partner_only("loyalty", default=0)
 {extra}
+"""
+
+# A chain of two pairs (v1 <-> v2 <-> v3) for `Scenario.use_chain`.
+CHAIN = """
+from transforms import Pair
+
+first = Pair(original="{db}.v1", partner="{db}.v2", unmapped="keep")
+first.rename("name", "full_name")
+
+second = Pair(original="{db}.v2", partner="{db}.v3", unmapped="keep")
+second.rename("full_name", "display")
 """
 
 
@@ -103,6 +115,14 @@ class Scenario:
         self.config_path = self.tmp_path / "partner-sync.toml"
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
+
+    def use_chain(self) -> tuple[Collection[dict[str, Any]], ...]:
+        """Use the `CHAIN` transforms instead of `PEOPLE`; returns the collections v1, v2, v3."""
+        module = self.tmp_path / "chain_mod.py"
+        module.write_text(CHAIN.format(db=self.db_name))
+        self.module_path = module
+        self.write_config()
+        return tuple(self.db[name] for name in ("v1", "v2", "v3"))
 
     def config(self) -> Config:
         """The configuration the commands see."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.worker.oneshot_support import Scenario, scenario_fixture
+from tests.worker.oneshot_support import Scenario, scenario_fixture, wait_for
 from transforms import Pair
+from worker import verify as worker_verify
 from worker.backfill import last_writer
 from worker.verify import SAMPLES_PER_KIND, compare_documents
 
@@ -216,26 +218,48 @@ def test_no_false_drift_while_the_worker_streams_writes(scenario: Scenario) -> N
     assert code == 0
 
 
-CHAIN = """
-from transforms import Pair
+def test_a_change_made_while_a_repair_writes_its_document_reaches_the_other_side(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client renames a document after the repair read it and before it commits, while the
+    running worker is stopped: the worker meets the rename first and the repair's write of the
+    name it read (a newer cluster time) after it. That write is the repair's, known to the
+    worker by its session (`writer_sessions`), not a newer client write the rename loses to."""
+    scenario.original.insert_one({"_id": 1, "name": "first", "age": "30"})
+    # A client's version the backfill keeps (no merge base): drift only a repair settles.
+    scenario.partner.insert_one({"_id": 1, "full_name": "client kept", "age": 30, "loyalty": 0})
+    backfilled = scenario.cli("backfill")
+    assert backfilled.exit_code == 0 and "kept 1" in backfilled.output, backfilled.output
+    worker = scenario.start_worker()
+    real_write = worker_verify.write_settled
+    stopped: list[bool] = []
 
-first = Pair(original="{db}.v1", partner="{db}.v2", unmapped="keep")
-first.rename("name", "full_name")
+    async def write_after_a_client_rename(*args: Any, **kwargs: Any) -> Any:
+        if not stopped:
+            worker.send_signal(signal.SIGSTOP)
+            stopped.append(True)
+            scenario.original.update_one({"_id": 1}, {"$set": {"name": "renamed"}})
+        return await real_write(*args, **kwargs)
 
-second = Pair(original="{db}.v2", partner="{db}.v3", unmapped="keep")
-second.rename("full_name", "display")
-"""
+    monkeypatch.setattr(worker_verify, "write_settled", write_after_a_client_rename)
+    try:
+        code, report = _report(scenario, "--repair")
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    assert stopped, "the repair wrote nothing"
+    assert code == 0 and report["repaired"] == 1, report
+    assert "warning" not in report
+    scenario.original.insert_one({"_id": 2, "name": "late", "age": "40"})
+    wait_for(lambda: scenario.partner.find_one({"_id": 2}), what="the worker to catch up")
+    assert scenario.partner.find_one({"_id": 1})["full_name"] == "renamed"
+    assert _report(scenario)[0] == 0
 
 
 def test_verify_and_repair_a_chain(scenario: Scenario) -> None:
     """A chain (v1 <-> v2 <-> v3) is verified pair by pair, in the registry's order. A repair
     of the first pair is seen by the second in the same run, so drift from v1 reaches v3 in one
     `verify --repair`; drift from v3 reaches v2 in that run and v1 in the next."""
-    module = scenario.tmp_path / "chain_mod.py"
-    module.write_text(CHAIN.format(db=scenario.db_name))
-    scenario.module_path = module
-    scenario.write_config()
-    v1, v2, v3 = (scenario.db[name] for name in ("v1", "v2", "v3"))
+    v1, v2, v3 = scenario.use_chain()
     v1.insert_many([{"_id": i, "name": f"n{i}", "city": "Oslo"} for i in range(5)])
     result = scenario.cli("backfill")
     assert result.exit_code == 0, result.output

@@ -103,6 +103,8 @@ def _summary(progress: BackfillProgress) -> str:
     )
     if progress.kept:
         text += "; `partner-sync verify --repair` settles the kept documents"
+    if progress.warning:
+        text += f"; warning: {progress.warning}"
     return text
 
 

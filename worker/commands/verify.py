@@ -36,6 +36,8 @@ def _describe(report: VerifyReport, repair: bool) -> list[str]:
             lines.append(f"    _id {sample.document_id!r}{detail}")
     if repair and report.drift:
         lines.append(f"  repaired {report.repaired}, could not repair {report.unrepaired}")
+    if report.warning:
+        lines.append(f"  warning: {report.warning}")
     return lines
 
 

@@ -336,6 +336,11 @@ class Applier:
         self.pair_states: dict[str, dict[str, Any]] = {}
         self.session: AsyncClientSession | None = None
         self.own_sessions: list[Any] = []
+        # With session tags: the sessions of the pairs' backfills and repairs (`writer_sessions`
+        # in their records), each naming the pair it wrote for. A backfill copies a document as
+        # it read it, maybe before a change the stream brings after; its write is the worker's
+        # own, an echo for that pair, never a newer client write that wins over that change.
+        self.writer_sessions: dict[Any, str] = {}
         self._token_counter = 0
         # Worker writes whose change events have not come back yet, per (namespace, document
         # key), oldest first, naming the pair that wrote them: an echo belongs to that pair only.
@@ -439,6 +444,12 @@ class Applier:
         before = _routing(self.pair_states)
         self.pair_states = await self.store.pair_docs()
         self.refreshed_at = anyio.current_time()
+        self.writer_sessions = {
+            session: original
+            for original, doc in self.pair_states.items()
+            if original in self._pairs
+            for session in doc.get("writer_sessions") or ()
+        }
         for original, doc in self.pair_states.items():
             if original in self._pairs:
                 self.metrics.set_state(original, doc.get("state", "NOT_STARTED"))
@@ -2464,6 +2475,10 @@ class Applier:
             # (With field tags a delete carries no tag: planning tells the worker's own by
             # its merge base record's `echo`.)
             return None
+        if self.writer_sessions and self.tag_field is None:
+            written_for = self.writer_sessions.get(event["lsid"]["id"])
+            if written_for is not None:
+                return frozenset({written_for})
         if queue:
             owner = queue.pop(0)
             if not queue:
@@ -2534,7 +2549,10 @@ class Applier:
     def _is_ours(self, event: Mapping[str, Any]) -> bool:
         if self.tag_field is None:
             lsid = event.get("lsid")
-            return isinstance(lsid, Mapping) and lsid.get("id") in self.own_sessions
+            if not isinstance(lsid, Mapping):
+                return False
+            session = lsid.get("id")
+            return session in self.own_sessions or session in self.writer_sessions
         description = event.get("updateDescription") or {}
         if self.tag_field in (description.get("updatedFields") or {}):
             return True
@@ -2867,10 +2885,13 @@ def _chain_from(registry: Registry, namespace: str) -> list[str]:
     return reached
 
 
-def _routing(pair_states: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[Any, Any]]:
-    """What `Applier._route` reads of each pair's record: its state and its start point."""
+def _routing(pair_states: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[Any, Any, Any]]:
+    """What routing and echo finding read of each pair's record: its state, its start point
+    and its one-shot commands' sessions (a part planned before one was known took its writes
+    for a client's)."""
     return {
-        original: (doc.get("state"), doc.get("start_at")) for original, doc in pair_states.items()
+        original: (doc.get("state"), doc.get("start_at"), doc.get("writer_sessions"))
+        for original, doc in pair_states.items()
     }
 
 
