@@ -174,6 +174,53 @@ async def test_killed_before_the_target_writes_the_merge_base_is_as_it_was(
     assert record["p"]["full_name"] == "Ada L"
 
 
+async def test_killed_before_a_document_without_a_merge_base_loses_its_pending_record(
+    mongo_uri: str, tmp_path: Path
+) -> None:
+    """A document on both sides before the sync (no merge base) is renamed on the original;
+    the worker writes its pending record (no side known, the partner's tag token), the
+    partner's patch, and dies before the record's removal and the checkpoint. The restarted
+    worker reads the rename again: the token says the patch landed, so the change is folded
+    in (counted once, nothing written again), and later changes of either side go over."""
+    async with applier_in_process(
+        mongo_uri, tmp_path, PEOPLE_MODULE, prefix="nobase", origin_tag="field"
+    ) as (db, applier):
+        await db.people.insert_one({"_id": 1, "name": "Ada", "email": "a@x"})
+        await db.people_v2.insert_one({"_id": 1, "full_name": "Ada", "email": "a@x"})
+        async with applier.opened():
+            async with await db.watch(max_await_time_ms=50) as stream:
+                await db.people.update_one({"_id": 1}, {"$set": {"name": "Ada L"}})
+                renamed = await _drain(stream)
+                replayed = await _apply_killed(applier, stream, renamed, ".checkpoints")
+            pending = await _record(applier, db, 1)
+            assert pending is not None and pending.get("unknown") is True
+            assert pending["pending"]["tags"]["p"] is not None
+            patched = await db.people_v2.find_one({"_id": 1})
+            assert patched is not None and patched["full_name"] == "Ada L"
+
+        worker = await _restarted(applier)
+        async with worker.opened():
+            async with await db.watch(max_await_time_ms=50) as stream:
+                result = await worker.apply(replayed)
+                rewritten = [event for event in await _drain(stream) if _tagged(event)]
+            record = await _record(worker, db, 1)
+            assert record is None or "pending" not in record
+            from_partner = await events_of(
+                db, 1, lambda: db.people_v2.update_one({"_id": 1}, {"$set": {"email": "b@x"}})
+            )
+            back = await worker.apply(from_partner)
+            from_original = await events_of(
+                db, 1, lambda: db.people.update_one({"_id": 1}, {"$set": {"name": "Ada M"}})
+            )
+            forth = await worker.apply(from_original)
+        original = await db.people.find_one({"_id": 1})
+        partner = await _untagged(db.people_v2, 1)
+    assert result.applied == 1 and rewritten == []
+    assert back.applied == 1 and forth.applied == 1
+    assert original is not None and original["email"] == "b@x" and original["name"] == "Ada M"
+    assert partner == {"_id": 1, "full_name": "Ada M", "email": "b@x"}
+
+
 # -- settled_base, the rule itself ---------------------------------------------------------------
 
 RECORD_ID = {"pair": "db.people", "id": 1}
