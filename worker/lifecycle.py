@@ -32,7 +32,6 @@ __all__ = [
     "Workspace",
     "complete_pair",
     "introduce_session",
-    "let_worker_notice",
     "open_workspace",
     "pause_pair",
     "resume_pair",
@@ -241,7 +240,7 @@ async def _record(store: StateStore, original: str) -> dict[str, Any]:
     return doc
 
 
-async def let_worker_notice(
+async def _let_worker_notice(
     store: StateStore, original: str, *, within: float | None = None
 ) -> str:
     """Wait until the worker holding the lease acts on the pair's latest state change.
@@ -287,7 +286,7 @@ async def introduce_session(
     await workspace.store.record_writer_session(pair.original, session.session_id, **fields)
     if workspace.tag is not None:
         return ""
-    if not await let_worker_notice(workspace.store, pair.original, within=_SESSION_ACK_S):
+    if not await _let_worker_notice(workspace.store, pair.original, within=_SESSION_ACK_S):
         return ""
     return (
         f"the running worker did not take this command's session up within"
@@ -308,7 +307,7 @@ async def pause_pair(store: StateStore, original: str) -> LifecycleResult:
         )
     if not await store.set_state(original, "PAUSED", expect=[state], paused_from=state):
         return await pause_pair(store, original)  # the state moved under us: decide again
-    pending = await let_worker_notice(store, original)
+    pending = await _let_worker_notice(store, original)
     return LifecycleResult(
         original,
         state,
@@ -331,7 +330,7 @@ async def resume_pair(store: StateStore, original: str) -> LifecycleResult:
         target = "RUNNING"
     if not await store.set_state(original, target, expect=["PAUSED"], paused_from=None):
         return await resume_pair(store, original)
-    pending = await let_worker_notice(store, original)
+    pending = await _let_worker_notice(store, original)
     held = await store.held_events.count_documents({"pair": original})
     return LifecycleResult(
         original,
@@ -394,7 +393,7 @@ async def complete_pair(
         original, "COMPLETED", expect=[state], completed_at=now, paused_from=None
     ):
         return await complete_pair(store, original, quiet_period_s=quiet_period_s, force=force)
-    pending = await let_worker_notice(store, original)
+    pending = await _let_worker_notice(store, original)
     quiet = "never written by a client" if last is None else f"last client write {_iso(last)}"
     return LifecycleResult(
         original,
@@ -439,7 +438,7 @@ async def rollback_pair(
         )
     # The worker must have let go of the pair before its merge base goes, or a batch in flight
     # would write merge base records back.
-    pending = await let_worker_notice(store, original, within=_ROLLBACK_ACK_S)
+    pending = await _let_worker_notice(store, original, within=_ROLLBACK_ACK_S)
     await store.merge_base.delete_many({"_id.pair": original})
     await store.held_events.delete_many({"pair": original})
     message = f"{original}: rolled back (was {state}); syncing stopped{pending}"
