@@ -8,6 +8,7 @@ through click's runner and can start the sync daemon as a subprocess, stopping i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from tests.waiting import wait_until
 from worker.cli import main
 from worker.config import Config, load_config
 
-__all__ = ["CHAIN", "PEOPLE", "Scenario", "wait_for"]
+__all__ = ["CHAIN", "PEOPLE", "Scenario", "WriteWhileStopped", "wait_for"]
 
 # The pair the tests use; `{db}` and `{extra}` are filled in per test.
 PEOPLE = """
@@ -179,6 +180,43 @@ class Scenario:
                     process.kill()
                     process.wait()
         self.client.close()
+
+
+class WriteWhileStopped:
+    """An async function of a command (`module.name`) replaced, for one test, by one that
+    first stops `worker` (SIGSTOP) and makes a client write, once, then runs the original.
+
+    The worker then meets the client write only after whatever the command does next (its
+    commit), as a worker far behind would. Used as a context manager around the command, it
+    lets the worker go on (SIGCONT) on the way out; `done` tells whether the command got that
+    far."""
+
+    def __init__(
+        self,
+        monkeypatch: Any,
+        module: Any,
+        name: str,
+        worker: subprocess.Popen[bytes],
+        write: Callable[[], Any],
+    ) -> None:
+        self.worker = worker
+        self.done = False
+        real = getattr(module, name)
+
+        async def write_first(*args: Any, **kwargs: Any) -> Any:
+            if not self.done:
+                self.done = True
+                worker.send_signal(signal.SIGSTOP)
+                write()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, write_first)
+
+    def __enter__(self) -> WriteWhileStopped:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.worker.send_signal(signal.SIGCONT)  # (harmless when it was never stopped)
 
 
 def scenario_fixture(mongo_uri: str, db_name: str, tmp_path: Path) -> Iterator[Scenario]:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from bson import ObjectId
 
-from tests.worker.oneshot_support import Scenario, scenario_fixture, wait_for
+from tests.worker.oneshot_support import Scenario, WriteWhileStopped, scenario_fixture, wait_for
 from worker import backfill as worker_backfill
 from worker import lifecycle as worker_lifecycle
 from worker.backfill import _Throttle, after_id, bson_sort_key
@@ -330,26 +330,19 @@ def test_an_update_made_while_the_backfill_copies_its_document_reaches_the_partn
     write, known to the worker by its session, not a newer client write the update loses to."""
     scenario.original.insert_many(_people(6))
     worker = scenario.start_worker()
-    real_batch = worker_backfill._run_batch
-    stopped: list[bool] = []
-
-    async def batch_with_a_client_update(*args: Any, **kwargs: Any) -> Any:
-        if not stopped:
-            # The worker has acknowledged the backfill's session (the backfill waits for it):
-            # stop it, so that it reads the update only once the batch has committed.
-            worker.send_signal(signal.SIGSTOP)
-            stopped.append(True)
-            scenario.original.update_one({"_id": 3}, {"$set": {"name": "renamed"}})
-        return await real_batch(*args, **kwargs)
-
-    monkeypatch.setattr(worker_backfill, "_run_batch", batch_with_a_client_update)
-    try:
+    # The worker has acknowledged the backfill's session (the backfill waits for that): it is
+    # stopped at the first batch, and reads the update only once the batch has committed.
+    with WriteWhileStopped(
+        monkeypatch,
+        worker_backfill,
+        "_run_batch",
+        worker,
+        lambda: scenario.original.update_one({"_id": 3}, {"$set": {"name": "renamed"}}),
+    ) as racing:
         result = scenario.cli("backfill", "--batch-size", "10")
-    finally:
-        worker.send_signal(signal.SIGCONT)
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output
-    assert stopped, "the backfill wrote no batch"
+    assert racing.done, "the backfill wrote no batch"
     scenario.original.insert_one({"_id": 1000, "name": "late", "age": "30", "city": "Nice"})
     wait_for(
         lambda: scenario.partner.find_one({"_id": 1000}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.worker.oneshot_support import Scenario, scenario_fixture, wait_for
+from tests.worker.oneshot_support import Scenario, WriteWhileStopped, scenario_fixture, wait_for
 from transforms import Pair
 from worker import verify as worker_verify
 from worker.backfill import last_writer
@@ -231,22 +230,15 @@ def test_a_change_made_while_a_repair_writes_its_document_reaches_the_other_side
     backfilled = scenario.cli("backfill")
     assert backfilled.exit_code == 0 and "kept 1" in backfilled.output, backfilled.output
     worker = scenario.start_worker()
-    real_write = worker_verify.write_settled
-    stopped: list[bool] = []
-
-    async def write_after_a_client_rename(*args: Any, **kwargs: Any) -> Any:
-        if not stopped:
-            worker.send_signal(signal.SIGSTOP)
-            stopped.append(True)
-            scenario.original.update_one({"_id": 1}, {"$set": {"name": "renamed"}})
-        return await real_write(*args, **kwargs)
-
-    monkeypatch.setattr(worker_verify, "write_settled", write_after_a_client_rename)
-    try:
+    with WriteWhileStopped(
+        monkeypatch,
+        worker_verify,
+        "write_settled",
+        worker,
+        lambda: scenario.original.update_one({"_id": 1}, {"$set": {"name": "renamed"}}),
+    ) as racing:
         code, report = _report(scenario, "--repair")
-    finally:
-        worker.send_signal(signal.SIGCONT)
-    assert stopped, "the repair wrote nothing"
+    assert racing.done, "the repair wrote nothing"
     assert code == 0 and report["repaired"] == 1, report
     assert "warning" not in report
     scenario.original.insert_one({"_id": 2, "name": "late", "age": "40"})
