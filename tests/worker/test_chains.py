@@ -16,6 +16,7 @@ import pytest
 from pymongo.errors import DuplicateKeyError
 
 from tests.worker.engine_helpers import eventually, make_config, running_worker, write_module
+from tests.worker.process_helpers import process_group
 from worker.config import BatchConfig
 
 CHAIN_MODULE = """
@@ -270,6 +271,69 @@ async def test_chain_converges_under_concurrent_writes(
             await eventually(agreed, within=30, what="the chain to agree")
         except AssertionError:
             raise AssertionError(f"seed {seed}: the chain disagrees: {last[0]}") from None
+
+
+# The crash soak: the test below over CHAIN_CRASH_SEEDS=N seeds from CHAIN_CRASH_FIRST, with
+# CHAIN_CRASH_TAG's origin tags; by default two seeds with session tags.
+CHAIN_CRASH_SEEDS = int(os.environ.get("CHAIN_CRASH_SEEDS", "0"))
+CHAIN_CRASH_FIRST = int(os.environ.get("CHAIN_CRASH_FIRST", "100"))
+CHAIN_CRASH_TAG = os.environ.get("CHAIN_CRASH_TAG", "session")
+CHAIN_CRASH_CASES = [
+    pytest.param(CHAIN_CRASH_TAG, n, id=f"{CHAIN_CRASH_TAG}-seed{n}")
+    for n in range(CHAIN_CRASH_FIRST, CHAIN_CRASH_FIRST + CHAIN_CRASH_SEEDS)
+] or [pytest.param("session", n, id=f"session-seed{n}") for n in range(1, 3)]
+CHAIN_CRASHES = 3
+
+
+@pytest.mark.usefixtures("short_transactions")
+@pytest.mark.parametrize(("origin_tag", "seed"), CHAIN_CRASH_CASES)
+async def test_chain_converges_through_worker_crashes(
+    mongo_uri: str, aclient: Any, db_name: str, tmp_path: Path, origin_tag: str, seed: int
+) -> None:
+    """Clients writing v1, v2 and v3 while the worker, run as users run it, is SIGKILLed and
+    started again at random moments: when the clients stop, all three collections agree.
+    A killed worker's writes to the middle collection whose echoes it never read are met by
+    the next one, which must tell them from clients' changes for one pair and carry them on
+    for the other (G1, G3 and G4 across a chain)."""
+    module = write_module(tmp_path, f"chain_crash_{origin_tag}", CHAIN_MODULE, db=db_name)
+    db = aclient[db_name]
+    pairs = aclient[f"{db_name}_state"]["pairs"]
+    rng = random.Random(seed)
+    settings = {"ORIGIN_TAG": origin_tag, "LEASE__TTL_S": 2, "BATCH__MAX_DELAY_MS": 10}
+    with process_group(
+        tmp_path, uri=mongo_uri, module=module, state_db=f"{db_name}_state", settings=settings
+    ) as group:
+        worker = group.start()
+
+        async def streaming() -> bool:
+            return await pairs.count_documents({"state": "RUNNING"}) == 2
+
+        await eventually(streaming, within=30, what="the worker to stream both pairs")
+        stop = anyio.Event()
+        async with anyio.create_task_group() as writers:
+            for coll in NAME:
+                writers.start_soon(
+                    _write_chain_randomly, db, coll, random.Random(rng.random()), stop, 600
+                )
+            # When the kills come is the random input, not a wait for a condition.
+            for _ in range(CHAIN_CRASHES):
+                await anyio.sleep(rng.uniform(0.3, 1.0))
+                worker.kill()
+                await anyio.sleep(rng.uniform(0.0, 0.3))
+                worker = group.start()
+            await anyio.sleep(rng.uniform(0.2, 0.6))
+            stop.set()
+        last: list[Any] = [None]
+
+        async def agreed() -> bool:
+            last[0] = await _chain_state(aclient, db_name, "_psync")
+            return bool(last[0]["v1"] == last[0]["v2"] == last[0]["v3"])
+
+        try:
+            await eventually(agreed, within=60, what="the chain to agree")
+        except AssertionError:
+            logs = worker.log_text()[-3000:]
+            raise AssertionError(f"seed {seed}: the chain disagrees: {last[0]}\n{logs}") from None
 
 
 async def test_chain_delete_then_later_update_on_the_far_end_recreates_everywhere(

@@ -20,7 +20,7 @@ import random
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -46,8 +46,6 @@ from worker.lifecycle import pause_pair, resume_pair
 from worker.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
-# A transaction abandoned by a killed worker holds its documents until the server reaps it.
-TRANSACTION_LIFETIME_S = 2
 LEASE_TTL_S = 2.0
 
 
@@ -185,23 +183,6 @@ class Progress:
             await waiter[1].wait()
         finally:
             self.waiters.remove(waiter)
-
-
-@pytest.fixture
-async def short_transactions(aclient: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[None]:
-    """Reap a killed worker's open transaction within seconds instead of a minute."""
-    admin = aclient.admin
-    previous = await admin.command({"getParameter": 1, "transactionLifetimeLimitSeconds": 1})
-    await admin.command(
-        {"setParameter": 1, "transactionLifetimeLimitSeconds": TRANSACTION_LIFETIME_S}
-    )
-    yield
-    await admin.command(
-        {
-            "setParameter": 1,
-            "transactionLifetimeLimitSeconds": previous["transactionLifetimeLimitSeconds"],
-        }
-    )
 
 
 def _config(
