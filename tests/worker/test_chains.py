@@ -8,6 +8,7 @@ import dataclasses
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,13 +234,41 @@ async def _write_chain_randomly(
 # The chain soak: the test below over CHAIN_SOAK_SEEDS=N seeds from CHAIN_SOAK_FIRST, with
 # CHAIN_SOAK_TAG's origin tags. With field tags a few seeds in a hundred still end apart
 # (docs/operations.md, "Limits"), so the default run keeps to session tags.
-CHAIN_SOAK_SEEDS = int(os.environ.get("CHAIN_SOAK_SEEDS", "0"))
-CHAIN_SOAK_FIRST = int(os.environ.get("CHAIN_SOAK_FIRST", "100"))
-CHAIN_SOAK_TAG = os.environ.get("CHAIN_SOAK_TAG", "session")
-CHAIN_SEEDS = [
-    pytest.param(CHAIN_SOAK_TAG, n, id=f"{CHAIN_SOAK_TAG}-seed{n}")
-    for n in range(CHAIN_SOAK_FIRST, CHAIN_SOAK_FIRST + CHAIN_SOAK_SEEDS)
-] or [pytest.param("session", n, id=f"session-seed{n}") for n in range(1, 7)]
+def _soak_cases(prefix: str, default_seeds: int) -> list[Any]:
+    """(origin tag, seed) cases: `{prefix}_SEEDS=N` seeds from `{prefix}_FIRST` with
+    `{prefix}_TAG`'s origin tags, or by default seeds 1.. with session tags."""
+    count = int(os.environ.get(f"{prefix}_SEEDS", "0"))
+    first = int(os.environ.get(f"{prefix}_FIRST", "100"))
+    tag = os.environ.get(f"{prefix}_TAG", "session")
+    return [pytest.param(tag, n, id=f"{tag}-seed{n}") for n in range(first, first + count)] or [
+        pytest.param("session", n, id=f"session-seed{n}") for n in range(1, default_seeds + 1)
+    ]
+
+
+async def _until_the_chain_agrees(
+    aclient: Any,
+    db_name: str,
+    seed: int,
+    *,
+    within: float,
+    tag_field: str = "_psync",
+    log: Callable[[], str] = str,
+) -> None:
+    """Wait until v1, v2 and v3 hold the same documents (`tag_field` aside); fail with all
+    three (and `log()`)."""
+    last: list[Any] = [None]
+
+    async def agreed() -> bool:
+        last[0] = await _chain_state(aclient, db_name, tag_field)
+        return bool(last[0]["v1"] == last[0]["v2"] == last[0]["v3"])
+
+    try:
+        await eventually(agreed, within=within, what="the chain to agree")
+    except AssertionError:
+        raise AssertionError(f"seed {seed}: the chain disagrees: {last[0]}\n{log()}") from None
+
+
+CHAIN_SEEDS = _soak_cases("CHAIN_SOAK", 6)
 
 
 @pytest.mark.parametrize(("origin_tag", "seed"), CHAIN_SEEDS)
@@ -261,27 +290,12 @@ async def test_chain_converges_under_concurrent_writes(
             # How long the writers overlap is the random input, not a wait for a condition.
             await anyio.sleep(rng.uniform(1.0, 2.0))
             stop.set()
-        last: list[Any] = [None]
-
-        async def agreed() -> bool:
-            last[0] = await _chain_state(aclient, db_name, config.tag_field)
-            return bool(last[0]["v1"] == last[0]["v2"] == last[0]["v3"])
-
-        try:
-            await eventually(agreed, within=30, what="the chain to agree")
-        except AssertionError:
-            raise AssertionError(f"seed {seed}: the chain disagrees: {last[0]}") from None
+        await _until_the_chain_agrees(aclient, db_name, seed, within=30, tag_field=config.tag_field)
 
 
 # The crash soak: the test below over CHAIN_CRASH_SEEDS=N seeds from CHAIN_CRASH_FIRST, with
 # CHAIN_CRASH_TAG's origin tags; by default two seeds with session tags.
-CHAIN_CRASH_SEEDS = int(os.environ.get("CHAIN_CRASH_SEEDS", "0"))
-CHAIN_CRASH_FIRST = int(os.environ.get("CHAIN_CRASH_FIRST", "100"))
-CHAIN_CRASH_TAG = os.environ.get("CHAIN_CRASH_TAG", "session")
-CHAIN_CRASH_CASES = [
-    pytest.param(CHAIN_CRASH_TAG, n, id=f"{CHAIN_CRASH_TAG}-seed{n}")
-    for n in range(CHAIN_CRASH_FIRST, CHAIN_CRASH_FIRST + CHAIN_CRASH_SEEDS)
-] or [pytest.param("session", n, id=f"session-seed{n}") for n in range(1, 3)]
+CHAIN_CRASH_CASES = _soak_cases("CHAIN_CRASH", 2)
 CHAIN_CRASHES = 3
 
 
@@ -323,17 +337,9 @@ async def test_chain_converges_through_worker_crashes(
                 worker = group.start()
             await anyio.sleep(rng.uniform(0.2, 0.6))
             stop.set()
-        last: list[Any] = [None]
-
-        async def agreed() -> bool:
-            last[0] = await _chain_state(aclient, db_name, "_psync")
-            return bool(last[0]["v1"] == last[0]["v2"] == last[0]["v3"])
-
-        try:
-            await eventually(agreed, within=60, what="the chain to agree")
-        except AssertionError:
-            logs = worker.log_text()[-3000:]
-            raise AssertionError(f"seed {seed}: the chain disagrees: {last[0]}\n{logs}") from None
+        await _until_the_chain_agrees(
+            aclient, db_name, seed, within=60, log=lambda: worker.log_text()[-3000:]
+        )
 
 
 async def test_chain_delete_then_later_update_on_the_far_end_recreates_everywhere(
